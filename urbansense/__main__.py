@@ -1,0 +1,5 @@
+import sys
+
+from urbansense.cli import main
+
+sys.exit(main())
