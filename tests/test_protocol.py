@@ -1,0 +1,309 @@
+"""Protocol v1: golden vectors on both sides, codec properties, and the gateway's rejections."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway import framing, senml
+from gateway.errors import FrameError
+from gateway.protocol import (
+    MAX_FRAME_LEN,
+    REASONS,
+    NodeKeys,
+    Uplink,
+    encode_ack,
+    parse_header,
+    reconstruct_fcnt,
+    verify_uplink,
+)
+from gateway.quantities import QUANTITIES
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "firmware" / "lib"))
+
+import us_aes  # noqa: E402
+import us_cbor  # noqa: E402
+import us_cobs  # noqa: E402
+import us_crypto  # noqa: E402
+import us_proto  # noqa: E402
+
+VECTORS = ROOT / "tests" / "vectors"
+UPLINKS = json.loads((VECTORS / "uplink.json").read_text())
+ACKS = json.loads((VECTORS / "ack.json").read_text())
+AES = json.loads((VECTORS / "aes.json").read_text())
+COBS = json.loads((VECTORS / "cobs.json").read_text())
+
+
+def _verify(frame: bytes, key: bytes, last_fcnt: int | None) -> Uplink:
+    return verify_uplink(NodeKeys(key), frame, parse_header(frame), last_fcnt)
+
+
+# -- golden vectors, gateway side ------------------------------------------------------
+
+
+@pytest.mark.parametrize("vec", UPLINKS, ids=[v["name"] for v in UPLINKS])
+def test_gateway_decodes_uplink_vector(vec: dict) -> None:
+    up = _verify(bytes.fromhex(vec["frame"]), bytes.fromhex(vec["key"]), vec["last_fcnt"])
+    assert (up.node_id, up.fcnt, up.ftype) == (vec["node_id"], vec["fcnt"], vec["ftype"])
+    assert up.readings == {k: v for k, v in vec["readings"]}
+
+
+@pytest.mark.parametrize("vec", UPLINKS, ids=[v["name"] for v in UPLINKS])
+def test_gateway_unwraps_serial_vector(vec: dict) -> None:
+    packet = bytes.fromhex(vec["serial"])
+    assert packet.endswith(b"\x00") and b"\x00" not in packet[:-1]
+    assert framing.unwrap(packet[:-1]) == bytes.fromhex(vec["frame"])
+
+
+@pytest.mark.parametrize("vec", ACKS, ids=[v["name"] for v in ACKS])
+def test_gateway_encodes_ack_vector(vec: dict) -> None:
+    cmds = {k: v for k, v in vec["commands"]} if vec["commands"] else None
+    frame = encode_ack(NodeKeys(bytes.fromhex(vec["key"])), vec["node_id"], vec["dcnt"], vec["acked_fcnt"], cmds)
+    assert frame.hex() == vec["frame"]
+    assert framing.wrap(frame).hex() == vec["serial"]
+
+
+def test_ble_budget_every_kind_fits_legacy_advertising() -> None:
+    for vec in UPLINKS:
+        if vec["name"].startswith(("serial_", "status_serial")):
+            continue
+        # [len][0xFF][company id LE][frame] must fit the 31-byte legacy advertisement.
+        assert 2 + 2 + vec["length"] <= 31, vec["name"]
+    assert max(v["length"] for v in UPLINKS if v["name"] == "ble_max_body") == 27
+
+
+def test_counter_wrap_vectors_reconstruct() -> None:
+    by_name = {v["name"]: v for v in UPLINKS}
+    assert bytes.fromhex(by_name["counter_wrap_10000"]["frame"])[5:7] == b"\x00\x00"
+    assert _verify(bytes.fromhex(by_name["counter_wrap_10000"]["frame"]), bytes.fromhex(by_name["counter_wrap_10000"]["key"]), 0xFFFF).fcnt == 0x10000
+
+
+# -- golden vectors, firmware side on CPython (the VM run is in test_protocol_vm.py) -----
+
+
+@pytest.mark.parametrize("vec", UPLINKS, ids=[v["name"] for v in UPLINKS])
+def test_firmware_encodes_uplink_vector(vec: dict) -> None:
+    keys = us_proto.Keys(bytes.fromhex(vec["key"]))
+    readings = {k: v for k, v in vec["readings"]}
+    frame = us_proto.encode_uplink(keys, vec["node_id"], vec["fcnt"], vec["ftype"], readings, us_proto.SERIAL_MAX_FRAME)
+    assert frame.hex() == vec["frame"]
+    assert us_cobs.wrap(frame).hex() == vec["serial"]
+
+
+@pytest.mark.parametrize("vec", ACKS, ids=[v["name"] for v in ACKS])
+def test_firmware_decodes_ack_vector(vec: dict) -> None:
+    keys = us_proto.Keys(bytes.fromhex(vec["key"]))
+    dcnt, acked, cmds = us_proto.decode_ack(keys, vec["node_id"], bytes.fromhex(vec["frame"]))
+    assert (dcnt, acked) == (vec["dcnt"], vec["acked_fcnt"])
+    assert cmds == ({k: v for k, v in vec["commands"]} if vec["commands"] else None)
+
+
+@pytest.mark.parametrize("vec", ACKS, ids=[v["name"] for v in ACKS])
+def test_firmware_rejects_tampered_ack(vec: dict) -> None:
+    keys = us_proto.Keys(bytes.fromhex(vec["key"]))
+    frame = bytearray(bytes.fromhex(vec["frame"]))
+    for i in range(len(frame)):
+        frame[i] ^= 0x01
+        with pytest.raises(ValueError):
+            us_proto.decode_ack(keys, vec["node_id"], bytes(frame))
+        frame[i] ^= 0x01
+
+
+@pytest.mark.parametrize(("key", "plain", "cipher"), AES)
+def test_aes_fallback_matches_fips197(key: str, plain: str, cipher: str) -> None:
+    assert us_aes.AES128(bytes.fromhex(key)).encrypt(bytes.fromhex(plain)).hex() == cipher
+
+
+@pytest.mark.parametrize(("data", "encoded"), COBS)
+def test_cobs_vectors_both_sides(data: str, encoded: str) -> None:
+    raw, enc = bytes.fromhex(data), bytes.fromhex(encoded)
+    assert us_cobs.cobs_encode(raw) == enc == framing.cobs_encode(raw)
+    assert us_cobs.cobs_decode(enc) == raw == framing.cobs_decode(enc)
+
+
+def test_crc16_check_value_both_sides() -> None:
+    assert us_cobs.crc16(b"123456789") == framing.crc16(b"123456789") == 0x29B1
+
+
+# -- properties ------------------------------------------------------------------------
+
+keys16 = st.binary(min_size=16, max_size=16)
+u32 = st.integers(0, 0xFFFFFFFF)
+quantity_value = st.one_of(st.booleans(), st.integers(-(2**31), 2**32 - 1))
+readings_st = st.dictionaries(st.integers(0, 23), quantity_value, max_size=6)
+
+
+@given(key=keys16, node_id=u32, fcnt=u32, ftype=st.sampled_from([0, 1, 2]), readings=readings_st)
+def test_roundtrip_firmware_to_gateway(key: bytes, node_id: int, fcnt: int, ftype: int, readings: dict[int, int | bool]) -> None:
+    try:
+        frame = us_proto.encode_uplink(us_proto.Keys(key), node_id, fcnt, ftype, readings, MAX_FRAME_LEN)
+    except ValueError:
+        assert len(us_cbor.encode(readings)) + 11 > MAX_FRAME_LEN
+        return
+    up = _verify(frame, key, max(0, fcnt - 100) if fcnt % 2 else None if fcnt < 0x10000 else fcnt - 1)
+    assert (up.node_id, up.fcnt, up.ftype, up.readings) == (node_id, fcnt, ftype, readings)
+    assert framing.unwrap(framing.wrap(frame)[:-1]) == frame == us_cobs.unwrap(us_cobs.wrap(frame)[:-1])
+
+
+@given(key=keys16, node_id=u32, dcnt=u32, acked=u32,
+       cmds=st.one_of(st.none(), st.dictionaries(st.integers(1, 23), st.one_of(u32, st.lists(st.integers(0, 100), max_size=4)), min_size=1, max_size=4)))
+def test_roundtrip_gateway_ack_to_firmware(key: bytes, node_id: int, dcnt: int, acked: int, cmds: dict | None) -> None:
+    frame = encode_ack(NodeKeys(key), node_id, dcnt, acked, cmds)
+    assert us_proto.decode_ack(us_proto.Keys(key), node_id, frame) == (dcnt, acked, cmds)
+    assert frame == us_proto.encode_ack(us_proto.Keys(key), node_id, dcnt, acked, cmds)
+
+
+@given(obj=st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.binary(max_size=40), st.text(max_size=20)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.integers(-1000, 1000), inner, max_size=4)),
+    max_leaves=12,
+))
+def test_firmware_cbor_matches_cbor2(obj: object) -> None:
+    enc = us_cbor.encode(obj)
+    assert cbor2.loads(enc) == obj
+    assert us_cbor.decode(cbor2.dumps(obj, canonical=True)) == obj
+
+
+@given(data=st.binary(max_size=80))
+def test_firmware_cbor_decoder_never_crashes(data: bytes) -> None:
+    try:
+        us_cbor.decode(data)
+    except ValueError:
+        pass
+
+
+@given(key=keys16, node_id=u32, fcnt=u32, dcnt=u32, data=st.binary(max_size=64), direction=st.sampled_from([0, 1]))
+def test_ctr_same_keystream_both_sides(key: bytes, node_id: int, fcnt: int, dcnt: int, data: bytes, direction: int) -> None:
+    enc_key, _ = us_crypto.derive_keys(key)
+    fw = us_crypto.ctr_xor(enc_key, direction, node_id, fcnt, dcnt, data)
+    assert fw == NodeKeys(key).ctr(direction, node_id, fcnt, dcnt, data)
+    assert us_crypto.ctr_xor(enc_key, direction, node_id, fcnt, dcnt, fw) == data
+
+
+@pytest.mark.parametrize("vec", UPLINKS, ids=[v["name"] for v in UPLINKS])
+def test_every_bit_flip_is_rejected_with_a_reason(vec: dict) -> None:
+    frame = bytearray(bytes.fromhex(vec["frame"]))
+    key = bytes.fromhex(vec["key"])
+    for bit in range(len(frame) * 8):
+        frame[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(FrameError) as info:
+            _verify(bytes(frame), key, vec["last_fcnt"])
+        assert info.value.reason in REASONS
+        frame[bit // 8] ^= 1 << (bit % 8)
+
+
+@pytest.mark.parametrize("vec", UPLINKS, ids=[v["name"] for v in UPLINKS])
+def test_every_truncation_is_rejected(vec: dict) -> None:
+    frame = bytes.fromhex(vec["frame"])
+    for n in range(len(frame)):
+        with pytest.raises(FrameError):
+            _verify(frame[:n], bytes.fromhex(vec["key"]), vec["last_fcnt"])
+
+
+@settings(max_examples=500)
+@given(data=st.binary(max_size=100), last=st.one_of(st.none(), u32))
+def test_random_bytes_only_ever_raise_frame_error(data: bytes, last: int | None) -> None:
+    try:
+        _verify(data, bytes(16), last)
+    except FrameError as exc:
+        assert exc.reason in REASONS
+
+
+def test_forged_body_with_valid_mic_is_malformed_not_a_crash() -> None:
+    """A node with a valid key sending a float body: counted as malformed_body."""
+    key = bytes(16)
+    keys = NodeKeys(key)
+    body = cbor2.dumps({1: 1.5})
+    head = bytes((0x10,)) + (7).to_bytes(4, "little") + (3).to_bytes(2, "little")
+    signed = head + keys.ctr(0, 7, 3, 0, body)
+    frame = signed + keys.mic(0, 3, signed)
+    with pytest.raises(FrameError) as info:
+        _verify(frame, key, None)
+    assert info.value.reason == "malformed_body"
+
+
+@given(last=u32, ahead=st.integers(-32768, 32767))
+def test_counter_reconstruction_nearest(last: int, ahead: int) -> None:
+    true = last + ahead
+    if 0 <= true <= 0xFFFFFFFF:
+        assert reconstruct_fcnt(last, true & 0xFFFF) == true
+
+
+@given(data=st.binary(max_size=600), cut=st.lists(st.integers(0, 600), max_size=6))
+def test_cobs_roundtrip_and_splitter(data: bytes, cut: list[int]) -> None:
+    enc = framing.cobs_encode(data)
+    assert b"\x00" not in enc and enc == us_cobs.cobs_encode(data)
+    assert framing.cobs_decode(enc) == data
+    frames = [data[:60] or b"x", data[60:120] or b"y"]
+    stream = framing.wrap(frames[0]) + framing.wrap(frames[1])
+    splitter = framing.PacketSplitter()
+    packets: list[bytes] = []
+    prev = 0
+    for c in sorted(set(cut)) + [len(stream)]:
+        packets += splitter.feed(stream[prev:c])
+        prev = max(prev, c)
+    assert [framing.unwrap(p) for p in packets] == frames
+
+
+@given(data=st.binary(max_size=300))
+def test_serial_unwrap_random_bytes(data: bytes) -> None:
+    for packet in framing.PacketSplitter().feed(data):
+        try:
+            framing.unwrap(packet)
+        except FrameError as exc:
+            assert exc.reason in REASONS
+
+
+# -- SenML -----------------------------------------------------------------------------
+
+
+def test_rfc8428_section6_example_decodes() -> None:
+    vec = json.loads((VECTORS / "rfc8428_section6.json").read_text())
+    data = bytes.fromhex(vec["cbor"])
+    assert len(data) == 195 and data.startswith(bytes.fromhex("87a721781b"))
+    got = [(r.name, r.time_s, r.unit, r.value) for r in senml.read_pack(data)]
+    assert len(got) == len(vec["records"])
+    for (name, t, unit, value), (ename, et, eunit, evalue) in zip(got, vec["records"], strict=True):
+        assert (name, unit) == (ename, eunit)
+        assert t == pytest.approx(et, abs=1e-6)
+        assert value == pytest.approx(evalue)
+
+
+@given(frames=st.lists(st.tuples(u32, u32, st.sampled_from([0, 1, 2]), readings_st, st.floats(1e9, 2e9), st.one_of(st.none(), st.integers(-120, 0))), max_size=8))
+def test_senml_pack_roundtrip(frames: list) -> None:
+    recs = [senml.FrameRecord(n, c, t, r, ts, rssi) for n, c, t, r, ts, rssi in frames]
+    pack = senml.encode_pack(recs)
+    decoded = senml.frames_from_pack(pack)
+    assert [(n, c) for n, c, _ in decoded] == [(r.node_id, r.fcnt) for r in recs]
+    resolved = senml.read_pack(pack)
+    assert all(r.name.startswith(senml.URN_PREFIX) for r in resolved)
+    for rec, (_, _, values) in zip(recs, decoded, strict=True):
+        for key, raw in rec.readings.items():
+            q = QUANTITIES.get(key)
+            name = q.senml_name if q else f"q{key}"
+            if q is None or q.boolean:
+                assert values[name] == (bool(raw) if q else raw)
+            else:
+                assert values[name] == pytest.approx(int(raw) * q.scale + q.offset)
+
+
+# -- the spec and the code agree -------------------------------------------------------
+
+
+def test_protocol_md_quantity_table_matches_code() -> None:
+    text = (ROOT / "docs" / "PROTOCOL.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| `(\w+)` \| `(\w+)` \| ([^|]+) \|", text, re.M)
+    assert rows, "quantity table missing from docs/PROTOCOL.md"
+    table = {int(k): (field, name, unit.strip()) for k, field, name, unit in rows}
+    assert set(table) == set(QUANTITIES)
+    for key, q in QUANTITIES.items():
+        assert table[key] == (q.field, q.senml_name, q.senml_unit or "-"), key
+        assert getattr(us_proto, "Q_" + q.field.upper()) == key
