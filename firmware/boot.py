@@ -1,0 +1,1 @@
+# Kept minimal: no Wi-Fi, no REPL work. main.py runs the wake cycle.

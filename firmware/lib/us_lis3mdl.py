@@ -1,0 +1,123 @@
+# ST LIS3MDL 3-axis magnetometer over I2C (datasheet DocID024204, section 7 "Register mapping").
+# The parking node keeps it in low-power continuous mode with the threshold interrupt on
+# INT, so the ESP32 sleeps until a car changes the field (ext0 wake) instead of polling.
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+ADDR_SA1_LOW = const(0x1C)
+ADDR_SA1_HIGH = const(0x1E)
+WHO_AM_I_VALUE = const(0x3D)
+
+_WHO_AM_I = const(0x0F)
+_CTRL_REG1 = const(0x20)  # TEMP_EN OM1 OM0 DO2 DO1 DO0 FAST_ODR ST
+_CTRL_REG2 = const(0x21)  # 0 FS1 FS0 0 REBOOT SOFT_RST 0 0
+_CTRL_REG3 = const(0x22)  # 0 0 LP 0 0 SIM MD1 MD0
+_CTRL_REG4 = const(0x23)  # 0 0 0 0 OMZ1 OMZ0 BLE 0
+_CTRL_REG5 = const(0x24)  # FAST_READ BDU 0 ...
+_STATUS = const(0x27)  # ZYXOR ZOR YOR XOR ZYXDA ZDA YDA XDA
+_OUT_X_L = const(0x28)
+_TEMP_OUT_L = const(0x2E)
+_INT_CFG = const(0x30)  # XIEN YIEN ZIEN 0 1 IEA LIR IEN
+_INT_SRC = const(0x31)  # PTH_X PTH_Y PTH_Z NTH_X NTH_Y NTH_Z MROI INT
+_INT_THS_L = const(0x32)
+_AUTO_INC = const(0x80)  # I2C: MSB of the sub-address enables auto-increment (section 5.1.1)
+
+# CTRL_REG1 DO[2:0] output data rates (Table 21), low-power mode OM = 00.
+ODR_0_625_HZ = const(0)
+ODR_1_25_HZ = const(1)
+ODR_10_HZ = const(4)
+ODR_80_HZ = const(7)
+# +-4 gauss full scale: 6842 LSB/gauss (Table 3); 1 gauss = 100 uT = 100000 nT.
+_LSB_PER_GAUSS = const(6842)
+_NT_PER_GAUSS = const(100000)
+_STATUS_ZYXDA = const(0x08)
+
+
+def lsb_to_nt(lsb):
+    return lsb * _NT_PER_GAUSS // _LSB_PER_GAUSS
+
+
+def nt_to_lsb(nt):
+    return nt * _LSB_PER_GAUSS // _NT_PER_GAUSS
+
+
+def _s16(lo, hi):
+    v = lo | (hi << 8)
+    return v - 0x10000 if v & 0x8000 else v
+
+
+class LIS3MDL:
+    def __init__(self, i2c, addr=ADDR_SA1_LOW):
+        self._i2c = i2c
+        self._addr = addr
+        self._buf6 = bytearray(6)
+
+    def _w(self, reg, value):
+        self._i2c.writeto_mem(self._addr, reg, bytes((value,)))
+
+    def _r(self, reg):
+        return self._i2c.readfrom_mem(self._addr, reg, 1)[0]
+
+    def check(self):
+        """OSError if absent, ValueError if something else answers at the address."""
+        if self._r(_WHO_AM_I) != WHO_AM_I_VALUE:
+            raise ValueError("lis3mdl: bad WHO_AM_I")
+
+    def init(self, odr=ODR_1_25_HZ):
+        """Low-power continuous conversion, +-4 gauss, block data update, temperature on."""
+        self.check()
+        self._w(_CTRL_REG2, 0x00)  # FS = +-4 gauss
+        self.set_odr(odr)
+        self._w(_CTRL_REG4, 0x00)  # Z axis low-power, little endian
+        self._w(_CTRL_REG5, 0x40)  # BDU: high and low bytes from the same sample
+        self._w(_CTRL_REG3, 0x00)  # MD = 00: continuous conversion
+
+    def set_odr(self, odr):
+        # TEMP_EN | OM = 00 (low power) | DO
+        self._w(_CTRL_REG1, 0x80 | ((odr & 7) << 2))
+
+    def power_down(self):
+        self._w(_CTRL_REG3, 0x03)
+
+    def data_ready(self):
+        return bool(self._r(_STATUS) & _STATUS_ZYXDA)
+
+    def read_raw(self):
+        """(x, y, z) in LSB; reading OUT_Z_H releases the data-ready flag."""
+        self._i2c.readfrom_mem_into(self._addr, _OUT_X_L | _AUTO_INC, self._buf6)
+        b = self._buf6
+        return (_s16(b[0], b[1]), _s16(b[2], b[3]), _s16(b[4], b[5]))
+
+    def read_nt(self):
+        x, y, z = self.read_raw()
+        return [lsb_to_nt(x), lsb_to_nt(y), lsb_to_nt(z)]
+
+    def read_temperature_cc(self):
+        # 8 LSB/degC (Table 4); 0 LSB taken as 25 degC, as ST's drivers do.
+        b = self._i2c.readfrom_mem(self._addr, _TEMP_OUT_L | _AUTO_INC, 2)
+        return 2500 + _s16(b[0], b[1]) * 100 // 8
+
+    def set_threshold_interrupt(self, axes_mask, threshold_nt):
+        """Latched, active-high INT when |axis| > threshold on any axis in axes_mask (x=4 y=2 z=1).
+
+        The comparison is on the absolute value of each axis (the part has no offset
+        registers), so the caller picks the threshold from the baseline.
+        """
+        ths = nt_to_lsb(threshold_nt)
+        if ths < 0:
+            ths = 0
+        if ths > 0x7FFF:
+            ths = 0x7FFF
+        self._i2c.writeto_mem(self._addr, _INT_THS_L | _AUTO_INC, bytes((ths & 0xFF, ths >> 8)))
+        # axes | bit3 must be 1 | IEA active high | LIR latched | IEN
+        self._w(_INT_CFG, ((axes_mask & 7) << 5) | 0x08 | 0x04 | 0x02 | 0x01)
+
+    def disable_interrupt(self):
+        self._w(_INT_CFG, 0x08)  # IEN = 0 (bit 3 must stay 1)
+
+    def int_source(self):
+        """INT_SRC; reading it clears a latched interrupt."""
+        return self._r(_INT_SRC)

@@ -1,0 +1,173 @@
+# Parking space: magnetometer baseline + hysteresis state machine. Detector is pure logic
+# (state in a dict that lives in RTC memory); run() is the wake cycle around it.
+#
+# Confirmation spans wakes: a first reading past a threshold schedules a short timer wake
+# and the state changes only after `confirm` consecutive readings agree, so a car driving
+# over the sensor is not a parking event.
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+import us_proto
+import us_store
+
+DEFAULT_ON_UT = const(12)
+DEFAULT_CONFIRM = const(2)
+DEFAULT_CONFIRM_GAP_S = const(8)
+DEFAULT_HEARTBEAT_S = const(3600)
+DEFAULT_OCC_POLL_S = const(600)
+DRIFT_SHIFT = const(5)  # baseline follows 1/32 of the error per free reading
+INSTALL_SAMPLES = const(8)
+_NVS_BASE = "mag_base"
+
+
+def _dev2(a, b):
+    return (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 + (a[2] - b[2]) ** 2
+
+
+class Detector:
+    """Occupied/free with hysteresis (on_nt > off_nt) and `confirm` agreeing samples."""
+
+    def __init__(self, st, on_nt, off_nt, confirm):
+        self.st = st
+        st.setdefault("o", 0)
+        st.setdefault("s", 0)
+        st.setdefault("ev", 0)
+        self.on2 = on_nt * on_nt
+        self.off2 = off_nt * off_nt
+        self.confirm = confirm if confirm > 0 else 1
+
+    @property
+    def occupied(self):
+        return bool(self.st["o"])
+
+    def calibrate(self, samples):
+        n = len(samples)
+        self.st["b"] = [sum(s[i] for s in samples) // n for i in range(3)]
+        self.st["o"] = 0
+        self.st["s"] = 0
+
+    def update(self, sample):
+        """-> True when the state changed with this sample."""
+        st = self.st
+        base = st["b"]
+        st["l"] = list(sample)
+        d2 = _dev2(sample, base)
+        if st["o"]:
+            toward = d2 < self.off2
+        else:
+            toward = d2 > self.on2
+            if d2 < self.off2:
+                # Quiet and free: follow temperature and drift slowly.
+                st["b"] = [base[i] + ((sample[i] - base[i]) >> DRIFT_SHIFT) for i in range(3)]
+        if not toward:
+            st["s"] = 0
+            return False
+        st["s"] += 1
+        if st["s"] < self.confirm:
+            return False
+        st["o"] = 0 if st["o"] else 1
+        st["s"] = 0
+        st["ev"] += 1
+        return True
+
+    def pending(self):
+        return self.st["s"] > 0
+
+    def interrupt_plan(self, margin_nt):
+        """-> (axes mask, threshold nT) for the LIS3MDL |axis| > threshold interrupt, or None.
+
+        Free: any axis rising past its baseline magnitude + on-threshold. Occupied: the axis
+        whose magnitude the car lowered most, so its return toward baseline wakes us.
+        """
+        base = self.st["b"]
+        if not self.st["o"]:
+            return 7, max(abs(v) for v in base) + margin_nt
+        last = self.st.get("l") or base
+        best = -1
+        drop = 0
+        for i in range(3):
+            d = abs(base[i]) - abs(last[i])
+            if d > drop:
+                best, drop = i, d
+        if best < 0 or drop < 2 * margin_nt // 3:
+            return None
+        return 4 >> best, (abs(base[best]) + abs(last[best])) // 2
+
+
+def _sample(mag, hal, n=4):
+    acc = [0, 0, 0]
+    for _ in range(n):
+        waited = 0
+        while not mag.data_ready():
+            if waited > 200:
+                raise OSError(116)
+            hal.time.sleep_ms(2)
+            waited += 2
+        s = mag.read_nt()
+        for i in range(3):
+            acc[i] += s[i]
+    return [v // n for v in acc]
+
+
+def run(node):
+    import us_lis3mdl
+
+    hal = node.hal
+    st = node.kst
+    on_nt = node.setting("thresholds", "mag_threshold_ut", DEFAULT_ON_UT, us_proto.C_MAG_THRESHOLD_UT) * 1000
+    off_nt = node.setting("thresholds", "mag_release_ut", on_nt // 2000, None) * 1000
+    det = Detector(st, on_nt, off_nt, node.setting("thresholds", "confirm_samples", DEFAULT_CONFIRM))
+    hb_s = node.setting("intervals", "heartbeat_s", DEFAULT_HEARTBEAT_S, us_proto.C_HEARTBEAT_S)
+
+    node.energy("sensor")
+    mag = us_lis3mdl.LIS3MDL(node.i2c(), node.board.get("lis3mdl_addr", us_lis3mdl.ADDR_SA1_LOW))
+    if node.cold:
+        mag.init(us_lis3mdl.ODR_80_HZ)
+    else:
+        mag.int_source()  # clear the latched interrupt that woke us
+        mag.set_odr(us_lis3mdl.ODR_80_HZ)
+    if "b" not in st:
+        base = us_store.nvs_get_obj(node.nvs, _NVS_BASE)
+        cal = node.cfg["calibration"].get("baseline_nt")
+        if isinstance(cal, list) and len(cal) == 3:
+            st["b"] = list(cal)
+        elif isinstance(base, list) and len(base) == 3:
+            st["b"] = base
+        else:
+            # Install: the space is empty when the installer powers the node up.
+            det.calibrate([_sample(mag, hal, 2) for _ in range(INSTALL_SAMPLES)])
+            us_store.nvs_set_obj(node.nvs, _NVS_BASE, st["b"])
+            node.flags |= us_proto.F_CALIBRATING
+        sample = None
+    else:
+        sample = _sample(mag, hal)
+    changed = det.update(sample) if sample is not None else False
+
+    plan = None if det.pending() else det.interrupt_plan(on_nt)
+    if plan is None:
+        mag.disable_interrupt()
+    else:
+        mag.set_threshold_interrupt(plan[0], plan[1])
+    mag.set_odr(us_lis3mdl.ODR_1_25_HZ)  # slow continuous conversion while we sleep
+    node.energy("cpu")
+
+    if changed:
+        node.send(us_proto.T_REPORT, {us_proto.Q_OCCUPIED: det.occupied, us_proto.Q_EVENTS: st["ev"]})
+        st["ev"] = 0
+        st["hb"] = node.now_s + hb_s
+    elif node.now_s >= st.get("hb", 0):
+        node.send(us_proto.T_REPORT, {us_proto.Q_OCCUPIED: det.occupied, us_proto.Q_BATTERY_MV: node.battery_mv(),
+                                      us_proto.Q_EVENTS: st["ev"]})
+        st["ev"] = 0
+        st["hb"] = node.now_s + hb_s
+    node.wake_at(st["hb"])
+
+    if det.pending():
+        node.wake_in(node.setting("intervals", "confirm_gap_s", DEFAULT_CONFIRM_GAP_S))
+    elif plan is None:
+        node.wake_in(node.setting("intervals", "occupied_poll_s", DEFAULT_OCC_POLL_S))
+    else:
+        node.wake_on_pin(node.pin("mag_int"), 1)

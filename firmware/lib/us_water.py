@@ -1,0 +1,154 @@
+# Water meter: reed/hall pulses counted by pin wake (the ESP32 wakes on each level change
+# of the pulse input), a totalizer that never goes backwards, leak/burst/tamper alarms and
+# an hourly index report. Meter is pure logic on a state dict; run() is the wake cycle.
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+import us_proto
+import us_store
+
+NVS_PULSES = "pulses"
+NVS_EVERY_PULSES = const(1000)  # bound the loss on a power cut between hourly writes
+HOURS = const(24)
+DEFAULT_REPORT_S = const(3600)
+DEFAULT_BURST_LPH = const(1500)
+BURST_WINDOW_S = const(60)
+
+
+class Meter:
+    def __init__(self, st, ml_per_pulse, index_l=0, burst_lph=DEFAULT_BURST_LPH):
+        self.st = st
+        self.ml = ml_per_pulse
+        self.index_l = index_l
+        self.burst_lph = burst_lph
+        st.setdefault("pc", 0)
+        st.setdefault("nv", 0)
+        st.setdefault("al", 0)
+        st.setdefault("as", 0)
+        st.setdefault("hn", 0)
+
+    def restore(self, nvs_pulses):
+        """After a reboot: the larger of RTC memory and flash, never less than either."""
+        if nvs_pulses > self.st["pc"]:
+            self.st["pc"] = nvs_pulses
+        if nvs_pulses > self.st["nv"]:
+            self.st["nv"] = nvs_pulses
+
+    def volume_l(self):
+        return self.index_l + self.st["pc"] * self.ml // 1000
+
+    def _roll(self, now_s):
+        st = self.st
+        hour = now_s // 3600
+        hb = st.get("hb")
+        if hb is None:
+            st["hb"] = [0] * HOURS
+            st["hi"] = hour
+            return
+        gap = hour - st["hi"]
+        if gap <= 0:
+            return
+        if gap > HOURS:
+            gap = HOURS
+        st["hb"] = hb[gap:] + [0] * gap
+        st["hi"] = hour
+        st["hn"] = min(st["hn"] + gap, HOURS)
+
+    def tick(self, now_s):
+        self._roll(now_s)
+        self._check_leak()
+
+    def pulse(self, now_s, n=1):
+        st = self.st
+        self._roll(now_s)
+        st["pc"] += n
+        st["hb"][-1] += n
+        if now_s - st.get("wt", -BURST_WINDOW_S) >= BURST_WINDOW_S:
+            st["wt"] = now_s
+            st["wp"] = 0
+        st["wp"] += n
+        # pulses in the current minute, as litres per hour
+        if st["wp"] * self.ml * 3600 // (1000 * BURST_WINDOW_S) >= self.burst_lph:
+            st["al"] |= us_proto.A_BURST
+        self._check_leak()
+
+    def _check_leak(self):
+        st = self.st
+        # Leak: 24 full hours tracked and none of them without flow.
+        if st["hn"] >= HOURS - 1 and all(h > 0 for h in st["hb"][:-1]) and st["hb"][-1] > 0:
+            st["al"] |= us_proto.A_LEAK
+        elif 0 in st["hb"][:-1]:
+            st["al"] &= ~us_proto.A_LEAK
+
+    def last_hour_lph(self):
+        hb = self.st["hb"]
+        return hb[-2] * self.ml // 1000 if len(hb) > 1 else 0
+
+    def end_of_hour(self):
+        if self.last_hour_lph() < self.burst_lph:
+            self.st["al"] &= ~us_proto.A_BURST
+
+    def new_alarms(self):
+        """Alarm bits raised since the last alarm frame."""
+        return self.st["al"] & ~self.st["as"]
+
+    def need_flash(self):
+        """Persist before a volume goes on air, so a reported index is never above flash."""
+        return self.st["pc"] > self.st["nv"]
+
+    def flashed(self):
+        self.st["nv"] = self.st["pc"]
+
+
+def run(node):
+    hal = node.hal
+    m = hal.machine
+    st = node.kst
+    cal = node.cfg["calibration"]
+    meter = Meter(st, cal.get("ml_per_pulse", 1000), cal.get("index_l", 0),
+                  node.setting("thresholds", "burst_lph", DEFAULT_BURST_LPH, us_proto.C_BURST_LPH))
+    if node.cold:
+        meter.restore(us_store.nvs_get_int(node.nvs, NVS_PULSES, 0))
+    active = node.setting("calibration", "pulse_active_level", 0)
+    pin_no = node.pin("pulse")
+    level = m.Pin(pin_no, m.Pin.IN, m.Pin.PULL_UP if active == 0 else m.Pin.PULL_DOWN).value()
+    prev = st.get("lv", 1 - active)
+    woke_by_pin = node.wake in (m.EXT0_WAKE, m.EXT1_WAKE)
+    if level != prev:
+        if level == active:
+            meter.pulse(node.now_s)
+    elif woke_by_pin and prev != active:
+        meter.pulse(node.now_s)  # a pulse shorter than our boot: went active and back
+    else:
+        meter.tick(node.now_s)
+    st["lv"] = level
+
+    tamper_pin = node.board.get("pins", {}).get("tamper")
+    if tamper_pin is not None and node.cfg["calibration"].get("tamper", True):
+        if m.Pin(tamper_pin, m.Pin.IN).value():
+            st["al"] |= us_proto.A_TAMPER
+        else:
+            st["al"] &= ~us_proto.A_TAMPER
+        node.wake_on_pins([tamper_pin], 1)
+
+    report = node.now_s >= st.get("rp", 0)
+    if report:
+        meter.end_of_hour()
+    fresh = meter.new_alarms()
+    if (report or fresh) and meter.need_flash() or st["pc"] - st["nv"] >= NVS_EVERY_PULSES:
+        us_store.nvs_set_int(node.nvs, NVS_PULSES, st["pc"])
+        meter.flashed()
+    if fresh:
+        node.send(us_proto.T_ALARM, {us_proto.Q_VOLUME_L: meter.volume_l(), us_proto.Q_ALARMS: st["al"]})
+    st["as"] = st["al"]
+    if report:
+        node.send(us_proto.T_REPORT, {us_proto.Q_VOLUME_L: meter.volume_l(), us_proto.Q_ALARMS: st["al"],
+                                      us_proto.Q_FLOW_LPH: meter.last_hour_lph()})
+        rs = node.setting("intervals", "report_interval_s", DEFAULT_REPORT_S, us_proto.C_REPORT_INTERVAL_S)
+        st["rp"] = (node.now_s // rs + 1) * rs  # on the hour: buckets and reports line up
+    node.wake_at(st["rp"])
+    # Wake on the opposite level: the next edge of the pulse input.
+    node.wake_on_pin(pin_no, 1 - level)

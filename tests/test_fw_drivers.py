@@ -1,0 +1,103 @@
+"""Drivers against register-level fakes of the parts."""
+# ruff: noqa: I001  (the fw_fakes import puts firmware/lib on sys.path: it must come first)
+
+from __future__ import annotations
+
+import pytest
+
+from tests import fw_fakes as ff  # also puts firmware/lib on sys.path
+
+import us_battery
+import us_jsnsr04t
+import us_lis3mdl
+import us_vl53l1x
+
+
+def _world_with(addr: int, dev: object) -> tuple[ff.World, ff.FakeHAL]:
+    w = ff.World(ff.config_text("parking"), ff.BOARD)
+    w.i2c_devices[addr] = dev
+    return w, w.hal()
+
+
+def test_lis3mdl_init_reads_field_in_nanotesla() -> None:
+    dev = ff.FakeLIS3MDL(field_nt=(20000, -5000, 42000))
+    _, hal = _world_with(0x1C, dev)
+    mag = us_lis3mdl.LIS3MDL(hal.machine.SoftI2C(scl=None, sda=None))
+    mag.init()
+    assert dev.regs[0x22] & 3 == 0  # continuous conversion
+    assert dev.regs[0x20] & 0x60 == 0  # low-power operating mode
+    assert mag.data_ready()
+    x, y, z = mag.read_nt()
+    assert abs(x - 20000) < 20 and abs(y + 5000) < 20 and abs(z - 42000) < 20
+
+
+def test_lis3mdl_threshold_interrupt_latches_and_clears() -> None:
+    w = ff.World(ff.config_text("parking"), ff.BOARD)
+    dev = ff.FakeLIS3MDL(field_nt=(1000, 1000, 40000), int_pin=4, world=w)
+    w.i2c_devices[0x1C] = dev
+    mag = us_lis3mdl.LIS3MDL(w.hal().machine.SoftI2C(scl=None, sda=None))
+    mag.init()
+    mag.set_threshold_interrupt(7, 50000)
+    assert dev.regs[0x30] == 0xEF
+    assert w.pins.get(4, 0) == 0
+    dev.set_field((1000, 1000, 61000))
+    assert w.pins[4] == 1
+    assert mag.int_source() & 0x21 == 0x21  # PTH_Z and INT
+    assert w.pins[4] == 0 and mag.int_source() == 0
+
+
+def test_lis3mdl_wrong_part_and_absent_part() -> None:
+    dev = ff.FakeLIS3MDL()
+    dev.regs[0x0F] = 0x33
+    _, hal = _world_with(0x1C, dev)
+    with pytest.raises(ValueError):
+        us_lis3mdl.LIS3MDL(hal.machine.SoftI2C(scl=None, sda=None)).check()
+    _, hal = _world_with(0x50, dev)
+    with pytest.raises(OSError):
+        us_lis3mdl.LIS3MDL(hal.machine.SoftI2C(scl=None, sda=None)).check()
+
+
+def test_vl53l1x_init_and_ranging() -> None:
+    dev = ff.FakeVL53L1X(distances_mm=[777, 812, None, 805])
+    _, hal = _world_with(0x29, dev)
+    tof = us_vl53l1x.VL53L1X(hal.machine.SoftI2C(scl=None, sda=None), hal.time.sleep_ms)
+    assert tof.model_id() == 0xEACC
+    tof.init()  # consumes the first range (VHV calibration)
+    assert dev.config_written and dev.regs[0x0008] == 0x09
+    assert tof.measure(3) == [812, None, 805]
+    assert dev.regs[0x0087] == 0  # stopped after measuring
+
+
+def test_vl53l1x_bad_model_id() -> None:
+    dev = ff.FakeVL53L1X()
+    dev.regs[0x010F] = 0x12
+    _, hal = _world_with(0x29, dev)
+    with pytest.raises(ValueError):
+        us_vl53l1x.VL53L1X(hal.machine.SoftI2C(scl=None, sda=None), hal.time.sleep_ms).init()
+
+
+def test_vl53l1x_times_out_when_never_ready() -> None:
+    dev = ff.FakeVL53L1X(polls_per_range=10**9)
+    _, hal = _world_with(0x29, dev)
+    tof = us_vl53l1x.VL53L1X(hal.machine.SoftI2C(scl=None, sda=None), hal.time.sleep_ms, timeout_ms=20)
+    with pytest.raises(OSError):
+        tof.init()
+
+
+def test_jsnsr04t_converts_echo_and_handles_timeout() -> None:
+    w = ff.World(ff.config_text("bin"), ff.BOARD)
+    w.jsn = ff.FakeJSN([5831, None, 2915])
+    w.jsn_trig = 18
+    hal = w.hal()
+    s = us_jsnsr04t.JSNSR04T(hal.machine, hal.time.sleep_us, hal.time.sleep_ms, 18, 19)
+    assert s.measure(3) == [1000, None, 499]
+    assert w.jsn.triggers == 3
+    assert us_jsnsr04t.echo_us_to_mm(0) == 0
+
+
+def test_battery_divider_and_low_flag() -> None:
+    w = ff.World(ff.config_text("bin"), ff.BOARD)
+    w.adc_uv[35] = 1650000
+    b = us_battery.Battery(w.hal().machine, 35, 1000000, 1000000, low_mv=3400)
+    assert b.read_mv() == 3300
+    assert b.is_low(3300) and not b.is_low(3600)

@@ -1,0 +1,205 @@
+"""Whole wake cycles on CPython with the fake HAL; frames checked with the gateway codec."""
+# ruff: noqa: I001  (the fw_fakes import puts firmware/lib on sys.path: it must come first)
+
+from __future__ import annotations
+
+import binascii
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.protocol import NodeKeys, parse_header, verify_uplink
+from tests import fw_fakes as ff
+
+import us_cobs
+import us_node
+import us_proto
+
+KEYS = NodeKeys(binascii.unhexlify(ff.KEY_HEX))
+
+
+def decode(frame: bytes, last: int | None = None):
+    up = verify_uplink(KEYS, frame, parse_header(frame), last)
+    assert len(frame) <= 27
+    return up
+
+
+def test_cold_boot_sends_status_for_each_kind() -> None:
+    for kind in ("parking", "bin", "water"):
+        w = ff.make_world(kind)
+        ms = w.run_cycle(us_node)
+        assert 1000 <= ms <= 86400000
+        ups = [decode(f) for f in w.frames()]
+        assert ups[0].ftype == us_proto.T_STATUS
+        r = ups[0].readings
+        assert r[us_proto.Q_BATTERY_MV] == 3600
+        assert r[us_proto.Q_FW_VERSION] == us_node.FW_VERSION
+        assert r[us_proto.Q_RESET_CAUSE] == ff.PWRON_RESET
+        assert w.wdt_timeout_ms and w.wdt_feeds >= 2
+        assert all(not c for _, _, c in w.adverts) and not w.ble_active
+        assert ("ble_tx" in w.energy_log and "sensor" in w.energy_log) or kind == "water"
+
+
+def test_parking_arrival_is_confirmed_reported_and_woken_by_interrupt() -> None:
+    w = ff.make_world("parking")
+    w.run_cycle(us_node)
+    assert w.ext0 == (4, 1)
+    mag = w.i2c_devices[0x1C]
+    mag.set_field((5000, -5000, 70000))  # a car: INT pin goes high
+    assert w.pins[4] == 1
+    w.sleep(1000, ff.EXT0_WAKE)
+    ms = w.run_cycle(us_node)
+    assert ms <= 10000 and w.frames() == []  # first sample: wait for confirmation
+    w.sleep(ms)
+    w.run_cycle(us_node)
+    ups = [decode(f) for f in w.frames()]
+    assert [u.readings.get(us_proto.Q_OCCUPIED) for u in ups] == [True]
+    assert ups[0].readings[us_proto.Q_EVENTS] == 1
+    assert w.ext0 == (4, 1)
+
+
+def test_bin_reports_crossing_and_emptying() -> None:
+    w = ff.make_world("bin", extra={"calibration": {"empty_mm": 1200, "full_mm": 200}})
+    tof = w.i2c_devices[0x29]
+    tof.default_mm = 1100
+    w.run_cycle(us_node)
+    fcs = []
+    seen = []
+    for mm in (1000, 650, 640, 1150):
+        tof.default_mm = mm
+        w.sleep(900000)
+        w.run_cycle(us_node)
+        for f in w.frames():
+            u = decode(f)
+            fcs.append(u.fcnt)
+            seen.append(u.readings)
+    fills = [r[us_proto.Q_FILL_PCT] for r in seen]
+    assert 55 in fills  # 650 mm -> 55 %: crossed 50
+    assert any(r.get(us_proto.Q_EVENTS) == 1 for r in seen)  # emptied
+    assert fcs == sorted(set(fcs))
+
+
+def test_water_pulses_alarm_and_hourly_report() -> None:
+    w = ff.make_world("water", extra={"calibration": {"ml_per_pulse": 10000, "index_l": 1000},
+                                      "thresholds": {"burst_lph": 3000}})
+    w.run_cycle(us_node)
+    assert w.ext0 == (25, 0)
+    frames = []
+    for _ in range(6):  # 6 pulses of 10 L within a minute -> 3600 L/h: burst
+        w.pins[25] = 0
+        w.sleep(4000, ff.EXT0_WAKE)
+        w.run_cycle(us_node)
+        frames += w.frames()
+        w.pins[25] = 1
+        w.sleep(4000, ff.EXT0_WAKE)
+        w.run_cycle(us_node)
+        frames += w.frames()
+    alarms = [decode(f).readings for f in frames]
+    assert alarms and alarms[0][us_proto.Q_ALARMS] & us_proto.A_BURST
+    assert w.nvs["urbansense"]["pulses"] >= 4
+    w.sleep(3600 * 1000)
+    w.run_cycle(us_node)
+    rep = [decode(f).readings for f in w.frames() if decode(f).ftype == us_proto.T_REPORT]
+    assert rep[0][us_proto.Q_VOLUME_L] == 1060
+
+
+@pytest.mark.parametrize("text", [None, "{not json", '{"node_id": 1}',
+                                  '{"node_id": 1, "key": "zz' + "0" * 30 + '", "kind": "bin", "board": "b"}',
+                                  '{"node_id": 1, "key": "' + "ab" * 16 + '", "kind": "tree", "board": "b"}'])
+def test_bad_config_enters_safe_mode_without_leaking_key(text: str | None, capsys: pytest.CaptureFixture[str]) -> None:
+    w = ff.make_world("bin")
+    if text is None:
+        del w.files["config.json"]
+    else:
+        w.files["config.json"] = text
+    ms = us_node.run_cycle(w.hal())
+    out = capsys.readouterr().out
+    assert ms == us_node.SAFE_MODE_SLEEP_MS
+    assert "SAFE MODE" in out
+    assert "ab" * 16 not in out and ff.KEY_HEX not in out
+    assert w.adverts == []
+
+
+def test_serial_backlog_ack_and_downlink() -> None:
+    from gateway.protocol import encode_ack
+
+    w = ff.make_world("bin", transport="serial")
+    acked: list[int] = []
+    state = {"online": False, "dcnt": 5}
+
+    def gateway(data: bytes) -> bytes:
+        frame = us_cobs.unwrap(data[:-1])
+        up = verify_uplink(KEYS, frame, parse_header(frame), None)
+        if not state["online"]:
+            return b""
+        acked.append(up.fcnt)
+        state["dcnt"] += 1
+        return us_cobs.wrap(encode_ack(KEYS, 0x01020304, state["dcnt"], up.fcnt,
+                                       {us_proto.C_REPORT_INTERVAL_S: 1800}))
+
+    w.uart_peer = gateway
+    w.run_cycle(us_node)
+    for _ in range(10):
+        w.sleep(3600 * 1000)
+        w.run_cycle(us_node)
+    st_ = __import__("us_store").load_rtc(w.hal().machine.RTC())
+    assert len(st_["bl"]) == 8 and st_["dr"] > 0
+    state["online"] = True
+    w.sleep(3600 * 1000)
+    w.run_cycle(us_node)
+    st_ = __import__("us_store").load_rtc(w.hal().machine.RTC())
+    assert st_.get("bl") == [] and acked == sorted(acked) and len(acked) == 8
+    assert st_["dn"][us_proto.C_REPORT_INTERVAL_S] == 1800
+    assert st_["dc"] == state["dcnt"]
+
+
+events = st.lists(st.sampled_from(["cycle", "cycle", "cycle", "power_loss", "wdt"]), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events)
+def test_frame_counter_never_repeats(seq: list[str]) -> None:
+    w = ff.make_world("bin", extra={"intervals": {"report_interval_s": 60, "measure_s": 60}})
+    seen: set[int] = set()
+    last = None
+    for ev in seq:
+        if ev == "power_loss":
+            w.power_loss()
+        elif ev == "wdt":
+            w.watchdog_reset()
+        ms = w.run_cycle(us_node)
+        for f in w.frames():
+            u = decode(f, last)
+            assert u.fcnt not in seen
+            seen.add(u.fcnt)
+            last = u.fcnt
+        w.sleep(ms)
+    assert w.nvs_writes <= 2 + 2 * seq.count("power_loss") + len(seen) // 256 + 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["pulse", "pulse", "hour", "power_loss", "wdt"]), max_size=60))
+def test_water_index_never_goes_backwards(seq: list[str]) -> None:
+    w = ff.make_world("water")
+    w.run_cycle(us_node)
+    last_volume = -1
+    for ev in seq:
+        if ev == "pulse":
+            w.pins[25] = 0
+            w.sleep(2000, ff.EXT0_WAKE)
+            w.run_cycle(us_node)
+            w.pins[25] = 1
+            w.sleep(2000, ff.EXT0_WAKE)
+        elif ev == "hour":
+            w.sleep(3600 * 1000)
+        elif ev == "power_loss":
+            w.power_loss()
+        else:
+            w.watchdog_reset()
+        w.run_cycle(us_node)
+        for f in w.frames():
+            r = decode(f).readings
+            if us_proto.Q_VOLUME_L in r:
+                assert r[us_proto.Q_VOLUME_L] >= last_volume
+                last_volume = r[us_proto.Q_VOLUME_L]

