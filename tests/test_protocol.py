@@ -247,7 +247,7 @@ def test_cobs_roundtrip_and_splitter(data: bytes, cut: list[int]) -> None:
     splitter = framing.PacketSplitter()
     packets: list[bytes] = []
     prev = 0
-    for c in sorted(set(cut)) + [len(stream)]:
+    for c in [*sorted(set(cut)), len(stream)]:
         packets += splitter.feed(stream[prev:c])
         prev = max(prev, c)
     assert [framing.unwrap(p) for p in packets] == frames

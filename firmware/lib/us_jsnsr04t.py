@@ -3,7 +3,7 @@
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython stand-in for micropython.const
         return x
 
 _TRIG_US = const(20)  # datasheet asks >= 10 us; margin for the port's timing jitter

@@ -4,7 +4,7 @@
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython stand-in for micropython.const
         return x
 
 import binascii

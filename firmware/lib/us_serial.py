@@ -3,7 +3,7 @@
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython stand-in for micropython.const
         return x
 
 import us_cobs

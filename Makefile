@@ -1,0 +1,86 @@
+# urbansense: `make demo`, `make test`. `make setup` is idempotent and quiet once done.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMPS  := build/.stamps
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?=
+# System packages: the test broker, its certificates, the browser for the status-page test.
+APT_PKGS := mosquitto openssl chromium
+
+# First python3.11+ found (override: make PYTHON=python3.12 setup).
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+	  command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	  && { command -v $$p; break; }; done)
+
+.PHONY: setup sysdeps test lint typecheck pytest demo bench clean
+
+setup: sysdeps $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/typeshed
+
+# Debian packages: installed only when missing, and only as root (else a hint).
+sysdeps:
+	@missing=""; \
+	for pkg in $(APT_PKGS); do \
+	  case $$pkg in \
+	    mosquitto) test -x /usr/sbin/mosquitto || command -v mosquitto >/dev/null || missing="$$missing $$pkg" ;; \
+	    chromium)  command -v chromium >/dev/null || missing="$$missing $$pkg" ;; \
+	    *)         command -v $$pkg >/dev/null || missing="$$missing $$pkg" ;; \
+	  esac; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "setup: apt-get install$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq$$missing >/dev/null; \
+	  else \
+	    echo "setup: missing system packages:$$missing (run as root: apt-get install$$missing); skipping"; \
+	  fi; \
+	fi; \
+	command -v node >/dev/null || { echo "setup: node (v20+) is required for the MicroPython VM tests"; exit 1; }
+
+$(STAMPS)/venv: pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  [ -n "$(PYTHON)" ] || { echo "setup: need python3.11+"; exit 1; }; \
+	  echo "setup: creating $(VENV) with $(PYTHON)"; \
+	  $(PYTHON) -m venv $(VENV); \
+	fi
+	@echo "setup: pip install -e '.[dev]'"
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/npm: package.json package-lock.json
+	@echo "setup: npm ci"
+	@npm ci --no-audit --no-fund --loglevel=error >/dev/null
+	@mkdir -p $(STAMPS) && touch $@
+
+# MicroPython/ESP32 typeshed for tools/mypy-firmware.ini (rebuilt when the stubs change).
+$(STAMPS)/typeshed: $(STAMPS)/venv tools/mpy_typeshed.py
+	@$(PY) tools/mpy_typeshed.py >/dev/null
+	@touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --config-file tools/mypy-firmware.ini firmware
+
+pytest: setup
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/urbansense demo
+
+bench: setup
+	$(VENV)/bin/urbansense bench
+
+clean:
+	rm -rf build $(STAMPS) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,88 @@
+"""Shared fixtures: the MicroPython VM (``mpvm``) and private Mosquitto brokers.
+
+Missing tools fail the test (CI must run everything) unless URBANSENSE_ALLOW_SKIP=1, in
+which case tests that need them are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.broker import Broker, BrokerUnavailable, TlsMaterial, make_tls_material
+from tests.support.mpvm import missing_reason, run_micropython
+
+ALLOW_SKIP = os.environ.get("URBANSENSE_ALLOW_SKIP") == "1"
+
+MQTT_USER = "urbansense"
+MQTT_PASSWORD = "s3cret-test-pw"
+
+
+def _unavailable(reason: str) -> None:
+    if ALLOW_SKIP:
+        pytest.skip(reason)
+    pytest.fail(f"{reason} (set URBANSENSE_ALLOW_SKIP=1 to skip instead)", pytrace=False)
+
+
+@pytest.fixture
+def mpvm() -> Callable[..., Any]:
+    """``run_micropython`` (see tests/support/mpvm.py), after checking node + the npm package."""
+    reason = missing_reason()
+    if reason is not None:
+        _unavailable(f"MicroPython VM unavailable: {reason}")
+    return run_micropython
+
+
+@pytest.fixture(scope="session")
+def tls_material(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
+    """A throw-away CA + server certificate (CN/SAN 127.0.0.1, localhost), shared per session."""
+    try:
+        return make_tls_material(tmp_path_factory.mktemp("tls"))
+    except BrokerUnavailable as e:
+        _unavailable(str(e))
+        raise
+
+
+BrokerFactory = Callable[..., Broker]
+
+
+@pytest.fixture
+def mqtt_broker_factory(tmp_path: Path) -> Iterator[BrokerFactory]:
+    """``make(tls=None, users=None, persistence=False, extra_config="", port=None) -> Broker``,
+    started; every broker made is stopped at teardown."""
+    made: list[Broker] = []
+
+    def make(**kwargs: Any) -> Broker:
+        try:
+            broker = Broker(tmp_path / f"mosquitto-{len(made)}", **kwargs)
+        except BrokerUnavailable as e:
+            _unavailable(str(e))
+            raise
+        made.append(broker)
+        return broker.start()
+
+    yield make
+    for broker in made:
+        broker.stop()
+
+
+@pytest.fixture
+def mqtt_broker(mqtt_broker_factory: BrokerFactory) -> Broker:
+    """Plain MQTT on 127.0.0.1:<free port>, anonymous access."""
+    return mqtt_broker_factory()
+
+
+@pytest.fixture
+def mqtt_broker_tls(mqtt_broker_factory: BrokerFactory, tls_material: TlsMaterial) -> Broker:
+    """MQTT over TLS; ``.ca_path`` is the CA certificate to trust (server name 127.0.0.1/localhost)."""
+    return mqtt_broker_factory(tls=tls_material)
+
+
+@pytest.fixture
+def mqtt_broker_auth(mqtt_broker_factory: BrokerFactory) -> Broker:
+    """Plain MQTT, anonymous refused; ``.username`` / ``.password`` are valid credentials."""
+    return mqtt_broker_factory(users={MQTT_USER: MQTT_PASSWORD})

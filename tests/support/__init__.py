@@ -1,0 +1,1 @@
+"""Shared test helpers: the MicroPython VM runner and a private Mosquitto broker."""
