@@ -1,0 +1,222 @@
+"""Batch stage: accepted frames -> SenML-CBOR packs -> one outbox commit each -> serial acks.
+
+A pack closes at ``max_records`` frames, before it would pass ``max_bytes``, when its oldest
+frame is ``max_age_s`` old, or ``ack_max_delay_ms`` after a frame that waits for a serial ack.
+Acks are written only after the commit returns: an acked frame is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import cbor2
+
+from gateway.config import BatchConfig
+from gateway.dedup import DedupIndex
+from gateway.health import Health
+from gateway.metrics import Metrics
+from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox
+from gateway.protocol import encode_ack
+from gateway.quantities import COMMANDS
+from gateway.registry import Registry
+from gateway.replay import ReplayTable
+from gateway.senml import frame_records
+from gateway.verify import Accepted, Duplicate, Verdict
+
+_log = logging.getLogger(__name__)
+
+
+def commands_from_json(obj: Any) -> dict[int, object]:
+    """{"report_interval_s": 900} -> {1: 900}; ValueError names the bad command."""
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError("commands must be a non-empty object")
+    out: dict[int, object] = {}
+    for name, value in obj.items():
+        key = COMMANDS.get(name)
+        if key is None:
+            raise ValueError(f"unknown command {name!r}")
+        if name == "thresholds":
+            if not isinstance(value, list) or not all(type(v) is int for v in value):
+                raise ValueError("thresholds must be a list of integers")
+        elif type(value) is not int or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer")
+        out[key] = value
+    return out
+
+
+class Batcher:
+    def __init__(
+        self,
+        cfg: BatchConfig,
+        outbox: Outbox,
+        registry: Registry,
+        replay: ReplayTable,
+        health: Health,
+        metrics: Metrics,
+    ) -> None:
+        self.cfg = cfg
+        self.outbox = outbox
+        self.registry = registry
+        self.replay = replay
+        self.health = health
+        self.metrics = metrics
+        self._open: list[Accepted] = []
+        self._index = DedupIndex()
+        self._bytes = 1
+        self._opened_s = 0.0
+        self._ack_deadline_s: float | None = None
+        self.commands: dict[int, dict[int, object]] = {}
+        for node_id, text in outbox.load_downlinks().items():
+            try:
+                self.commands[node_id] = {int(k): v for k, v in json.loads(text).items()}
+            except (ValueError, AttributeError):
+                _log.error("event=downlink_corrupt node=%08x", node_id)
+
+    # -- downlinks ----------------------------------------------------------------------
+
+    def queue_commands(self, node_id: int, commands: dict[int, object]) -> None:
+        """Persist commands to go out with the node's next ack (merged with pending ones)."""
+        merged = {**self.commands.get(node_id, {}), **commands}
+        self.outbox.put_downlink(node_id, json.dumps({str(k): v for k, v in merged.items()}))
+        self.commands[node_id] = merged
+
+    # -- the stage ----------------------------------------------------------------------
+
+    def deadline_s(self) -> float | None:
+        """Monotonic time at which the open batch must close."""
+        if not self._open:
+            return None
+        age_deadline = self._opened_s + self.cfg.max_age_s
+        if self._ack_deadline_s is not None:
+            return min(age_deadline, self._ack_deadline_s)
+        return age_deadline
+
+    def add(self, v: Verdict) -> None:
+        if isinstance(v, Duplicate):
+            self._duplicate(v)
+            return
+        if not self._index.add(v):
+            return
+        size = len(cbor2.dumps(frame_records(v.record)))
+        if self._open and self._bytes + size > self.cfg.max_bytes:
+            self.flush()
+            self._index.add(v)  # flush cleared the index; v opens the next batch
+        if not self._open:
+            self._opened_s = time.monotonic()
+        self._open.append(v)
+        self._bytes += size
+        if v.replies and self._ack_deadline_s is None:
+            self._ack_deadline_s = time.monotonic() + self.cfg.ack_max_delay_ms / 1000
+        if len(self._open) >= self.cfg.max_records:
+            self.flush()
+
+    def _duplicate(self, d: Duplicate) -> None:
+        if self._index.merge(d):
+            if d.reply is not None and self._ack_deadline_s is None:
+                self._ack_deadline_s = time.monotonic() + self.cfg.ack_max_delay_ms / 1000
+            return
+        st = self.replay.peek(d.node_id)
+        node = self.registry.get(d.node_id)
+        if d.reply is None or st is None or node is None:
+            return
+        if st.committed is None or d.fcnt > st.committed:
+            return  # cannot happen in FIFO order; never ack what is not on disk
+        ack = st.acks.get(d.fcnt) or encode_ack(node.keys, d.node_id, st.dcnt, d.fcnt)
+        self._reply(d.reply, ack)
+
+    def tick(self) -> None:
+        deadline = self.deadline_s()
+        if deadline is not None and time.monotonic() >= deadline:
+            self.flush()
+
+    def flush(self) -> None:
+        """Close the open batch: one commit, then the acks."""
+        batch = self._open
+        if not batch:
+            return
+        self._open = []
+        self._index.clear()
+        self._bytes = 1
+        self._ack_deadline_s = None
+
+        payload = cbor2.dumps([r for acc in batch for r in frame_records(acc.record)])
+        priority = PRIORITY_ALARM if any(a.alarm for a in batch) else PRIORITY_ORDINARY
+        newest: dict[int, int] = {}
+        for acc in batch:
+            newest[acc.record.node_id] = max(newest.get(acc.record.node_id, -1), acc.record.fcnt)
+        # Allocate downlink counters before the commit so they are persisted with it.
+        acks: list[tuple[Accepted, bytes]] = []
+        commands_sent: list[int] = []
+        for acc in batch:
+            if not acc.replies:
+                continue
+            node_id = acc.record.node_id
+            node = self.registry.get(node_id)
+            if node is None:
+                continue
+            st = self.replay.get(node_id)
+            st.dcnt += 1
+            cmds = self.commands.get(node_id) if node_id not in commands_sent else None
+            if cmds:
+                commands_sent.append(node_id)
+            acks.append((acc, encode_ack(node.keys, node_id, st.dcnt, acc.record.fcnt, cmds)))
+        rows: list[NodeRow] = []
+        for node_id, fcnt in newest.items():
+            st = self.replay.get(node_id)
+            committed = max(fcnt, st.committed if st.committed is not None else -1)
+            rows.append(st.row(committed))
+        try:
+            self.outbox.commit_batch(payload, len(batch), priority, rows, commands_sent)
+        except Exception:
+            # Disk full or I/O error: nothing was acked; the frames are lost to this gateway
+            # but serial nodes keep them and retransmit. Roll the in-memory marks back.
+            _log.exception("event=outbox_commit_failed frames=%d", len(batch))
+            for node_id in newest:
+                st = self.replay.get(node_id)
+                st.fcnt = st.committed
+                st.recent = type(st.recent)(
+                    (f, b) for f, b in st.recent if st.committed is not None and f <= st.committed
+                )
+            return
+        for node_id, fcnt in newest.items():
+            st = self.replay.get(node_id)
+            st.committed = max(fcnt, st.committed if st.committed is not None else -1)
+        for node_id in commands_sent:
+            self.commands.pop(node_id, None)
+            self.metrics.downlinks.inc("sent")
+        self.metrics.batch_records.observe(len(batch))
+        for acc, ack in acks:
+            self.replay.get(acc.record.node_id).remember_ack(acc.record.fcnt, ack)
+            for reply in acc.replies:
+                self._reply(reply, ack)
+        for acc in batch:
+            self.health.observe(acc.record, acc.kind)
+        self.metrics.nodes_heard.set(len(self.health.nodes))
+
+    def _reply(self, reply: Any, ack: bytes) -> None:
+        try:
+            reply(ack)
+            self.metrics.acks_sent.inc()
+        except Exception as exc:  # a port gone between frame and ack: the node retransmits
+            _log.info("event=ack_write_failed error=%r", exc)
+
+    async def run(self, queue: asyncio.Queue[Verdict]) -> None:
+        """Consume verdicts until cancelled; the caller flushes on shutdown."""
+        while True:
+            deadline = self.deadline_s()
+            if deadline is None:
+                self.add(await queue.get())
+            else:
+                timeout = deadline - time.monotonic()
+                if timeout > 0:
+                    with contextlib.suppress(TimeoutError):
+                        self.add(await asyncio.wait_for(queue.get(), timeout))
+            # Drain what is already queued without yielding per item (throughput).
+            while not queue.empty():
+                self.add(queue.get_nowait())
+            self.tick()

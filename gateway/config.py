@@ -1,0 +1,403 @@
+"""Gateway configuration: TOML in, validated dataclasses out.
+
+Every problem raises ``ConfigError(key, problem)`` with the dotted key, so an operator
+reading the journal knows which line to fix. Secrets never live here: only paths to files
+that must not be world-readable (checked by ``read_secret``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from gateway.errors import ConfigError
+
+_NAME_RE: Final = re.compile(r"^[a-z0-9-]{1,64}$")
+
+
+@dataclass(slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+
+
+@dataclass(slots=True)
+class BatchConfig:
+    max_records: int = 100
+    max_bytes: int = 16384
+    max_age_s: float = 5.0
+    # A batch holding frames that wait for a serial ack closes after this long: a node's
+    # retransmit timer is shorter than max_age_s. Quiet serial sites pay one commit per frame.
+    ack_max_delay_ms: int = 200
+
+
+@dataclass(slots=True)
+class OutboxConfig:
+    path: Path | None = None  # default: <data_dir>/outbox.db
+    max_bytes: int = 256 * 1024 * 1024
+    synchronous: str = "full"  # "full": durable across power cuts; "normal": across crashes
+
+
+@dataclass(slots=True)
+class MqttConfig:
+    brokers: list[BrokerAddress] = field(default_factory=list)
+    protocol: str = "auto"  # "auto" (5, falling back to 3.1.1), "5", "3.1.1"
+    client_id: str = ""
+    username: str = ""
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls: bool = False
+    keepalive_s: int = 30
+    inflight_max: int = 16
+    drain_rate_batches_s: float = 50.0
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 60.0
+    publish_timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
+
+
+@dataclass(slots=True)
+class SerialConfig:
+    ports: list[str] = field(default_factory=list)
+    baudrate: int = 115200
+    retry_min_s: float = 0.2
+    retry_max_s: float = 30.0
+
+
+@dataclass(slots=True)
+class BleConfig:
+    enabled: bool = False
+    backend: str = "bleak"  # "bleak" (the platform's) or "simulator"
+    sim_socket: str = ""
+    adapter: str = ""
+    company_id: int = 0xFFFF
+    watchdog_s: float = 120.0
+    power_cycle_command: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class HttpConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1"
+    port: int = 9105  # 0: any free port (tests)
+
+
+@dataclass(slots=True)
+class HealthConfig:
+    default_interval_s: float = 3600.0
+    silent_factor: float = 2.5
+    low_battery_mv: int = 3300
+    check_interval_s: float = 30.0
+
+
+@dataclass(slots=True)
+class GatewayConfig:
+    site: str
+    gateway_id: str
+    registry: Path
+    data_dir: Path
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    serial: SerialConfig = field(default_factory=SerialConfig)
+    ble: BleConfig = field(default_factory=BleConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    queue_size: int = 10000
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or self.data_dir / "outbox.db"
+
+    @property
+    def topic_prefix(self) -> str:
+        return f"urbansense/v1/{self.site}/{self.gateway_id}"
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"urbansense-{self.site}-{self.gateway_id}"
+
+    def validate(self) -> None:
+        """Checks that need the whole config; load_config calls it, code that builds one should."""
+        if not _NAME_RE.match(self.site):
+            raise ConfigError("gateway.site", "must match [a-z0-9-]{1,64}")
+        if not _NAME_RE.match(self.gateway_id):
+            raise ConfigError("gateway.id", "must match [a-z0-9-]{1,64}")
+        _positive("batch.max_records", self.batch.max_records)
+        _positive("batch.max_bytes", self.batch.max_bytes)
+        _positive("batch.max_age_s", self.batch.max_age_s)
+        if self.batch.ack_max_delay_ms < 0:
+            raise ConfigError("batch.ack_max_delay_ms", "must be >= 0")
+        if self.outbox.max_bytes < 4 * self.batch.max_bytes:
+            raise ConfigError("outbox.max_bytes", "must hold at least 4 batches (4 x batch.max_bytes)")
+        if self.outbox.synchronous not in ("full", "normal"):
+            raise ConfigError("outbox.synchronous", 'must be "full" or "normal"')
+        if self.mqtt.protocol not in ("auto", "5", "3.1.1"):
+            raise ConfigError("mqtt.protocol", 'must be "auto", "5" or "3.1.1"')
+        _positive("mqtt.inflight_max", self.mqtt.inflight_max)
+        _positive("mqtt.drain_rate_batches_s", self.mqtt.drain_rate_batches_s)
+        if self.mqtt.backoff_min_s <= 0 or self.mqtt.backoff_max_s < self.mqtt.backoff_min_s:
+            raise ConfigError("mqtt.backoff_max_s", "need 0 < backoff_min_s <= backoff_max_s")
+        if self.mqtt.cert_file is not None and self.mqtt.key_file is None:
+            raise ConfigError("mqtt.key_file", "required with mqtt.cert_file")
+        if self.ble.backend not in ("bleak", "simulator"):
+            raise ConfigError("ble.backend", 'must be "bleak" or "simulator"')
+        if self.ble.enabled and self.ble.backend == "simulator" and not self.ble.sim_socket:
+            raise ConfigError("ble.sim_socket", 'required with backend = "simulator"')
+        if not 0 <= self.ble.company_id <= 0xFFFF:
+            raise ConfigError("ble.company_id", "must be 0..0xFFFF")
+        _positive("ble.watchdog_s", self.ble.watchdog_s)
+        if not 0 <= self.http.port <= 65535:
+            raise ConfigError("http.port", "must be 0..65535")
+        _positive("queue_size", self.queue_size)
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(key, "must be > 0")
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("config", f"file not found: {p}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"not valid TOML: {exc}") from None
+    return config_from_dict(raw, base_dir=p.parent)
+
+
+class _Section:
+    """Typed reads from one TOML table; unknown keys are errors (typos must not pass)."""
+
+    def __init__(self, raw: Mapping[str, Any], name: str, base_dir: Path) -> None:
+        self._raw = raw
+        self._name = name
+        self._base = base_dir
+        self._used: set[str] = set()
+
+    def _key(self, k: str) -> str:
+        return f"{self._name}.{k}" if self._name else k
+
+    def _get(self, k: str) -> Any:
+        self._used.add(k)
+        return self._raw.get(k)
+
+    def str_(self, k: str, default: str) -> str:
+        v = self._get(k)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise ConfigError(self._key(k), "must be a string")
+        return v
+
+    def int_(self, k: str, default: int) -> int:
+        v = self._get(k)
+        if v is None:
+            return default
+        if type(v) is not int:
+            raise ConfigError(self._key(k), "must be an integer")
+        return v
+
+    def float_(self, k: str, default: float) -> float:
+        v = self._get(k)
+        if v is None:
+            return default
+        if type(v) not in (int, float):
+            raise ConfigError(self._key(k), "must be a number")
+        return float(v)
+
+    def bool_(self, k: str, default: bool) -> bool:
+        v = self._get(k)
+        if v is None:
+            return default
+        if type(v) is not bool:
+            raise ConfigError(self._key(k), "must be true or false")
+        return v
+
+    def path(self, k: str, default: Path | None) -> Path | None:
+        v = self._get(k)
+        if v is None or v == "":
+            return default
+        if not isinstance(v, str):
+            raise ConfigError(self._key(k), "must be a path string")
+        p = Path(v).expanduser()
+        return p if p.is_absolute() else self._base / p
+
+    def str_list(self, k: str) -> list[str]:
+        v = self._get(k)
+        if v is None:
+            return []
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ConfigError(self._key(k), "must be a list of strings")
+        return list(v)
+
+    def raw(self, k: str) -> Any:
+        return self._get(k)
+
+    def finish(self) -> None:
+        for k in self._raw:
+            if k not in self._used:
+                raise ConfigError(self._key(k), "unknown key")
+
+
+def _table(raw: Mapping[str, Any], name: str, base: Path) -> _Section:
+    v = raw.get(name, {})
+    if not isinstance(v, dict):
+        raise ConfigError(name, "must be a table")
+    return _Section(v, name, base)
+
+
+def _brokers(value: Any) -> list[BrokerAddress]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError("mqtt.brokers", 'must be a list like ["host:1883"]')
+    out: list[BrokerAddress] = []
+    for i, item in enumerate(value):
+        key = f"mqtt.brokers[{i}]"
+        if isinstance(item, str):
+            host, sep, port_s = item.rpartition(":")
+            if not sep or not host or not port_s.isdigit():
+                raise ConfigError(key, 'must be "host:port"')
+            port = int(port_s)
+        elif isinstance(item, dict) and isinstance(item.get("host"), str):
+            host, port = item["host"], item.get("port", 1883)
+            if type(port) is not int:
+                raise ConfigError(f"{key}.port", "must be an integer")
+        else:
+            raise ConfigError(key, 'must be "host:port" or {host = ..., port = ...}')
+        if not 0 < port < 65536:
+            raise ConfigError(key, "port must be 1..65535")
+        out.append(BrokerAddress(host.strip("[]"), port))
+    return out
+
+
+def config_from_dict(raw: Mapping[str, Any], base_dir: Path | None = None) -> GatewayConfig:
+    """Build and validate a config from parsed TOML; relative paths are taken from base_dir."""
+    base = base_dir or Path.cwd()
+    top = _Section(raw, "", base)
+    for name in ("gateway", "batch", "outbox", "mqtt", "serial", "ble", "http", "health"):
+        top.raw(name)
+    queue_size = top.int_("queue_size", 10000)
+    top.finish()
+
+    g = _table(raw, "gateway", base)
+    site = g.str_("site", "")
+    gw_id = g.str_("id", "")
+    registry = g.path("registry", None)
+    data_dir = g.path("data_dir", None)
+    g.finish()
+    if not site:
+        raise ConfigError("gateway.site", "required")
+    if not gw_id:
+        raise ConfigError("gateway.id", "required")
+    if registry is None:
+        raise ConfigError("gateway.registry", "required (path of the node registry file)")
+    if data_dir is None:
+        raise ConfigError("gateway.data_dir", "required (directory for the outbox)")
+
+    b = _table(raw, "batch", base)
+    batch = BatchConfig(
+        b.int_("max_records", 100),
+        b.int_("max_bytes", 16384),
+        b.float_("max_age_s", 5.0),
+        b.int_("ack_max_delay_ms", 200),
+    )
+    b.finish()
+
+    o = _table(raw, "outbox", base)
+    outbox = OutboxConfig(
+        o.path("path", None), o.int_("max_bytes", 256 * 1024 * 1024), o.str_("synchronous", "full")
+    )
+    o.finish()
+
+    m = _table(raw, "mqtt", base)
+    mqtt = MqttConfig(
+        brokers=_brokers(m.raw("brokers")),
+        protocol=m.str_("protocol", "auto"),
+        client_id=m.str_("client_id", ""),
+        username=m.str_("username", ""),
+        password_file=m.path("password_file", None),
+        ca_file=m.path("ca_file", None),
+        cert_file=m.path("cert_file", None),
+        key_file=m.path("key_file", None),
+        tls=m.bool_("tls", False),
+        keepalive_s=m.int_("keepalive_s", 30),
+        inflight_max=m.int_("inflight_max", 16),
+        drain_rate_batches_s=m.float_("drain_rate_batches_s", 50.0),
+        backoff_min_s=m.float_("backoff_min_s", 0.5),
+        backoff_max_s=m.float_("backoff_max_s", 60.0),
+        publish_timeout_s=m.float_("publish_timeout_s", 30.0),
+        connect_timeout_s=m.float_("connect_timeout_s", 10.0),
+    )
+    m.finish()
+    if mqtt.ca_file is not None:
+        mqtt.tls = True
+    if not mqtt.brokers:
+        raise ConfigError("mqtt.brokers", "at least one broker required")
+
+    s = _table(raw, "serial", base)
+    serial = SerialConfig(
+        s.str_list("ports"),
+        s.int_("baudrate", 115200),
+        s.float_("retry_min_s", 0.2),
+        s.float_("retry_max_s", 30.0),
+    )
+    s.finish()
+
+    bl = _table(raw, "ble", base)
+    ble = BleConfig(
+        enabled=bl.bool_("enabled", False),
+        backend=bl.str_("backend", "bleak"),
+        sim_socket=bl.str_("sim_socket", ""),
+        adapter=bl.str_("adapter", ""),
+        company_id=bl.int_("company_id", 0xFFFF),
+        watchdog_s=bl.float_("watchdog_s", 120.0),
+        power_cycle_command=bl.str_list("power_cycle_command"),
+    )
+    bl.finish()
+
+    h = _table(raw, "http", base)
+    http = HttpConfig(h.bool_("enabled", True), h.str_("listen", "127.0.0.1"), h.int_("port", 9105))
+    h.finish()
+
+    he = _table(raw, "health", base)
+    health = HealthConfig(
+        he.float_("default_interval_s", 3600.0),
+        he.float_("silent_factor", 2.5),
+        he.int_("low_battery_mv", 3300),
+        he.float_("check_interval_s", 30.0),
+    )
+    he.finish()
+
+    cfg = GatewayConfig(
+        site, gw_id, registry, data_dir, batch, outbox, mqtt, serial, ble, http, health, queue_size
+    )
+    cfg.validate()
+    return cfg
+
+
+def check_secret_file(path: Path, key: str) -> None:
+    """Refuse a secret file that others can read or write (group/world bits)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(key, f"file not found: {path}") from None
+    if st.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+        raise ConfigError(key, f"{path} is accessible by other users; chmod 600 it")
+
+
+def read_secret(path: Path, key: str) -> str:
+    check_secret_file(path, key)
+    return path.read_text(encoding="utf-8").strip()

@@ -1,0 +1,110 @@
+"""Node health: what the gateway knows of each node, and the events it raises.
+
+Events (JSON to ``.../event``): ``silent`` when a node is unheard past ``silent_factor`` x its
+expected interval, ``low_battery`` on the node's flag or below ``low_battery_mv``, ``alarm``
+for each alarm bit newly raised (leak, burst, backflow, tamper). Each is raised once per
+transition, not on every frame.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import HealthConfig
+from gateway.quantities import ALARM_NAMES, BY_FIELD, FLAG_LOW_BATTERY, QUANTITIES
+from gateway.registry import Registry
+from gateway.senml import FrameRecord
+
+_Q_ALARMS = BY_FIELD["alarms"].key
+_Q_FLAGS = BY_FIELD["flags"].key
+_Q_BATTERY = BY_FIELD["battery_mv"].key
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass(slots=True)
+class NodeHealth:
+    node_id: int
+    kind: str
+    last_seen_s: float = 0.0
+    rssi_dbm: int | None = None
+    battery_mv: int | None = None
+    fcnt: int = 0
+    frames: int = 0
+    transport: str = ""
+    alarms: int = 0
+    low_battery: bool = False
+    silent: bool = False
+    readings: dict[str, int | bool] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "node": f"{self.node_id:08x}",
+            "kind": self.kind,
+            "last_seen_s": self.last_seen_s,
+            "rssi_dbm": self.rssi_dbm,
+            "battery_mv": self.battery_mv,
+            "fcnt": self.fcnt,
+            "frames": self.frames,
+            "transport": self.transport,
+            "alarms": [name for bit, name in ALARM_NAMES.items() if self.alarms & bit],
+            "low_battery": self.low_battery,
+            "silent": self.silent,
+            "readings": self.readings,
+        }
+
+
+class Health:
+    def __init__(self, cfg: HealthConfig, registry: Registry, sink: EventSink) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.sink = sink
+        self.nodes: dict[int, NodeHealth] = {}
+
+    def observe(self, rec: FrameRecord, kind: str) -> None:
+        h = self.nodes.get(rec.node_id)
+        if h is None:
+            h = self.nodes[rec.node_id] = NodeHealth(rec.node_id, kind)
+        h.last_seen_s = rec.received_s
+        h.fcnt = rec.fcnt
+        h.frames += 1
+        h.transport = rec.transport
+        if rec.rssi_dbm is not None:
+            h.rssi_dbm = rec.rssi_dbm
+        if h.silent:
+            h.silent = False
+            self._emit("back", h)
+        for key, value in rec.readings.items():
+            q = QUANTITIES.get(key)
+            h.readings[q.field if q else f"q{key}"] = value
+        if _Q_BATTERY in rec.readings:
+            h.battery_mv = int(rec.readings[_Q_BATTERY])
+        low = bool(int(rec.readings.get(_Q_FLAGS, 0)) & FLAG_LOW_BATTERY) or (
+            h.battery_mv is not None and h.battery_mv < self.cfg.low_battery_mv
+        )
+        if low and not h.low_battery:
+            self._emit("low_battery", h, battery_mv=h.battery_mv)
+        h.low_battery = low
+        if _Q_ALARMS in rec.readings:
+            alarms = int(rec.readings[_Q_ALARMS])
+            for bit, name in ALARM_NAMES.items():
+                if alarms & bit and not h.alarms & bit:
+                    self._emit("alarm", h, alarm=name, fcnt=rec.fcnt)
+            h.alarms = alarms
+
+    def check_silent(self, now_s: float | None = None) -> None:
+        now = time.time() if now_s is None else now_s
+        for h in self.nodes.values():
+            node = self.registry.get(h.node_id)
+            interval = (node.report_interval_s if node else None) or self.cfg.default_interval_s
+            if not h.silent and now - h.last_seen_s > self.cfg.silent_factor * interval:
+                h.silent = True
+                self._emit("silent", h, last_seen_s=h.last_seen_s, expected_interval_s=interval)
+
+    def _emit(self, event: str, h: NodeHealth, **extra: Any) -> None:
+        self.sink({"event": event, "node_id": h.node_id, "node": f"{h.node_id:08x}",
+                   "kind": h.kind, "time_s": time.time(), **extra})

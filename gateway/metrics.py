@@ -1,0 +1,179 @@
+"""In-process metrics and their Prometheus text exposition (format 0.0.4), no dependency.
+
+``Metrics`` holds every figure the gateway reports; stages increment plain attributes, the
+HTTP endpoint renders them. Values are readable in-process (tests, the bench).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from typing import Final
+
+from gateway.protocol import REASONS
+
+_LATENCY_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+class Counter:
+    """A labelled monotonic counter (one label dimension is all we need)."""
+
+    __slots__ = ("help", "label", "name", "values")
+
+    def __init__(self, name: str, help_: str, label: str = "", labels: Iterable[str] = ()) -> None:
+        self.name = name
+        self.help = help_
+        self.label = label
+        self.values: dict[str, float] = dict.fromkeys(labels, 0.0)
+
+    def inc(self, label: str = "", amount: float = 1.0) -> None:
+        self.values[label] = self.values.get(label, 0.0) + amount
+
+    def get(self, label: str = "") -> float:
+        return self.values.get(label, 0.0)
+
+    def total(self) -> float:
+        return sum(self.values.values())
+
+    kind = "counter"
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+        if not self.values:
+            lines.append(f"{self.name} 0")
+        for lab, v in sorted(self.values.items()):
+            sel = f'{{{self.label}="{_esc(lab)}"}}' if self.label else ""
+            lines.append(f"{self.name}{sel} {_num(v)}")
+        return lines
+
+
+class Gauge(Counter):
+    __slots__ = ()
+    kind = "gauge"
+
+    def set(self, value: float, label: str = "") -> None:
+        self.values[label] = value
+
+
+class Histogram:
+    __slots__ = ("bounds", "count", "counts", "help", "name", "sum")
+
+    def __init__(self, name: str, help_: str, bounds: Iterable[float]) -> None:
+        self.name = name
+        self.help = help_
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def quantile(self, q: float) -> float:
+        """Upper bound of the bucket holding quantile q (coarse, for the status page)."""
+        if not self.count:
+            return 0.0
+        target = q * self.count
+        acc = 0
+        for i, c in enumerate(self.counts):
+            acc += c
+            if acc >= target:
+                return self.bounds[i] if i < len(self.bounds) else float("inf")
+        return float("inf")
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        acc = 0
+        for bound, c in zip(self.bounds, self.counts, strict=False):
+            acc += c
+            lines.append(f'{self.name}_bucket{{le="{_num(bound)}"}} {acc}')
+        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
+        lines.append(f"{self.name}_sum {_num(self.sum)}")
+        lines.append(f"{self.name}_count {self.count}")
+        return lines
+
+
+def _esc(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+class Metrics:
+    """Every metric of one gateway instance."""
+
+    def __init__(self) -> None:
+        p = "urbansense_gateway_"
+        self.frames_in = Counter(p + "frames_in_total", "Frames received, by transport.", "transport")
+        self.frames_accepted = Counter(
+            p + "frames_accepted_total", "Frames verified and fresh, by transport.", "transport"
+        )
+        self.rejections = Counter(
+            p + "rejections_total", "Frames rejected, by reason.", "reason", REASONS
+        )
+        self.duplicates = Counter(p + "duplicates_total", "Frames heard again and not forwarded.")
+        self.acks_sent = Counter(p + "acks_sent_total", "Acks written to serial nodes.")
+        self.queue_drops = Counter(
+            p + "queue_drops_total", "Frames dropped because a pipeline queue was full.", "queue"
+        )
+        self.batches = Counter(p + "batches_total", "Batches committed to the outbox.")
+        self.batch_records = Histogram(
+            p + "batch_frames", "Frames per batch.", _BATCH_BUCKETS
+        )
+        self.readings_committed = Counter(p + "readings_committed_total", "Frames committed.")
+        self.outbox_depth = Gauge(p + "outbox_batches", "Batches waiting in the outbox.")
+        self.outbox_bytes = Gauge(p + "outbox_bytes", "Payload bytes waiting in the outbox.")
+        self.outbox_dropped_batches = Counter(
+            p + "outbox_dropped_batches_total", "Batches dropped because the outbox was full.", "priority"
+        )
+        self.outbox_dropped_readings = Counter(
+            p + "outbox_dropped_readings_total", "Frames dropped because the outbox was full."
+        )
+        self.outbox_corrupt = Counter(
+            p + "outbox_corrupt_total", "Corrupt outbox rows skipped at start-up."
+        )
+        self.disk_bytes_written = Counter(
+            p + "disk_bytes_written_total", "Bytes the outbox wrote to disk (write syscalls)."
+        )
+        self.published_batches = Counter(p + "published_batches_total", "Batches acknowledged by the broker.")
+        self.published_bytes = Counter(p + "published_bytes_total", "Payload bytes acknowledged by the broker.")
+        self.published_readings = Counter(p + "published_readings_total", "Frames acknowledged by the broker.")
+        self.publish_latency = Histogram(
+            p + "publish_latency_seconds", "PUBLISH to PUBACK.", _LATENCY_BUCKETS_S
+        )
+        self.broker_connected = Gauge(p + "broker_connected", "1 while connected to a broker.")
+        self.broker_connects = Counter(p + "broker_connects_total", "Successful broker connections.")
+        self.broker_errors = Counter(p + "broker_errors_total", "Broker connection failures.")
+        self.events = Counter(p + "events_total", "Node events published, by type.", "type")
+        self.events_dropped = Counter(p + "events_dropped_total", "Events dropped (queue full).")
+        self.downlinks = Counter(p + "downlinks_total", "Downlink commands received.", "result")
+        self.serial_ports_open = Gauge(p + "serial_ports_open", "Serial ports currently open.")
+        self.serial_reopens = Counter(p + "serial_reopens_total", "Serial port (re)opens.", "port")
+        self.ble_scanner_healthy = Gauge(p + "ble_scanner_healthy", "1 while the BLE scanner hears adverts.")
+        self.ble_recoveries = Counter(
+            p + "ble_recoveries_total", "BLE scanner recovery actions, by step.", "step"
+        )
+        self.ble_adverts = Counter(p + "ble_adverts_total", "BLE advertisements seen (any company).")
+        self.nodes_heard = Gauge(p + "nodes_heard", "Nodes heard since start.")
+
+    def all(self) -> list[Counter | Histogram]:
+        return [v for v in vars(self).values() if isinstance(v, Counter | Histogram)]
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for m in self.all():
+            lines.extend(m.render())
+        # The headline figure for SD-card wear.
+        readings = self.readings_committed.total()
+        per = self.disk_bytes_written.total() / readings if readings else 0.0
+        lines += [
+            "# HELP urbansense_gateway_disk_bytes_per_reading Outbox bytes written per committed frame.",
+            "# TYPE urbansense_gateway_disk_bytes_per_reading gauge",
+            f"urbansense_gateway_disk_bytes_per_reading {_num(per)}",
+        ]
+        return "\n".join(lines) + "\n"

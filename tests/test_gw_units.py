@@ -1,0 +1,300 @@
+"""Gateway stages in isolation: rejections, outbox bounds and recovery, config, registry, HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway import framing
+from gateway.app import Gateway
+from gateway.config import config_from_dict, load_config
+from gateway.errors import ConfigError
+from gateway.metrics import Metrics
+from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox
+from gateway.protocol import REASONS
+from gateway.registry import NodeSpec, Registry, load_registry, write_registry
+from gateway.replay import ReplayTable
+from gateway.verify import Accepted, Duplicate, Heard, Verifier
+from tests.test_gw_support import KEYS, PtyNode, frame, make_config, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# node 1, fcnt 1, {battery_mv: 3600, events: 1}, key KEYS[1]
+GOOD = bytes.fromhex("10010000000100d2264937ff482d8ddb15f5")
+# node 1, fcnt 2, a valid MIC over a body that decrypts to CBOR 1 (not a map)
+NOT_A_MAP = bytes.fromhex("1001000000020027aa884777")
+
+
+def _verifier(nodes: range = range(1, 4)) -> Verifier:
+    reg = Registry()
+    reg = load_registry_from({n: KEYS[n] for n in nodes})
+    return Verifier(reg, ReplayTable(), Metrics())
+
+
+def load_registry_from(keys: dict[int, bytes]) -> Registry:
+    from gateway.protocol import NodeKeys
+    from gateway.registry import Node
+
+    return Registry(Node(n, "water", NodeKeys(k)) for n, k in keys.items())
+
+
+def test_golden_literal_still_verifies() -> None:
+    assert GOOD == frame(1, 1)
+    v = _verifier().process(Heard(GOOD, "t"))
+    assert isinstance(v, Accepted) and v.record.readings == {5: 3600, 11: 1}
+
+
+@pytest.mark.parametrize(
+    ("reason", "data", "wrapped"),
+    [
+        ("bad_cobs", b"\x05\x01", True),  # block claims 4 more bytes than there are
+        ("bad_crc", framing.wrap(GOOD)[:-3] + b"\x55\x55", True),  # wrong CRC bytes
+        ("too_short", b"\x10\x01\x00\x00\x00", False),
+        ("too_long", b"\x10" + b"\x01" * 64, False),
+        ("unknown_version", b"\x20" + GOOD[1:], False),  # version 2 nibble
+        ("unknown_type", b"\x13" + GOOD[1:], False),  # reserved type 3
+        ("unknown_node", b"\x10\x63\x00\x00\x00" + GOOD[5:], False),  # node 0x63 not provisioned
+        ("bad_mic", GOOD[:-1] + bytes((GOOD[-1] ^ 1,)), False),  # one MIC bit flipped
+        ("malformed_body", NOT_A_MAP, False),
+    ],
+)
+def test_every_rejection_counted(reason: str, data: bytes, wrapped: bool) -> None:
+    """Each reason is counted once, nothing raises, nothing else is counted."""
+    v = _verifier()
+    assert v.process(Heard(data, "serial", wrapped=wrapped)) is None
+    assert v.metrics.rejections.get(reason) == 1
+    assert v.metrics.rejections.total() == 1
+
+
+def test_replay_and_duplicate() -> None:
+    v = _verifier()
+    assert isinstance(v.process(Heard(frame(1, 5), "t")), Accepted)
+    assert isinstance(v.process(Heard(frame(1, 5), "t")), Duplicate)  # identical bytes
+    assert v.process(Heard(frame(1, 3), "t")) is None  # older counter, new bytes
+    assert v.process(Heard(frame(1, 5, {5: 1}), "t")) is None  # same counter, other body
+    assert v.metrics.rejections.get("replay") == 2
+    assert v.metrics.duplicates.total() == 1
+    assert set(v.metrics.rejections.values) >= set(REASONS)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=300), max_size=8))
+def test_arbitrary_serial_bytes_never_raise(chunks: list[bytes]) -> None:
+    v = _verifier()
+    splitter = framing.PacketSplitter()
+    for chunk in chunks:
+        for packet in splitter.feed(chunk):
+            v.process(Heard(packet, "serial", wrapped=True))
+        v.process(Heard(chunk, "ble"))
+
+
+async def test_garbage_on_a_pty_then_a_good_frame(tmp_path: Path, mqtt_broker: Any) -> None:
+    node = PtyNode()
+    gw = Gateway(make_config(tmp_path, mqtt_broker, serial__ports=[node.path]))
+    task = asyncio.create_task(gw.run())
+    await asyncio.wait_for(gw.started.wait(), 5)
+    await asyncio.wait_for(gw.serial_ports[0].opened.wait(), 5)
+    node.send_raw(bytes(range(256)) * 3 + b"\xff" * 600 + b"\x00\x00\x02\x00" + os.urandom(500))
+    node.send_raw(b"\x00")
+    node.send(frame(2, 1))
+    await wait_for(lambda: node.acks, what="ack after garbage")
+    assert gw.metrics.rejections.total() > 0 and not task.done()
+    await gw.stop()
+    await task
+    node.close()
+
+
+# -- outbox -------------------------------------------------------------------------------
+
+
+def test_outbox_full_drops_oldest_ordinary_first(tmp_path: Path) -> None:
+    m = Metrics()
+    ob = Outbox(tmp_path / "o.db", max_bytes=1000, metrics=m)
+    alarm = ob.commit_batch(b"A" * 300, 3, PRIORITY_ALARM)
+    ids = [ob.commit_batch(bytes([i]) * 300, 5, PRIORITY_ORDINARY) for i in range(5)]
+    assert ob.bytes <= 1000
+    left = ob.pending_ids()
+    assert alarm in left and ids[-1] in left and ids[0] not in left
+    assert m.outbox_dropped_batches.get("ordinary") == 3  # 1800 B offered, 900 B kept
+    assert m.outbox_dropped_readings.total() == 15
+    for b in ob.peek(0, 10):  # broker back: space returns
+        ob.ack(b.batch_id)
+    ob.flush_acks()
+    assert ob.depth == 0 and ob.bytes == 0
+    ob.commit_batch(b"x" * 900, 1, PRIORITY_ORDINARY)
+    assert m.outbox_dropped_batches.total() == 3
+    ob.close()
+
+
+def test_outbox_persists_and_skips_corrupt_rows(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    ob = Outbox(path, 10**6)
+    a = ob.commit_batch(b"first", 1, 0, [NodeRow(7, 42, 3, b"")])
+    b = ob.commit_batch(b"second", 1, 0)
+    ob.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE batches SET payload=? WHERE id=?", (b"tampered", a))
+    db.commit()
+    db.close()
+    m = Metrics()
+    ob2 = Outbox(path, 10**6, m)
+    assert [x.batch_id for x in ob2.peek(0, 10)] == [b]
+    assert m.outbox_corrupt.total() == 1
+    assert ob2.load_nodes() == [NodeRow(7, 42, 3, b"")]
+    ob2.close()
+
+
+def test_outbox_unreadable_file_is_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    m = Metrics()
+    ob = Outbox(path, 10**6, m)
+    assert m.outbox_corrupt.total() == 1 and ob.depth == 0
+    ob.commit_batch(b"x", 1, 0)
+    ob.close()
+    assert list(tmp_path.glob("o.db.corrupt-*"))
+
+
+def test_replay_state_survives_restart(tmp_path: Path, mqtt_broker: Any) -> None:
+    async def once(frames: list[bytes]) -> Metrics:
+        gw = Gateway(make_config(tmp_path, mqtt_broker))
+        task = asyncio.create_task(gw.run())
+        await gw.started.wait()
+        for f in frames:
+            gw.feed(f, "t")
+        await gw.stop()
+        await task
+        return gw.metrics
+
+    m1 = asyncio.run(once([frame(1, 1), frame(1, 2)]))
+    assert m1.readings_committed.total() == 2
+    m2 = asyncio.run(once([frame(1, 1), frame(1, 2), frame(1, 2, {5: 1})]))
+    assert m2.readings_committed.total() == 0
+    assert m2.duplicates.total() == 2 and m2.rejections.get("replay") == 1
+
+
+# -- config and registry ----------------------------------------------------------------------
+
+BASE = {
+    "gateway": {"site": "angers", "id": "gw-1", "registry": "nodes.jsonl", "data_dir": "data"},
+    "mqtt": {"brokers": ["127.0.0.1:1883"]},
+}
+
+
+@pytest.mark.parametrize(
+    ("patch", "key"),
+    [
+        ({"gateway": {"site": "Angers Centre"}}, "gateway.site"),
+        ({"gateway": {"id": ""}}, "gateway.id"),
+        ({"batch": {"max_records": 0}}, "batch.max_records"),
+        ({"batch": {"max_age_s": "5"}}, "batch.max_age_s"),
+        ({"batch": {"max_recods": 5}}, "batch.max_recods"),
+        ({"mqtt": {"brokers": ["nohost"]}}, "mqtt.brokers[0]"),
+        ({"mqtt": {"brokers": []}}, "mqtt.brokers"),
+        ({"mqtt": {"protocol": "4"}}, "mqtt.protocol"),
+        ({"outbox": {"max_bytes": 10}}, "outbox.max_bytes"),
+        ({"ble": {"enabled": True, "backend": "simulator"}}, "ble.sim_socket"),
+        ({"ble": {"company_id": 70000}}, "ble.company_id"),
+        ({"serial": {"ports": "/dev/ttyUSB0"}}, "serial.ports"),
+        ({"http": {"port": 70000}}, "http.port"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+def test_config_errors_name_the_key(patch: dict[str, Any], key: str, tmp_path: Path) -> None:
+    raw = json.loads(json.dumps(BASE))
+    for section, values in patch.items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict(raw, tmp_path)
+    assert exc.value.key == key
+
+
+def test_example_config_loads() -> None:
+    cfg = load_config(ROOT / "examples" / "gateway.toml")
+    assert cfg.topic_prefix.startswith("urbansense/v1/")
+
+
+def test_registry_files_private_and_world_readable_refused(tmp_path: Path) -> None:
+    specs = [NodeSpec(1, "parking", KEYS[1]), NodeSpec(2, "bin", KEYS[2], 600.0)]
+    assert "key=<redacted>" in repr(specs[0])
+    write_registry(tmp_path / "inline.jsonl", specs)
+    write_registry(tmp_path / "files.jsonl", specs, key_dir=tmp_path / "keys")
+    for p in [tmp_path / "inline.jsonl", *sorted((tmp_path / "keys").iterdir())]:
+        assert p.stat().st_mode & 0o777 == 0o600
+    reg = load_registry(tmp_path / "files.jsonl")
+    assert len(reg) == 2 and KEYS[1].hex() not in repr(reg.nodes())
+    (tmp_path / "keys" / "00000001.key").chmod(0o644)
+    with pytest.raises(ConfigError) as exc:
+        load_registry(tmp_path / "files.jsonl")
+    assert exc.value.key == "gateway.registry:2.key_file"
+    (tmp_path / "inline.jsonl").chmod(0o644)
+    with pytest.raises(ConfigError):
+        load_registry(tmp_path / "inline.jsonl")
+
+
+def test_world_readable_password_refused(tmp_path: Path, mqtt_broker: Any) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("x")
+    pw.chmod(0o644)
+    cfg = make_config(tmp_path, mqtt_broker, mqtt__username="u", mqtt__password_file=pw)
+
+    with pytest.raises(ConfigError) as exc:
+        Gateway(cfg)
+    assert exc.value.key == "mqtt.password_file"
+
+
+# -- HTTP: metrics, status JSON, page, CLI ---------------------------------------------------------
+
+
+async def _get(port: int, path: str) -> tuple[str, bytes]:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = await r.read()
+    w.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.decode(), body
+
+
+async def test_metrics_status_and_cli(tmp_path: Path, mqtt_broker: Any) -> None:
+    gw = Gateway(make_config(tmp_path, mqtt_broker))
+    task = asyncio.create_task(gw.run())
+    await gw.started.wait()
+    gw.feed(frame(1, 1), "test")
+    gw.feed(b"\x20junk-junk-junk", "test")
+    await wait_for(lambda: gw.metrics.published_readings.total() == 1, what="published")
+    head, body = await _get(gw.http_port, "/metrics")
+    text = body.decode()
+    assert "200 OK" in head
+    for name in ('urbansense_gateway_frames_in_total{transport="test"} 2',
+                 'urbansense_gateway_rejections_total{reason="unknown_version"} 1',
+                 "urbansense_gateway_broker_connected 1", "urbansense_gateway_outbox_bytes",
+                 "urbansense_gateway_publish_latency_seconds_bucket",
+                 "urbansense_gateway_disk_bytes_per_reading"):
+        assert name in text, name
+    _, body = await _get(gw.http_port, "/api/status")
+    status = json.loads(body)
+    assert status["nodes"][0]["node_id"] == 1 and status["broker"]["connected"]
+    head, body = await _get(gw.http_port, "/")
+    assert b"<canvas" in body and b"/api/status" in body and b"http" not in body.split(b"<script>")[1][:0]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "urbansense", "gateway", "status", "--url",
+        f"http://127.0.0.1:{gw.http_port}", stdout=subprocess.PIPE, cwd=ROOT)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and b"broker    connected" in out
+    await gw.stop()
+    await task
+    assert cbor2  # imported for symmetry with other tests
