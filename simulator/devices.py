@@ -1,0 +1,328 @@
+"""Simulated parts at register level, and the wires from the world to the node's pins.
+
+Each part answers the I2C transactions its datasheet defines and raises ``OSError`` (as
+the MicroPython port does for a NACK) for anything it would not acknowledge.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import random
+from typing import TYPE_CHECKING, Final, Protocol
+
+from simulator.world import Bin, Household, ParkingSpace
+
+if TYPE_CHECKING:
+    from simulator.node import SimNode
+
+_LIS3MDL_SENS: Final = {0: 6842.0, 1: 3421.0, 2: 2281.0, 3: 1711.0}  # LSB/gauss per FS (Table 3)
+# LIS3MDL supply current by X/Y operating mode (DocID024204 Table 3: 40 uA low-power ...
+# 270 uA ultra-high-performance); a board file may override with "lis3mdl_ua".
+_LIS3MDL_OM_UA: Final = {0: 40.0, 1: 80.0, 2: 150.0, 3: 270.0}
+
+
+class I2CDevice(Protocol):
+    address: int
+
+    def read(self, reg: int, n: int) -> bytes: ...
+
+    def write(self, reg: int, data: bytes) -> None: ...
+
+    def sleep_current_ua(self) -> float: ...
+
+
+class Wire(Protocol):
+    """A signal from the world into a pin."""
+
+    def level(self, t: float) -> int: ...
+
+    def time_at_level(self, t0: float, level: int, t_limit: float) -> float | None:
+        """First time in [t0, t_limit] the line is at ``level``; None if it is not."""
+        ...
+
+
+def nack() -> OSError:
+    return OSError(errno.ENODEV, "ENODEV")
+
+
+class LIS3MDL:
+    """ST LIS3MDL magnetometer (DocID024204): registers 0x0F, 0x20-0x24, 0x27-0x33."""
+
+    def __init__(self, node: SimNode, space: ParkingSpace, rng: random.Random, address: int = 0x1C) -> None:
+        self.node = node
+        self.space = space
+        self.rng = rng
+        self.address = address
+        self.regs = bytearray(0x40)
+        self.regs[0x0F] = 0x3D
+        self.regs[0x21] = 0x00
+        self.regs[0x22] = 0x03  # power-down after power-on (MD = 11)
+        self.regs[0x30] = 0x08
+        self.latched = False
+        self.latch_src = 0
+        self._sample: tuple[int, int, int] = (0, 0, 0)
+        self._sample_t = -1.0
+
+    def power_on_reset(self) -> None:
+        self.__init__(self.node, self.space, self.rng, self.address)  # type: ignore[misc]
+
+    # -- registers
+    def _sens(self) -> float:
+        return _LIS3MDL_SENS[(self.regs[0x21] >> 5) & 3]
+
+    def _continuous(self) -> bool:
+        return (self.regs[0x22] & 3) == 0
+
+    def _lsb(self, t: float, noisy: bool) -> tuple[int, int, int]:
+        temp = self.node.temperature_c(t)
+        f = self.space.field_gauss(t, temp, noisy)
+        s = self._sens()
+        return tuple(max(-32768, min(32767, round(v * s))) for v in f)  # type: ignore[return-value]
+
+    def read(self, reg: int, n: int) -> bytes:
+        reg &= 0x7F  # MSB of the sub-address is the auto-increment flag over I2C
+        t = self.node.now_s()
+        out = bytearray()
+        for r in range(reg, reg + n):
+            out.append(self._read1(r & 0x3F, t))
+        return bytes(out)
+
+    def _read1(self, r: int, t: float) -> int:
+        if 0x28 <= r <= 0x2D:
+            if r == 0x28 or self._sample_t != t:
+                self._sample = self._lsb(t, True)
+                self._sample_t = t
+            v = self._sample[(r - 0x28) // 2] & 0xFFFF
+            return (v >> 8) if (r & 1) else (v & 0xFF)
+        if r in (0x2E, 0x2F):
+            v = round((self.node.temperature_c(t) - 25.0) * 8) & 0xFFFF
+            return (v >> 8) if r == 0x2F else v & 0xFF
+        if r == 0x27:
+            return 0x0F if (self.regs[0x22] & 3) != 3 else 0x00
+        if r == 0x31:
+            src = self._int_src(t)
+            if src:
+                src |= 1  # INT: an event is signalled
+            if self.latched:
+                src |= self.latch_src | 1
+            self.latched = False
+            self.latch_src = 0
+            return src
+        return self.regs[r]
+
+    def write(self, reg: int, data: bytes) -> None:
+        reg &= 0x7F
+        for i, b in enumerate(data):
+            r = (reg + i) & 0x3F
+            if r == 0x0F or r == 0x27 or 0x28 <= r <= 0x2F or r == 0x31:
+                continue  # read-only
+            if r == 0x21 and b & 0x04:  # SOFT_RST
+                b &= ~0x04
+            self.regs[r] = b
+
+    # -- interrupt generator (INT_CFG 0x30, INT_THS 0x32/0x33)
+    def _int_src(self, t: float, noisy: bool = True) -> int:
+        cfg = self.regs[0x30]
+        if not (cfg & 1) or not self._continuous():
+            return 0
+        ths = (self.regs[0x32] | (self.regs[0x33] << 8)) & 0x7FFF
+        x, y, z = self._lsb(t, noisy)
+        src = 0
+        for enable, v, pth, nth in ((0x80, x, 0x80, 0x10), (0x40, y, 0x40, 0x08), (0x20, z, 0x20, 0x04)):
+            if cfg & enable:
+                if v > ths:
+                    src |= pth
+                elif v < -ths:
+                    src |= nth
+        return src
+
+    def int_active(self, t: float) -> bool:
+        if self.latched:
+            return True
+        return self._int_src(t, noisy=False) != 0
+
+    def int_level(self, t: float) -> int:
+        active_high = bool(self.regs[0x30] & 0x04)
+        return int(self.int_active(t) == active_high)
+
+    def time_at_level(self, t0: float, level: int, t_limit: float) -> float | None:
+        if self.int_level(t0) == level:
+            return t0
+        latch = bool(self.regs[0x30] & 0x02)
+        # The field changes at world events and drifts with temperature: check both.
+        pts = self.space.change_points(t0, t_limit)
+        h = math.floor(t0 / 900.0) + 1
+        while h * 900.0 <= t_limit:
+            pts.append(h * 900.0)
+            h += 1
+        pts.sort()
+        for t in pts:
+            src = self._int_src(t, noisy=False)
+            if src and latch:
+                self.latched = True
+                self.latch_src = src
+            if self.int_level(t) == level:
+                return t
+        return None
+
+    def sleep_current_ua(self) -> float:
+        if not self._continuous():
+            return self.node.profile.current_ua("lis3mdl_pd_ua", 1.0)
+        om = (self.regs[0x20] >> 5) & 3
+        odr_hz = (0.625, 1.25, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)[(self.regs[0x20] >> 2) & 7]
+        if om == 0 and odr_hz <= 1.25:
+            return self.node.profile.current_ua("lis3mdl_lp_ua", 2.3)
+        return _LIS3MDL_OM_UA[om] * min(1.0, odr_hz / 20.0) + 1.0
+
+
+class LIS3MDLIntWire:
+    def __init__(self, dev: LIS3MDL) -> None:
+        self.dev = dev
+
+    def level(self, t: float) -> int:
+        return self.dev.int_level(t)
+
+    def time_at_level(self, t0: float, level: int, t_limit: float) -> float | None:
+        return self.dev.time_at_level(t0, level, t_limit)
+
+
+class VL53L1X:
+    """ST VL53L1X ToF ranger, 16-bit register addresses as ST's ULD uses them."""
+
+    # ULD VL53L1X_GetTimingBudgetInMs: RANGE_CONFIG__TIMEOUT_MACROP_A_HI (0x5E, 16 bit) ->
+    # timing budget in ms (short and long distance modes). The default configuration
+    # block writes 0x01CC there: 100 ms.
+    TIMING_BUDGET_MS: Final = {
+        0x001D: 15.0, 0x0051: 20.0, 0x001E: 20.0, 0x00D6: 33.0, 0x0060: 33.0, 0x01AE: 50.0,
+        0x00AD: 50.0, 0x02E1: 100.0, 0x01CC: 100.0, 0x03E1: 200.0, 0x02D9: 200.0,
+        0x0591: 500.0, 0x048F: 500.0,
+    }
+
+    def __init__(self, node: SimNode, bin_: Bin, rng: random.Random, address: int = 0x29) -> None:
+        self.node = node
+        self.bin = bin_
+        self.rng = rng
+        self.address = address
+        self.regs: dict[int, int] = {0x00E5: 0x03, 0x010F: 0xEA, 0x0110: 0xCC, 0x0111: 0x10, 0x0030: 0x01}
+        self.ranging = False
+        self.ready_at: float | None = None
+        self.noise_mm = 5.0
+        self.fail_p = 0.02
+
+    def power_on_reset(self) -> None:
+        self.__init__(self.node, self.bin, self.rng, self.address)  # type: ignore[misc]
+
+    def ranging_s(self) -> float:
+        macrop = (self.regs.get(0x005E, 0x01) << 8) | self.regs.get(0x005F, 0xCC)
+        return self.TIMING_BUDGET_MS.get(macrop, 100.0) / 1000.0
+
+    def _polarity(self) -> int:
+        return 0 if self.regs.get(0x0030, 0) & 0x10 else 1
+
+    def _result(self) -> None:
+        mm = self.bin.distance_mm(self.node.now_s()) + self.rng.gauss(0, self.noise_mm)
+        status = 9 if self.rng.random() >= self.fail_p else self.rng.choice((4, 5, 7))
+        mm_i = max(0, min(0xFFFF, int(mm)))
+        self.regs[0x0089] = status
+        self.regs[0x0096] = mm_i >> 8
+        self.regs[0x0097] = mm_i & 0xFF
+
+    def read(self, reg: int, n: int) -> bytes:
+        regs = self.regs
+        if self.ranging and self.ready_at is not None and self.node.t >= self.ready_at:
+            pol = self._polarity()
+            if regs.get(0x0031, 0) & 1 != pol:
+                self._result()
+                regs[0x0031] = pol
+        if n == 1:
+            return bytes((regs.get(reg, 0),))
+        return bytes(regs.get(reg + i, 0) & 0xFF for i in range(n))
+
+    def write(self, reg: int, data: bytes) -> None:
+        for i, b in enumerate(data):
+            self.regs[reg + i] = b
+        now = self.node.now_s()
+        if reg <= 0x0087 < reg + len(data):
+            mode = self.regs[0x0087]
+            self.ranging = mode in (0x40, 0x10)
+            self.ready_at = now + self.ranging_s() if self.ranging else None
+            self.regs[0x0031] = 1 - self._polarity()
+        if reg <= 0x0086 < reg + len(data) and self.regs[0x0086] & 1:
+            self.regs[0x0031] = 1 - self._polarity()
+            if self.ranging:
+                self.ready_at = now + self.ranging_s()
+
+    def sleep_current_ua(self) -> float:
+        # Software standby between measurements (VL53L1X datasheet: ~5 uA HW standby class).
+        return self.node.profile.current_ua("vl53l1x_standby_ua", 5.0)
+
+
+class Echo:
+    """JSN-SR04T echo line: time_pulse_us measures the round trip of one ping."""
+
+    def __init__(self, node: SimNode, bin_: Bin) -> None:
+        self.node = node
+        self.bin = bin_
+
+    def pulse_us(self, t: float) -> int | None:
+        mm = self.bin.measured_mm(t)
+        if mm is None:
+            return None
+        c_m_s = 331.3 + 0.606 * self.node.temperature_c(t)  # speed of sound with temperature
+        return int(2.0 * mm / 1000.0 / c_m_s * 1e6)
+
+    def level(self, t: float) -> int:
+        return 0
+
+    def time_at_level(self, t0: float, level: int, t_limit: float) -> float | None:
+        return t0 if level == 0 else None
+
+
+class PulseWire:
+    """Reed switch on a water meter: closed (pin pulled low) for half of each unit of volume."""
+
+    def __init__(self, house: Household, litres_per_pulse: float, active_low: bool = True) -> None:
+        self.house = house
+        self.lpp = litres_per_pulse
+        self.active_low = active_low
+
+    def _closed(self, t: float) -> bool:
+        phase = (self.house.volume_l(t) / self.lpp) % 1.0
+        return phase >= 0.5
+
+    def level(self, t: float) -> int:
+        closed = self._closed(t)
+        return int(not closed) if self.active_low else int(closed)
+
+    def time_at_level(self, t0: float, level: int, t_limit: float) -> float | None:
+        if self.level(t0) == level:
+            return t0
+        v = self.house.volume_l(t0)
+        k = math.floor(v / self.lpp)
+        target = (k + 0.5) * self.lpp if not self._closed(t0) else (k + 1) * self.lpp
+        t = self.house.time_of_volume(target + 1e-9, t0, t_limit)
+        return t
+
+    def edges(self, t0: float, t1: float) -> list[float]:
+        out: list[float] = []
+        t = t0
+        lvl = self.level(t0)
+        while True:
+            nt = self.time_at_level(t, 1 - lvl, t1)
+            if nt is None or nt > t1:
+                return out
+            out.append(nt)
+            lvl = 1 - lvl
+            t = nt
+
+
+class ConstWire:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def level(self, t: float) -> int:
+        return self.value
+
+    def time_at_level(self, t0: float, level: int, t_limit: float) -> float | None:
+        return t0 if level == self.value else None

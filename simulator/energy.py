@@ -1,0 +1,196 @@
+"""Energy: board power profiles (boards/*.json), per-node charge accounting, battery life.
+
+Charge is kept in microcoulombs (uA x s), split by the state that drew it, so a summary can
+say where a node's battery goes (boot, CPU, sensor, radio, deep sleep).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+HOURS_PER_YEAR: Final = 8766.0
+ROOT: Final = Path(__file__).resolve().parents[1]
+BOARDS_DIR: Final = ROOT / "boards"
+
+# Used only when boards/ has no file for the board a scenario names; every figure cites
+# /work/shared/FIELD-FACTS.md ("ESP32 power") so the fallback is as checkable as a board file.
+FALLBACK_PROFILE: Final[dict[str, dict[str, Any]]] = {
+    "deep_sleep_ua": {
+        "value": 5.0,
+        "unit": "uA",
+        "source": "ESP-IDF measured summary via FIELD-FACTS: ~5 uA ESP32 deep sleep, bare module",
+    },
+    "active_ma": {
+        "value": 25.0,
+        "unit": "mA",
+        "source": "ESP32 datasheet v3.x via FIELD-FACTS: 20-31 mA CPU at 80 MHz, radio off",
+    },
+    "ble_tx_ma": {
+        "value": 130.0,
+        "unit": "mA",
+        "source": "ESP32 datasheet v3.x via FIELD-FACTS: BLE TX at 0 dBm ~130 mA",
+    },
+    "boot_ms": {
+        "value": 70.0,
+        "unit": "ms",
+        "source": "glenn20/upy-esp32-experiments OptimisingMicropythonBootTime via FIELD-FACTS",
+    },
+    "boot_mc": {
+        "value": 3.3,
+        "unit": "mC",
+        "source": "glenn20/upy-esp32-experiments OptimisingMicropythonBootTime via FIELD-FACTS",
+    },
+}
+
+# Pins of the fallback board: RTC-capable wake pins (4, 25, 26) per FIELD-FACTS' ESP32 list.
+FALLBACK_PINS: Final = {"i2c_scl": 22, "i2c_sda": 21, "mag_int": 4, "battery_adc": 35, "pulse": 25,
+                        "tamper": 26, "us_trig": 18, "us_echo": 19}
+
+_UNIT_TO_BASE: Final = {
+    # currents to uA, times to ms, charges to uC
+    "ua": 1.0,
+    "µa": 1.0,
+    "ma": 1000.0,
+    "a": 1e6,
+    "na": 1e-3,
+    "ms": 1.0,
+    "s": 1000.0,
+    "us": 1e-3,
+    "mc": 1000.0,
+    "uc": 1.0,
+    "c": 1e6,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PowerProfile:
+    """A board's power figures in base units: currents uA, times ms, charges uC."""
+
+    board: str
+    deep_sleep_ua: float
+    active_ua: float
+    ble_tx_ua: float
+    boot_ms: float
+    boot_uc: float
+    extra_ua: dict[str, float] = field(default_factory=dict)  # other *_ua/*_ma entries by name
+    sources: dict[str, str] = field(default_factory=dict)
+    fallback: bool = False
+    static_ua: float = 0.0  # always-on board draws (regulator Iq, battery divider)
+
+    def current_ua(self, name: str, default_ua: float) -> float:
+        return self.extra_ua.get(name, default_ua)
+
+
+def _figure(entry: Any) -> tuple[float, str, str]:
+    if isinstance(entry, dict):
+        return float(entry["value"]), str(entry.get("unit", "")), str(entry.get("source", ""))
+    return float(entry), "", ""
+
+
+def _to_base(name: str, entry: Any) -> tuple[float, str]:
+    value, unit, source = _figure(entry)
+    if not unit:  # unit implied by the key's suffix (units in names)
+        unit = name.rsplit("_", 1)[-1]
+    factor = _UNIT_TO_BASE.get(unit.lower())
+    if factor is None:
+        raise ValueError(f"power figure {name}: unknown unit {unit!r}")
+    return value * factor, source
+
+
+def profile_from_power(board: str, power: dict[str, Any], *, fallback: bool = False) -> PowerProfile:
+    merged: dict[str, Any] = dict(FALLBACK_PROFILE)
+    merged.update(power)
+    base: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    for name, entry in merged.items():
+        try:
+            base[name], sources[name] = _to_base(name, entry)
+        except (ValueError, KeyError, TypeError):
+            continue
+    core = {"deep_sleep_ua", "active_ma", "ble_tx_ma", "boot_ms", "boot_mc"}
+    extra = {
+        k: v for k, v in base.items() if k not in core and k.rsplit("_", 1)[-1] in ("ua", "ma")
+    }
+    device_prefixes = ("lis3mdl_", "vl53l1x_", "jsnsr04t_", "chip_", "ble_")
+    static = sum(v for k, v in extra.items() if k.endswith("_ua") and not k.startswith(device_prefixes))
+    return PowerProfile(
+        board=board,
+        static_ua=static,
+        deep_sleep_ua=base["deep_sleep_ua"],
+        active_ua=base["active_ma"],
+        ble_tx_ua=base["ble_tx_ma"],
+        boot_ms=base["boot_ms"],
+        boot_uc=base["boot_mc"],
+        extra_ua=extra,
+        sources=sources,
+        fallback=fallback,
+    )
+
+
+def load_board(name: str, boards_dir: Path = BOARDS_DIR) -> tuple[dict[str, Any], PowerProfile]:
+    """-> (board json as the firmware reads it, power profile). Falls back when absent."""
+    path = boards_dir / f"{name}.json"
+    if path.is_file():
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data, profile_from_power(name, dict(data.get("power", {})))
+    data = {"name": name, "chip": "ESP32", "pins": dict(FALLBACK_PINS), "power": FALLBACK_PROFILE,
+            "battery_divider": {"r_top_ohm": 1_000_000, "r_bottom_ohm": 1_000_000}}
+    return data, profile_from_power(name, {}, fallback=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """A primary cell. Figures from the manufacturers' datasheets (check there)."""
+
+    name: str = "Li-SOCl2 D 3.6 V 19 Ah"
+    nominal_ah: float = 19.0
+    # Usable share at a few-uA-to-mA pulsed load over a decade at 20 C: Tadiran TL-5930 /
+    # Saft LS 33600 datasheets rate the D cell at 2-3 mA continuous to 2.0 V; passivation,
+    # cold and the 130 mA radio pulses cost some of it. 85 % is our derating, not a datasheet figure.
+    usable_fraction: float = 0.85
+    self_discharge_per_year: float = 0.01  # "about 1 %/year at 20 C" (Li-SOCl2 datasheets)
+    nominal_v: float = 3.6
+
+    def life_years(self, average_ua: float) -> float:
+        usable_uah = self.nominal_ah * 1e6 * self.usable_fraction
+        per_year_uah = average_ua * HOURS_PER_YEAR + self.nominal_ah * 1e6 * self.self_discharge_per_year
+        return usable_uah / per_year_uah
+
+    def voltage_mv(self, used_fraction: float) -> int:
+        # Li-SOCl2 is flat at ~3.6 V under light load and falls off at the end of life.
+        u = min(max(used_fraction, 0.0), 1.0)
+        return int(3650 - 250 * u**6 - 900 * max(0.0, u - 0.95) / 0.05)
+
+
+CELLS: Final[dict[str, Cell]] = {
+    "lisocl2_d_19ah": Cell(),
+    "lisocl2_aa_x2": Cell(
+        name="2 x Li-SOCl2 AA 3.6 V 2.6 Ah in parallel",
+        nominal_ah=5.2,
+        usable_fraction=0.85,
+    ),
+}
+
+# States the firmware may declare through hal.energy(); each adds to the CPU current.
+CATEGORIES: Final = ("boot", "cpu", "sensor", "ble_tx", "uart", "sleep", "sleep_sensor")
+
+
+class Meter:
+    """Charge drawn by one node, by category, in uC."""
+
+    __slots__ = ("uc",)
+
+    def __init__(self) -> None:
+        self.uc: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)
+
+    def add(self, category: str, uc: float) -> None:
+        self.uc[category] = self.uc.get(category, 0.0) + uc
+
+    def total_uc(self) -> float:
+        return sum(self.uc.values())
+
+    def average_ua(self, elapsed_s: float) -> float:
+        return self.total_uc() / elapsed_s if elapsed_s > 0 else 0.0

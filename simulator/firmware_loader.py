@@ -1,0 +1,77 @@
+"""Import the real firmware (firmware/lib) on CPython, with the ESP32's hardware AES.
+
+``cryptolib`` on an ESP32 is backed by the chip's AES engine; here the same
+``aes(key, 1).encrypt(block)`` is backed by the ``cryptography`` package. It is installed
+in ``sys.modules`` before the firmware imports, so us_crypto takes its fast path as on a board.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Final
+
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+
+FIRMWARE_LIB: Final = Path(__file__).resolve().parents[1] / "firmware" / "lib"
+MODE_ECB: Final = 1
+_CACHE: dict[bytes, CipherContext] = {}
+_CACHE_MAX: Final = 200_000
+
+
+class aes:
+    """cryptolib.aes(key, 1): ECB only, the one mode the firmware uses."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, key: bytes, mode: int, iv: bytes | None = None) -> None:
+        if mode != MODE_ECB:
+            raise ValueError("simulator cryptolib: only ECB (mode 1)")
+        k = bytes(key)
+        ctx = _CACHE.get(k)
+        if ctx is None:
+            if len(_CACHE) >= _CACHE_MAX:
+                _CACHE.clear()
+            ctx = Cipher(algorithms.AES(k), modes.ECB()).encryptor()
+            _CACHE[k] = ctx
+        self._ctx = ctx
+
+    def encrypt(self, data: bytes, out: bytearray | None = None) -> bytes:
+        b = self._ctx.update(bytes(data))
+        if out is not None:
+            out[: len(b)] = b
+        return b
+
+    def decrypt(self, data: bytes, out: bytearray | None = None) -> bytes:
+        raise ValueError("simulator cryptolib: decrypt is not used by the firmware")
+
+
+def install_cryptolib() -> None:
+    mod = sys.modules.get("cryptolib")
+    if mod is not None and getattr(mod, "__simulator__", False):
+        return
+    m = ModuleType("cryptolib")
+    m.aes = aes  # type: ignore[attr-defined]
+    m.MODE_ECB = MODE_ECB  # type: ignore[attr-defined]
+    m.__simulator__ = True  # type: ignore[attr-defined]
+    sys.modules["cryptolib"] = m
+    # A firmware module imported earlier (e.g. by another test) bound the pure-Python AES:
+    # reload it in place so every importer gets the hardware path.
+    crypto = sys.modules.get("us_crypto")
+    if crypto is not None and "cryptolib" not in vars(crypto):
+        importlib.reload(crypto)
+
+
+def load_firmware(lib: Path = FIRMWARE_LIB) -> ModuleType:
+    """-> the us_node module (raises ImportError with a clear message if absent)."""
+    install_cryptolib()
+    if str(lib) not in sys.path:
+        sys.path.insert(0, str(lib))
+    try:
+        return importlib.import_module("us_node")
+    except ModuleNotFoundError as exc:
+        if exc.name == "us_node":
+            raise ImportError(f"no firmware: {lib}/us_node.py not found") from None
+        raise

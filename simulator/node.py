@@ -1,0 +1,393 @@
+"""One simulated node: its hardware state, its wake cycle around the real firmware, its energy."""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import sys
+from collections import Counter
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final
+
+from simulator.devices import ConstWire, Echo, Wire
+from simulator.energy import Cell, Meter, PowerProfile
+from simulator.hal import DeepSleep, SimHAL, SoftReset, WatchdogReset
+from simulator.world import ambient_temperature_c
+
+if TYPE_CHECKING:
+    from simulator.sim import Simulation
+
+PWRON_RESET: Final = 1
+HARD_RESET: Final = 2
+WDT_RESET: Final = 3
+DEEPSLEEP_RESET: Final = 4
+SOFT_RESET: Final = 5
+EXT0_WAKE: Final = 2
+EXT1_WAKE: Final = 3
+TIMER_WAKE: Final = 4
+
+LIGHT_SLEEP_UA: Final = 800.0  # ESP32 datasheet via FIELD-FACTS: light sleep 0.8 mA
+# Bringing NimBLE up (ble.active(True)) at CPU current. Not a measured figure: an assumption
+# until a board file gives "ble_init_ms".
+BLE_INIT_MS_DEFAULT: Final = 50.0
+# Air time of one legacy ADV_NONCONN_IND PDU at 1 Mb/s: preamble 1 + access address 4 +
+# header 2 + AdvA 6 + data + CRC 3 bytes. Each advertising event sends it on 37, 38, 39.
+RADIO_RAMP_US: Final = 150.0
+
+
+class Console(io.TextIOBase):
+    """sys.stdout while a node runs: what it prints goes to that node's serial console."""
+
+    KEEP: Final = 20
+
+    def __init__(self) -> None:
+        self.node: SimNode | None = None
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        n = self.node
+        if n is not None:
+            text = self._partial + s
+            *lines, self._partial = text.split("\n")
+            for line in lines:
+                n.console_lines += 1
+                n.console.append(line)
+                if len(n.console) > self.KEEP:
+                    del n.console[0]
+        return len(s)
+
+
+def pdu_airtime_s(adv_len: int) -> float:
+    return (1 + 4 + 2 + 6 + adv_len + 3) * 8e-6
+
+
+class SimNode:
+    """State that lives on the board (pins, RTC memory, NVS, files) plus the simulator's books."""
+
+    def __init__(self, sim: Simulation, index: int, name: str, kind: str, node_id: int, key: bytes,
+                 transport: str, board: dict[str, Any], profile: PowerProfile, cell: Cell,
+                 position: tuple[float, float], seed: int, firmware: ModuleType) -> None:
+        self.sim = sim
+        self.index = index
+        self.name = name
+        self.kind = kind
+        self.node_id = node_id
+        self.key = key
+        self.transport = transport
+        self.board = board
+        self.chip = str(board.get("chip", "esp32")).lower()
+        self.profile = profile
+        self.cell = cell
+        self.position = position
+        self.fw = firmware
+        base = f"{seed}:{node_id}"
+        self.rng_hw = random.Random(base + ":hw")
+        self.rng_air = random.Random(base + ":air")
+        self.rng_world = random.Random(base + ":world")
+        self.files: dict[str, bytes] = {}
+        self.nvs: dict[tuple[str, str], Any] = {}
+        self.nvs_pending: dict[tuple[str, str], Any] = {}
+        self.rtc_mem = b""
+        self.pin_out: dict[int, int] = {}
+        self.wires: dict[int, Wire] = {}
+        self.i2c_devices: dict[int, Any] = {}
+        self.i2c_powered = True
+        self.echo: dict[int, Echo] = {}
+        self.battery_pin: int | None = None
+        self.battery_ratio = 1.0  # V_battery / V_pin
+        self.serial: Any = None
+        self.world: Any = None
+        self.hal = SimHAL(self)
+        # clock and cycle
+        self.t = 0.0
+        self.boot_t = 0.0
+        self.clock_offset_s = 0.0
+        self.state = "cpu"
+        self.reset_cause = PWRON_RESET
+        self.wake_reason = 0
+        self.wdt_timeout_s: float | None = None
+        self.wdt_feed_t = 0.0
+        self.wdt_deadline = math.inf
+        self.cpu_s = 0.0
+        self.sensor_s = 0.0
+        self.light_s = 0.0
+        self.ext0: tuple[int, int] | None = None
+        self.ext1: tuple[list[int], int] | None = None
+        self.gen = 0  # bumps when a scheduled wake is cancelled
+        self.sleep_start: float | None = None
+        self.sleep_ua = 0.0
+        self.hung = False
+        # BLE
+        self.adv: tuple[float, int, bytes, int] | None = None  # (t_start, interval_us, data, frame)
+        # books
+        self.meter = Meter()
+        self.cycles = 0
+        self.wakes: Counter[int] = Counter()
+        self.resets: Counter[int] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.flash_writes = 0
+        self.sensor_active_ua = 0.0
+        self.last_fcnt: int | None = None
+        self.console: list[str] = []  # the last lines the node printed
+        self.console_lines = 0
+        self.initial_used_uah = 0.0
+        self.group = 0
+        self.gw_id = ""
+        self.link_db: list[float] = []
+
+    # ------------------------------------------------------------------ time & energy
+    def now_s(self) -> float:
+        return self.t
+
+    def epoch_s(self) -> float:
+        return self.sim.epoch0 + self.t + self.clock_offset_s
+
+    def temperature_c(self, t: float) -> float:
+        return ambient_temperature_c(t, self.sim.t_day0)
+
+    def _rate_ua(self, state: str) -> float:
+        p = self.profile
+        if state == "light_sleep":
+            return LIGHT_SLEEP_UA
+        if state == "sensor":
+            return p.active_ua + self.sensor_active_ua
+        return p.active_ua
+
+    def advance(self, dt: float, state: str | None = None) -> None:
+        """Spend ``dt`` seconds awake in ``state`` (charged when the cycle ends)."""
+        if dt <= 0:
+            return
+        st = state or self.state
+        if st == "sensor":
+            self.sensor_s += dt
+        elif st == "light_sleep":
+            self.light_s += dt
+        else:
+            self.cpu_s += dt
+        self.t += dt
+        if self.t > self.wdt_deadline:
+            raise WatchdogReset()
+
+    def _charge_awake(self) -> None:
+        p = self.profile
+        m = self.meter.uc
+        m["cpu"] += self.cpu_s * p.active_ua
+        m["sensor"] += self.sensor_s * (p.active_ua + self.sensor_active_ua)
+        m["sleep"] += self.light_s * LIGHT_SLEEP_UA
+        self.cpu_s = self.sensor_s = self.light_s = 0.0
+
+    def sleep(self, dt: float, state: str | None = None) -> None:
+        if self.serial is not None:
+            self.serial.wait(self, dt)
+        self.advance(dt, state)
+
+    # ------------------------------------------------------------------ pins & analog
+    def pin_level(self, pin: int, pull: int) -> int:
+        w = self.wires.get(pin)
+        if w is not None:
+            return w.level(self.t)
+        return 1 if pull == 2 else 0
+
+    def adc_uv(self, pin: int) -> int:
+        if pin != self.battery_pin:
+            return int(self.rng_hw.uniform(0, 50_000))
+        mv = self.battery_mv() / self.battery_ratio
+        return int(mv * 1000 * (1 + self.rng_hw.gauss(0, 0.003)))
+
+    def battery_mv(self) -> int:
+        used_uah = self.meter.total_uc() / 3600.0 + self.initial_used_uah
+        frac = used_uah / (self.cell.nominal_ah * 1e6 * self.cell.usable_fraction)
+        return self.cell.voltage_mv(frac)
+
+    def time_pulse_us(self, pin: int, level: int, timeout_us: int) -> int:
+        echo = self.echo.get(pin)
+        if echo is None or level != 1:
+            self.advance(timeout_us / 1e6)
+            return -1
+        self.advance(30e-6)
+        us = echo.pulse_us(self.t)
+        if us is None:
+            self.advance(timeout_us / 1e6)
+            return -1
+        if us > timeout_us:
+            self.advance(timeout_us / 1e6)
+            return -2
+        self.advance(us / 1e6)
+        return us
+
+    # ------------------------------------------------------------------ BLE
+    def ble_address_bytes(self) -> bytes:
+        return bytes((0xC0 | 0x10, 0x55)) + self.node_id.to_bytes(4, "big")
+
+    def ble_on(self) -> None:
+        self.advance(self.profile.current_ua("ble_init_ms", BLE_INIT_MS_DEFAULT) / 1000.0, "cpu")
+
+    def ble_start_adv(self, interval_us: int, data: bytes) -> None:
+        self.ble_stop_adv()
+        frame_idx = self.sim.register_ble_frame(self, self.t, data)
+        self.adv = (self.t, interval_us, data, frame_idx)
+
+    def ble_stop_adv(self) -> None:
+        if self.adv is None:
+            return
+        t0, interval_us, data, frame_idx = self.adv
+        self.adv = None
+        interval = max(interval_us, 20_000) / 1e6
+        t = t0
+        air = self.pdu_air = pdu_airtime_s(len(data))
+        per_event_uc = self.profile.ble_tx_ua * 3 * (air + RADIO_RAMP_US * 1e-6)
+        times: list[float] = []
+        rng = self.rng_air
+        while t < self.t:
+            times.append(t)
+            t += interval + rng.uniform(0.0, 0.010)  # advDelay: 0-10 ms per event (Core spec)
+        self.meter.add("ble_tx", per_event_uc * len(times))
+        if frame_idx >= 0 and times:
+            self.sim.air.add_events(self, frame_idx, times, air)
+
+    # ------------------------------------------------------------------ the cycle
+    def boot(self, t: float, cause: int, wake: int) -> None:
+        """Power up (cold, reset or from deep sleep) and run one firmware cycle."""
+        if self.sleep_start is not None:
+            self.meter.add("sleep", self.profile.deep_sleep_ua * (t - self.sleep_start))
+            self.meter.add("sleep_sensor", (self.sleep_ua - self.profile.deep_sleep_ua) * (t - self.sleep_start))
+            self.sleep_start = None
+        self.t = t
+        self.boot_t = t
+        self.reset_cause = cause
+        self.wake_reason = wake
+        self.resets[cause] += 1
+        self.wakes[wake] += 1
+        self.cycles += 1
+        self.meter.add("boot", self.profile.boot_uc)
+        self.t += self.profile.boot_ms / 1000.0
+        self.cpu_s += self.sim.firmware_cpu_s  # the cycle's own bytecode (see Scenario)
+        self.t += self.sim.firmware_cpu_s
+        self.state = "cpu"
+        self.wdt_timeout_s = None
+        self.wdt_deadline = math.inf
+        self.ext0 = None
+        self.ext1 = None
+        self.adv = None
+        self.pin_out.clear()
+        if self.serial is not None:
+            self.serial.reset(self)
+        console = self.sim.console
+        console.node = self
+        saved, sys.stdout = sys.stdout, console  # the node's print() goes to its serial console
+        try:
+            self._cycle()
+        finally:
+            sys.stdout = saved
+            self._charge_awake()
+
+    def _cycle(self) -> None:
+        sleep_ms: float | None
+        try:
+            ret = self.fw.run_cycle(self.hal)
+            sleep_ms = None if ret is None else float(ret)
+        except DeepSleep as ds:
+            sleep_ms = None if ds.ms is None else float(ds.ms)
+        except SoftReset:
+            self._end_radio()
+            self.sim.engine.at(self.t, self._event(SOFT_RESET, 0))
+            return
+        except WatchdogReset:
+            self._end_radio()
+            self.errors["watchdog"] += 1
+            self.sim.engine.at(self.t, self._event(WDT_RESET, 0, keep_rtc=True))
+            return
+        except Exception as exc:  # a firmware bug: what the board would do next
+            self._end_radio()
+            self.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+            if self.wdt_timeout_s is not None:
+                # Uncaught exception -> REPL idles at CPU current until the WDT bites.
+                t_bite = self.wdt_feed_t + self.wdt_timeout_s
+                self.cpu_s += max(0.0, t_bite - self.t)
+                self.t = max(self.t, t_bite)
+                self.sim.engine.at(self.t, self._event(WDT_RESET, 0))
+            else:
+                self.hung = True
+                self.sleep_start = self.t
+                self.sleep_ua = self.profile.active_ua
+            return
+        self._end_radio()
+        self._sleep(sleep_ms)
+
+    def _end_radio(self) -> None:
+        self.ble_stop_adv()
+
+    def _event(self, cause: int, wake: int, keep_rtc: bool = True) -> Any:
+        gen = self.gen
+
+        def fire(t: float) -> None:
+            if gen != self.gen:
+                return
+            self.boot(t, cause, wake)
+
+        return fire
+
+    def sleep_current_ua(self) -> float:
+        ua = self.profile.deep_sleep_ua
+        for dev in self.i2c_devices.values():
+            ua += dev.sleep_current_ua()
+        return ua
+
+    def _sleep(self, sleep_ms: float | None) -> None:
+        self.sleep_start = self.t
+        self.sleep_ua = self.sleep_current_ua()
+        t_timer = math.inf if sleep_ms is None else self.t + max(0.0, sleep_ms) / 1000.0
+        limit = min(t_timer, self.sim.horizon_s)
+        t_wake, reason = t_timer, TIMER_WAKE
+        if self.ext0 is not None:
+            w = self.wires.get(self.ext0[0]) or ConstWire(0)
+            tw = w.time_at_level(self.t, self.ext0[1], limit)
+            if tw is not None and tw < t_wake:
+                t_wake, reason = tw, EXT0_WAKE
+        if self.ext1 is not None:
+            pins, lvl = self.ext1
+            for p in pins:
+                w = self.wires.get(p) or ConstWire(0)
+                tw = w.time_at_level(self.t, lvl, min(limit, t_wake))
+                if tw is not None and tw < t_wake:
+                    t_wake, reason = tw, EXT1_WAKE
+        if math.isinf(t_wake):
+            return  # asleep until a fault or the end of the run
+        self.sim.engine.at(t_wake, self._event(DEEPSLEEP_RESET, reason))
+
+    # ------------------------------------------------------------------ faults
+    def fault(self, t: float, kind: str, value: float = 0.0) -> None:
+        if kind == "clock_jump":
+            self.clock_offset_s += value
+            return
+        self.gen += 1  # cancel the pending wake
+        if self.sleep_start is not None:
+            dt = max(0.0, t - self.sleep_start)
+            self.meter.add("sleep", self.profile.deep_sleep_ua * dt)
+            self.meter.add("sleep_sensor", (self.sleep_ua - self.profile.deep_sleep_ua) * dt)
+            self.sleep_start = None
+        if kind == "reboot":
+            self.rtc_mem = b""
+            self.boot(max(t, self.t), HARD_RESET, 0)
+        elif kind in ("brownout", "power_loss"):
+            self.rtc_mem = b""
+            self.nvs_pending.clear()
+            for dev in self.i2c_devices.values():
+                dev.power_on_reset()
+            down = max(0.0, value)
+            self.sim.engine.at(max(t, self.t) + down, self._event(PWRON_RESET, 0))
+        else:
+            raise ValueError(f"unknown fault {kind!r}")
+
+    # ------------------------------------------------------------------ summary
+    def charge_to(self, t_end: float) -> dict[str, float]:
+        uc = dict(self.meter.uc)
+        if self.sleep_start is not None and t_end > self.sleep_start:
+            dt = t_end - self.sleep_start
+            uc["sleep"] = uc.get("sleep", 0.0) + self.profile.deep_sleep_ua * dt
+            uc["sleep_sensor"] = uc.get("sleep_sensor", 0.0) + (self.sleep_ua - self.profile.deep_sleep_ua) * dt
+        return uc

@@ -1,0 +1,369 @@
+"""The physical world around each node, with ground truth: parking spaces, bins, water use.
+
+Each model draws its future lazily, a day at a time, from the node's own random stream, so
+a node's world does not depend on how many other nodes exist or which process runs it.
+Times are simulated seconds from the start of the run; ``t_day0`` is the wall-clock hour
+of t = 0 expressed in seconds (profiles follow the time of day).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from dataclasses import dataclass
+from typing import Final
+
+DAY_S: Final = 86400.0
+
+# Relative arrival intensity per hour of day (on-street parking in a town centre; a
+# modelling assumption: quiet nights, a morning and a lunchtime peak, busy afternoons).
+PARKING_PROFILE: Final = (
+    0.15, 0.1, 0.08, 0.08, 0.1, 0.25, 0.6, 1.2, 1.6, 1.5, 1.4, 1.5,
+    1.7, 1.6, 1.4, 1.4, 1.5, 1.6, 1.4, 1.1, 0.8, 0.6, 0.4, 0.25,
+)  # fmt: skip
+# Relative household water use per hour (morning and evening peaks).
+WATER_PROFILE: Final = (
+    0.2, 0.1, 0.1, 0.1, 0.2, 0.6, 1.8, 2.4, 1.8, 1.2, 1.0, 1.0,
+    1.1, 1.0, 0.8, 0.8, 0.9, 1.1, 1.5, 1.8, 1.7, 1.3, 0.8, 0.4,
+)  # fmt: skip
+# Relative deposit rate per hour into a public bin.
+BIN_PROFILE: Final = (
+    0.1, 0.05, 0.05, 0.05, 0.05, 0.1, 0.4, 0.9, 1.2, 1.2, 1.3, 1.5,
+    1.8, 1.7, 1.4, 1.3, 1.4, 1.6, 1.7, 1.5, 1.1, 0.8, 0.5, 0.2,
+)  # fmt: skip
+
+
+def _hour(t: float, t_day0: float) -> int:
+    return int(((t + t_day0) % DAY_S) // 3600)
+
+
+def _nhpp(rng: random.Random, t0: float, t1: float, rate_per_s: float, profile: tuple[float, ...],
+          t_day0: float) -> list[float]:
+    """Event times of an inhomogeneous Poisson process (thinning) with a mean-1 hourly profile."""
+    peak = max(profile)
+    lam_max = rate_per_s * peak
+    out: list[float] = []
+    if lam_max <= 0:
+        return out
+    t = t0
+    while True:
+        t += rng.expovariate(lam_max)
+        if t >= t1:
+            return out
+        if rng.random() * peak < profile[_hour(t, t_day0)]:
+            out.append(t)
+
+
+def _mean(profile: tuple[float, ...]) -> float:
+    return sum(profile) / len(profile)
+
+
+def ambient_temperature_c(t: float, t_day0: float, mean_c: float = 12.0, swing_c: float = 6.0) -> float:
+    """Daily temperature cycle: coldest at 05:00, warmest at 17:00."""
+    h = ((t + t_day0) % DAY_S) / 3600.0
+    return mean_c - swing_c * math.cos((h - 5.0) / 24.0 * 2 * math.pi)
+
+
+# ---------------------------------------------------------------------------- parking
+
+
+@dataclass(slots=True)
+class ParkingParams:
+    arrivals_per_day: float = 10.0
+    mean_stay_s: float = 3600.0  # daytime stays; overnight stays last until morning
+    passing_per_hour: float = 6.0  # vehicles in the next lane: short magnetic disturbances
+    signature_gauss: float = 0.35  # typical |dB| of a parked car above the sensor
+    noise_gauss: float = 0.004  # LIS3MDL rms noise, +-4 gauss, UHP (datasheet ~3.2 mG)
+    tempco_gauss_per_c: float = 0.0008  # offset drift with temperature, per node
+    # The firmware calibrates its baseline at install, when the installer sees the space empty.
+    occupied_at_install_p: float = 0.0
+
+
+class ParkingSpace:
+    """Occupancy timeline and the magnetic field at the sensor (gauss, x/y/z)."""
+
+    def __init__(self, rng: random.Random, params: ParkingParams, t_day0: float) -> None:
+        self.rng = rng
+        self.p = params
+        self.t_day0 = t_day0
+        # Earth field at the sensor (~0.45 gauss, inclination ~60 deg in France), per node.
+        az = rng.uniform(0, 2 * math.pi)
+        self.earth = (0.22 * math.cos(az), 0.22 * math.sin(az), -0.40)
+        self.tempco = tuple(rng.gauss(0, params.tempco_gauss_per_c) for _ in range(3))
+        # change times; occ[i] is the occupancy from change[i]; vehicle[i] its signature
+        self.changes: list[float] = [0.0]
+        self.occ: list[bool] = [rng.random() < params.occupied_at_install_p]
+        self.vehicle: list[tuple[float, float, float]] = [self._signature()]
+        self.transients: list[tuple[float, float, tuple[float, float, float]]] = []
+        self._gen_until = 0.0
+        # The arrival rate while free is chosen so a space sees ~arrivals_per_day a day.
+        free_share = max(0.05, 1.0 - params.arrivals_per_day * params.mean_stay_s / DAY_S)
+        self.rate_free_per_s = params.arrivals_per_day / (DAY_S * free_share)
+
+    def _signature(self) -> tuple[float, float, float]:
+        s = self.p.signature_gauss * self.rng.lognormvariate(0, 0.4)
+        # Steel above the sensor mostly concentrates the (downward) earth field: |z| grows.
+        return (self.rng.gauss(0, 0.3) * s, self.rng.gauss(0, 0.3) * s, s * self.rng.choice((-1, -1, -1, 1)))
+
+    def ensure(self, t: float) -> None:
+        while self._gen_until <= t + 60.0:
+            self._generate_day(self._gen_until, self._gen_until + DAY_S)
+
+    def _generate_day(self, t0: float, t1: float) -> None:
+        rng = self.rng
+        t = max(t0, self.changes[-1])
+        prof = PARKING_PROFILE
+        m = _mean(prof)
+        while t < t1:
+            if self.occ[-1]:
+                h = _hour(t, self.t_day0)
+                stay = rng.expovariate(1.0 / self.p.mean_stay_s)
+                if h >= 19 or h < 6:  # evening arrivals tend to stay the night
+                    stay += rng.uniform(0, 9 * 3600) if rng.random() < 0.5 else 0.0
+                t += max(120.0, stay)
+                self.changes.append(t)
+                self.occ.append(False)
+                self.vehicle.append((0.0, 0.0, 0.0))
+            else:
+                peak = max(prof) / m
+                while True:
+                    t += rng.expovariate(self.rate_free_per_s * peak)
+                    if rng.random() * peak < prof[_hour(t, self.t_day0)] / m:
+                        break
+                self.changes.append(t)
+                self.occ.append(True)
+                self.vehicle.append(self._signature())
+        for tp in _nhpp(rng, t0, t1, self.p.passing_per_hour / 3600.0, PARKING_PROFILE, self.t_day0):
+            s = 0.08 * rng.lognormvariate(0, 0.5)
+            self.transients.append((tp, tp + rng.uniform(0.5, 3.0), (0.0, 0.0, s)))
+        self._gen_until = t1
+
+    def occupied(self, t: float) -> bool:
+        self.ensure(t)
+        return self.occ[bisect.bisect_right(self.changes, t) - 1]
+
+    def field_gauss(self, t: float, temp_c: float, noisy: bool = True) -> tuple[float, float, float]:
+        self.ensure(t)
+        i = bisect.bisect_right(self.changes, t) - 1
+        v = self.vehicle[i] if self.occ[i] else (0.0, 0.0, 0.0)
+        dt = temp_c - 25.0
+        x = self.earth[0] + v[0] + self.tempco[0] * dt
+        y = self.earth[1] + v[1] + self.tempco[1] * dt
+        z = self.earth[2] + v[2] + self.tempco[2] * dt
+        for a, b, d in self._transients_at(t):
+            del a, b
+            z += d[2]
+        if noisy:
+            n = self.p.noise_gauss
+            g = self.rng.gauss
+            return (x + g(0, n), y + g(0, n), z + g(0, n))
+        return (x, y, z)
+
+    def _transients_at(self, t: float) -> list[tuple[float, float, tuple[float, float, float]]]:
+        tr = self.transients
+        i = bisect.bisect_right(tr, (t, math.inf)) - 1
+        out = []
+        while i >= 0 and tr[i][0] > t - 5.0:
+            if tr[i][0] <= t < tr[i][1]:
+                out.append(tr[i])
+            i -= 1
+        return out
+
+    def change_points(self, t0: float, t1: float) -> list[float]:
+        """Times in (t0, t1] at which the field may change (arrivals, departures, transients)."""
+        self.ensure(t1)
+        pts = [c for c in self.changes[bisect.bisect_right(self.changes, t0):bisect.bisect_right(self.changes, t1)]]
+        lo = bisect.bisect_right(self.transients, (t0, math.inf))
+        for a, b, _ in self.transients[lo:]:
+            if a > t1:
+                break
+            pts.append(a)
+            if b <= t1:
+                pts.append(b)
+        pts.sort()
+        return pts
+
+    def arrivals_between(self, t0: float, t1: float) -> int:
+        self.ensure(t1)
+        lo = bisect.bisect_right(self.changes, t0)
+        hi = bisect.bisect_right(self.changes, t1)
+        return sum(1 for i in range(lo, hi) if self.occ[i])
+
+
+# ---------------------------------------------------------------------------- bins
+
+
+@dataclass(slots=True)
+class BinParams:
+    empty_mm: int = 1200  # sensor to bin floor
+    full_mm: int = 250  # sensor to the fill line (100 %)
+    deposits_per_day: float = 40.0
+    mean_deposit_pct: float = 1.1
+    collection_every_days: float = 3.0
+    collection_hour: float = 6.0
+    noise_mm: float = 8.0  # JSN-SR04T repeatability, ~1 cm class
+    false_echo_p: float = 0.03  # echo from a wall or a lid edge
+    no_echo_p: float = 0.01  # absorbed by soft waste: the pulse times out
+
+
+class Bin:
+    """Fill level step function (percent) with collections; truth for distance readings."""
+
+    def __init__(self, rng: random.Random, params: BinParams, t_day0: float) -> None:
+        self.rng = rng
+        self.p = params
+        self.t_day0 = t_day0
+        self.times: list[float] = [0.0]
+        self.fill: list[float] = [rng.uniform(0, 60)]
+        self.collections: list[float] = []
+        self._gen_until = 0.0
+        # First collection at the next collection hour, staggered across bins by day.
+        first_day = rng.randrange(max(1, round(params.collection_every_days)))
+        start = params.collection_hour * 3600 - t_day0 % DAY_S
+        if start <= 0:
+            start += DAY_S
+        self._next_collection = start + first_day * DAY_S
+
+    def ensure(self, t: float) -> None:
+        while self._gen_until <= t + 60.0:
+            self._generate_day(self._gen_until, self._gen_until + DAY_S)
+
+    def _generate_day(self, t0: float, t1: float) -> None:
+        rng = self.rng
+        deposits = _nhpp(rng, t0, t1, self.p.deposits_per_day / DAY_S / _mean(BIN_PROFILE),
+                         BIN_PROFILE, self.t_day0)
+        events: list[tuple[float, float | None]] = [
+            (t, rng.expovariate(1.0 / self.p.mean_deposit_pct)) for t in deposits
+        ]
+        while self._next_collection < t1:
+            events.append((self._next_collection + rng.uniform(0, 3 * 3600), None))
+            self._next_collection += self.p.collection_every_days * DAY_S
+        events.sort(key=lambda e: e[0])
+        level = self.fill[-1]
+        for t, amount in events:
+            if amount is None:
+                level = rng.uniform(0.0, 3.0)
+                self.collections.append(t)
+            else:
+                level = min(110.0, level + amount)  # overflowing: heaped above the rim
+            self.times.append(t)
+            self.fill.append(level)
+        self._gen_until = t1
+
+    def fill_pct(self, t: float) -> float:
+        self.ensure(t)
+        return self.fill[bisect.bisect_right(self.times, t) - 1]
+
+    def distance_mm(self, t: float) -> float:
+        """True distance from the sensor to the waste surface."""
+        span = self.p.empty_mm - self.p.full_mm
+        return max(30.0, self.p.empty_mm - span * self.fill_pct(t) / 100.0)
+
+    def measured_mm(self, t: float) -> float | None:
+        """One ultrasonic ping: noise, occasional false echoes, occasional no echo (None)."""
+        r = self.rng.random()
+        if r < self.p.no_echo_p:
+            return None
+        if r < self.p.no_echo_p + self.p.false_echo_p:
+            return self.rng.uniform(150.0, self.p.empty_mm * 0.6)
+        return max(20.0, self.distance_mm(t) + self.rng.gauss(0, self.p.noise_mm))
+
+
+# ---------------------------------------------------------------------------- water
+
+
+@dataclass(slots=True)
+class WaterParams:
+    litres_per_day: float = 150.0
+    leak_p: float = 0.02  # share of meters that start a leak during a day
+    leak_lph: float = 4.0  # a running toilet cistern
+    burst_p: float = 0.002  # share of meters with a burst pipe during a day
+    burst_lph: float = 1200.0
+    burst_s: float = 1800.0
+
+
+# Household draws: (litres, flow l/min, weight) - toilet, tap, shower, washing machine, dishwasher
+_DRAWS: Final = ((6.0, 9.0, 0.45), (1.5, 5.0, 0.35), (45.0, 9.0, 0.12), (50.0, 12.0, 0.05),
+                 (12.0, 6.0, 0.03))  # fmt: skip
+_MEAN_DRAW_L: Final = sum(v * w for v, _, w in _DRAWS) / sum(w for *_, w in _DRAWS)
+
+
+class Household:
+    """Flow is a step function; volume is its integral (litres). Pulses follow the volume."""
+
+    def __init__(self, rng: random.Random, params: WaterParams, t_day0: float) -> None:
+        self.rng = rng
+        self.p = params
+        self.t_day0 = t_day0
+        self.bp: list[float] = [0.0]  # breakpoints (s)
+        self.flow: list[float] = [0.0]  # l/s from bp[i]
+        self.vol: list[float] = [0.0]  # litres at bp[i]
+        self.leaks: list[float] = []
+        self.bursts: list[float] = []
+        self._leak_lps = 0.0
+        self._gen_until = 0.0
+
+    def ensure(self, t: float) -> None:
+        while self._gen_until <= t + 60.0:
+            self._generate_day(self._gen_until, self._gen_until + DAY_S)
+
+    def _generate_day(self, t0: float, t1: float) -> None:
+        rng = self.rng
+        deltas: list[tuple[float, float]] = []  # (time, d flow l/s)
+        rate = self.p.litres_per_day / _MEAN_DRAW_L / DAY_S / _mean(WATER_PROFILE)
+        weights = [w for *_, w in _DRAWS]
+        for t in _nhpp(rng, t0, t1, rate, WATER_PROFILE, self.t_day0):
+            litres, lpm, _ = rng.choices(_DRAWS, weights)[0]
+            litres *= rng.uniform(0.7, 1.3)
+            f = lpm / 60.0
+            deltas.append((t, f))
+            deltas.append((t + litres / f, -f))
+        if rng.random() < self.p.leak_p and self._leak_lps == 0.0:
+            t = rng.uniform(t0, t1)
+            self._leak_lps = self.p.leak_lph / 3600.0
+            self.leaks.append(t)
+            deltas.append((t, self._leak_lps))
+        if rng.random() < self.p.burst_p:
+            t = rng.uniform(t0, t1)
+            self.bursts.append(t)
+            deltas.append((t, self.p.burst_lph / 3600.0))
+            deltas.append((t + self.p.burst_s, -self.p.burst_lph / 3600.0))
+        deltas.sort()
+        flow = self.flow[-1]
+        for t, d in deltas:
+            last = self.bp[-1]
+            v = self.vol[-1] + self.flow[-1] * (t - last)
+            flow = max(0.0, flow + d)
+            if t == last:
+                self.flow[-1] = flow
+                continue
+            self.bp.append(t)
+            self.flow.append(flow)
+            self.vol.append(v)
+        self._gen_until = t1
+
+    def volume_l(self, t: float) -> float:
+        self.ensure(t)
+        i = bisect.bisect_right(self.bp, t) - 1
+        return self.vol[i] + self.flow[i] * (t - self.bp[i])
+
+    def flow_lph(self, t: float) -> float:
+        self.ensure(t)
+        return self.flow[bisect.bisect_right(self.bp, t) - 1] * 3600.0
+
+    def time_of_volume(self, v: float, t_from: float, t_limit: float) -> float | None:
+        """First time >= t_from at which the volume reaches v litres (None if not before t_limit)."""
+        self.ensure(t_limit)
+        i = bisect.bisect_right(self.bp, t_from) - 1
+        while i < len(self.bp):
+            t_end = self.bp[i + 1] if i + 1 < len(self.bp) else math.inf
+            v_end = self.vol[i + 1] if i + 1 < len(self.bp) else math.inf
+            if v_end >= v and self.flow[i] > 0:
+                t = self.bp[i] + (v - self.vol[i]) / self.flow[i]
+                t = max(t, t_from)
+                return t if t <= t_limit else None
+            if t_end > t_limit:
+                return None
+            i += 1
+        return None

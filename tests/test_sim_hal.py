@@ -1,0 +1,116 @@
+"""The simulated hardware through the HAL, driven by the firmware's own drivers."""
+
+from __future__ import annotations
+
+import errno
+import types
+from typing import Any
+
+import pytest
+
+from simulator.firmware_loader import load_firmware
+from simulator.sim import Simulation
+
+load_firmware()
+import us_lis3mdl  # noqa: E402
+import us_vl53l1x  # noqa: E402
+
+
+def _idle() -> types.ModuleType:
+    fw = types.ModuleType("idle")
+    fw.run_cycle = lambda hal: 60_000  # type: ignore[attr-defined]
+    return fw
+
+
+def _node(kind: str, **grp: Any) -> Any:
+    sc = {"sim": {"name": "hal", "seed": 1}, "gateways": [{"id": "g"}], "nodes": [{"kind": kind, "count": 1, **grp}]}
+    sim = Simulation(sc, firmware=_idle())
+    node = sim.nodes[0]
+    node.t = node.boot_t = 3600.0
+    return sim, node
+
+
+def test_lis3mdl_registers_and_threshold_interrupt() -> None:
+    _sim, node = _node("parking")
+    m = node.hal.machine
+    i2c = m.SoftI2C(scl=m.Pin(22), sda=m.Pin(21), freq=400_000)
+    assert i2c.scan() == [0x1C]
+    mag = us_lis3mdl.LIS3MDL(i2c)
+    mag.init(us_lis3mdl.ODR_80_HZ)
+    x, y, z = mag.read_nt()
+    assert 30_000 < (x * x + y * y + z * z) ** 0.5 < 60_000  # the earth's field, ~45 uT
+    assert 0 < mag.read_temperature_cc() < 3000
+    # threshold below the field on every axis: INT goes high (latched), INT_SRC clears it
+    mag.set_threshold_interrupt(7, 1000)
+    assert node.wires[4].level(node.t) == 1
+    src = mag.int_source()
+    assert src & 1
+    mag.set_threshold_interrupt(7, 200_000)  # 2 gauss: nothing reaches it
+    assert node.wires[4].level(node.t) == 0
+    with pytest.raises(OSError) as e:
+        i2c.readfrom_mem(0x50, 0, 1)
+    assert e.value.errno == errno.ENODEV
+
+
+def test_lis3mdl_wakes_the_node_when_a_car_arrives() -> None:
+    _sim, node = _node("parking")
+    space = node.world
+    m = node.hal.machine
+    mag = us_lis3mdl.LIS3MDL(m.SoftI2C(scl=m.Pin(22), sda=m.Pin(21)))
+    mag.init(us_lis3mdl.ODR_1_25_HZ)
+    base = mag.read_nt()
+    mag.set_threshold_interrupt(7, max(abs(v) for v in base) + 12_000)
+    space.ensure(3 * 86400.0)
+    # a car that strengthens the (downward) field: |z| rises past the threshold
+    arrival = next(t for t, o, v in zip(space.changes, space.occ, space.vehicle, strict=True)
+                   if o and t > node.t and v[2] < -0.15)
+    t_wake = node.wires[4].time_at_level(node.t, 1, 3 * 86400.0)
+    assert t_wake is not None and node.t <= t_wake <= arrival  # that car, or an earlier one / a passer-by
+    assert node.wires[4].level(t_wake) == 1
+
+
+def test_vl53l1x_ranges_the_bin() -> None:
+    _sim, node = _node("bin", sensor="vl53l1x")
+    m = node.hal.machine
+    tof = us_vl53l1x.VL53L1X(m.SoftI2C(scl=m.Pin(22), sda=m.Pin(21)), node.hal.time.sleep_ms)
+    assert tof.model_id() == 0xEACC
+    tof.init()
+    t0 = node.t
+    mm = [v for v in tof.measure(5) if v is not None]
+    assert node.t - t0 >= 5 * 0.100  # the ULD default configuration: 100 ms timing budget
+    truth = node.world.distance_mm(node.t)
+    assert mm and all(abs(v - truth) < 40 for v in mm)
+
+
+def test_nvs_rtc_and_files_follow_the_port() -> None:
+    _sim, node = _node("water")
+    hal = node.hal
+    nvs = hal.esp32.NVS("urbansense")
+    with pytest.raises(OSError):
+        nvs.get_i32("x")
+    nvs.set_i32("x", 7)
+    assert nvs.get_i32("x") == 7
+    nvs.commit()
+    nvs.set_i32("y", 1)  # not committed: lost on power loss
+    rtc = hal.machine.RTC()
+    rtc.memory(b"state")
+    with pytest.raises(ValueError):
+        rtc.memory(bytes(2049))
+    node.sleep_start = node.t
+    node.fault(node.t, "brownout", 1.0)
+    assert rtc.memory() == b""
+    assert nvs.get_i32("x") == 7
+    with pytest.raises(OSError):
+        nvs.get_i32("y")
+    buf = bytearray(4)
+    nvs.set_blob("b", b"abcdef")
+    with pytest.raises(OSError):
+        nvs.get_blob("b", buf)
+    with hal.open("config.json") as f:
+        assert '"kind": "water"' in f.read()
+    with pytest.raises(OSError):
+        hal.open("nope.json")
+    t = hal.time
+    assert t.ticks_diff(t.ticks_add(t.ticks_ms(), 5), t.ticks_ms()) == 5
+    assert t.ticks_diff(1, (1 << 30) - 1) == 2  # wraps like MicroPython
+    assert hal.machine.time_pulse_us(hal.machine.Pin(19), 1, 1000) == -1  # nothing on that pin

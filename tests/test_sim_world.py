@@ -1,0 +1,102 @@
+"""Physical models: arrivals per hour, bins reaching thresholds, water per day."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from simulator.world import (
+    DAY_S,
+    PARKING_PROFILE,
+    Bin,
+    BinParams,
+    Household,
+    ParkingParams,
+    ParkingSpace,
+    WaterParams,
+)
+
+
+def test_parking_arrivals_per_hour_match_the_profile_while_free() -> None:
+    """Arrivals in each hour of day, given the time the spaces were free, are Poisson at the model rate."""
+    days = 3
+    spaces = [ParkingSpace(random.Random(f"p{i}"), ParkingParams(), 0.0) for i in range(150)]
+    mean_profile = sum(PARKING_PROFILE) / 24
+    arrivals = [0] * 24
+    free_s = [0.0] * 24
+    for sp in spaces:
+        sp.ensure(days * DAY_S)
+        for i, t in enumerate(sp.changes):
+            if t >= days * DAY_S:
+                break
+            if sp.occ[i] and i > 0:
+                arrivals[int(t % DAY_S // 3600)] += 1
+            if not sp.occ[i]:  # free from t to the next change: spread over the hours
+                end = min(sp.changes[i + 1] if i + 1 < len(sp.changes) else days * DAY_S, days * DAY_S)
+                a = t
+                while a < end:
+                    h_end = (math.floor(a / 3600) + 1) * 3600
+                    seg = min(end, h_end) - a
+                    free_s[int(a % DAY_S // 3600)] += seg
+                    a += seg
+    rate = spaces[0].rate_free_per_s
+    for h in range(24):
+        expected = rate * PARKING_PROFILE[h] / mean_profile * free_s[h]
+        if expected < 30:
+            continue
+        assert abs(arrivals[h] - expected) < 4.5 * math.sqrt(expected) + 2, (h, arrivals[h], expected)
+    per_day = sum(arrivals) / len(spaces) / days
+    assert 8.0 <= per_day <= 12.0, per_day  # ~10 arrivals per space per day
+    day = sum(arrivals[9:18]) / 9
+    night = sum(arrivals[1:5]) / 4
+    assert day > 5 * night
+
+
+def test_bins_reach_collection_thresholds_and_are_emptied() -> None:
+    bins = [Bin(random.Random(f"b{i}"), BinParams(), 0.0) for i in range(60)]
+    reached_90 = 0
+    for b in bins:
+        b.ensure(7 * DAY_S)
+        assert b.collections, "a bin is collected at least once a week"
+        first = b.collections[0]
+        peak = max(f for t, f in zip(b.times, b.fill, strict=True) if t < first + 7 * DAY_S)
+        reached_90 += peak >= 90.0
+        assert b.fill_pct(first + 1e-6) <= 3.0  # emptied by the round
+        assert b.distance_mm(first + 1e-6) > b.p.empty_mm - 0.05 * (b.p.empty_mm - b.p.full_mm)
+    assert reached_90 >= 0.8 * len(bins)
+
+
+def test_ultrasonic_noise_and_false_echoes() -> None:
+    b = Bin(random.Random("echo"), BinParams(), 0.0)
+    t = 3600.0
+    truth = b.distance_mm(t)
+    pings = [b.measured_mm(t) for _ in range(4000)]
+    none = sum(p is None for p in pings) / len(pings)
+    far = [p for p in pings if p is not None and abs(p - truth) > 60]
+    assert 0.003 < none < 0.03
+    assert 0.01 < len(far) / len(pings) < 0.06  # false echoes
+    good = [p for p in pings if p is not None and abs(p - truth) <= 60]
+    assert abs(sum(good) / len(good) - truth) < 2.0
+
+
+def test_water_daily_volume_and_pulses() -> None:
+    homes = [Household(random.Random(f"w{i}"), WaterParams(leak_p=0.0, burst_p=0.0), 0.0) for i in range(200)]
+    days = 3
+    vols = [h.volume_l(days * DAY_S) / days for h in homes]
+    mean = sum(vols) / len(vols)
+    assert 135.0 <= mean <= 165.0, mean  # ~150 l per household per day
+    h = homes[0]
+    t1 = h.time_of_volume(10.0, 0.0, DAY_S)
+    assert t1 is not None and abs(h.volume_l(t1) - 10.0) < 1e-6
+    # morning peak busier than the small hours
+    morning = sum(h.volume_l(d * DAY_S + 9 * 3600) - h.volume_l(d * DAY_S + 6 * 3600) for h in homes for d in range(days))
+    night = sum(h.volume_l(d * DAY_S + 4 * 3600) - h.volume_l(d * DAY_S + 1 * 3600) for h in homes for d in range(days))
+    assert morning > 5 * night
+
+
+def test_leaks_flow_continuously() -> None:
+    h = Household(random.Random("leak"), WaterParams(leak_p=1.0, burst_p=0.0), 0.0)
+    h.ensure(2 * DAY_S)
+    assert h.leaks
+    t = h.leaks[0] + 1.0
+    assert all(h.flow_lph(t + k * 600.0) >= 4.0 - 1e-9 for k in range(100))
