@@ -7,7 +7,6 @@ bounds what it buffers, so no byte sequence can grow memory or raise out of it.
 from __future__ import annotations
 
 import binascii
-from collections.abc import Iterator
 from typing import Final
 
 from gateway.errors import FrameError
@@ -21,32 +20,26 @@ def crc16(data: bytes) -> int:
 
 
 def cobs_encode(data: bytes) -> bytes:
+    """Consistent Overhead Byte Stuffing: split at zeros and every 254 non-zero bytes."""
     out = bytearray()
-    for chunk_start, chunk in _cobs_chunks(data):
-        del chunk_start
-        out.append(len(chunk) + 1)
-        out += chunk
-    return bytes(out)
-
-
-def _cobs_chunks(data: bytes) -> Iterator[tuple[int, bytes]]:
-    # Split at zeros, and every 254 non-zero bytes (code 0xFF carries no implied zero).
     start = 0
     n = len(data)
     while True:
-        zero = data.find(0, start, min(start + 254, n))
+        zero = data.find(0, start, start + 254)
         if zero == -1:
             end = min(start + 254, n)
-            yield start, data[start:end]
-            if end == n and (end - start) < 254:
-                return
-            if end == n:
-                yield end, b""
-                return
-            start = end
-            continue
-        yield start, data[start:zero]
-        start = zero + 1
+            out.append(end - start + 1)
+            out += data[start:end]
+            if end == n and end - start < 254:
+                return bytes(out)
+            start = end  # a full 254-byte block carries no implied zero
+            if start == n:
+                out.append(1)
+                return bytes(out)
+        else:
+            out.append(zero - start + 1)
+            out += data[start:zero]
+            start = zero + 1
 
 
 def cobs_decode(packet: bytes) -> bytes:

@@ -1,0 +1,216 @@
+"""``urbansense bench``: run every benchmark in bench/ and write bench/RESULTS.md.
+
+Each benchmark is a script that prints one JSON object; this runner records the machine,
+the date and the exact command beside every figure, and puts each figure next to its peer
+measured in the same run (the JSON-per-reading baseline, the 31-byte advertising limit ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+# name -> (module, full args, quick args)
+BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
+    "gateway": ("bench.bench_gateway", [], ["--quick"]),
+    "firmware": ("bench.bench_firmware", [], []),
+    "simulator": ("bench.bench_sim", [], ["--nodes", "1000", "--duration", "6h", "--no-boards"]),
+}
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("bench", help="run the benchmarks and write bench/RESULTS.md",
+                              description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small runs (a smoke test of the benches)")
+    p.add_argument("--only", choices=sorted(BENCHES), action="append", help="run only these")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.set_defaults(handler=_main)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = 0.0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def run_one(name: str, quick: bool) -> dict[str, Any]:
+    module, full, small = BENCHES[name]
+    cmd = [sys.executable, "-m", module, *(small if quick else full)]
+    shown = " ".join([".venv/bin/python", "-m", module, *(small if quick else full)])
+    print(f"bench: {shown}", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        return {"command": shown, "error": proc.stderr[-2000:], "wall_s": round(wall, 1)}
+    try:
+        data: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return {"command": shown, "error": "no JSON on stdout: " + proc.stdout[-500:]}
+    data["_command"] = shown
+    data["_wall_s"] = round(wall, 1)
+    return data
+
+
+def _get(d: Any, *path: str) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def _fmt(v: Any, nd: int = 1) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def render(results: dict[str, dict[str, Any]], info: dict[str, Any], quick: bool) -> str:
+    out = [
+        "# Benchmark results",
+        "",
+        f"Written by `urbansense bench{' --quick' if quick else ''}` on {info['date']}.",
+        "",
+        f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, "
+        f"{info['machine']['memory_gib']} GiB, {info['machine']['os']}, Python {info['machine']['python']}.",
+        "",
+        "Each section gives the command that produced it; figures with a peer show both, measured in the same run.",
+        "",
+    ]
+    out += _gateway_section(results.get("gateway"))
+    out += _firmware_section(results.get("firmware"))
+    out += _sim_section(results.get("simulator"))
+    out += ["## Raw results", ""]
+    for name, data in results.items():
+        out += [f"<details><summary>{name}</summary>", "", "```json",
+                json.dumps(data, indent=1, sort_keys=True), "```", "", "</details>", ""]
+    return "\n".join(out) + "\n"
+
+
+def _header(title: str, data: dict[str, Any] | None) -> list[str]:
+    lines = [f"## {title}", ""]
+    if data is None:
+        return [*lines, "Not run.", ""]
+    lines += [f"Command: `{data.get('command') or data.get('_command')}`", ""]
+    if "error" in data:
+        lines += ["Failed:", "", "```", str(data["error"]), "```", ""]
+    return lines
+
+
+def _gateway_section(d: dict[str, Any] | None) -> list[str]:
+    lines = _header("Gateway", d)
+    if d is None or "error" in d:
+        return lines
+    t = d.get("throughput", {})
+    ours, base = t.get("urbansense", {}), t.get("baseline_json", {})
+    lines += [
+        "| figure | urbansense (verify, dedup, batch, SQLite outbox, MQTT 5 QoS 1) | baseline (one JSON message per reading, QoS 1) | ratio |",
+        "|---|---|---|---|",
+        f"| frames/s, one core | {_fmt(ours.get('frames_per_s'), 0)} | {_fmt(base.get('frames_per_s'), 0)} | "
+        f"{_fmt(t.get('ratio_frames_per_s'), 1)}x |",
+        f"| CPU µs per frame | {_fmt(ours.get('cpu_us_per_frame'))} | {_fmt(base.get('cpu_us_per_frame'))} | "
+        f"{_fmt(t.get('ratio_cpu'), 1)}x less |",
+    ]
+    b = d.get("bytes_per_reading", {})
+    if b:
+        lines += [
+            f"| bytes to the broker per reading | {_fmt(b.get('broker_urbansense'))} | {_fmt(b.get('broker_baseline_json'))} | |",
+            f"| bytes on air per reading (limit 31 per advertisement) | {_fmt(b.get('on_air_frame'))} frame, {_fmt(b.get('on_air_advertisement'))} advertisement | 31 | |",
+            f"| bytes written to disk per reading (vs payload bytes) | {_fmt(b.get('disk'))} | {_fmt(b.get('payload'))} | |",
+        ]
+    lat = d.get("latency", {})
+    if lat:
+        lines += [f"| end-to-end latency p50 / p99 (ms), default batching | {_fmt(lat.get('latency_ms_p50'))} / "
+                  f"{_fmt(lat.get('latency_ms_p99'))} | | |"]
+    mem = d.get("memory", {})
+    if mem:
+        lines += [f"| RSS MiB: idle / after 1 h of 1,000 nodes / after a 1 h outage | "
+                  f"{_fmt(mem.get('rss_mib_gateway_idle'))} / {_fmt(mem.get('rss_mib_after_sustained'))} / "
+                  f"{_fmt(_get(mem, 'outage', 'rss_mib_after_drain'))} | | |"]
+    cpu = d.get("cpu_per_100_nodes", {})
+    if cpu:
+        lines += [f"| CPU per 100 nodes (x86 core / projected Pi 4 core) | {_fmt(cpu.get('cpu_pct_per_100_nodes'), 3)} % / "
+                  f"{_fmt(cpu.get('pi4_cpu_pct_per_100_nodes'), 3)} % | | |",
+                  f"| SD-card bytes written per hour per 100 nodes | {_fmt(cpu.get('disk_bytes_per_hour_per_100_nodes'), 0)} | | |"]
+    return [*lines, ""]
+
+
+def _firmware_section(d: dict[str, Any] | None) -> list[str]:
+    lines = _header("Firmware", d)
+    if d is None or "error" in d:
+        return lines
+    lines += [f"All modules compiled by mpy-cross (xtensawin): {_fmt(d.get('mpy_total_bytes'))} bytes of .mpy "
+              f"({_fmt(d.get('py_total_bytes'))} bytes of source). VM: {d.get('vm')}.", "",
+              "| kind | wake-cycle heap, data only (modules frozen, as deployed) | cold boot with .mpy loaded into RAM | limit |",
+              "|---|---|---|---|"]
+    for kind, h in sorted(d.get("heap", {}).items()):
+        lines.append(f"| {kind} | {h['warm_wake_peak_bytes'] / 1024:.1f} KB | {h['cold_boot_peak_bytes'] / 1024:.1f} KB | 40 KB |")
+    return [*lines, ""]
+
+
+def _sim_section(d: dict[str, Any] | None) -> list[str]:
+    lines = _header("Simulator and energy", d)
+    if d is None or "error" in d:
+        return lines
+    lines += [
+        f"{_fmt(d.get('nodes'))} nodes x {_fmt((d.get('simulated_s') or 0) / 3600, 0)} h simulated in "
+        f"{_fmt(d.get('wall_s'))} s of wall time on {d.get('processes')} processes (target: 10,000 x 1 day < 60 s): "
+        f"{_fmt(d.get('wake_cycles_per_s'), 0)} node-wake-cycles/s, {_fmt(d.get('frames_sent'))} frames sent.",
+        "",
+    ]
+    boards = d.get("energy_per_board") or {}
+    if boards:
+        lines += ["Energy per node kind and board (realistic rates: parking 10 arrivals + 10 departures a day and an "
+                  "hourly heartbeat; bins measured every 15 min; water hourly reports and about 150 l a day; one "
+                  "3.6 V 19 Ah Li-SOCl2 cell, 1 %/year self-discharge). Targets: 12 years parking and bin, 16 water.",
+                  "", "| board | kind | average current | wake cycles/day | battery life p50 (min) |", "|---|---|---|---|---|"]
+        for board, kinds in sorted(boards.items()):
+            for kind, e in sorted(kinds.items()):
+                life = e.get("battery_life_years", {})
+                lines.append(f"| {board} | {kind} | {_fmt(e.get('avg_current_ua'))} µA | {_fmt(e.get('wake_cycles_per_day'))} | "
+                             f"{_fmt(life.get('p50'))} y ({_fmt(life.get('min'))} y) |")
+    return [*lines, ""]
+
+
+def _main(args: argparse.Namespace) -> int:
+    names = args.only or list(BENCHES)
+    results = {name: run_one(name, args.quick) for name in names}
+    info = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine()}
+    args.out.write_text(render(results, info, args.quick))
+    print(f"bench: wrote {args.out}", file=sys.stderr)
+    return 1 if any("error" in r for r in results.values()) else 0
