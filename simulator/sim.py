@@ -94,8 +94,7 @@ class Simulation:
 
     def __init__(self, scenario: str | Path | dict[str, Any] | Scenario, *, seed: int | None = None,
                  nodes: int | None = None, serial: str = "loopback", firmware: ModuleType | None = None,
-                 keep_readings: bool = True, shard: tuple[int, int] | None = None,
-                 serial_wall_factor: float = 1.0) -> None:
+                 shard: tuple[int, int] | None = None, serial_wall_factor: float = 1.0) -> None:
         if isinstance(scenario, Scenario):
             sc = scenario
         elif isinstance(scenario, dict):
@@ -109,7 +108,9 @@ class Simulation:
         self.scenario = sc
         self.seed = sc.seed
         self.serial_mode = serial
-        self.keep_readings = keep_readings
+        # pty: wall seconds a node's ack wait may block per simulated second (a real gateway
+        # needs real time to answer; the wait ends as soon as the ack is there)
+        self.serial_wall_factor = serial_wall_factor
         self.shard = shard
         self.fw = firmware if firmware is not None else load_firmware()
         self.engine = Engine()
@@ -229,7 +230,7 @@ class Simulation:
         node.gw_id = gw
         if grp.transport == "serial":
             if self.serial_mode == "pty":
-                node.serial = PtyLink(node, gw, grp.line_noise_ber)
+                node.serial = PtyLink(node, gw, grp.line_noise_ber, self.serial_wall_factor)
             else:
                 node.serial = LoopbackLink(node, gw, grp.line_noise_ber)
         self._keys[node.index] = NodeKeys(key)
@@ -663,7 +664,7 @@ def _check(kind: str, chk: dict[str, Any], truth: dict[str, Any], readings: dict
 
 def _shard_worker(args: tuple[Any, int, int, int | None, float]) -> dict[str, Any]:
     sc, k, n, seed, duration = args
-    sim = Simulation(sc, seed=seed, shard=(k, n), keep_readings=False)
+    sim = Simulation(sc, seed=seed, shard=(k, n))
     sim.run_until(duration)
     for node in sim.nodes:
         node.ble_stop_adv()
