@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from gateway.metrics import Metrics
+from gateway.ratelog import RateLimitedLog
 
 _log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Outbox:
         self._acked: set[int] = set()
         self._sizes: dict[int, tuple[int, int, int]] = {}  # id -> (bytes, priority, frames)
         self.bytes = 0
+        self._faults = RateLimitedLog(_log)  # a long outage evicts on every commit
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._open(synchronous)
         self._scan()
@@ -209,7 +211,8 @@ class Outbox:
             self.metrics.outbox_dropped_batches.inc("alarm" if prio else "ordinary")
             self.metrics.outbox_dropped_readings.inc(amount=nframes)
         if evict:
-            _log.warning("event=outbox_full dropped_batches=%d max_bytes=%d", len(evict), self.max_bytes)
+            self._faults.log("outbox_full", "event=outbox_full dropped_batches=%d max_bytes=%d",
+                             len(evict), self.max_bytes)
         self._sizes[batch_id] = (len(payload), priority, frames)
         self.bytes += len(payload)
         self.metrics.batches.inc()
