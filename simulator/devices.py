@@ -143,12 +143,16 @@ class LIS3MDL:
         return self._int_src(t, noisy=False) != 0
 
     def int_level(self, t: float) -> int:
+        if not self.node.i2c_powered:
+            return 0  # an unpowered part drives nothing (the line reads low)
         active_high = bool(self.regs[0x30] & 0x04)
         return int(self.int_active(t) == active_high)
 
     def time_at_level(self, t0: float, level: int, t_limit: float) -> float | None:
         if self.int_level(t0) == level:
             return t0
+        if not self.node.i2c_powered:
+            return None
         latch = bool(self.regs[0x30] & 0x02)
         # The field changes at world events and drifts with temperature: check both.
         pts = self.space.change_points(t0, t_limit)
@@ -266,6 +270,8 @@ class Echo:
         self.bin = bin_
 
     def pulse_us(self, t: float) -> int | None:
+        if not self.node.i2c_powered:
+            return None  # unpowered ranger: no echo
         mm = self.bin.measured_mm(t)
         if mm is None:
             return None

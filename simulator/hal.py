@@ -114,7 +114,7 @@ class SimPin:
     __slots__ = ("_n", "_out", "handler", "id", "mode", "pull")
 
     def __init__(self, node: SimNode, id: int, mode: int = -1, pull: int = -1, *,
-                 value: Any = None, drive: int = -1, alt: int = -1) -> None:
+                 value: Any = None, drive: int = -1, alt: int = -1, hold: bool | None = None) -> None:
         if not isinstance(id, int) or not 0 <= id <= 48:
             raise ValueError("invalid pin")
         self._n = node
@@ -123,24 +123,36 @@ class SimPin:
         self.pull = pull
         self._out = 0 if value is None else int(bool(value))
         self.handler: Callable[[SimPin], None] | None = None
-        if value is not None:
-            node.pin_out[id] = self._out
+        # ESP32 port: a hold is released before the pin is reconfigured, set again after.
+        if hold is not None:
+            node.held.pop(id, None)
+        if value is not None and id not in node.held:
+            node.set_pin_out(id, self._out)
+        if hold:
+            node.held[id] = node.pin_out.get(id, 0)
 
-    def init(self, mode: int = -1, pull: int = -1, *, value: Any = None, drive: int = -1, alt: int = -1) -> None:
+    def init(self, mode: int = -1, pull: int = -1, *, value: Any = None, drive: int = -1, alt: int = -1,
+             hold: bool | None = None) -> None:
+        if hold is not None:
+            self._n.held.pop(self.id, None)
         if mode != -1:
             self.mode = mode
         if pull != -1:
             self.pull = pull
         if value is not None:
             self.value(value)
+        if hold:
+            self._n.held[self.id] = self._n.pin_out.get(self.id, 0)
 
     def value(self, x: Any = None) -> int | None:
         if x is None:
             if self.mode == self.OUT:
                 return self._n.pin_out.get(self.id, 0)
             return self._n.pin_level(self.id, self.pull)
+        if self.id in self._n.held:
+            return None  # a held pad keeps its level until the hold is released
         self._out = int(bool(x))
-        self._n.pin_out[self.id] = self._out
+        self._n.set_pin_out(self.id, self._out)
         return None
 
     __call__ = value
@@ -178,8 +190,8 @@ class _PinFactory:
         self._n = node
 
     def __call__(self, id: int, mode: int = -1, pull: int = -1, *, value: Any = None,
-                 drive: int = -1, alt: int = -1) -> SimPin:
-        return SimPin(self._n, id, mode, pull, value=value, drive=drive, alt=alt)
+                 drive: int = -1, alt: int = -1, hold: bool | None = None) -> SimPin:
+        return SimPin(self._n, id, mode, pull, value=value, drive=drive, alt=alt, hold=hold)
 
 
 def _pin_id(p: Any) -> int:

@@ -93,8 +93,12 @@ class SimNode:
         self.nvs_pending: dict[tuple[str, str], Any] = {}
         self.rtc_mem = b""
         self.pin_out: dict[int, int] = {}
+        self.held: dict[int, int] = {}  # pads held through deep sleep (Pin(..., hold=True))
         self.wires: dict[int, Wire] = {}
         self.i2c_devices: dict[int, Any] = {}
+        # Sensors behind the board's load switch (pin "sensor_power", active high): unpowered,
+        # they NACK on I2C, answer no ping and draw nothing. Without a switch: always on.
+        self.power_pin: int | None = None
         self.i2c_powered = True
         self.echo: dict[int, Echo] = {}
         self.battery_pin: int | None = None
@@ -186,6 +190,19 @@ class SimNode:
         self.advance(dt, state)
 
     # ------------------------------------------------------------------ pins & analog
+    def set_pin_out(self, pin: int, level: int) -> None:
+        self.pin_out[pin] = level
+        if pin == self.power_pin:
+            self.set_sensor_power(level == 1)
+
+    def set_sensor_power(self, on: bool) -> None:
+        if on == self.i2c_powered:
+            return
+        if on:  # a part that lost power boots with its power-on register values
+            for dev in self.i2c_devices.values():
+                dev.power_on_reset()
+        self.i2c_powered = on
+
     def pin_level(self, pin: int, pull: int) -> int:
         w = self.wires.get(pin)
         if w is not None:
@@ -274,6 +291,9 @@ class SimNode:
         self.ext1 = None
         self.adv = None
         self.pin_out.clear()
+        self.pin_out.update(self.held)  # un-held pads come out of deep sleep reset
+        if self.power_pin is not None:
+            self.set_sensor_power(self.pin_out.get(self.power_pin, 0) == 1)
         if self.serial is not None:
             self.serial.reset(self)
         console = self.sim.console
@@ -333,6 +353,8 @@ class SimNode:
 
     def sleep_current_ua(self) -> float:
         ua = self.profile.deep_sleep_ua
+        if not self.i2c_powered:
+            return ua
         for dev in self.i2c_devices.values():
             ua += dev.sleep_current_ua()
         return ua
@@ -370,6 +392,7 @@ class SimNode:
             self.meter.add("sleep", self.profile.deep_sleep_ua * dt)
             self.meter.add("sleep_sensor", (self.sleep_ua - self.profile.deep_sleep_ua) * dt)
             self.sleep_start = None
+        self.held.clear()  # a reset or power loss releases pad holds
         if kind == "reboot":
             self.rtc_mem = b""
             self.boot(max(t, self.t), HARD_RESET, 0)

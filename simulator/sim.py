@@ -176,6 +176,9 @@ class Simulation:
         node.group = gi
         node.link_db = self.air.link_means(pos, node.rng_air)
         pins = board.get("pins", {})
+        if "sensor_power" in pins:
+            node.power_pin = int(pins["sensor_power"])
+            node.i2c_powered = False  # off until the firmware switches it on
         cfg: dict[str, Any] = {
             "node_id": node_id, "key": key.hex(), "kind": grp.kind, "board": grp.board,
             "transport": grp.transport, "intervals": {}, "thresholds": {}, "calibration": {},

@@ -216,6 +216,8 @@ class World:
         self.clock_ms = 0
         self.power_on_ms = 0
         self.pins = {}
+        self.held = {}  # pin -> hold enabled (ESP32 Pin(..., hold=True))
+        self.power_log = []  # (clock_ms, level) written to the sensor_power pin
         self.adc_uv = {}
         self.i2c_devices = {}
         self.jsn = None
@@ -234,6 +236,10 @@ class World:
         self.hook = hook
         self.out = []
 
+    def sensors_powered(self):
+        p = self.board.get("pins", {}).get("sensor_power")
+        return p is None or self.pins.get(p, 0) == 1
+
     # --- node life ---
     def hal(self):
         return FakeHAL(self)
@@ -250,6 +256,10 @@ class World:
 
     def power_loss(self, off_ms=1000):
         self.rtc_mem = b""
+        self.held = {}
+        sp = self.board.get("pins", {}).get("sensor_power")
+        if sp is not None:
+            self.pins[sp] = 0
         self.clock_ms += off_ms
         self.power_on_ms = self.clock_ms
         self.reset_cause = PWRON_RESET
@@ -284,19 +294,25 @@ def _make_pin(world):
         IRQ_RISING = 1
         IRQ_FALLING = 2
 
-        def __init__(self, id, mode=-1, pull=-1, *, value=None):
+        def __init__(self, id, mode=-1, pull=-1, *, value=None, hold=None):
             self.id = id
             if value is not None:
                 self.value(value)
+            if hold is not None:
+                world.held[id] = bool(hold)
 
-        def init(self, mode=-1, pull=-1, *, value=None):
+        def init(self, mode=-1, pull=-1, *, value=None, hold=None):
             if value is not None:
                 self.value(value)
+            if hold is not None:
+                world.held[self.id] = bool(hold)
 
         def value(self, x=None):
             if x is None:
                 return world.pins.get(self.id, 0)
             world.pins[self.id] = 1 if x else 0
+            if self.id == world.board.get("pins", {}).get("sensor_power"):
+                world.power_log.append((world.clock_ms, world.pins[self.id]))
             if self.id == world.jsn_trig and world.jsn is not None and x:
                 world.jsn.triggers += 1
             return None
@@ -314,12 +330,12 @@ def _make_i2c(world):
 
         def _dev(self, addr):
             d = world.i2c_devices.get(addr)
-            if d is None:
+            if d is None or not world.sensors_powered():
                 raise OSError(ENODEV)
             return d
 
         def scan(self):
-            return sorted(world.i2c_devices)
+            return sorted(world.i2c_devices) if world.sensors_powered() else []
 
         def readfrom_mem(self, addr, memaddr, nbytes, *, addrsize=8):
             return self._dev(addr).read(memaddr, nbytes, addrsize)

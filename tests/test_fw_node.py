@@ -203,3 +203,47 @@ def test_water_index_never_goes_backwards(seq: list[str]) -> None:
             if us_proto.Q_VOLUME_L in r:
                 assert r[us_proto.Q_VOLUME_L] >= last_volume
                 last_volume = r[us_proto.Q_VOLUME_L]
+
+
+POWER_BOARD = dict(ff.BOARD, pins=dict(ff.BOARD["pins"], sensor_power=27))
+
+
+def test_bin_powers_its_ranger_only_while_measuring() -> None:
+    w = ff.make_world("bin", board=POWER_BOARD, extra={"calibration": {"empty_mm": 1200, "full_mm": 200}})
+    w.i2c_devices[0x29].default_mm = 700
+    powered_in: list[str] = []
+    w.hook = lambda: powered_in.append(w.energy_log[-1] + ":" + str(int(w.sensors_powered())))
+    for _ in range(3):
+        w.run_cycle(us_node)
+        assert w.pins[27] == 0 and w.held[27]  # off, and held off through deep sleep
+        w.sleep(900000)
+    assert [lvl for _, lvl in w.power_log] == [1, 0] * 3
+    # "sensor" is declared before the switch closes and "cpu" only after it opens again
+    assert "sensor:0" in powered_in and "cpu:0" in powered_in and "cpu:1" not in powered_in
+    reports = [decode(f).readings for f in w.frames()]
+    assert not any(r.get(us_proto.Q_FLAGS, 0) & us_proto.F_SENSOR_FAULT for r in reports)
+
+
+def test_bin_ranger_unpowered_is_a_sensor_fault_not_a_crash() -> None:
+    w = ff.make_world("bin", board=dict(POWER_BOARD, pins=dict(POWER_BOARD["pins"], sensor_power=33)))
+    w.board = dict(POWER_BOARD)  # the fake switch is on pin 27, the firmware drives 33: never powered
+    w.run_cycle(us_node)
+    status = decode(w.frames()[0]).readings
+    assert status[us_proto.Q_FLAGS] & us_proto.F_SENSOR_FAULT
+
+
+def test_parking_keeps_the_magnetometer_powered_and_repowers_after_power_loss() -> None:
+    w = ff.make_world("parking", board=POWER_BOARD)
+    w.run_cycle(us_node)
+    assert w.pins[27] == 1 and w.held[27] and w.ext0 == (4, 1)
+    for _ in range(3):
+        w.sleep(3600 * 1000)
+        w.run_cycle(us_node)
+        assert w.pins[27] == 1
+    assert 0 not in [lvl for _, lvl in w.power_log]
+    w.power_loss()
+    assert not w.sensors_powered()
+    w.run_cycle(us_node)  # cold: switch on, wait for the part, init it again
+    assert w.pins[27] == 1 and w.ext0 == (4, 1)
+    ups = [decode(f) for f in w.frames()]
+    assert ups[0].ftype == us_proto.T_STATUS and not ups[0].readings.get(us_proto.Q_FLAGS, 0) & us_proto.F_SENSOR_FAULT

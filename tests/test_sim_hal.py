@@ -27,6 +27,8 @@ def _node(kind: str, **grp: Any) -> Any:
     sim = Simulation(sc, firmware=_idle())
     node = sim.nodes[0]
     node.t = node.boot_t = 3600.0
+    if node.power_pin is not None:  # the sensors' load switch on, as the firmware does
+        node.hal.machine.Pin(node.power_pin, node.hal.machine.Pin.OUT, value=1)
     return sim, node
 
 
@@ -114,3 +116,39 @@ def test_nvs_rtc_and_files_follow_the_port() -> None:
     assert t.ticks_diff(t.ticks_add(t.ticks_ms(), 5), t.ticks_ms()) == 5
     assert t.ticks_diff(1, (1 << 30) - 1) == 2  # wraps like MicroPython
     assert hal.machine.time_pulse_us(hal.machine.Pin(19), 1, 1000) == -1  # nothing on that pin
+
+
+def test_unpowered_sensor_nacks_draws_nothing_and_hold_survives_deep_sleep() -> None:
+    _sim, node = _node("bin")
+    m = node.hal.machine
+    i2c = m.SoftI2C(scl=m.Pin(22), sda=m.Pin(21), freq=400_000)
+    tof = us_vl53l1x.VL53L1X(i2c, node.hal.time.sleep_ms)
+    assert tof.model_id() == us_vl53l1x.MODEL_ID_VALUE
+    powered_ua = node.sleep_current_ua()
+    assert powered_ua > node.profile.deep_sleep_ua
+    m.Pin(node.power_pin, m.Pin.OUT, value=0)
+    with pytest.raises(OSError) as exc:
+        tof.model_id()
+    assert exc.value.errno == errno.ENODEV
+    assert i2c.scan() == []
+    assert node.sleep_current_ua() == node.profile.deep_sleep_ua
+    # Not held: the pad resets in deep sleep and the switch opens. Held: it stays on.
+    m.Pin(node.power_pin, m.Pin.OUT, value=1)
+    node.boot(node.t + 60.0, 4, 4)
+    assert not node.i2c_powered
+    m.Pin(node.power_pin, m.Pin.OUT, value=1, hold=True)
+    node.boot(node.t + 60.0, 4, 4)
+    assert node.i2c_powered and tof.model_id() == us_vl53l1x.MODEL_ID_VALUE
+
+
+def test_unpowered_magnetometer_int_line_stays_low() -> None:
+    _sim, node = _node("parking")
+    m = node.hal.machine
+    mag = us_lis3mdl.LIS3MDL(m.SoftI2C(scl=m.Pin(22), sda=m.Pin(21)))
+    mag.init(us_lis3mdl.ODR_1_25_HZ)
+    mag.set_threshold_interrupt(7, 1000)  # 1 uT: the earth field crosses it at once
+    dev = node.i2c_devices[0x1C]
+    assert dev.int_level(node.t) == 1
+    m.Pin(node.power_pin, m.Pin.OUT, value=0)
+    assert dev.int_level(node.t) == 0
+    assert dev.time_at_level(node.t, 1, node.t + 3600.0) is None

@@ -15,6 +15,9 @@ DEFAULT_REJECT_MM = const(100)
 DEFAULT_HYST_PCT = const(3)
 DEFAULT_EMPTY_DROP_PCT = const(30)
 DEFAULT_THRESHOLDS = (50, 75, 90)
+# After the load switch turns the ranger on: VL53L1X tBOOT is 1.2 ms max (DS12385); the
+# JSN-SR04T sheet gives none (UNVERIFIED: measure). The ToF driver also polls its boot flag.
+SENSOR_BOOT_MS = const(2)
 
 
 def median(values):
@@ -89,18 +92,24 @@ def _measure(node):
     n = node.setting("thresholds", "pings", DEFAULT_PINGS)
     sensor = node.cfg.get("sensor", "vl53l1x")
     hal = node.hal
+    # The ranger sits behind the board's load switch: powered only while measuring.
     node.energy("sensor")
-    if sensor == "vl53l1x":
-        import us_vl53l1x
-        tof = us_vl53l1x.VL53L1X(node.i2c(), hal.time.sleep_ms)
-        tof.init()
-        samples = tof.measure(n)
-    else:
-        import us_jsnsr04t
-        us = us_jsnsr04t.JSNSR04T(hal.machine, hal.time.sleep_us, hal.time.sleep_ms,
-                                  node.pin("us_trig"), node.pin("us_echo"))
-        samples = us.measure(n)
-    node.energy("cpu")
+    if node.sensor_power(True):
+        hal.time.sleep_ms(node.board.get("sensor_boot_ms", SENSOR_BOOT_MS))
+    try:
+        if sensor == "vl53l1x":
+            import us_vl53l1x
+            tof = us_vl53l1x.VL53L1X(node.i2c(), hal.time.sleep_ms)
+            tof.init()
+            samples = tof.measure(n)
+        else:
+            import us_jsnsr04t
+            us = us_jsnsr04t.JSNSR04T(hal.machine, hal.time.sleep_us, hal.time.sleep_ms,
+                                      node.pin("us_trig"), node.pin("us_echo"))
+            samples = us.measure(n)
+    finally:
+        node.sensor_power(False)
+        node.energy("cpu")
     return robust_distance_mm(samples, bcfg.get("min_mm", 20), bcfg.get("max_mm", 4000),
                               node.setting("thresholds", "reject_mm", DEFAULT_REJECT_MM))
 

@@ -105,6 +105,20 @@ class Node:
     def energy(self, state):
         self.hal.energy(state)
 
+    def sensor_power(self, on):
+        """Drive the board's sensor load switch (pin "sensor_power", active high) and hold
+        the level through deep sleep (GPIO hold; the city board uses an RTC GPIO for it).
+        -> True when it was off and is now switched on (the caller waits the part's boot
+        time), False otherwise (already on, switched off, or the board has no switch)."""
+        p = self.board.get("pins", {}).get("sensor_power")
+        if p is None:
+            return False
+        m = self.hal.machine
+        was = self.st.get("pw", 0)
+        m.Pin(p, m.Pin.OUT, value=1 if on else 0, hold=True)  # type: ignore[call-arg]  # ESP32 port: hold=
+        self.st["pw"] = 1 if on else 0
+        return bool(on) and not was
+
     # --- hardware shared by the kinds ---
     def i2c(self):
         if self._i2c is None:
@@ -281,9 +295,10 @@ def run_cycle(hal):
         import us_serial
         if us_serial.send(hal, wdt, cfg, keys, state, out):
             us_store.nvs_set_obj(nvs, _NVS_DOWN, {"d": state.get("dc", 0), "c": state.get("dn", {})})
+        # Acks, the backlog and downlink commands changed the state: persist it again.
+        us_store.save_rtc(rtc, state)
     hal.energy("cpu")
 
-    node._arm()
-    us_store.save_rtc(rtc, state)
+    node._arm()  # reads nothing from the state: a BLE node's state was saved once, above
     wdt.feed()
     return node.sleep_ms()

@@ -18,8 +18,10 @@ DEFAULT_CONFIRM = const(2)
 DEFAULT_CONFIRM_GAP_S = const(8)
 DEFAULT_HEARTBEAT_S = const(3600)
 DEFAULT_OCC_POLL_S = const(600)
+DEFAULT_FREE_POLL_S = const(600)  # 0 disables the free-state check
 DRIFT_SHIFT = const(5)  # baseline follows 1/32 of the error per free reading
 INSTALL_SAMPLES = const(8)
+MAG_BOOT_MS = const(5)  # LIS3MDL after power-up: boot (memory content load) before I2C setup
 _NVS_BASE = "mag_base"
 
 
@@ -123,8 +125,12 @@ def run(node):
     hb_s = node.setting("intervals", "heartbeat_s", DEFAULT_HEARTBEAT_S, us_proto.C_HEARTBEAT_S)
 
     node.energy("sensor")
+    # The magnetometer stays powered (its interrupt wakes us): switch it on, and keep it on.
+    powered_up = node.sensor_power(True)
+    if powered_up:
+        hal.time.sleep_ms(MAG_BOOT_MS)
     mag = us_lis3mdl.LIS3MDL(node.i2c(), node.board.get("lis3mdl_addr", us_lis3mdl.ADDR_SA1_LOW))
-    if node.cold:
+    if node.cold or powered_up:
         mag.init(us_lis3mdl.ODR_80_HZ)
     else:
         mag.int_source()  # clear the latched interrupt that woke us
@@ -171,3 +177,10 @@ def run(node):
         node.wake_in(node.setting("intervals", "occupied_poll_s", DEFAULT_OCC_POLL_S))
     else:
         node.wake_on_pin(node.pin("mag_int"), 1)
+        if not det.occupied:
+            # The |axis| > threshold interrupt sees a car that strengthens the field; one that
+            # weakens it (|B| falls on every axis) crosses no single threshold the part can
+            # hold, so a free space is also checked on a slow timer (docs/FIRMWARE.md).
+            free_poll = node.setting("intervals", "free_poll_s", DEFAULT_FREE_POLL_S)
+            if free_poll:
+                node.wake_in(free_poll)

@@ -1,23 +1,41 @@
 # Persistence. RTC memory (survives deep sleep and WDT reset, 2 KB) holds the wake-to-wake
 # state; NVS flash holds what must survive power loss, written as rarely as wear allows.
 #
-# RTC blob: magic "US"(2) version(1) reserved(1) length(2 LE) crc16(2 LE) | CBOR state map.
-# CBOR (already on the board for the protocol) rather than a fixed struct because each node
-# kind keeps different fields; the header makes a torn or foreign blob read as "cold boot".
+# RTC blob: magic "US"(2) version(1) crc kind(1) length(2 LE) crc(4 LE) | JSON state map.
+# JSON rather than CBOR because MicroPython (and CPython) implement it in C: decoded once at
+# wake and encoded once per cycle (before anything goes on air), it costs a fraction of the
+# pure-Python CBOR codec. The two fields JSON cannot hold are mapped on the way: the serial
+# backlog's frames (bytes <-> hex text) and the downlink overrides (int keys <-> text keys).
+# The CRC is binascii.crc32 (C, present on the ESP32 port and the WebAssembly VM); a port
+# without it falls back to the pure-Python CRC-16 and says so in the header, so a blob is
+# never checked with the wrong polynomial. The header makes a torn or foreign blob read as
+# "cold boot".
 try:
     from micropython import const
 except ImportError:
     def const(x):  # type: ignore[misc]  # CPython stand-in for micropython.const
         return x
 
+import binascii
+import json
+
 import us_cbor
 from us_cobs import crc16
 
 _MAGIC0 = const(0x55)  # "U"
 _MAGIC1 = const(0x53)  # "S"
-STATE_VERSION = const(1)
-_HDR_LEN = const(8)
+STATE_VERSION = const(2)
+_HDR_LEN = const(10)
 RTC_MAX_BYTES = const(2048)
+_CRC32 = getattr(binascii, "crc32", None)
+_CRC_KIND = 1 if _CRC32 is not None else 0  # 1: crc32, 0: crc16
+
+
+def _crc(body):
+    if _CRC32 is not None:
+        return _CRC32(body) & 0xFFFFFFFF
+    return crc16(body)
+
 
 NVS_NAMESPACE = "urbansense"
 NVS_FCNT = "fcnt_res"  # docs/PROTOCOL.md 2.1
@@ -32,34 +50,56 @@ def load_rtc(rtc):
         return None
     if raw is None or len(raw) < _HDR_LEN:
         return None
-    if raw[0] != _MAGIC0 or raw[1] != _MAGIC1 or raw[2] != STATE_VERSION:
+    if raw[0] != _MAGIC0 or raw[1] != _MAGIC1 or raw[2] != STATE_VERSION or raw[3] != _CRC_KIND:
         return None
     n = raw[4] | (raw[5] << 8)
     if _HDR_LEN + n > len(raw):
         return None
     body = raw[_HDR_LEN:_HDR_LEN + n]
-    if crc16(body) != (raw[6] | (raw[7] << 8)):
+    if _crc(body) != raw[6] | (raw[7] << 8) | (raw[8] << 16) | (raw[9] << 24):
         return None
     try:
-        state = us_cbor.decode(body)
+        state = json.loads(body)
     except ValueError:
         return None
-    return state if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        return None
+    try:
+        dn = state.get("dn")
+        if dn:
+            state["dn"] = {int(k): v for k, v in dn.items()}
+        bl = state.get("bl")
+        if bl:
+            state["bl"] = [[e[0], binascii.unhexlify(e[1])] for e in bl]
+    except (ValueError, TypeError, AttributeError, IndexError):
+        return None
+    return state
 
 
 def save_rtc(rtc, state):
-    body = us_cbor.encode(state)
+    dn = state.get("dn")
+    bl = state.get("bl")
+    if dn or bl:  # only serial nodes and nodes with downlink overrides pay for the mapping
+        state = dict(state)
+        if dn:
+            state["dn"] = {str(k): v for k, v in dn.items()}
+        if bl:
+            state["bl"] = [[e[0], binascii.hexlify(e[1]).decode()] for e in bl]
+    body = json.dumps(state, separators=(",", ":")).encode()
     if _HDR_LEN + len(body) > RTC_MAX_BYTES:
         raise ValueError("rtc state too large")
-    c = crc16(body)
+    c = _crc(body)
     blob = bytearray(_HDR_LEN)
     blob[0] = _MAGIC0
     blob[1] = _MAGIC1
     blob[2] = STATE_VERSION
+    blob[3] = _CRC_KIND
     blob[4] = len(body) & 0xFF
     blob[5] = len(body) >> 8
     blob[6] = c & 0xFF
-    blob[7] = c >> 8
+    blob[7] = (c >> 8) & 0xFF
+    blob[8] = (c >> 16) & 0xFF
+    blob[9] = (c >> 24) & 0xFF
     blob.extend(body)
     rtc.memory(blob)
 

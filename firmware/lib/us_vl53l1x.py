@@ -34,6 +34,11 @@ DEFAULT_CONFIGURATION = bytes((
 ))
 # ULD status_rtn: raw RESULT__RANGE_STATUS & 0x1F -> 0 valid, anything else a range error.
 _RANGE_OK_RAW = const(9)
+# The default configuration above sets RANGE_CONFIG__TIMEOUT_MACROP_A (0x5E) = 0x01CC: a 100 ms
+# timing budget in long distance mode (ULD VL53L1X_GetTimingBudgetInMs). A ranging cannot be
+# ready before it, so the driver sleeps it first (the CPU idles) and then polls coarsely.
+TIMING_BUDGET_MS = const(100)
+_POLL_MS = const(5)
 
 
 class VL53L1X:
@@ -42,6 +47,7 @@ class VL53L1X:
         self._sleep_ms = sleep_ms
         self._addr = addr
         self._timeout_ms = timeout_ms
+        self._active_high = None
 
     def _w8(self, reg, value):
         self._i2c.writeto_mem(self._addr, reg, bytes((value,)), addrsize=16)
@@ -56,13 +62,17 @@ class VL53L1X:
     def model_id(self):
         return self._r16(_IDENTIFICATION__MODEL_ID)
 
-    def _wait(self, ready):
+    def _wait(self, ready, first_ms=0):
+        """Sleep first_ms (a ranging's known duration), then poll ready() every _POLL_MS."""
         waited_ms = 0
+        if first_ms:
+            self._sleep_ms(first_ms)
+            waited_ms = first_ms
         while not ready():
             if waited_ms >= self._timeout_ms:
                 raise OSError(116)  # ETIMEDOUT, as the port reports bus timeouts
-            self._sleep_ms(2)
-            waited_ms += 2
+            self._sleep_ms(_POLL_MS)
+            waited_ms += _POLL_MS
 
     def init(self):
         """Boot check, model id, ULD SensorInit (one dummy ranging for VHV calibration)."""
@@ -71,7 +81,7 @@ class VL53L1X:
             raise ValueError("vl53l1x: bad model id")
         self._i2c.writeto_mem(self._addr, _CONFIG_START, DEFAULT_CONFIGURATION, addrsize=16)
         self.start()
-        self._wait(self.data_ready)
+        self._wait(self.data_ready, TIMING_BUDGET_MS)
         self.clear_interrupt()
         self.stop()
         self._w8(_VHV_CONFIG__TIMEOUT_MACROP_LOOP_BOUND, 0x09)  # two bounds VHV
@@ -87,13 +97,16 @@ class VL53L1X:
         self._w8(_SYSTEM__INTERRUPT_CLEAR, 0x01)
 
     def data_ready(self):
-        # GPIO_HV_MUX__CTRL bit 4 = 1 means active-low interrupt (ULD GetInterruptPolarity).
-        active_high = 0 if self._r8(_GPIO_HV_MUX__CTRL) & 0x10 else 1
-        return (self._r8(_GPIO__TIO_HV_STATUS) & 1) == active_high
+        # GPIO_HV_MUX__CTRL bit 4 = 1 means active-low interrupt (ULD GetInterruptPolarity);
+        # the configuration does not change it, so it is read once per driver instance.
+        if self._active_high is None:
+            self._active_high = 0 if self._r8(_GPIO_HV_MUX__CTRL) & 0x10 else 1
+        return (self._r8(_GPIO__TIO_HV_STATUS) & 1) == self._active_high
 
     def read_mm(self):
-        """One ranging with the sensor started: distance in mm, or None on a range error."""
-        self._wait(self.data_ready)
+        """One ranging with the sensor started (or its interrupt just cleared, which starts
+        the next): distance in mm, or None on a range error."""
+        self._wait(self.data_ready, TIMING_BUDGET_MS)
         status = self._r8(_RESULT__RANGE_STATUS) & 0x1F
         mm = self._r16(_RESULT__RANGE_MM)
         self.clear_interrupt()
