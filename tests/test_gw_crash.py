@@ -126,9 +126,14 @@ enabled = false
         await asyncio.sleep(0.02)
         collect_acks()
     assert kills == 6 and len(acked) > 50
-    await wait_for(lambda: acked <= set(sub.keys()), timeout_s=15, what="every acked frame delivered")
+    try:
+        await wait_for(lambda: acked <= set(sub.keys()), timeout_s=15, what="every acked frame delivered")
+    except AssertionError:
+        missing = sorted(acked - set(sub.keys()))
+        raise AssertionError(f"acked, never delivered: {missing[:20]}\n" + "\n".join(gw.lines[-60:])) from None
     assert set(sub.keys()) <= set(sent)  # nothing invented
-    assert all(k in acked for k in sent), "node could not get everything acked"
+    unacked = sorted(k for k in sent if k not in acked)
+    assert not unacked, f"never acked: {unacked[:20]}\n" + "\n".join(gw.lines[-60:])
     rc = await gw.kill(signal.SIGTERM)
     assert rc == 0
     assert any("event=gateway_stopped" in line for line in gw.lines)

@@ -1,0 +1,854 @@
+"""Gateway benchmark: the whole pipeline against a private mosquitto, with the JSON peer.
+
+Run: .venv/bin/python -m bench.bench_gateway [--frames 100000] [--nodes 1000] [--quick] [--profile]
+Prints ONE JSON object on stdout (figures carry their unit in their key); logs go to stderr.
+
+Each phase runs in a fresh child process pinned to CPU 0 (``os.sched_setaffinity``); mosquitto
+(and the latency subscriber) are pinned to CPU 1 when the machine has one, so the broker does
+not share the measured core. Phases:
+
+- ``throughput``: N frames fed as fast as the ingress queue takes them, through verify, dedup,
+  batch, outbox commit (synchronous=full, one fsync per batch), publish and PUBACK, with the
+  default batch settings; done when ``published_readings`` reaches N.
+- ``baseline``: bench/baseline_json.py (verify, then one ThingsBoard-style JSON message per
+  reading at QoS 1 with paho) on the same frames, same broker, same pinning.
+- ``latency``: a paced load; each frame's send time against the arrival time of its (node,
+  fcnt) at an independent paho subscriber running in its own process.
+- ``memory``: RSS while feeding hour-equivalents of realistic load as fast as possible, then a
+  broker outage of one hour's worth of frames, restart and drain (own broker, it is stopped).
+- ``cpu_share``: the gateway idle, then a real-time low-rate load where each frame travels
+  alone (its own commit, publish and ack delete, as at realistic per-node rates), giving the
+  fixed and the per-frame cost, projected to 100 nodes and to a Raspberry Pi 4 core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import gc
+import json
+import logging
+import os
+import pickle
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.frames import Workload, make_workload  # noqa: E402
+
+GATEWAY_CPU = 0
+SIDE_CPU = 1  # broker + subscriber, when the machine has a second CPU
+BLE_ADV_LIMIT_BYTES = 31
+AD_OVERHEAD_BYTES = 4  # AD length, AD type 0xFF, company id (docs/PROTOCOL.md section 6)
+FLOOR_FRAMES_PER_S = 20_000
+# Assumption, not a measurement: one Cortex-A72 core of a Pi 4 (1.5 GHz) runs CPython about
+# 4x slower than one core of a current x86 server (Geekbench 5 single-core ~250-300 for a Pi 4
+# vs ~1000-1300 for Zen 2/3 server cores; pyperformance reports land in the same 3-6x range).
+PI4_SLOWDOWN = 4.0
+SITE, GW_ID = "bench", "gw-1"
+UP_TOPIC = f"urbansense/v1/{SITE}/{GW_ID}/up"
+
+
+def log(msg: str) -> None:
+    print(f"[bench_gateway] {msg}", file=sys.stderr, flush=True)
+
+
+# -- small helpers ------------------------------------------------------------------------
+
+
+def proc_status_kb(field: str, pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def rss_mib() -> float:
+    return round(proc_status_kb("VmRSS") / 1024, 2)
+
+
+def proc_io(field: str) -> int:
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pin_self() -> list[int]:
+    os.sched_setaffinity(0, {GATEWAY_CPU})
+    return sorted(os.sched_getaffinity(0))
+
+
+def side_cpus() -> set[int]:
+    return {SIDE_CPU} if (os.cpu_count() or 1) > SIDE_CPU else {GATEWAY_CPU}
+
+
+def pin_pid_side(pid: int) -> list[int]:
+    cpus = side_cpus()
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(pid, cpus)
+    return sorted(os.sched_getaffinity(pid))
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
+    return s[k]
+
+
+def frame_key(frame: bytes) -> tuple[int, int]:
+    """(node_id, fcnt) of an uplink; the workloads stay below 2^16 frames per node."""
+    return int.from_bytes(frame[1:5], "little"), frame[5] | (frame[6] << 8)
+
+
+def start_broker(workdir: Path) -> Any:
+    try:
+        from urbansense.broker import Broker
+    except ImportError:  # older tree: the broker lived with the tests
+        from tests.support.broker import Broker  # type: ignore[no-redef]
+    broker = Broker(workdir).start()
+    proc = broker._proc  # pin the broker process away from the measured core
+    if proc is not None:
+        pin_pid_side(proc.pid)
+    return broker
+
+
+def broker_pid(broker: Any) -> int | None:
+    proc = getattr(broker, "_proc", None)
+    return proc.pid if proc is not None else None
+
+
+# -- the gateway in-process -----------------------------------------------------------------
+
+
+def gateway_config(tmp: Path, host: str, port: int, work: Workload, per_node_day: float) -> Any:
+    from gateway.config import BrokerAddress, GatewayConfig
+    from gateway.registry import NodeSpec, write_registry
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    reg = tmp / "nodes.jsonl"
+    write_registry(reg, [NodeSpec(nid, work.kinds[nid], key, 86400.0 / per_node_day)
+                         for nid, key in work.keys.items()])
+    cfg = GatewayConfig(site=SITE, gateway_id=GW_ID, registry=reg, data_dir=tmp / "data")
+    cfg.mqtt.brokers = [BrokerAddress(host, port)]
+    cfg.http.port = 0  # the status page runs, as deployed, on a free port
+    return cfg
+
+
+class RunningGateway:
+    def __init__(self, cfg: Any) -> None:
+        from gateway.app import Gateway
+
+        self.gw = Gateway(cfg)
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Any:
+        self.task = asyncio.create_task(self.gw.run())
+        await asyncio.wait_for(self.gw.started.wait(), 30)
+        assert self.gw.publisher is not None
+        await asyncio.wait_for(self.gw.publisher.connected.wait(), 30)
+        return self.gw
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.wait_for(self.gw.stop(), 30)
+        assert self.task is not None
+        await self.task
+
+
+async def feed_all(gw: Any, frames: list[bytes], transport: str = "bench") -> None:
+    """Feed as fast as the ingress queue takes them; wait for room instead of spinning."""
+    from gateway.verify import Heard
+
+    q = gw.ingress
+    feed = gw.feed
+    for f in frames:
+        if q.full():
+            await q.put(Heard(f, transport))
+        else:
+            feed(f, transport)
+
+
+async def wait_until(pred: Any, timeout_s: float, what: str, poll_s: float = 0.005) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(poll_s)
+
+
+async def settle_and_flush(gw: Any, accepted: int) -> None:
+    """Close the last partial batch now instead of after max_age_s (time compression only)."""
+    await wait_until(lambda: gw.metrics.frames_accepted.total() >= accepted and gw.verdicts.empty(),
+                     120, "verify to catch up")
+    gw.batcher.flush()
+
+
+def mqtt_wire_overhead_bytes(topic: str, payload_len: int, v5: bool, content_type: str) -> int:
+    """PUBLISH bytes around the payload: fixed header, topic, packet id, v5 properties."""
+    props = (1 + 1 + 2 + len(content_type)) if v5 else 0
+    var = 2 + len(topic) + 2 + props
+    remaining = var + payload_len
+    rl = 1 if remaining < 128 else 2 if remaining < 16384 else 3 if remaining < 2_097_152 else 4
+    return 1 + rl + var
+
+
+# -- phases (each in its own pinned child process) --------------------------------------------
+
+
+async def phase_throughput(ctx: dict[str, Any], work: Workload) -> dict[str, Any]:
+    from gateway.senml import CONTENT_TYPE
+
+    frames = work.frames[: ctx["frames"]]
+    n = len(frames)
+    cfg = gateway_config(Path(ctx["tmp"]), ctx["host"], ctx["port"], work, ctx["per_node_day"])
+    for k, v in ctx.get("batch_overrides", {}).items():
+        setattr(cfg.batch, k, v)
+    profiler = None
+    async with RunningGateway(cfg) as gw:
+        m = gw.metrics
+        gc.collect()
+        disk0, wb0 = m.disk_bytes_written.total(), proc_io("write_bytes")
+        if ctx.get("profile"):
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        await feed_all(gw, frames)
+        await wait_until(lambda: m.published_readings.total() >= n, 600, "all PUBACKs", 0.002)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        if profiler is not None:
+            profiler.disable()
+        disk = m.disk_bytes_written.total() - disk0
+        block = proc_io("write_bytes") - wb0
+        batches = m.published_batches.total()
+        pub_bytes = m.published_bytes.total()
+        readings = m.published_readings.total()
+        committed = m.readings_committed.total()
+        v5 = gw.publisher.protocol == "5"
+        lat_p50, lat_p99 = m.publish_latency.quantile(0.5), m.publish_latency.quantile(0.99)
+        rejected = m.rejections.total()
+        drops = m.queue_drops.total()
+    avg_payload = pub_bytes / batches if batches else 0
+    wire = pub_bytes + batches * mqtt_wire_overhead_bytes(UP_TOPIC, int(avg_payload), v5, CONTENT_TYPE)
+    out: dict[str, Any] = {
+        "frames": n,
+        "wall_s": round(wall, 3),
+        "frames_per_s": round(n / wall, 1),
+        "cpu_s": round(cpu, 3),
+        "cpu_us_per_frame": round(cpu / n * 1e6, 2),
+        "cpu_utilisation_pct": round(cpu / wall * 100, 1),
+        "batches": int(batches),
+        "frames_per_batch_mean": round(readings / batches, 1) if batches else 0,
+        "rejected": int(rejected),
+        "queue_drops": int(drops),
+        "mqtt_protocol": gw.publisher.protocol,
+        "publish_to_puback_s_p50_bucket": lat_p50,
+        "publish_to_puback_s_p99_bucket": lat_p99,
+        "broker_payload_bytes_per_reading": round(pub_bytes / readings, 2),
+        "broker_wire_bytes_per_reading": round(wire / readings, 2),
+        "payload_bytes_per_batch_mean": round(avg_payload, 1),
+        "disk_write_syscall_bytes_per_reading": round(disk / committed, 1) if committed else None,
+        "disk_block_write_bytes_per_reading": round(block / committed, 1) if committed else None,
+    }
+    if profiler is not None:
+        import io
+        import pstats
+
+        buf = io.StringIO()
+        st = pstats.Stats(profiler, stream=buf)
+        st.sort_stats("tottime").print_stats(30)
+        log("cProfile, sorted by tottime (throughput phase):\n" + buf.getvalue())
+        buf2 = io.StringIO()
+        pstats.Stats(profiler, stream=buf2).sort_stats("cumulative").print_stats(40)
+        log("cProfile, sorted by cumulative:\n" + buf2.getvalue())
+        rows = []
+        for (file, line, fn), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+            rows.append((tt, ct, nc, f"{Path(file).name}:{line}({fn})"))
+        rows.sort(reverse=True)
+        total = sum(r[0] for r in rows) or 1.0
+        out["profile_top_tottime"] = [
+            {"function": r[3], "tottime_us_per_frame": round(r[0] / n * 1e6, 2),
+             "share_pct": round(r[0] / total * 100, 1), "calls": r[2]}
+            for r in rows[:15]
+        ]
+    return out
+
+
+def phase_baseline(ctx: dict[str, Any], work: Workload) -> dict[str, Any]:
+    from bench import baseline_json
+
+    sub = Workload(work.keys, work.kinds, work.frames[: ctx["frames"]])
+    gc.collect()
+    res = baseline_json.run(ctx["host"], ctx["port"], sub)
+    res["broker_wire_bytes_per_reading"] = round(res.pop("mqtt_bytes_per_reading"), 2)
+    res["broker_payload_bytes_per_reading"] = round(
+        res["broker_wire_bytes_per_reading"] - (len(baseline_json.TOPIC) + 6), 2)
+    res["frames_per_s"] = round(res["frames_per_s"], 1)
+    res["cpu_us_per_frame"] = round(res["cpu_us_per_frame"], 2)
+    res["wall_s"] = round(res["wall_s"], 3)
+    res["mqtt_protocol"] = "3.1.1"
+    res["messages_per_reading"] = 1
+    return res
+
+
+def subscriber_main(host: str, port: int, expect: int, out: str, timeout_s: float) -> int:
+    """Independent consumer (own process): arrival time per (node, fcnt), as monotonic s."""
+    import paho.mqtt.client as mqtt
+
+    from gateway.senml import frames_from_pack
+
+    arrivals: dict[str, float] = {}
+    done = {"dup": 0}
+
+    def on_message(c: Any, u: Any, msg: Any) -> None:
+        t = time.monotonic()
+        for node_id, fcnt, _ in frames_from_pack(msg.payload):
+            k = f"{node_id}:{fcnt}"
+            if k in arrivals:
+                done["dup"] += 1
+            else:
+                arrivals[k] = t
+
+    def on_subscribe(*a: Any) -> None:
+        print("READY", flush=True)
+
+    api = mqtt.CallbackAPIVersion.VERSION2  # type: ignore[attr-defined]
+    c = mqtt.Client(api, client_id="bench-latency-sub", protocol=mqtt.MQTTv311)
+    c.on_message = on_message
+    c.on_subscribe = on_subscribe
+    c.on_connect = lambda cl, *a: cl.subscribe(UP_TOPIC, qos=1)
+    c.connect(host, port)
+    deadline = time.monotonic() + timeout_s
+    while len(arrivals) < expect and time.monotonic() < deadline:
+        c.loop(timeout=0.05)
+    c.disconnect()
+    Path(out).write_text(json.dumps({"arrivals": arrivals, "duplicates": done["dup"]}))
+    return 0
+
+
+async def paced_latency(ctx: dict[str, Any], work: Workload, frames: list[bytes], rate: float,
+                        tag: str) -> dict[str, Any]:
+    tmp = Path(ctx["tmp"]) / tag
+    tmp.mkdir(parents=True, exist_ok=True)
+    out = tmp / "arrivals.json"
+    n = len(frames)
+    cfg = gateway_config(tmp, ctx["host"], ctx["port"], work, ctx["per_node_day"])
+    max_age = cfg.batch.max_age_s
+    sub = subprocess.Popen(  # noqa: ASYNC220  (starts and returns; waited for in an executor)
+        [sys.executable, "-m", "bench.bench_gateway", "--_subscriber", ctx["host"], str(ctx["port"]),
+         str(n), str(out), str(n / rate + max_age + 30)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    pin_pid_side(sub.pid)
+    assert sub.stdout is not None
+    line = await asyncio.get_running_loop().run_in_executor(None, sub.stdout.readline)
+    if line.strip() != "READY":
+        raise RuntimeError(f"latency subscriber did not start: {line!r}")
+    sent: dict[str, float] = {}
+    async with RunningGateway(cfg) as gw:
+        t0 = time.monotonic()
+        for i, f in enumerate(frames):
+            target = t0 + i / rate
+            delay = target - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            node_id, fcnt = frame_key(f)
+            sent[f"{node_id}:{fcnt}"] = time.monotonic()
+            if not gw.feed(f, "bench"):
+                raise RuntimeError("ingress full at a paced rate")
+        await wait_until(lambda: gw.metrics.published_readings.total() >= n, max_age + 60, "paced PUBACKs", 0.01)
+        batches = gw.metrics.published_batches.total()
+    rc = await asyncio.get_running_loop().run_in_executor(None, sub.wait, 60)
+    data: dict[str, Any] = (json.loads(out.read_text()) if rc == 0 and out.exists()
+                            else {"arrivals": {}, "duplicates": 0})
+    arrivals: dict[str, float] = data["arrivals"]
+    lat_ms = [(arrivals[k] - t) * 1000 for k, t in sent.items() if k in arrivals]
+    return {
+        "rate_frames_per_s": rate,
+        "duration_s": round(n / rate, 1),
+        "frames_sent": n,
+        "frames_delivered": len(lat_ms),
+        "duplicates_at_subscriber": data["duplicates"],
+        "batches": int(batches),
+        "frames_per_batch_mean": round(n / batches, 1) if batches else 0,
+        "latency_ms_p50": round(pct(lat_ms, 0.50), 1),
+        "latency_ms_p90": round(pct(lat_ms, 0.90), 1),
+        "latency_ms_p99": round(pct(lat_ms, 0.99), 1),
+        "latency_ms_max": round(max(lat_ms), 1) if lat_ms else None,
+        "latency_ms_mean": round(statistics.fmean(lat_ms), 1) if lat_ms else None,
+    }
+
+
+async def phase_latency(ctx: dict[str, Any], work: Workload) -> dict[str, Any]:
+    from gateway.config import BatchConfig
+
+    d = BatchConfig()
+    res: dict[str, Any] = {
+        "batch_settings": {"max_records": d.max_records, "max_bytes": d.max_bytes,
+                           "max_age_s": d.max_age_s, "ack_max_delay_ms": d.ack_max_delay_ms},
+        "clock": "CLOCK_MONOTONIC (shared by the feeding and subscribing processes)",
+        "path": "feed() -> verify -> batch -> outbox commit (fsync) -> PUBLISH -> mosquitto -> subscriber",
+    }
+    rate, dur = ctx["latency_rate"], ctx["latency_duration_s"]
+    n = int(rate * dur)
+    res["busy"] = await paced_latency(ctx, work, work.frames[:n], rate, "busy")
+    if ctx.get("latency_quiet_duration_s"):
+        qrate, qdur = ctx["latency_quiet_rate"], ctx["latency_quiet_duration_s"]
+        # fresh gateway state (own data dir), so counters restart from the workload's start
+        res["quiet"] = await paced_latency(ctx, work, work.frames[: int(qrate * qdur)], qrate, "quiet")
+    return res
+
+
+async def phase_memory(ctx: dict[str, Any], work: Workload) -> dict[str, Any]:
+    tmp = Path(ctx["tmp"])
+    nodes, per_day = len(work.keys), ctx["per_node_day"]
+    per_hour = round(nodes * per_day / 24)
+    hours = ctx["memory_hours"]
+    busy_outage = ctx.get("busy_outage_frames", 0)
+    need = per_hour * (hours + 1) + 2 * busy_outage
+    frames = work.frames[:need]
+    keys, kinds = work.keys, work.kinds
+    del work
+    gc.collect()
+    broker = start_broker(tmp / "mosquitto")
+    try:
+        cfg = gateway_config(tmp / "gw", broker.host, broker.port, Workload(keys, kinds, []), per_day)
+        rss_before = rss_mib()
+        samples: list[dict[str, Any]] = []
+        pos = 0
+        async with RunningGateway(cfg) as gw:
+            m = gw.metrics
+            rss_idle = rss_mib()
+            t0 = time.perf_counter()
+            for h in range(1, hours + 1):
+                chunk = frames[pos: pos + per_hour]
+                pos += per_hour
+                await feed_all(gw, chunk)
+                await settle_and_flush(gw, pos)
+                await wait_until(lambda p=pos: m.published_readings.total() >= p, 120, f"hour {h} PUBACKs")
+                samples.append({"hour": h, "rss_mib": rss_mib(), "outbox_bytes": int(m.outbox_bytes.get())})
+            sustained_s = time.perf_counter() - t0
+            rss_sustained = rss_mib()
+
+            async def outage(count: int, label: str) -> dict[str, Any]:
+                nonlocal pos
+                chunk = frames[pos: pos + count]
+                pos += count
+                rss0 = rss_mib()
+                broker.stop()
+                await wait_until(lambda: not gw.publisher.connected.is_set(), 30, "publisher to notice")
+                committed0 = m.readings_committed.total()
+                await feed_all(gw, chunk)
+                await settle_and_flush(gw, pos)
+                await wait_until(lambda: m.readings_committed.total() >= committed0 + len(chunk), 120,
+                                 f"{label}: frames in the outbox")
+                peak_bytes, peak_batches = int(m.outbox_bytes.get()), int(m.outbox_depth.get())
+                rss_during = rss_mib()
+                broker.start()
+                pid = broker_pid(broker)
+                if pid is not None:
+                    pin_pid_side(pid)
+                t_restart = time.perf_counter()
+                await wait_until(lambda: m.published_readings.total() >= pos, 600, f"{label}: drain")
+                drain_s = time.perf_counter() - t_restart
+                await asyncio.sleep(1.5)  # one chores tick: acked rows deleted
+                return {
+                    "frames_during_outage": len(chunk),
+                    "outbox_peak_bytes": peak_bytes,
+                    "outbox_peak_batches": peak_batches,
+                    "outbox_max_bytes_config": cfg.outbox.max_bytes,
+                    "outbox_dropped_readings": int(m.outbox_dropped_readings.total()),
+                    "rss_mib_before": rss0,
+                    "rss_mib_during_outage": rss_during,
+                    "rss_mib_after_drain": rss_mib(),
+                    "reconnect_and_drain_s": round(drain_s, 2),
+                    "outbox_bytes_after_drain": int(m.outbox_bytes.get()),
+                }
+
+            realistic = await outage(per_hour, "1-hour outage")
+            busy = await outage(busy_outage, "busy outage") if busy_outage else None
+            # The same outage again: bounded memory means no further growth the second time.
+            busy2 = await outage(busy_outage, "busy outage 2") if busy_outage else None
+            published, expected = int(m.published_readings.total()), pos
+            hwm = round(proc_status_kb("VmHWM") / 1024, 2)
+    finally:
+        broker.stop()
+    first, last = samples[0]["rss_mib"], samples[-1]["rss_mib"]
+    res: dict[str, Any] = {
+        "nodes": nodes,
+        "frames_per_node_day": per_day,
+        "frames_per_hour_equivalent": per_hour,
+        "note": ("in-process gateway; RSS of the whole bench child (Python + gateway + the frames "
+                 "still to feed, allocated before rss_mib_before_gateway). Time compressed: frames "
+                 "fed as fast as the pipeline takes them."),
+        "rss_mib_before_gateway": rss_before,
+        "rss_mib_gateway_idle": rss_idle,
+        "sustained": {
+            "hours_simulated": hours,
+            "frames": per_hour * hours,
+            "wall_s": round(sustained_s, 2),
+            "rss_mib_after_hour_1": first,
+            f"rss_mib_after_hour_{hours}": last,
+            "rss_mib_growth_after_hour_1": round(last - first, 2),
+            "rss_mib_per_hour_samples": [s["rss_mib"] for s in samples],
+        },
+        "rss_mib_after_sustained": rss_sustained,
+        "outage_1h": realistic,
+        "rss_mib_peak_vmhwm": hwm,
+        "every_reading_published": published == expected,
+    }
+    if busy is not None:
+        busy["frames_per_node_hour"] = round(busy_outage / nodes, 1)
+        res["outage_busy"] = busy
+    if busy is not None and busy2 is not None:
+        busy2["frames_per_node_hour"] = round(busy_outage / nodes, 1)
+        res["outage_busy_repeat"] = busy2
+        res["rss_mib_growth_busy_repeat"] = round(busy2["rss_mib_after_drain"] - busy["rss_mib_after_drain"], 2)
+    return res
+
+
+async def phase_cpu_share(ctx: dict[str, Any], work: Workload) -> dict[str, Any]:
+    tmp = Path(ctx["tmp"])
+    cfg = gateway_config(tmp, ctx["host"], ctx["port"], work, ctx["per_node_day"])
+    # Only *when* a batch closes changes, not the work per batch: each frame travels alone,
+    # as it does at realistic per-node rates (100 nodes x 50/day: one frame every ~17 s > 5 s).
+    cfg.batch.max_age_s = 0.1
+    window, spacing = ctx["cpu_window_s"], ctx["cpu_spacing_s"]
+    n = max(2, int(window / spacing))
+    warm, frames = work.frames[:3], work.frames[3: 3 + n]
+    async with RunningGateway(cfg) as gw:
+        m = gw.metrics
+        for f in warm:  # warm-up: first statements prepared, first publish, code paths loaded
+            gw.feed(f, "bench")
+            await asyncio.sleep(spacing)
+        await wait_until(lambda: m.published_readings.total() >= len(warm), 30, "warm-up PUBACKs")
+        await asyncio.sleep(2.0)  # settle: acked rows deleted by the chores tick
+        cpu0, t0, d0 = time.process_time(), time.monotonic(), m.disk_bytes_written.total()
+        await asyncio.sleep(window)
+        idle_cpu, idle_wall = time.process_time() - cpu0, time.monotonic() - t0
+        idle_disk = m.disk_bytes_written.total() - d0
+        cpu0, t0, d0, b0 = time.process_time(), time.monotonic(), m.disk_bytes_written.total(), m.batches.total()
+        for i, f in enumerate(frames):
+            delay = t0 + i * spacing - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            gw.feed(f, "bench")
+        await wait_until(lambda: m.published_readings.total() >= n + len(warm), 30, "low-rate PUBACKs")
+        end = t0 + n * spacing
+        await asyncio.sleep(max(0.0, end - time.monotonic()))  # the last frame's ack delete too
+        load_cpu, load_wall = time.process_time() - cpu0, time.monotonic() - t0
+        load_disk = m.disk_bytes_written.total() - d0
+        load_batches = m.batches.total() - b0
+    idle_share = idle_cpu / idle_wall
+    per_frame_cpu = max(0.0, load_cpu - idle_share * load_wall) / n
+    per_frame_disk = max(0.0, load_disk - idle_disk / idle_wall * load_wall) / n
+    per_day = ctx["per_node_day"]
+    fps_100 = 100 * per_day / 86400
+    marginal_100 = fps_100 * per_frame_cpu
+    full_batch_us = ctx.get("full_batch_cpu_us_per_frame")
+    res: dict[str, Any] = {
+        "method": ("gateway idle for the window (fixed cost), then frames paced so that each one is "
+                   "alone in its batch (batch.max_age_s=0.1 s, one frame every cpu_spacing_s): its own "
+                   "commit+fsync, PUBLISH/PUBACK and ack-delete transaction, as at realistic rates "
+                   "where a node's frames are far apart; marginal = (load - idle) / frames"),
+        "window_s": window,
+        "frame_spacing_s": spacing,
+        "frames": n,
+        "batches": int(load_batches),
+        "frames_per_node_day": per_day,
+        "x86_idle_cpu_share_pct": round(idle_share * 100, 4),
+        "x86_cpu_us_per_frame_unbatched": round(per_frame_cpu * 1e6, 1),
+        "x86_cpu_us_per_frame_full_batches": full_batch_us,
+        "frames_per_s_per_100_nodes": round(fps_100, 5),
+        "x86_cpu_share_pct_per_100_nodes_marginal": round(marginal_100 * 100, 5),
+        "pi4_slowdown_assumed": PI4_SLOWDOWN,
+        "pi4_slowdown_basis": ("assumption: Cortex-A72 @1.5 GHz ~4x slower per core than a current x86 "
+                               "server core for CPython (Geekbench 5 single-core ~250-300 vs ~1000-1300); "
+                               "not measured here"),
+        "pi4_idle_cpu_share_pct": round(idle_share * PI4_SLOWDOWN * 100, 3),
+        "pi4_cpu_share_pct_per_100_nodes_marginal": round(marginal_100 * PI4_SLOWDOWN * 100, 4),
+        "pi4_cpu_share_pct_1000_nodes_total": round((idle_share + 10 * marginal_100) * PI4_SLOWDOWN * 100, 3),
+        "disk_bytes_per_frame_unbatched": round(per_frame_disk, 1),
+        "idle_disk_bytes_per_hour": round(idle_disk / idle_wall * 3600),
+        "sd_bytes_written_per_hour_per_100_nodes": round(per_frame_disk * fps_100 * 3600 + idle_disk / idle_wall * 3600),
+        "sd_bytes_written_per_hour_1000_nodes_upper_bound": round(per_frame_disk * fps_100 * 10 * 3600
+                                                                  + idle_disk / idle_wall * 3600),
+        "sd_note": ("write(2) bytes of the outbox (the gateway's disk_bytes_written metric: WAL pages, "
+                    "checkpoints); each frame alone in its batch, so an upper bound once several "
+                    "frames share a 5 s batch (1000 nodes: ~2.9 frames per batch)"),
+    }
+    return res
+
+
+# -- child entry -----------------------------------------------------------------------------
+
+
+def child_main(phase: str, ctx_path: str) -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ctx = json.loads(Path(ctx_path).read_text())
+    pinned = pin_self()
+    with open(ctx["workload"], "rb") as f:
+        work: Workload = pickle.load(f)
+    if phase == "throughput":
+        res = asyncio.run(phase_throughput(ctx, work))
+    elif phase == "baseline":
+        res = phase_baseline(ctx, work)
+    elif phase == "latency":
+        res = asyncio.run(phase_latency(ctx, work))
+    elif phase == "memory":
+        res = asyncio.run(phase_memory(ctx, work))
+    elif phase == "cpu_share":
+        res = asyncio.run(phase_cpu_share(ctx, work))
+    else:
+        raise SystemExit(f"unknown phase {phase}")
+    res["pinned_cpus"] = pinned
+    print(json.dumps(res))
+    return 0
+
+
+def run_child(phase: str, ctx: dict[str, Any], tmp: Path, timeout_s: float) -> dict[str, Any]:
+    ctx_path = tmp / f"ctx-{phase}.json"
+    ctx = {**ctx, "tmp": str(tmp / phase)}
+    ctx_path.write_text(json.dumps(ctx))
+    log(f"phase {phase} ...")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_gateway", "--_phase", phase, str(ctx_path)],
+                          cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=timeout_s, check=False)
+    if proc.returncode != 0:
+        log(f"phase {phase} FAILED (exit {proc.returncode})")
+        return {"error": f"exit {proc.returncode}"}
+    res: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    log(f"phase {phase} done in {time.monotonic() - t0:.1f}s")
+    return res
+
+
+# -- parent -----------------------------------------------------------------------------------
+
+
+def on_air(work: Workload) -> dict[str, Any]:
+    by_kind: dict[str, list[int]] = {}
+    for f in work.frames:
+        by_kind.setdefault(work.kinds[frame_key(f)[0]], []).append(len(f))
+    allf = [len(f) for f in work.frames]
+    return {
+        "frame_bytes_mean": round(statistics.fmean(allf), 2),
+        "frame_bytes_max": max(allf),
+        "advert_bytes_max": max(allf) + AD_OVERHEAD_BYTES,
+        "advert_limit_bytes": BLE_ADV_LIMIT_BYTES,
+        "frame_limit_bytes": BLE_ADV_LIMIT_BYTES - AD_OVERHEAD_BYTES,
+        "by_kind": {k: {"frame_bytes_mean": round(statistics.fmean(v), 2), "frame_bytes_max": max(v),
+                        "advert_bytes_max": max(v) + AD_OVERHEAD_BYTES}
+                    for k, v in sorted(by_kind.items())},
+        "note": "advert = frame + 4 (AD length, type 0xFF, 16-bit company id); no Flags AD",
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=None, help="throughput frames (default 100000; quick 10000)")
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--frames-per-node-day", type=float, default=50.0)
+    ap.add_argument("--quick", action="store_true", help="smoke test, < 60 s")
+    ap.add_argument("--profile", action="store_true", help="cProfile the throughput phase (stderr)")
+    ap.add_argument("--skip", default="", help="comma-separated phases to skip")
+    args = ap.parse_args()
+    quick = args.quick
+    n = args.frames or (10_000 if quick else 100_000)
+    per_day = args.frames_per_node_day
+    per_hour = round(args.nodes * per_day / 24)
+    memory_hours = 2 if quick else 24
+    busy_outage = 0 if quick else 60 * args.nodes  # 1 frame/node/minute for an hour
+    latency_rate, latency_dur = (100.0, 5.0) if quick else (200.0, 20.0)
+    quiet_rate, quiet_dur = (0.0, 0.0) if quick else (1.0, 30.0)
+    need = max(n, per_hour * (memory_hours + 1) + 2 * busy_outage, int(latency_rate * latency_dur))
+    skip = {s for s in args.skip.split(",") if s}
+
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-gw-") as td:
+        tmp = Path(td)
+        log(f"workload: {args.nodes} nodes, {need} frames (seed {args.seed}) ...")
+        work = make_workload(args.nodes, need, args.seed)
+        wl_path = tmp / "workload.pickle"
+        wl_path.write_bytes(pickle.dumps(work))
+        broker = start_broker(tmp / "mosquitto")
+        bpid = broker_pid(broker)
+        log(f"mosquitto on {broker.host}:{broker.port} (pid {bpid}, cpus {sorted(os.sched_getaffinity(bpid)) if bpid else '?'})")
+        ctx: dict[str, Any] = {
+            "workload": str(wl_path), "host": broker.host, "port": broker.port, "frames": n,
+            "per_node_day": per_day, "profile": args.profile,
+            "latency_rate": latency_rate, "latency_duration_s": latency_dur,
+            "latency_quiet_rate": quiet_rate, "latency_quiet_duration_s": quiet_dur,
+            "memory_hours": memory_hours, "busy_outage_frames": busy_outage,
+            "cpu_window_s": 4.5 if quick else 45.0, "cpu_spacing_s": 1.5,
+        }
+        results: dict[str, Any] = {}
+        try:
+            for phase, timeout in (("throughput", 900), ("baseline", 900), ("latency", 300),
+                                   ("cpu_share", 300), ("memory", 1200)):
+                if phase in skip:
+                    continue
+                if phase == "cpu_share" and "throughput" in results:
+                    ctx["full_batch_cpu_us_per_frame"] = results["throughput"].get("cpu_us_per_frame")
+                results[phase] = run_child(phase, ctx, tmp, timeout)
+        finally:
+            broker.stop()
+        air = on_air(Workload(work.keys, work.kinds, work.frames[:n]))
+
+    ours, base = results.get("throughput", {}), results.get("baseline", {})
+    thr: dict[str, Any] = {}
+    if ours and "error" not in ours:
+        thr = {"ours": ours, "floor_frames_per_s": FLOOR_FRAMES_PER_S,
+               "meets_floor": ours["frames_per_s"] >= FLOOR_FRAMES_PER_S}
+        if base and "error" not in base:
+            thr["baseline_json"] = base
+            thr["ratio_frames_per_s_ours_over_baseline"] = round(ours["frames_per_s"] / base["frames_per_s"], 2)
+            thr["ratio_cpu_per_frame_baseline_over_ours"] = round(base["cpu_us_per_frame"] / ours["cpu_us_per_frame"], 2)
+    elif base:
+        thr = {"baseline_json": base}
+    bpr: dict[str, Any] = {"on_air": air}
+    if ours and "error" not in ours:
+        bpr["broker"] = {
+            "ours_payload_bytes_per_reading": ours["broker_payload_bytes_per_reading"],
+            "ours_wire_bytes_per_reading": ours["broker_wire_bytes_per_reading"],
+            "ours_frames_per_message": ours["frames_per_batch_mean"],
+            "note": "wire = payload + PUBLISH header, topic, packet id (+ MQTT 5 content-type property); PUBACKs not counted",
+        }
+        if base and "error" not in base:
+            bpr["broker"].update({
+                "baseline_payload_bytes_per_reading": base["broker_payload_bytes_per_reading"],
+                "baseline_wire_bytes_per_reading": base["broker_wire_bytes_per_reading"],
+                "ratio_wire_baseline_over_ours": round(base["broker_wire_bytes_per_reading"]
+                                                       / ours["broker_wire_bytes_per_reading"], 2),
+            })
+        bpr["disk"] = {
+            "write_syscall_bytes_per_reading": ours["disk_write_syscall_bytes_per_reading"],
+            "block_layer_write_bytes_per_reading": ours["disk_block_write_bytes_per_reading"],
+            "payload_bytes_per_reading": ours["broker_payload_bytes_per_reading"],
+            "ratio_written_over_payload": round(ours["disk_write_syscall_bytes_per_reading"]
+                                                / ours["broker_payload_bytes_per_reading"], 2),
+            "note": ("outbox = SQLite WAL, synchronous=full, full batches of the throughput run; "
+                     "write_syscall = the gateway's disk_bytes_written metric (/proc/self/io wchar "
+                     "around each transaction); block_layer = /proc/self/io write_bytes"),
+        }
+        cs = results.get("cpu_share", {})
+        if cs and "error" not in cs:
+            bpr["disk"]["write_syscall_bytes_per_reading_unbatched"] = cs["disk_bytes_per_frame_unbatched"]
+    out = {
+        "bench": "gateway",
+        "summary": _summary(thr, bpr, results),
+        "command": " ".join([".venv/bin/python -m bench.bench_gateway", *sys.argv[1:]]),
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "mode": "quick" if quick else "full",
+        "machine": {"cpus": os.cpu_count(), "cpu_model": _cpu_model(), "python": platform.python_version(),
+                    "platform": platform.platform(), "mosquitto": _mosquitto_version()},
+        "pinning": {"pinned": True, "gateway_and_baseline_cpu": GATEWAY_CPU,
+                    "broker_and_subscriber_cpus": sorted(side_cpus()),
+                    "how": "os.sched_setaffinity in each phase's child process; mosquitto pinned by pid"},
+        "workload": {"nodes": args.nodes, "throughput_frames": n, "seed": args.seed,
+                     "kinds": dict(Counter(work.kinds.values())),
+                     "generator": "bench/frames.py (real firmware codec, us_proto)"},
+        "throughput": thr,
+        "bytes_per_reading": bpr,
+        "latency": results.get("latency"),
+        "memory": results.get("memory"),
+        "cpu_share": results.get("cpu_share"),
+        "total_wall_s": round(time.monotonic() - t_start, 1),
+    }
+    print(json.dumps(out, indent=1))
+    failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]
+    return 1 if failed else 0
+
+
+def _summary(thr: dict[str, Any], bpr: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """Headline figures, flat, for RESULTS.md (details in the sections below)."""
+
+    def get(d: Any, *path: str) -> Any:
+        for k in path:
+            if not isinstance(d, dict) or k not in d:
+                return None
+            d = d[k]
+        return d
+
+    mem, cs, lat = results.get("memory"), results.get("cpu_share"), results.get("latency")
+    return {
+        "frames_per_s": get(thr, "ours", "frames_per_s"),
+        "cpu_us_per_frame": get(thr, "ours", "cpu_us_per_frame"),
+        "baseline_json_frames_per_s": get(thr, "baseline_json", "frames_per_s"),
+        "baseline_json_cpu_us_per_frame": get(thr, "baseline_json", "cpu_us_per_frame"),
+        "ratio_frames_per_s_ours_over_baseline": get(thr, "ratio_frames_per_s_ours_over_baseline"),
+        "ratio_cpu_per_frame_baseline_over_ours": get(thr, "ratio_cpu_per_frame_baseline_over_ours"),
+        "meets_floor_20000_frames_per_s": get(thr, "meets_floor"),
+        "on_air_frame_bytes_max": get(bpr, "on_air", "frame_bytes_max"),
+        "on_air_advert_bytes_max": get(bpr, "on_air", "advert_bytes_max"),
+        "on_air_advert_limit_bytes": BLE_ADV_LIMIT_BYTES,
+        "broker_wire_bytes_per_reading": get(bpr, "broker", "ours_wire_bytes_per_reading"),
+        "baseline_json_broker_wire_bytes_per_reading": get(bpr, "broker", "baseline_wire_bytes_per_reading"),
+        "disk_bytes_per_reading_full_batches": get(bpr, "disk", "write_syscall_bytes_per_reading"),
+        "disk_bytes_per_reading_unbatched": get(cs, "disk_bytes_per_frame_unbatched"),
+        "payload_bytes_per_reading": get(bpr, "disk", "payload_bytes_per_reading"),
+        "latency_rate_frames_per_s": get(lat, "busy", "rate_frames_per_s"),
+        "latency_ms_p50": get(lat, "busy", "latency_ms_p50"),
+        "latency_ms_p99": get(lat, "busy", "latency_ms_p99"),
+        "latency_quiet_ms_p50": get(lat, "quiet", "latency_ms_p50"),
+        "latency_quiet_ms_p99": get(lat, "quiet", "latency_ms_p99"),
+        "rss_mib_gateway_idle": get(mem, "rss_mib_gateway_idle"),
+        "rss_mib_after_sustained": get(mem, "rss_mib_after_sustained"),
+        "rss_mib_after_1h_outage_drained": get(mem, "outage_1h", "rss_mib_after_drain"),
+        "outbox_peak_bytes_1h_outage": get(mem, "outage_1h", "outbox_peak_bytes"),
+        "rss_mib_after_busy_outage_drained": get(mem, "outage_busy", "rss_mib_after_drain"),
+        "rss_mib_after_busy_outage_repeat_drained": get(mem, "outage_busy_repeat", "rss_mib_after_drain"),
+        "outbox_peak_bytes_busy_outage": get(mem, "outage_busy", "outbox_peak_bytes"),
+        "pi4_cpu_share_pct_per_100_nodes": get(cs, "pi4_cpu_share_pct_per_100_nodes_marginal"),
+        "pi4_idle_cpu_share_pct": get(cs, "pi4_idle_cpu_share_pct"),
+        "pi4_slowdown_assumed": PI4_SLOWDOWN,
+        "sd_bytes_written_per_hour_per_100_nodes": get(cs, "sd_bytes_written_per_hour_per_100_nodes"),
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _mosquitto_version() -> str:
+    with contextlib.suppress(Exception):
+        from urbansense.broker import find_tool
+
+        p = subprocess.run([find_tool("mosquitto"), "-h"], capture_output=True, text=True, timeout=5)
+        first = (p.stdout or p.stderr).splitlines()[0]
+        return first.strip()
+    return ""
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "--_phase":
+        sys.exit(child_main(sys.argv[2], sys.argv[3]))
+    if len(sys.argv) >= 2 and sys.argv[1] == "--_subscriber":
+        h, p, e, o, t = sys.argv[2:7]
+        sys.exit(subscriber_main(h, int(p), int(e), o, float(t)))
+    sys.exit(main())
