@@ -124,8 +124,8 @@ class Batcher:
         node = self.registry.get(d.node_id)
         if d.reply is None or st is None or node is None:
             return
-        if st.committed is None or d.fcnt > st.committed:
-            return  # cannot happen in FIFO order; never ack what is not on disk
+        if not st.is_committed(d.fcnt):
+            return  # accepted but not yet on disk (still queued): never ack what is not
         ack = st.acks.get(d.fcnt) or encode_ack(node.keys, d.node_id, st.dcnt, d.fcnt)
         self._reply(d.reply, ack)
 
@@ -146,9 +146,9 @@ class Batcher:
 
         payload = cbor2.dumps([r for acc in batch for r in frame_records(acc.record)])
         priority = PRIORITY_ALARM if any(a.alarm for a in batch) else PRIORITY_ORDINARY
-        newest: dict[int, int] = {}
+        fcnts: dict[int, list[int]] = {}
         for acc in batch:
-            newest[acc.record.node_id] = max(newest.get(acc.record.node_id, -1), acc.record.fcnt)
+            fcnts.setdefault(acc.record.node_id, []).append(acc.record.fcnt)
         # Allocate downlink counters before the commit so they are persisted with it.
         acks: list[tuple[Accepted, bytes]] = []
         commands_sent: list[int] = []
@@ -165,27 +165,26 @@ class Batcher:
             if cmds:
                 commands_sent.append(node_id)
             acks.append((acc, encode_ack(node.keys, node_id, st.dcnt, acc.record.fcnt, cmds)))
+        marks: dict[int, tuple[int, int]] = {}
         rows: list[NodeRow] = []
-        for node_id, fcnt in newest.items():
+        for node_id, fs in fcnts.items():
             st = self.replay.get(node_id)
-            committed = max(fcnt, st.committed if st.committed is not None else -1)
-            rows.append(st.row(committed))
+            mark, seen = st.commit(fs)
+            assert mark is not None  # fs is not empty
+            marks[node_id] = (mark, seen)
+            rows.append(st.row(node_id, mark, seen, st.dcnt))
         try:
             self.outbox.commit_batch(payload, len(batch), priority, rows, commands_sent)
         except Exception:
             # Disk full or I/O error: nothing was acked; the frames are lost to this gateway
             # but serial nodes keep them and retransmit. Roll the in-memory marks back.
             _log.exception("event=outbox_commit_failed frames=%d", len(batch))
-            for node_id in newest:
-                st = self.replay.get(node_id)
-                st.fcnt = st.committed
-                st.recent = type(st.recent)(
-                    (f, b) for f, b in st.recent if st.committed is not None and f <= st.committed
-                )
+            for node_id in fcnts:
+                self.replay.get(node_id).rollback()
             return
-        for node_id, fcnt in newest.items():
+        for node_id, (mark, seen) in marks.items():
             st = self.replay.get(node_id)
-            st.committed = max(fcnt, st.committed if st.committed is not None else -1)
+            st.committed, st.committed_seen = mark, seen
         for node_id in commands_sent:
             self.commands.pop(node_id, None)
             self.metrics.downlinks.inc("sent")

@@ -117,6 +117,9 @@ class Metrics:
             p + "rejections_total", "Frames rejected, by reason.", "reason", REASONS
         )
         self.duplicates = Counter(p + "duplicates_total", "Frames heard again and not forwarded.")
+        self.late_frames = Counter(
+            p + "late_frames_total", "Frames accepted below the high-water mark (replay window)."
+        )
         self.acks_sent = Counter(p + "acks_sent_total", "Acks written to serial nodes.")
         self.queue_drops = Counter(
             p + "queue_drops_total", "Frames dropped because a pipeline queue was full.", "queue"

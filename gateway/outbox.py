@@ -2,7 +2,7 @@
 
 What survives a kill -9 or a power cut is decided here:
 - a batch (an encoded SenML pack) is committed together with the replay high-water marks,
-  downlink counters and recent-frame digests of the frames it carries, so after a crash the
+  downlink counters and replay windows of the nodes it carries, so after a crash the
   gateway neither forgets a reading it acknowledged nor accepts a frame it already accepted;
 - ``synchronous=FULL`` fsyncs the WAL at every commit (one fsync per batch, not per reading).
   ``NORMAL`` survives process crashes but may lose the last commits on power loss;
@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     node_id INTEGER PRIMARY KEY,
     fcnt INTEGER NOT NULL,
     dcnt INTEGER NOT NULL,
-    recent BLOB NOT NULL
+    seen BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS downlinks (
     node_id INTEGER PRIMARY KEY,
@@ -67,7 +67,7 @@ class NodeRow:
     node_id: int
     fcnt: int
     dcnt: int
-    recent: bytes
+    seen: bytes  # the replay window below fcnt (gateway/replay.py), 8 bytes little-endian
 
 
 def _proc_wchar() -> int:
@@ -126,6 +126,12 @@ class Outbox:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         db.executescript(_SCHEMA)
+        cols = [r[1] for r in db.execute("PRAGMA table_info(nodes)")]
+        if "recent" in cols:  # an outbox from before the replay window: strict marks
+            db.executescript(
+                "ALTER TABLE nodes RENAME COLUMN recent TO seen;"
+                "UPDATE nodes SET seen = x'ffffffffffffffff';"
+            )
         return db
 
     def _scan(self) -> None:
@@ -148,7 +154,7 @@ class Outbox:
 
     def load_nodes(self) -> list[NodeRow]:
         return [NodeRow(*row) for row in self._db.execute(
-            "SELECT node_id, fcnt, dcnt, recent FROM nodes"
+            "SELECT node_id, fcnt, dcnt, seen FROM nodes"
         )]
 
     def load_downlinks(self) -> dict[int, str]:
@@ -177,7 +183,7 @@ class Outbox:
     ) -> int:
         """Store one batch and the node state it advances, atomically. Returns the batch id."""
         created = time.time()
-        node_rows = [(n.node_id, n.fcnt, n.dcnt, n.recent) for n in nodes]
+        node_rows = [(n.node_id, n.fcnt, n.dcnt, n.seen) for n in nodes]
         done = [(n,) for n in downlinks_done]
         evict = self._evictions(len(payload))
         acked = list(self._acked)
@@ -192,9 +198,9 @@ class Outbox:
             batch_id = int(cur.lastrowid or 0)
             if node_rows:
                 self._db.executemany(
-                    "INSERT INTO nodes (node_id, fcnt, dcnt, recent) VALUES (?,?,?,?) "
+                    "INSERT INTO nodes (node_id, fcnt, dcnt, seen) VALUES (?,?,?,?) "
                     "ON CONFLICT(node_id) DO UPDATE SET fcnt=excluded.fcnt, "
-                    "dcnt=excluded.dcnt, recent=excluded.recent",
+                    "dcnt=excluded.dcnt, seen=excluded.seen",
                     node_rows,
                 )
             if done:

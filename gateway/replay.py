@@ -1,64 +1,110 @@
-"""Per-node freshness: high-water marks, recent frames and downlink counters.
+"""Per-node freshness: a high-water mark with a sliding window of accepted counters.
 
-``fcnt`` moves as soon as verify accepts a frame (so the next frame is judged against it);
-``committed`` is what the outbox holds, persisted in the same transaction as the batch that
-carries the frame. After a crash the gateway restarts from ``committed``: a frame it never
-committed can be accepted again (it was never acked), one it committed cannot.
+The rule (docs/PROTOCOL.md section 4, step 6) is the anti-replay window of IPsec (RFC 4303
+section 3.4.3): the gateway remembers the highest accepted counter ``L`` and which of the
+``WINDOW`` counters below it were accepted. A counter above ``L`` is new; one inside the
+window is a duplicate if already accepted and a late frame otherwise (a serial node's backlog
+retransmitted after a newer frame got through); one below the window is a replay. The MIC
+covers the full 32-bit counter and a node never reuses one, so a MIC-valid frame at an
+accepted counter *is* that frame again: no frame bytes need to be kept, only 8 bytes a node.
+
+``fcnt``/``seen`` move as soon as verify accepts a frame (so the next frame is judged against
+them); ``committed``/``committed_seen`` are what the outbox holds, persisted in the same
+transaction as the batch that carries the frames. After a crash the gateway restarts from the
+committed pair: a frame it never committed can be accepted again (it was never acked), one it
+committed cannot.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from enum import Enum
 from typing import Final
 
 from gateway.outbox import NodeRow
 
-RECENT_FRAMES: Final = 8  # byte-identical retransmissions recognised as duplicates
+WINDOW: Final = 64  # counters below the mark still told apart (> the node's serial backlog)
+_MASK: Final = (1 << WINDOW) - 1
+ACKS_KEPT: Final = 8  # acks remembered per node, re-sent unchanged for a retransmission
+
+
+class Freshness(Enum):
+    NEW = "new"  # above the mark
+    LATE = "late"  # inside the window, not accepted before
+    DUPLICATE = "duplicate"  # accepted before (inside the window or the mark itself)
+    REPLAY = "replay"  # below the window: cannot be told from an old frame
+
+
+def judge(mark: int | None, seen: int, fcnt: int) -> Freshness:
+    """Where ``fcnt`` stands against a mark and its window (bit k-1 of ``seen`` = ``mark - k``)."""
+    if mark is None or fcnt > mark:
+        return Freshness.NEW
+    if fcnt == mark:
+        return Freshness.DUPLICATE
+    back = mark - fcnt
+    if back > WINDOW:
+        return Freshness.REPLAY
+    return Freshness.DUPLICATE if seen >> (back - 1) & 1 else Freshness.LATE
+
+
+def mark_seen(mark: int | None, seen: int, fcnt: int) -> tuple[int, int]:
+    """The (mark, window) after accepting ``fcnt``; accepting a counter twice changes nothing."""
+    if mark is None:
+        return fcnt, 0
+    if fcnt > mark:
+        shift = fcnt - mark
+        if shift > WINDOW:
+            return fcnt, 0
+        return fcnt, ((seen << 1 | 1) << (shift - 1)) & _MASK
+    back = mark - fcnt
+    if 0 < back <= WINDOW:
+        seen |= 1 << (back - 1)
+    return mark, seen
 
 
 class NodeState:
-    __slots__ = ("acks", "committed", "dcnt", "fcnt", "node_id", "recent")
+    __slots__ = ("acks", "committed", "committed_seen", "dcnt", "fcnt", "node_id", "seen")
 
-    def __init__(self, node_id: int, fcnt: int | None = None, dcnt: int = 0) -> None:
+    def __init__(self, node_id: int, fcnt: int | None = None, dcnt: int = 0, seen: int = 0) -> None:
         self.node_id = node_id
         self.fcnt = fcnt
+        self.seen = seen
         self.committed = fcnt
+        self.committed_seen = seen
         self.dcnt = dcnt
-        self.recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT_FRAMES)
         self.acks: dict[int, bytes] = {}  # fcnt -> the ack sent (re-sent for a retransmission)
 
-    def is_recent(self, fcnt: int, frame: bytes) -> bool:
-        return any(f == fcnt and b == frame for f, b in self.recent)
+    def judge(self, fcnt: int) -> Freshness:
+        return judge(self.fcnt, self.seen, fcnt)
 
-    def accept(self, fcnt: int, frame: bytes) -> None:
-        self.fcnt = fcnt
-        self.recent.append((fcnt, frame))
+    def accept(self, fcnt: int) -> None:
+        self.fcnt, self.seen = mark_seen(self.fcnt, self.seen, fcnt)
+
+    def commit(self, fcnts: list[int]) -> tuple[int | None, int]:
+        """The committed pair once a batch holding these counters is on disk (not applied)."""
+        mark, seen = self.committed, self.committed_seen
+        for f in fcnts:
+            mark, seen = mark_seen(mark, seen, f)
+        return mark, seen
+
+    def is_committed(self, fcnt: int) -> bool:
+        return judge(self.committed, self.committed_seen, fcnt) is Freshness.DUPLICATE
+
+    def rollback(self) -> None:
+        """A commit failed: forget what was accepted since the last durable state."""
+        self.fcnt, self.seen = self.committed, self.committed_seen
 
     def remember_ack(self, fcnt: int, ack: bytes) -> None:
         self.acks[fcnt] = ack
-        while len(self.acks) > RECENT_FRAMES:
+        while len(self.acks) > ACKS_KEPT:
             del self.acks[next(iter(self.acks))]
 
-    def row(self, committed_fcnt: int) -> NodeRow:
-        """The persisted form; only frames up to committed_fcnt are durable."""
-        recent = b"".join(
-            bytes((len(b),)) + f.to_bytes(4, "little") + b
-            for f, b in self.recent
-            if f <= committed_fcnt
-        )
-        return NodeRow(self.node_id, committed_fcnt, self.dcnt, recent)
+    @staticmethod
+    def row(node_id: int, mark: int, seen: int, dcnt: int) -> NodeRow:
+        return NodeRow(node_id, mark, dcnt, seen.to_bytes(WINDOW // 8, "little"))
 
     @classmethod
     def from_row(cls, row: NodeRow) -> NodeState:
-        st = cls(row.node_id, row.fcnt, row.dcnt)
-        data = row.recent
-        i = 0
-        while i + 5 <= len(data):
-            n = data[i]
-            fcnt = int.from_bytes(data[i + 1 : i + 5], "little")
-            st.recent.append((fcnt, bytes(data[i + 5 : i + 5 + n])))
-            i += 5 + n
-        return st
+        return cls(row.node_id, row.fcnt, row.dcnt, int.from_bytes(row.seen, "little") & _MASK)
 
 
 class ReplayTable:

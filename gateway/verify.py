@@ -2,8 +2,9 @@
 
 Order of checks (docs/PROTOCOL.md section 4): serial unwrapping, cheap header checks, registry
 lookup (no crypto for unknown nodes), MIC, body, then freshness against the node's high-water
-mark. A frame at or below the mark that is byte-identical to one accepted recently is a
-duplicate (a BLE repeat or a serial retransmission after a lost ack); anything else is a replay.
+mark and replay window (gateway/replay.py): a counter accepted before is a duplicate (a BLE
+repeat or a serial retransmission after a lost ack), a counter inside the window not accepted
+before is a late frame and accepted, a counter below the window is a replay.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from gateway.protocol import T_ALARM, parse_header, verify_uplink
 from gateway.quantities import QUANTITIES
 from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
-from gateway.replay import ReplayTable
+from gateway.replay import WINDOW, Freshness, ReplayTable
 from gateway.senml import FrameRecord
 
 _log = logging.getLogger(__name__)
@@ -94,12 +95,15 @@ class Verifier:
             raise FrameError("unknown_node", f"{hdr.node_id:08x}")
         st = self.replay.get(hdr.node_id)
         up = verify_uplink(node.keys, frame, hdr, st.fcnt)
-        if st.fcnt is not None and up.fcnt <= st.fcnt:
-            if st.is_recent(up.fcnt, frame):
-                self.metrics.duplicates.inc()
-                return Duplicate(up.node_id, up.fcnt, h.rssi_dbm, h.reply)
-            raise FrameError("replay", f"node {up.node_id:08x} fcnt {up.fcnt} <= {st.fcnt}")
-        st.accept(up.fcnt, frame)
+        fresh = st.judge(up.fcnt)
+        if fresh is Freshness.DUPLICATE:
+            self.metrics.duplicates.inc()
+            return Duplicate(up.node_id, up.fcnt, h.rssi_dbm, h.reply)
+        if fresh is Freshness.REPLAY:
+            raise FrameError("replay", f"node {up.node_id:08x} fcnt {up.fcnt} < {st.fcnt} - {WINDOW}")
+        if fresh is Freshness.LATE:
+            self.metrics.late_frames.inc()
+        st.accept(up.fcnt)
         self.metrics.frames_accepted.inc(h.transport)
         alarm = up.ftype == T_ALARM or bool(up.readings.get(_Q_ALARMS, 0))
         rec = FrameRecord(

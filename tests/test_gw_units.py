@@ -24,7 +24,7 @@ from gateway.metrics import Metrics
 from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox
 from gateway.protocol import REASONS
 from gateway.registry import NodeSpec, Registry, load_registry, write_registry
-from gateway.replay import ReplayTable
+from gateway.replay import WINDOW, Freshness, ReplayTable, judge, mark_seen
 from gateway.verify import Accepted, Duplicate, Heard, Verifier
 from tests.test_gw_support import KEYS, PtyNode, frame, make_config, wait_for
 
@@ -77,15 +77,62 @@ def test_every_rejection_counted(reason: str, data: bytes, wrapped: bool) -> Non
     assert v.metrics.rejections.total() == 1
 
 
-def test_replay_and_duplicate() -> None:
+def test_replay_window_duplicate_late_and_replay() -> None:
     v = _verifier()
-    assert isinstance(v.process(Heard(frame(1, 5), "t")), Accepted)
-    assert isinstance(v.process(Heard(frame(1, 5), "t")), Duplicate)  # identical bytes
-    assert v.process(Heard(frame(1, 3), "t")) is None  # older counter, new bytes
-    assert v.process(Heard(frame(1, 5, {5: 1}), "t")) is None  # same counter, other body
-    assert v.metrics.rejections.get("replay") == 2
-    assert v.metrics.duplicates.total() == 1
+    assert isinstance(v.process(Heard(frame(1, 100), "t")), Accepted)
+    assert isinstance(v.process(Heard(frame(1, 100), "t")), Duplicate)  # heard again
+    late = v.process(Heard(frame(1, 98), "t"))  # lost before 100 got through: inside the window
+    assert isinstance(late, Accepted) and late.record.fcnt == 98
+    assert isinstance(v.process(Heard(frame(1, 98), "t")), Duplicate)
+    assert isinstance(v.process(Heard(frame(1, 100 - WINDOW), "t")), Accepted)  # window's edge
+    assert v.process(Heard(frame(1, 99 - WINDOW), "t")) is None  # below the window
+    assert v.metrics.rejections.get("replay") == 1
+    assert v.metrics.duplicates.total() == 2 and v.metrics.late_frames.total() == 2
     assert set(v.metrics.rejections.values) >= set(REASONS)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.integers(0, 300), max_size=80))
+def test_replay_window_matches_a_set_model(counters: list[int]) -> None:
+    """Against the obvious model (every counter ever accepted kept in a set): a counter is
+    accepted at most once, and refused only when accepted before or below the window."""
+    mark: int | None = None
+    seen = 0
+    accepted: set[int] = set()
+    for f in counters:
+        verdict = judge(mark, seen, f)
+        top = max(accepted, default=None)
+        if top is not None and f < top - WINDOW:
+            assert verdict is Freshness.REPLAY
+        elif f in accepted:
+            assert verdict is Freshness.DUPLICATE
+        else:
+            assert verdict is (Freshness.NEW if top is None or f > top else Freshness.LATE)
+            accepted.add(f)
+            mark, seen = mark_seen(mark, seen, f)
+        assert mark == top or mark == max(accepted)
+        assert 0 <= seen < 1 << WINDOW
+
+
+def test_committed_window_persists_and_survives_old_schema(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", 1 << 20)
+    st_ = ReplayTable().get(7)
+    for f in (10, 12, 13):
+        st_.accept(f)
+    mark, seen = st_.commit([10, 12, 13])
+    ob.commit_batch(b"x", 3, 0, [st_.row(7, mark, seen, 0)])
+    ob.close()
+    back = ReplayTable(Outbox(tmp_path / "o.db", 1 << 20).load_nodes()).get(7)
+    assert [back.judge(f) for f in (13, 12, 11, 10)] == [
+        Freshness.DUPLICATE, Freshness.DUPLICATE, Freshness.LATE, Freshness.DUPLICATE]
+    # An outbox written before the window existed (column "recent"): strict marks.
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.executescript("CREATE TABLE nodes (node_id INTEGER PRIMARY KEY, fcnt INTEGER NOT NULL, "
+                     "dcnt INTEGER NOT NULL, recent BLOB NOT NULL);"
+                     "INSERT INTO nodes VALUES (7, 50, 2, x'');")
+    db.close()
+    old = ReplayTable(Outbox(tmp_path / "old.db", 1 << 20).load_nodes()).get(7)
+    assert old.judge(49) is Freshness.DUPLICATE and old.judge(51) is Freshness.NEW and old.dcnt == 2
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -177,10 +224,11 @@ def test_replay_state_survives_restart(tmp_path: Path, mqtt_broker: Any) -> None
         await task
         return gw.metrics
 
-    m1 = asyncio.run(once([frame(1, 1), frame(1, 2)]))
+    m1 = asyncio.run(once([frame(1, 1), frame(1, 100)]))
     assert m1.readings_committed.total() == 2
-    m2 = asyncio.run(once([frame(1, 1), frame(1, 2), frame(1, 2, {5: 1})]))
-    assert m2.readings_committed.total() == 0
+    # After the restart: 100 is a duplicate, 1 fell out of the window, 50 was never heard.
+    m2 = asyncio.run(once([frame(1, 100), frame(1, 1), frame(1, 50), frame(1, 50)]))
+    assert m2.readings_committed.total() == 1
     assert m2.duplicates.total() == 2 and m2.rejections.get("replay") == 1
 
 

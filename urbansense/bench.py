@@ -136,37 +136,35 @@ def _gateway_section(d: dict[str, Any] | None) -> list[str]:
     lines = _header("Gateway", d)
     if d is None or "error" in d:
         return lines
-    t = d.get("throughput", {})
-    ours, base = t.get("urbansense", {}), t.get("baseline_json", {})
+    s = d.get("summary", {})
     lines += [
-        "| figure | urbansense (verify, dedup, batch, SQLite outbox, MQTT 5 QoS 1) | baseline (one JSON message per reading, QoS 1) | ratio |",
+        "| figure | urbansense (verify, dedup, batch, SQLite outbox, MQTT 5 QoS 1) | peer | ratio |",
         "|---|---|---|---|",
-        f"| frames/s, one core | {_fmt(ours.get('frames_per_s'), 0)} | {_fmt(base.get('frames_per_s'), 0)} | "
-        f"{_fmt(t.get('ratio_frames_per_s'), 1)}x |",
-        f"| CPU µs per frame | {_fmt(ours.get('cpu_us_per_frame'))} | {_fmt(base.get('cpu_us_per_frame'))} | "
-        f"{_fmt(t.get('ratio_cpu'), 1)}x less |",
+        f"| frames/s, one core, to a local mosquitto | {_fmt(s.get('frames_per_s'), 0)} | "
+        f"{_fmt(s.get('baseline_json_frames_per_s'), 0)} (one JSON message per reading, QoS 1) | "
+        f"{_fmt(s.get('ratio_frames_per_s_ours_over_baseline'), 2)}x |",
+        f"| CPU µs per frame | {_fmt(s.get('cpu_us_per_frame'))} | {_fmt(s.get('baseline_json_cpu_us_per_frame'))} "
+        f"(JSON baseline) | {_fmt(s.get('ratio_cpu_per_frame_baseline_over_ours'), 2)}x less |",
+        f"| bytes on air per reading | {_fmt(s.get('on_air_frame_bytes_max'))} frame, "
+        f"{_fmt(s.get('on_air_advert_bytes_max'))} advertisement | {_fmt(s.get('on_air_advert_limit_bytes'))} "
+        "(legacy advertising limit) | |",
+        f"| bytes to the broker per reading (MQTT wire) | {_fmt(s.get('broker_wire_bytes_per_reading'))} | "
+        f"{_fmt(s.get('baseline_json_broker_wire_bytes_per_reading'))} (JSON baseline) | |",
+        f"| bytes written to disk per reading, full batches | {_fmt(s.get('disk_bytes_per_reading_full_batches'))} | "
+        f"{_fmt(s.get('payload_bytes_per_reading'))} (payload) | |",
+        f"| bytes written to disk for a lone frame (one commit) | {_fmt(s.get('disk_bytes_per_reading_unbatched'))} | | |",
+        f"| end-to-end latency p50 / p99 (ms), default batching, {_fmt(s.get('latency_rate_frames_per_s'), 0)} frames/s | "
+        f"{_fmt(s.get('latency_ms_p50'))} / {_fmt(s.get('latency_ms_p99'))} | | |",
+        f"| RSS MiB: idle / after sustained load / after a 1 h outage drained | {_fmt(s.get('rss_mib_gateway_idle'))} / "
+        f"{_fmt(s.get('rss_mib_after_sustained'))} / {_fmt(s.get('rss_mib_after_1h_outage_drained'))} | | |",
+        f"| outbox peak bytes, 1 h outage | {_fmt(s.get('outbox_peak_bytes_1h_outage'))} | | |",
+        f"| projected Pi 4 CPU share per 100 nodes (x{_fmt(s.get('pi4_slowdown_assumed'))} slower core) | "
+        f"{_fmt(s.get('pi4_cpu_share_pct_per_100_nodes'), 3)} % | {_fmt(s.get('pi4_idle_cpu_share_pct'), 3)} % idle | |",
+        f"| SD-card bytes written per hour per 100 nodes | {_fmt(s.get('sd_bytes_written_per_hour_per_100_nodes'))} | | |",
+        "",
+        f"Workload and method: see the raw JSON below (`workload`, `pinning`); mode {d.get('mode')}, "
+        f"{_fmt(d.get('total_wall_s'))} s.",
     ]
-    b = d.get("bytes_per_reading", {})
-    if b:
-        lines += [
-            f"| bytes to the broker per reading | {_fmt(b.get('broker_urbansense'))} | {_fmt(b.get('broker_baseline_json'))} | |",
-            f"| bytes on air per reading (limit 31 per advertisement) | {_fmt(b.get('on_air_frame'))} frame, {_fmt(b.get('on_air_advertisement'))} advertisement | 31 | |",
-            f"| bytes written to disk per reading (vs payload bytes) | {_fmt(b.get('disk'))} | {_fmt(b.get('payload'))} | |",
-        ]
-    lat = d.get("latency", {})
-    if lat:
-        lines += [f"| end-to-end latency p50 / p99 (ms), default batching | {_fmt(lat.get('latency_ms_p50'))} / "
-                  f"{_fmt(lat.get('latency_ms_p99'))} | | |"]
-    mem = d.get("memory", {})
-    if mem:
-        lines += [f"| RSS MiB: idle / after 1 h of 1,000 nodes / after a 1 h outage | "
-                  f"{_fmt(mem.get('rss_mib_gateway_idle'))} / {_fmt(mem.get('rss_mib_after_sustained'))} / "
-                  f"{_fmt(_get(mem, 'outage', 'rss_mib_after_drain'))} | | |"]
-    cpu = d.get("cpu_per_100_nodes", {})
-    if cpu:
-        lines += [f"| CPU per 100 nodes (x86 core / projected Pi 4 core) | {_fmt(cpu.get('cpu_pct_per_100_nodes'), 3)} % / "
-                  f"{_fmt(cpu.get('pi4_cpu_pct_per_100_nodes'), 3)} % | | |",
-                  f"| SD-card bytes written per hour per 100 nodes | {_fmt(cpu.get('disk_bytes_per_hour_per_100_nodes'), 0)} | | |"]
     return [*lines, ""]
 
 
