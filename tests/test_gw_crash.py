@@ -130,7 +130,9 @@ enabled = false
         await wait_for(lambda: acked <= set(sub.keys()), timeout_s=15, what="every acked frame delivered")
     except AssertionError:
         missing = sorted(acked - set(sub.keys()))
-        raise AssertionError(f"acked, never delivered: {missing[:20]}\n" + "\n".join(gw.lines[-60:])) from None
+        broker = [ln for ln in mqtt_broker.log if "dropped" in ln or "rror" in ln][-10:]
+        raise AssertionError(f"acked, never delivered: {missing[:20]}\nbroker: {broker}\n"
+                             + "\n".join(gw.lines[-60:])) from None
     assert set(sub.keys()) <= set(sent)  # nothing invented
     unacked = sorted(k for k in sent if k not in acked)
     assert not unacked, f"never acked: {unacked[:20]}\n" + "\n".join(gw.lines[-60:])

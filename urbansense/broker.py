@@ -209,6 +209,9 @@ class Broker:
             "log_type all",
             "log_timestamp true",
             "connection_messages true",
+            # Default 1000: past that, QoS 1 messages for a slow subscriber are dropped ("Outgoing
+            # messages are being dropped"), which a test or the demo would read as gateway loss.
+            "max_queued_messages 0",
             f"persistence {'true' if self.persistence else 'false'}",
         ]
         if self.persistence:
