@@ -142,7 +142,8 @@ class Simulation:
         self._boards: dict[str, tuple[dict[str, Any], Any]] = {}
         self._build()
         self._schedule_faults()
-        self.engine.at(SETTLE_EVERY_S, self._settle_tick)
+        self._tick_chain = 0
+        self._start_settle_ticks(SETTLE_EVERY_S)
 
     # ------------------------------------------------------------------ building
     def _board(self, name: str) -> tuple[dict[str, Any], Any]:
@@ -361,10 +362,19 @@ class Simulation:
         return None
 
     # ------------------------------------------------------------------ running
-    def _settle_tick(self, t: float) -> None:
-        self.settle(t - 0.001)
-        step = REALTIME_TICK_S if self.engine.realtime_speed is not None else SETTLE_EVERY_S
-        self.engine.at(t + step, self._settle_tick)
+    def _start_settle_ticks(self, first_s: float) -> None:
+        """(Re)start the periodic settling of the air; an older chain of ticks stops."""
+        self._tick_chain += 1
+        chain = self._tick_chain
+
+        def tick(t: float) -> None:
+            if chain != self._tick_chain:
+                return
+            self.settle(t - 0.001)
+            step = REALTIME_TICK_S if self.engine.realtime_speed is not None else SETTLE_EVERY_S
+            self.engine.at(t + step, tick)
+
+        self.engine.at(self.engine.now + first_s, tick)
 
     def settle(self, cut: float) -> None:
         if self.shard is not None:
@@ -388,6 +398,7 @@ class Simulation:
     def run_realtime(self, duration_s: float | None = None, speed: float = 60.0) -> dict[str, Any]:
         """Pace the run at ``speed`` x wall time (for a gateway in the loop)."""
         self.engine.set_realtime(speed)
+        self._start_settle_ticks(REALTIME_TICK_S)  # adverts reach the gateways from the start
         return self.run(duration_s)
 
     def start_realtime(self, duration_s: float | None = None, speed: float = 60.0) -> threading.Thread:

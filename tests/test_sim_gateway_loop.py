@@ -92,3 +92,25 @@ def test_background_realtime_run_can_be_stopped() -> None:
     assert not th.is_alive()
     assert sim.last_summary is not None
     assert sim.last_summary["duration_s"] < 120.0
+
+
+def test_realtime_adverts_flow_from_the_first_seconds(tmp_path: Path) -> None:
+    """Cold-boot adverts reach the gateway while the run goes on, not at the first 10-minute
+    settling of the air (which at 60x left a demo's gateways deaf for 10 s)."""
+    path = str(tmp_path / "gw.sock")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(path)
+    rx.settimeout(10.0)
+    sc = dict(SCENARIO)
+    sc["gateways"] = [{"id": "gw-1", "x": 0.0, "y": 0.0, "sim_socket": path}]
+    sim = Simulation(sc)
+    th = sim.start_realtime(86400.0, speed=60.0)
+    try:
+        rx.recv(512)  # the first advert (times out after 10 s of wall time: 600 s simulated)
+        heard_at = sim.engine.now
+    finally:
+        sim.stop()
+        th.join(timeout=5.0)
+        sim.close()
+        rx.close()
+    assert heard_at < 120.0
