@@ -80,7 +80,8 @@ class Publisher:
         self.connected_since_s = 0.0
         self.last_error = ""
         self._wakeup = asyncio.Event()
-        self._v311: set[tuple[str, int]] = set()
+        self._v311: set[tuple[str, int]] = set()  # brokers that speak 3.1.1 only
+        self._probe_v311: set[tuple[str, int]] = set()  # next attempt tries 3.1.1
         self._client: aiomqtt.Client | None = None
         self._password = (
             read_secret(self.mqtt.password_file, "mqtt.password_file")
@@ -158,7 +159,10 @@ class Publisher:
 
     async def _session(self, broker: BrokerAddress) -> None:
         key = (broker.host, broker.port)
-        v5 = self.mqtt.protocol == "5" or (self.mqtt.protocol == "auto" and key not in self._v311)
+        auto = self.mqtt.protocol == "auto"
+        probing = auto and key in self._probe_v311
+        self._probe_v311.discard(key)
+        v5 = self.mqtt.protocol == "5" or (auto and key not in self._v311 and not probing)
         client = self._client_for(broker, v5)
         # The connect runs in an executor thread that a cancel cannot stop: shield it and
         # finish it before closing, or its socket would outlive us.
@@ -174,13 +178,23 @@ class Publisher:
             raise
         except MqttConnectError as exc:
             _force_close(client)
-            if v5 and self.mqtt.protocol == "auto" and exc.rc in _UNSUPPORTED_PROTOCOL:
+            if v5 and auto and exc.rc in _UNSUPPORTED_PROTOCOL:
                 _log.warning("event=mqtt5_refused broker=%s:%d fallback=3.1.1", *key)
                 self._v311.add(key)
+            raise
+        except aiomqtt.MqttError as exc:
+            _force_close(client)
+            # Some 3.1.1-only brokers drop or ignore an MQTT 5 CONNECT instead of refusing it:
+            # after a v5 attempt that got no answer (not a refused TCP connect), probe 3.1.1.
+            if v5 and auto and "refused" not in str(exc).lower():
+                self._probe_v311.add(key)
             raise
         except BaseException:
             _force_close(client)
             raise
+        if probing:
+            _log.warning("event=mqtt5_refused broker=%s:%d fallback=3.1.1 reason=no_connack", *key)
+            self._v311.add(key)
         try:
             self._client = client
             self.broker = f"{broker.host}:{broker.port}"
