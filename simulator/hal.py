@@ -562,15 +562,30 @@ class SimEsp32:
         self.ULP = SimULP
         if node.chip != "esp32":
             self.mcu_temperature = self._mcu_temperature
+        # The port compiles each wake source only where the SoC has it (modesp32.c:
+        # SOC_PM_SUPPORT_EXT0/EXT1_WAKEUP, SOC_GPIO_SUPPORT_DEEPSLEEP_WAKEUP): the C3 has
+        # wake_on_gpio and no ext0/ext1, the ESP32 the reverse.
+        if node.chip == "esp32-c3":
+            self.wake_on_gpio = self._wake_on_gpio
+        else:
+            self.wake_on_ext0 = self._wake_on_ext0
+            self.wake_on_ext1 = self._wake_on_ext1
 
     def NVS(self, namespace: str) -> SimNVS:
         return SimNVS(self._n, namespace)
 
-    def wake_on_ext0(self, pin: Any, level: bool | int, /) -> None:
+    def _wake_on_ext0(self, pin: Any, level: bool | int, /) -> None:
         self._n.ext0 = None if pin is None else (_pin_id(pin), int(bool(level)))
 
-    def wake_on_ext1(self, pins: Any, level: bool | int, /) -> None:
+    def _wake_on_ext1(self, pins: Any, level: bool | int, /) -> None:
         self._n.ext1 = None if not pins else ([_pin_id(p) for p in pins], int(bool(level)))
+
+    def _wake_on_gpio(self, pins: Any, level: bool | int, /) -> None:
+        ids = [_pin_id(p) for p in pins] if pins else []
+        bad = [i for i in ids if i not in self._n.rtc_wake_pins]
+        if bad:  # the port: "invalid pin" for a pin that cannot wake the chip from deep sleep
+            raise ValueError(f"invalid pin {bad[0]}")
+        self._n.ext1 = (ids, int(bool(level))) if ids else None  # same any-high/all-low rule
 
     def wake_on_ulp(self, wake: bool, /) -> None:
         return None

@@ -25,6 +25,7 @@ DEEPSLEEP_RESET: Final = 4
 SOFT_RESET: Final = 5
 EXT0_WAKE: Final = 2
 EXT1_WAKE: Final = 3
+GPIO_WAKE: Final = 7  # ESP_SLEEP_WAKEUP_GPIO: the C3's wake_on_gpio (machine has no name for it)
 TIMER_WAKE: Final = 4
 
 LIGHT_SLEEP_UA: Final = 800.0  # ESP32 datasheet via FIELD-FACTS: light sleep 0.8 mA
@@ -80,6 +81,7 @@ class SimNode:
         self.transport = transport
         self.board = board
         self.chip = str(board.get("chip", "esp32")).lower()
+        self.rtc_wake_pins = frozenset(board.get("rtc_wake_pins", range(40)))
         self.profile = profile
         self.cell = cell
         self.position = position
@@ -376,7 +378,7 @@ class SimNode:
                 w = self.wires.get(p) or ConstWire(0)
                 tw = w.time_at_level(self.t, lvl, min(limit, t_wake))
                 if tw is not None and tw < t_wake:
-                    t_wake, reason = tw, EXT1_WAKE
+                    t_wake, reason = tw, GPIO_WAKE if self.chip == "esp32-c3" else EXT1_WAKE
         if math.isinf(t_wake):
             return  # asleep until a fault or the end of the run
         self.sim.engine.at(t_wake, self._event(DEEPSLEEP_RESET, reason))

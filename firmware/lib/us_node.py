@@ -177,6 +177,20 @@ class Node:
     def _arm(self):
         e = self.hal.esp32
         m = self.hal.machine
+        if self.board.get("pin_wake") == "gpio":
+            # ESP32-C3: no ext0/ext1 in the port, esp32.wake_on_gpio instead (one level for
+            # all pins, like ext1; only the board's rtc_wake_pins can wake from deep sleep).
+            pins = list(self._ext1)
+            lvl = self._ext1_level
+            if self._ext0 is not None and (not pins or self._ext0[1] == lvl):
+                pins.insert(0, self._ext0[0])
+                lvl = self._ext0[1]
+            if pins:
+                e.wake_on_gpio([m.Pin(p, m.Pin.IN) for p in pins],
+                               e.WAKEUP_ANY_HIGH if lvl else e.WAKEUP_ALL_LOW)
+            else:
+                e.wake_on_gpio(None, e.WAKEUP_ANY_HIGH)
+            return
         if self.board.get("ext0", True):
             if self._ext0 is None:
                 e.wake_on_ext0(None, 0)

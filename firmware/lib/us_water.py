@@ -15,6 +15,7 @@ NVS_EVERY_PULSES = const(1000)  # bound the loss on a power cut between hourly w
 HOURS = const(24)
 DEFAULT_REPORT_S = const(3600)
 DEFAULT_BURST_LPH = const(1500)
+GPIO_WAKE = const(7)  # ESP_SLEEP_WAKEUP_GPIO (ESP32-C3 wake_on_gpio); machine names only EXT0/EXT1
 BURST_WINDOW_S = const(60)
 
 
@@ -116,7 +117,7 @@ def run(node):
     pin_no = node.pin("pulse")
     level = m.Pin(pin_no, m.Pin.IN, m.Pin.PULL_UP if active == 0 else m.Pin.PULL_DOWN).value()
     prev = st.get("lv", 1 - active)
-    woke_by_pin = node.wake in (m.EXT0_WAKE, m.EXT1_WAKE)
+    woke_by_pin = node.wake in (m.EXT0_WAKE, m.EXT1_WAKE, GPIO_WAKE)
     if level != prev:
         if level == active:
             meter.pulse(node.now_s)
