@@ -42,6 +42,10 @@ class GatewayProcess:
             if "event=serial_open" in line:
                 self.serial_open.set()
 
+    def ensure_dead(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
     async def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -80,64 +84,67 @@ enabled = false
     sub = Subscriber(mqtt_broker, "urbansense/v1/crash/gw-9/up").start()
     await asyncio.wait_for(sub.ready.wait(), 10)
     gw = GatewayProcess(cfg)
-    fcnt = dict.fromkeys(NODES, 0)
-    sent: dict[tuple[int, int], bytes] = {}
-    acked: set[tuple[int, int]] = set()
-    seen_acks = 0
-
-    def collect_acks() -> None:
-        nonlocal seen_acks
-        for raw in node.acks[seen_acks:]:
-            node_id = int.from_bytes(raw[1:5], "little")
-            _, fc, _ = decode_ack(node_id, raw)
-            acked.add((node_id, fc))
-        seen_acks = len(node.acks)
-
-    async def load(duration_s: float) -> None:
-        """New frames plus retransmission of the unacked ones, as a serial node does."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + duration_s
-        while loop.time() < end:
-            collect_acks()
-            pending = [k for k in sent if k not in acked][:8]
-            for k in pending:
-                node.send(sent[k])
-            n = rng.choice(NODES)
-            fcnt[n] += 1
-            sent[(n, fcnt[n])] = frame(n, fcnt[n])
-            node.send(sent[(n, fcnt[n])])
-            await asyncio.sleep(0.003)
-
-    kills = 0
-    for _ in range(6):
-        await gw.start()
-        await load(rng.uniform(0.2, 0.8))
-        rc = await gw.kill()
-        assert rc == -signal.SIGKILL
-        kills += 1
-        collect_acks()
-    # Last life: no new frames; the node retransmits until everything is acked.
-    await gw.start()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while any(k not in acked for k in sent) and loop.time() < deadline:
-        for k in [k for k in sent if k not in acked][:16]:
-            node.send(sent[k])
-        await asyncio.sleep(0.02)
-        collect_acks()
-    assert kills == 6 and len(acked) > 50
     try:
-        await wait_for(lambda: acked <= set(sub.keys()), timeout_s=15, what="every acked frame delivered")
-    except AssertionError:
-        missing = sorted(acked - set(sub.keys()))
-        broker = [ln for ln in mqtt_broker.log if "dropped" in ln or "rror" in ln][-10:]
-        raise AssertionError(f"acked, never delivered: {missing[:20]}\nbroker: {broker}\n"
-                             + "\n".join(gw.lines[-60:])) from None
-    assert set(sub.keys()) <= set(sent)  # nothing invented
-    unacked = sorted(k for k in sent if k not in acked)
-    assert not unacked, f"never acked: {unacked[:20]}\n" + "\n".join(gw.lines[-60:])
-    rc = await gw.kill(signal.SIGTERM)
-    assert rc == 0
-    assert any("event=gateway_stopped" in line for line in gw.lines)
-    await sub.stop()
-    node.close()
+        fcnt = dict.fromkeys(NODES, 0)
+        sent: dict[tuple[int, int], bytes] = {}
+        acked: set[tuple[int, int]] = set()
+        seen_acks = 0
+
+        def collect_acks() -> None:
+            nonlocal seen_acks
+            for raw in node.acks[seen_acks:]:
+                node_id = int.from_bytes(raw[1:5], "little")
+                _, fc, _ = decode_ack(node_id, raw)
+                acked.add((node_id, fc))
+            seen_acks = len(node.acks)
+
+        async def load(duration_s: float) -> None:
+            """New frames plus retransmission of the unacked ones, as a serial node does."""
+            loop = asyncio.get_running_loop()
+            end = loop.time() + duration_s
+            while loop.time() < end:
+                collect_acks()
+                pending = [k for k in sent if k not in acked][:8]
+                for k in pending:
+                    node.send(sent[k])
+                n = rng.choice(NODES)
+                fcnt[n] += 1
+                sent[(n, fcnt[n])] = frame(n, fcnt[n])
+                node.send(sent[(n, fcnt[n])])
+                await asyncio.sleep(0.003)
+
+        kills = 0
+        for _ in range(6):
+            await gw.start()
+            await load(rng.uniform(0.2, 0.8))
+            rc = await gw.kill()
+            assert rc == -signal.SIGKILL
+            kills += 1
+            collect_acks()
+        # Last life: no new frames; the node retransmits until everything is acked.
+        await gw.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while any(k not in acked for k in sent) and loop.time() < deadline:
+            for k in [k for k in sent if k not in acked][:16]:
+                node.send(sent[k])
+            await asyncio.sleep(0.02)
+            collect_acks()
+        assert kills == 6 and len(acked) > 50
+        try:
+            await wait_for(lambda: acked <= set(sub.keys()), timeout_s=15, what="every acked frame delivered")
+        except AssertionError:
+            missing = sorted(acked - set(sub.keys()))
+            broker = [ln for ln in mqtt_broker.log if "dropped" in ln or "rror" in ln][-10:]
+            raise AssertionError(f"acked, never delivered: {missing[:20]}\nbroker: {broker}\n"
+                                 + "\n".join(gw.lines[-60:])) from None
+        assert set(sub.keys()) <= set(sent)  # nothing invented
+        unacked = sorted(k for k in sent if k not in acked)
+        assert not unacked, f"never acked: {unacked[:20]}\n" + "\n".join(gw.lines[-60:])
+        rc = await gw.kill(signal.SIGTERM)
+        assert rc == 0
+        assert any("event=gateway_stopped" in line for line in gw.lines)
+    finally:
+        gw.ensure_dead()  # a failed assertion must not leave a gateway running
+        await sub.stop()
+        node.close()
