@@ -13,7 +13,7 @@ import aiomqtt
 import pytest
 
 from gateway.app import Gateway
-from gateway.config import GatewayConfig
+from gateway.config import BrokerAddress, GatewayConfig
 from simulator.bleak_backend import send_advert
 from tests.test_gw_support import (
     KEYS,
@@ -287,3 +287,30 @@ async def test_ble_watchdog_escalates_and_recovers(
                    what="scanner listening again")
     send_advert(air, "AA:BB:CC:00:00:01", -50, {0xFFFF: frame(1, 1)})
     await wait_for(lambda: gw.metrics.frames_accepted.get("ble") == 1, what="advert after recovery")
+
+
+async def test_fails_over_to_the_next_broker_and_loses_nothing(
+    tmp_path: Path, mqtt_broker_factory: Any, running: Any
+) -> None:
+    first, second = mqtt_broker_factory(), mqtt_broker_factory()
+    subs = [Subscriber(b).start() for b in (first, second)]
+    for s in subs:
+        await asyncio.wait_for(s.ready.wait(), 10)
+    cfg = make_config(tmp_path, first, nodes=range(1, 3))
+    cfg.mqtt.brokers.append(BrokerAddress(second.host, second.port))
+    gw = await running(cfg)
+    assert gw.publisher is not None
+    for fcnt in range(1, 11):
+        gw.feed(frame(1, fcnt), "test")
+    await wait_for(lambda: len(subs[0].frames) == 10, what="first ten via the first broker")
+    first.stop()
+    for fcnt in range(1, 11):
+        gw.feed(frame(2, fcnt), "test")
+    await wait_for(lambda: gw.publisher.broker == f"{second.host}:{second.port}", timeout_s=20,
+                   what="failover to the second broker")
+    await wait_for(lambda: {k for k in subs[1].keys() if k[0] == 2} == {(2, f) for f in range(1, 11)},
+                   what="node 2's frames via the second broker")
+    delivered = set(subs[0].keys()) | set(subs[1].keys())
+    assert delivered == {(n, f) for n in (1, 2) for f in range(1, 11)}
+    for s in subs:
+        await s.stop()

@@ -346,3 +346,49 @@ async def test_metrics_status_and_cli(tmp_path: Path, mqtt_broker: Any) -> None:
     await gw.stop()
     await task
     assert cbor2  # imported for symmetry with other tests
+
+
+def test_silent_node_raises_one_event_then_back_when_heard() -> None:
+    from gateway.config import HealthConfig
+    from gateway.health import Health
+    from gateway.protocol import NodeKeys
+    from gateway.registry import Node
+    from gateway.senml import FrameRecord
+
+    events: list[dict[str, Any]] = []
+    reg = Registry([Node(1, "bin", NodeKeys(KEYS[1]), report_interval_s=900.0),
+                    Node(2, "water", NodeKeys(KEYS[2]))])
+    health = Health(HealthConfig(default_interval_s=3600.0, silent_factor=2.0), reg, events.append)
+    for node in (1, 2):
+        health.observe(FrameRecord(node, 1, 0, {5: 3600}, received_s=1000.0), "bin")
+    health.check_silent(now_s=1000.0 + 2 * 900 - 1)
+    assert events == []
+    health.check_silent(now_s=1000.0 + 2 * 900 + 1)  # past 2 x 900 s for node 1 only
+    health.check_silent(now_s=1000.0 + 2 * 900 + 2)  # raised once, not on every check
+    assert [(e["event"], e["node_id"], e["expected_interval_s"]) for e in events] == [("silent", 1, 900.0)]
+    health.check_silent(now_s=1000.0 + 2 * 3600 + 1)  # node 2 on the default interval
+    assert [e["node_id"] for e in events] == [1, 2]
+    health.observe(FrameRecord(1, 2, 0, {5: 3600}, received_s=9000.0), "bin")
+    assert events[-1]["event"] == "back" and events[-1]["node_id"] == 1
+    assert health.nodes[1].silent is False and health.nodes[2].silent is True
+
+
+def test_faults_from_outside_log_once_loudly_then_a_bounded_summary(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from gateway import ratelog
+
+    clock = [100.0]
+    monkeypatch.setattr(ratelog.time, "monotonic", lambda: clock[0])
+    log = ratelog.RateLimitedLog(logging.getLogger("test.ratelog"), interval_s=60.0)
+    with caplog.at_level(logging.INFO, logger="test.ratelog"):
+        for i in range(10_000):  # a street of foreign beacons over ten minutes
+            clock[0] = 100.0 + i * 0.06
+            log.log("bad_mic", "event=rejected reason=bad_mic n=%d", i)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    summaries = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(warnings) == 1 and "first occurrence" in warnings[0].getMessage()
+    assert 9 <= len(summaries) <= 10  # one per 60 s over 600 s
+    assert sum(int(r.getMessage().split("count=")[1].split()[0]) for r in summaries) <= 9_999
