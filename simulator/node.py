@@ -35,6 +35,8 @@ BLE_INIT_MS_DEFAULT: Final = 50.0
 # Air time of one legacy ADV_NONCONN_IND PDU at 1 Mb/s: preamble 1 + access address 4 +
 # header 2 + AdvA 6 + data + CRC 3 bytes. Each advertising event sends it on 37, 38, 39.
 RADIO_RAMP_US: Final = 150.0
+# Pin wakes are searched at least this far ahead at a time (the world is drawn a day at a time).
+WAKE_WINDOW_S: Final = 86400.0
 
 
 class Console(io.TextIOBase):
@@ -365,23 +367,47 @@ class SimNode:
         self.sleep_start = self.t
         self.sleep_ua = self.sleep_current_ua()
         t_timer = math.inf if sleep_ms is None else self.t + max(0.0, sleep_ms) / 1000.0
-        limit = min(t_timer, self.sim.horizon_s)
+        self._arm_wake(self.t, t_timer)
+
+    def _arm_wake(self, t_from: float, t_timer: float) -> None:
+        """Schedule the first wake (pin or timer) after ``t_from``.
+
+        Pin wakes are searched a window at a time (to the simulation's horizon, at least a
+        day): when the window ends before the timer, a continuation picks the search up
+        there, so a run longer than the scenario still sees every pin wake.
+        """
+        window_end = max(self.sim.horizon_s, t_from + WAKE_WINDOW_S)
+        limit = min(t_timer, window_end)
         t_wake, reason = t_timer, TIMER_WAKE
         if self.ext0 is not None:
             w = self.wires.get(self.ext0[0]) or ConstWire(0)
-            tw = w.time_at_level(self.t, self.ext0[1], limit)
+            tw = w.time_at_level(t_from, self.ext0[1], limit)
             if tw is not None and tw < t_wake:
                 t_wake, reason = tw, EXT0_WAKE
         if self.ext1 is not None:
             pins, lvl = self.ext1
             for p in pins:
                 w = self.wires.get(p) or ConstWire(0)
-                tw = w.time_at_level(self.t, lvl, min(limit, t_wake))
+                tw = w.time_at_level(t_from, lvl, min(limit, t_wake))
                 if tw is not None and tw < t_wake:
                     t_wake, reason = tw, GPIO_WAKE if self.chip == "esp32-c3" else EXT1_WAKE
-        if math.isinf(t_wake):
-            return  # asleep until a fault or the end of the run
+        if reason == TIMER_WAKE and t_timer > window_end:
+            if self.ext0 is None and self.ext1 is None:
+                if math.isinf(t_timer):
+                    return  # asleep until a fault or the end of the run
+            else:
+                self.sim.engine.at(window_end, self._continue_sleep(t_timer))
+                return
         self.sim.engine.at(t_wake, self._event(DEEPSLEEP_RESET, reason))
+
+    def _continue_sleep(self, t_timer: float) -> Any:
+        gen = self.gen
+
+        def resume(t: float) -> None:
+            if gen == self.gen:
+                self._arm_wake(t, t_timer)
+
+        return resume
 
     # ------------------------------------------------------------------ faults
     def fault(self, t: float, kind: str, value: float = 0.0) -> None:

@@ -34,6 +34,7 @@ REALTIME_TICK_S: Final = 0.25  # in realtime runs adverts reach the gateway this
 _T_COMPANY_DEFAULT: Final = 0xFFFF
 # A frame is written to the truth file once every advert of its burst is settled.
 TRUTH_MARGIN_S: Final = 10.0
+HORIZON_MARGIN_S: Final = 86400.0  # pin wakes are searched this far past the end of a run
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,7 @@ class Simulation:
         self.console = Console()
         self.epoch0 = float(sc.start_epoch)
         self.t_day0 = float(sc.start_epoch % 86400)
-        self.horizon_s = sc.duration_s + 86400.0
+        self.horizon_s = sc.duration_s + HORIZON_MARGIN_S
         self.cell = CELLS[sc.cell]
         self.firmware_cpu_s = sc.firmware_cpu_ms / 1000.0
         rp = RadioParams(**sc.radio)
@@ -384,6 +385,8 @@ class Simulation:
 
     def run_until(self, t_sim: float) -> None:
         """Advance the virtual clock to ``t_sim`` seconds (events up to it have run)."""
+        if math.isfinite(t_sim):  # pin wakes are searched to the horizon: past the run's end
+            self.horizon_s = max(self.horizon_s, t_sim + HORIZON_MARGIN_S)
         self.engine.run_until(t_sim)
         self.settle(t_sim - self.air.max_air - 0.5)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from gateway.protocol import TYPE_NAMES, NodeKeys, parse_header, verify_uplink
 from gateway.quantities import QUANTITIES
@@ -89,3 +90,26 @@ def test_faults_reboot_brownout_clock_jump_out_of_range() -> None:
     for n in sim.nodes:
         fc = [f.fcnt for f in sim.frames if f.node == n.index]
         assert len(fc) == len(set(fc))
+
+
+def test_a_run_longer_than_the_scenario_still_gets_pin_wakes() -> None:
+    """--duration 3d on a 1-day scenario: cars and water pulses still wake nodes on day 3
+    (the pin-wake search once stopped at the scenario's duration + 1 day)."""
+    sc = {"sim": {"name": "long", "seed": 3, "duration": "1d"}, "gateways": [{"id": "gw"}],
+          "nodes": [{"kind": "parking", "count": 3}, {"kind": "water", "count": 3}]}
+    sim = Simulation(sc)
+    pin_wakes: list[tuple[str, float]] = []
+    for node in sim.nodes:
+        boot = node.boot
+
+        def record(t: float, cause: int, wake: int, kind: str = node.kind, boot: Any = boot) -> None:
+            if wake in (2, 3, 7):  # ext0, ext1, GPIO
+                pin_wakes.append((kind, t))
+            boot(t, cause, wake)
+
+        node.boot = record  # type: ignore[method-assign]
+    one = sim.run(3 * 86400.0)
+    assert {k for k, t in pin_wakes if t > 2 * 86400.0} == {"parking", "water"}
+    # the sharded run (cli --processes) follows the same schedule
+    two = run_parallel(sc, duration_s=3 * 86400.0, processes=2)
+    assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)
