@@ -1,47 +1,322 @@
 """BLE transport: passive scanning with bleak, filtered on our company id, with a watchdog.
 
-Adapters and BlueZ stall after hours without an error. When no advertisement at all has been
-seen for ``watchdog_s``, recovery escalates: restart the scan, then re-create the scanner,
-then run the configured power-cycle command (e.g. ``btmgmt power off/on``), then again from
-the top with backoff. The transport never exits the process.
+Adapters and BlueZ stall after hours without an error, but a healthy quiet site is silent
+too: BlueZ only delivers our company id, and a node may report once an hour. So the stall
+threshold is learned from the silences this site actually has (``SilenceModel``). A stall is
+recovered in three steps, each given one threshold to bring adverts back: restart the scan
+(same scanner), re-create the scanner, power-cycle the adapter. A round that fails is
+followed by an exponential backoff (capped at an hour) with the scanner listening, then the
+next round. The transport never exits the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import configparser
+import contextlib
 import logging
+import math
+import os
+import re
+import signal
+import subprocess
 import time
-from collections.abc import Callable
-from typing import Any
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
 
 from bleak import BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 
 from gateway.config import BleConfig
-from gateway.metrics import Metrics
+from gateway.metrics import Counter, Gauge, Metrics
 from gateway.verify import Heard
 
 _log = logging.getLogger(__name__)
 
-STEPS = ("restart_scan", "recreate_scanner", "power_cycle")
+STEPS: Final = ("restart_scan", "recreate_scanner", "power_cycle")
+BLUEZ_MAIN_CONF: Final = Path("/etc/bluetooth/main.conf")
+
+# A silence is a stall only when it is longer than _STALL_FACTOR x the 95th percentile of
+# this site's silences over the last day (a day: nights are quiet every night).
+_STALL_FACTOR: Final = 3.0
+_STALL_QUANTILE: Final = 0.95
+_SILENCE_MEMORY_S: Final = 86400.0
+_SILENCE_SAMPLES: Final = 256
+_BACKOFF_MAX_S: Final = 3600.0
+_POWER_CYCLE_TIMEOUT_S: Final = 30.0
+_KILL_GRACE_S: Final = 2.0
+_SCANNER_CALL_TIMEOUT_S: Final = 20.0  # a wedged BlueZ must not wedge the watchdog too
+_POLL_MAX_S: Final = 5.0
+
+# Linux's advertisement-monitor scan parameters when main.conf sets none (0.625 ms units).
+_KERNEL_INTERVAL: Final = 0x0060
+_KERNEL_WINDOW: Final = 0x0030
+_SCAN_PARAM_MIN: Final = 0x0004
+_SCAN_PARAM_MAX: Final = 0x4000
+_STRTOL0_RE: Final = re.compile(r"[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+
+
+class SilenceModel:
+    """How long this site's silences last, learned per run; the stall threshold follows.
+
+    Gaps shorter than ``watchdog_s / factor`` cannot raise the threshold, and counting them
+    would let the repeats inside a node's burst hide the silences between bursts.
+    """
+
+    __slots__ = ("_by_size", "_samples", "factor", "max_samples", "memory_s", "quantile",
+                 "threshold_s", "watchdog_s")
+
+    def __init__(self, watchdog_s: float, factor: float = _STALL_FACTOR,
+                 quantile: float = _STALL_QUANTILE, memory_s: float = _SILENCE_MEMORY_S,
+                 max_samples: int = _SILENCE_SAMPLES) -> None:
+        self.watchdog_s = watchdog_s
+        self.factor = factor
+        self.quantile = quantile
+        self.memory_s = memory_s
+        self.max_samples = max_samples
+        self._samples: deque[tuple[float, float]] = deque()  # (seen_at_s, gap_s), oldest first
+        self._by_size: list[float] = []
+        self.threshold_s = watchdog_s
+
+    @property
+    def floor_s(self) -> float:
+        return self.watchdog_s / self.factor
+
+    @property
+    def samples(self) -> int:
+        return len(self._samples)
+
+    def observe(self, gap_s: float, now_s: float) -> None:
+        if gap_s < self.floor_s:
+            return
+        self._samples.append((now_s, gap_s))
+        bisect.insort(self._by_size, gap_s)
+        if len(self._samples) > self.max_samples:
+            self._forget_oldest()
+        self._update()
+
+    def expire(self, now_s: float) -> None:
+        changed = False
+        while self._samples and now_s - self._samples[0][0] > self.memory_s:
+            self._forget_oldest()
+            changed = True
+        if changed:
+            self._update()
+
+    def _forget_oldest(self) -> None:
+        _, gap_s = self._samples.popleft()
+        del self._by_size[bisect.bisect_left(self._by_size, gap_s)]
+
+    def _update(self) -> None:
+        if not self._by_size:
+            self.threshold_s = self.watchdog_s
+            return
+        rank = max(1, math.ceil(len(self._by_size) * self.quantile - 1e-9))  # nearest rank
+        high_s = self._by_size[rank - 1]
+        self.threshold_s = max(self.watchdog_s, self.factor * high_s)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanParams:
+    """BlueZ's passive scan parameters for advertisement monitors, in 0.625 ms units.
+
+    ``None`` when they cannot be known; ``note`` says why, or which value is the kernel's.
+    """
+
+    interval: int | None
+    window: int | None
+    note: str = ""
+
+    @property
+    def window_equals_interval(self) -> int:
+        """1 or 0; -1 when unknown (the gauge's value)."""
+        if self.interval is None or self.window is None:
+            return -1
+        return int(self.interval == self.window)
+
+
+def _strtol0(text: str) -> int | None:
+    """The whole string as bluetoothd reads it: strtol(base 0), so 0x.. hex and 0.. octal."""
+    s = text.strip()
+    if not _STRTOL0_RE.fullmatch(s):
+        return None
+    sign = -1 if s[0] == "-" else 1
+    digits = s.lstrip("+-")
+    if digits[:2] in ("0x", "0X"):
+        return sign * int(digits[2:], 16)
+    if len(digits) > 1 and digits[0] == "0":
+        return sign * int(digits[1:], 8)
+    return sign * int(digits)
+
+
+def parse_scan_params(text: str) -> ScanParams:
+    """``[LE] ScanIntervalAdvMonitor`` / ``ScanWindowAdvMonitor`` from main.conf text.
+
+    A key that is absent, empty, not an integer or outside 0x0004..0x4000 is ignored by
+    bluetoothd, so the kernel's default applies to it.
+    """
+    parser = configparser.ConfigParser(interpolation=None, strict=False, delimiters=("=",),
+                                       comment_prefixes=("#",), inline_comment_prefixes=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    try:
+        parser.read_string(text)
+    except configparser.Error as exc:
+        return ScanParams(None, None, f"unparsable: {str(exc).splitlines()[0]}")
+    notes: list[str] = []
+
+    def key(name: str, default: int) -> int:
+        raw = parser.get("LE", name, fallback=None)
+        value = None if raw is None else _strtol0(raw)
+        if value is None or not _SCAN_PARAM_MIN <= value <= _SCAN_PARAM_MAX:
+            why = "unset" if raw is None or not raw.strip() else f"{raw.strip()!r} ignored"
+            notes.append(f"{name} {why}, kernel default 0x{default:04x}")
+            return default
+        return value
+
+    interval = key("ScanIntervalAdvMonitor", _KERNEL_INTERVAL)
+    window = key("ScanWindowAdvMonitor", _KERNEL_WINDOW)
+    return ScanParams(interval, window, "; ".join(notes))
+
+
+def read_scan_params(path: Path) -> ScanParams:
+    """Read-only look at BlueZ's main.conf; a missing file means the kernel's defaults."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        return ScanParams(None, None, f"unreadable: {exc}")
+    return parse_scan_params(text)
+
+
+def _ms(units: int | None) -> str:
+    return "?" if units is None else f"{units * 0.625:g}"
+
+
+async def run_command(argv: Sequence[str], timeout_s: float) -> int | None:
+    """Run ``argv`` in its own process group; on timeout (or cancellation) kill the group.
+
+    Returns the exit status, or None when it was killed.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    finished = False
+    try:
+        async with asyncio.timeout(timeout_s):
+            rc = await proc.wait()
+        finished = True
+        return rc
+    except TimeoutError:
+        return None
+    finally:
+        if not finished:
+            await _kill_group(proc)
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    # TERM first so a script can clean up; KILL the whole group after, for what ignored it.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_KILL_GRACE_S):
+            await proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+
+def _gauge(metrics: Metrics, attr: str, name: str, help_: str, label: str = "") -> Gauge:
+    """A BLE metric registered on ``metrics`` if it does not define it (rendered from vars)."""
+    m = getattr(metrics, attr, None)
+    if not isinstance(m, Gauge):
+        m = Gauge("urbansense_gateway_" + name, help_, label)
+        setattr(metrics, attr, m)
+    return m
+
+
+def _counter(metrics: Metrics, attr: str, name: str, help_: str, label: str = "") -> Counter:
+    m = getattr(metrics, attr, None)
+    if not isinstance(m, Counter):
+        m = Counter("urbansense_gateway_" + name, help_, label)
+        setattr(metrics, attr, m)
+    return m
 
 
 class BleTransport:
-    def __init__(self, cfg: BleConfig, put: Callable[[Heard], None], metrics: Metrics) -> None:
+    """Scanner plus watchdog.
+
+    ``clock`` and ``tick`` (awaited between two watchdog checks) let tests drive time.
+    """
+
+    def __init__(self, cfg: BleConfig, put: Callable[[Heard], None], metrics: Metrics, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 tick: Callable[[], Awaitable[None]] | None = None) -> None:
         self.cfg = cfg
         self.put = put
         self.metrics = metrics
-        self.last_advert_s = time.monotonic()
+        self._clock = clock
+        poll_s = min(max(cfg.watchdog_s / 4, 0.01), _POLL_MAX_S)
+        self._tick = tick or (lambda: asyncio.sleep(poll_s))
         self.healthy = False
-        self.step = 0
+        self.step = 0  # recovery steps taken in the current stall; len(STEPS): backing off
+        self.backoff_s = 0.0
+        self.rounds = 0  # failed recovery rounds in the current stall
+        self.checks = 0  # finished watchdog checks
+        self.scan_starts = 0  # successful scanner (re)starts
         self.started = asyncio.Event()
+        self.silences = SilenceModel(cfg.watchdog_s)
+        self.scan_params: ScanParams | None = None
         self._scanner: BleakScanner | None = None
         self._company = cfg.company_id
         self._heard = False  # an advert since the last (re)start: only that proves health
+        self._last_advert_s: float | None = None
+        self._last_action_s = clock()  # the last (re)start, or attempt
+        self._m_step = _gauge(metrics, "ble_recovery_step", "ble_recovery_step",
+                              "BLE recovery steps taken in the current stall (0 none, 3 power "
+                              "cycled and backing off).")
+        self._m_threshold = _gauge(metrics, "ble_stall_threshold_seconds",
+                                   "ble_stall_threshold_seconds",
+                                   "Silence after which the BLE scanner counts as stalled (learned).")
+        self._m_backoff = _gauge(metrics, "ble_backoff_seconds", "ble_backoff_seconds",
+                                 "Wait after a failed BLE recovery round before the next one.")
+        self._m_recovered = _counter(metrics, "ble_recovered", "ble_recovered_total",
+                                     "BLE stalls ended by adverts heard again, by the last "
+                                     "recovery step taken.", "step")
+        self._m_power_fail = _counter(metrics, "ble_power_cycle_failures",
+                                      "ble_power_cycle_failures_total",
+                                      "Power-cycle commands that failed, by reason.", "reason")
+        self._m_scan_params = _gauge(metrics, "ble_scan_window_equals_interval",
+                                     "ble_scan_window_equals_interval",
+                                     "1 if BlueZ scans with window = interval, 0 if not, -1 unknown.")
+        self._m_threshold.set(self.silences.threshold_s)
+        self._m_step.set(0)
+        self._m_backoff.set(0)
+        self._m_scan_params.set(-1)
+
+    @property
+    def scanner(self) -> BleakScanner | None:
+        return self._scanner
+
+    @property
+    def adapter(self) -> str:
+        return self.cfg.adapter or "hci0"
 
     def _on_advert(self, device: BLEDevice, adv: AdvertisementData) -> None:
-        self.last_advert_s = time.monotonic()
+        now = self._clock()
+        last = self._last_advert_s
+        if last is not None:
+            # A silence ended right after a recovery action was (probably) a stall the
+            # action fixed, not a quiet spell: learning it would ratchet the threshold up.
+            fixed = self._last_action_s > last and now - self._last_action_s < self.silences.floor_s
+            if not fixed:
+                self.silences.observe(now - last, now)
+        self._last_advert_s = now
         self._heard = True
         self.metrics.ble_adverts.inc()
         data = adv.manufacturer_data.get(self._company)
@@ -76,77 +351,142 @@ class BleTransport:
         self.healthy = healthy
         self.metrics.ble_scanner_healthy.set(1 if healthy else 0)
 
+    def _set_step(self, step: int) -> None:
+        self.step = step
+        self._m_step.set(step)
+
+    def check_scan_params(self) -> ScanParams | None:
+        """Warn when BlueZ's scan window is shorter than its interval (adverts fall in gaps)."""
+        configured = getattr(self.cfg, "bluez_main_conf", None)  # proposed BleConfig field
+        if configured:
+            path = Path(configured)
+        elif self.cfg.backend == "bleak":
+            path = BLUEZ_MAIN_CONF
+        else:
+            return None  # the simulated air has no scan window
+        p = read_scan_params(path)
+        self.scan_params = p
+        self._m_scan_params.set(p.window_equals_interval)
+        fields = (f"path={path} interval_ms={_ms(p.interval)} window_ms={_ms(p.window)} "
+                  f"note={p.note!r}")
+        if p.window_equals_interval == 1:
+            _log.info("event=ble_scan_params ok %s", fields)
+        elif p.window_equals_interval == 0:
+            _log.warning(
+                "event=ble_scan_window_not_interval %s: the radio is deaf between windows, "
+                "so some adverts are never heard; set ScanIntervalAdvMonitor = "
+                "ScanWindowAdvMonitor in [LE] (deploy/bluetooth-main.conf) and restart "
+                "bluetooth", fields)
+        else:
+            _log.warning("event=ble_scan_params_unknown %s", fields)
+        return p
+
     async def _start(self, recreate: bool) -> None:
-        if recreate or self._scanner is None:
-            await self._stop()
-            self._scanner = self._make_scanner()
-        await self._scanner.start()
-        self.last_advert_s = time.monotonic()  # give the new scan a full watchdog period
+        """(Re)start scanning: the same scanner unless ``recreate`` (or there is none)."""
+        self._last_action_s = self._clock()  # give the new scan a full threshold
         self._heard = False
+        await self._stop()
+        if recreate or self._scanner is None:
+            self._scanner = self._make_scanner()
+        async with asyncio.timeout(_SCANNER_CALL_TIMEOUT_S):
+            await self._scanner.start()
+        self._last_action_s = self._clock()
+        self.scan_starts += 1
         self.started.set()
 
     async def _stop(self) -> None:
         if self._scanner is not None:
             try:
-                await self._scanner.stop()
-            except Exception as exc:  # a wedged adapter: we are replacing it anyway
+                async with asyncio.timeout(_SCANNER_CALL_TIMEOUT_S):
+                    await self._scanner.stop()
+            except Exception as exc:  # a wedged adapter: we are restarting or replacing it
                 _log.info("event=ble_stop_failed error=%r", exc)
 
     async def _power_cycle(self) -> None:
-        cmd = self.cfg.power_cycle_command
-        if not cmd:
+        argv = [a.replace("{adapter}", self.adapter) for a in self.cfg.power_cycle_command]
+        if not argv:
+            _log.warning("event=ble_power_cycle_skipped reason=no_power_cycle_command")
             return
+        timeout_s = float(getattr(self.cfg, "power_cycle_timeout_s", _POWER_CYCLE_TIMEOUT_S))
         try:
-            proc = await asyncio.create_subprocess_exec(*cmd)
-            await asyncio.wait_for(proc.wait(), 30)
-        except (OSError, TimeoutError) as exc:
-            _log.error("event=ble_power_cycle_failed error=%r", exc)
+            rc = await run_command(argv, timeout_s)
+        except OSError as exc:
+            self._m_power_fail.inc("exec")
+            _log.error("event=ble_power_cycle_failed argv=%r error=%r", argv, exc)
+            return
+        if rc is None:
+            self._m_power_fail.inc("timeout")
+            _log.error("event=ble_power_cycle_failed argv=%r error=timeout_killed timeout_s=%g",
+                       argv, timeout_s)
+        elif rc != 0:
+            self._m_power_fail.inc("exit")
+            _log.error("event=ble_power_cycle_failed argv=%r rc=%d", argv, rc)
+        else:
+            _log.info("event=ble_power_cycled adapter=%s", self.adapter)
 
     async def run(self) -> None:
+        self.check_scan_params()
         try:
-            await self._supervise()
+            try:
+                await self._start(recreate=True)
+            except Exception as exc:  # BleakError, D-Bus gone, adapter absent
+                _log.error("event=ble_start_failed error=%r", exc)
+            while True:
+                await self._tick()
+                await self._check(self._clock())
+                self.checks += 1
         finally:
             await self._stop()
             self._health(False)
 
-    async def _supervise(self) -> None:
-        period_s = max(self.cfg.watchdog_s / 4, 0.01)
-        started = False
-        while True:
-            if not started:
-                try:
-                    await self._start(recreate=self.step >= 1)
-                    started = True
-                except Exception as exc:  # BleakError, D-Bus gone, adapter absent
-                    _log.error("event=ble_start_failed step=%d error=%r", self.step, exc)
-                    self._health(False)
-                    await self._escalate()
-                    continue
-            await asyncio.sleep(period_s)
-            silent_s = time.monotonic() - self.last_advert_s
-            if silent_s < self.cfg.watchdog_s:
-                if self._heard:
-                    if not self.healthy:
-                        _log.info("event=ble_scanner_healthy")
-                    self._health(True)
-                    self.step = 0
-                continue
-            self._health(False)
-            _log.warning("event=ble_scanner_silent silent_s=%.1f step=%s", silent_s, STEPS[self.step])
-            await self._escalate()
-            started = False
-
-    async def _escalate(self) -> None:
+    async def _check(self, now: float) -> None:
+        self.silences.expire(now)
+        threshold_s = self.silences.threshold_s
+        self._m_threshold.set(threshold_s)
+        if self._heard:
+            if self.step:
+                self._m_recovered.inc(STEPS[self.step - 1])
+                _log.info("event=ble_recovered after_step=%s rounds=%d", STEPS[self.step - 1],
+                          self.rounds)
+            elif not self.healthy:
+                _log.info("event=ble_scanner_healthy")
+            self._health(True)
+            self._set_step(0)
+            self.rounds = 0
+            self.backoff_s = 0.0
+            self._m_backoff.set(0)
+        since_s = self._last_action_s
+        if self._last_advert_s is not None:
+            since_s = max(since_s, self._last_advert_s)
+        silent_s = now - since_s
+        backing_off = self.step >= len(STEPS)
+        if silent_s < (self.backoff_s if backing_off else threshold_s):
+            return
+        if backing_off:
+            self._set_step(0)  # the backoff is over: a new round
+        self._health(False)
         step = STEPS[self.step]
+        self._set_step(self.step + 1)
         self.metrics.ble_recoveries.inc(step)
-        if step == "restart_scan" and self._scanner is not None:
+        _log.warning("event=ble_scanner_silent silent_s=%.1f threshold_s=%.1f step=%s round=%d",
+                     silent_s, threshold_s, step, self.rounds + 1)
+        await self._recover(step)
+        if self.step == len(STEPS):
+            self.rounds += 1
+            # min(): 2.0 ** rounds overflows after weeks of a dead adapter.
+            self.backoff_s = min(threshold_s * 2.0 ** min(self.rounds, 32),
+                                 float(getattr(self.cfg, "backoff_max_s", _BACKOFF_MAX_S)))
+            self.backoff_s = max(self.backoff_s, threshold_s)
+            self._m_backoff.set(self.backoff_s)
+            _log.warning("event=ble_recovery_round_failed rounds=%d next_round_in_s=%.0f",
+                         self.rounds, self.backoff_s)
+
+    async def _recover(self, step: str) -> None:
+        if step == "power_cycle":
             await self._stop()
-        elif step == "recreate_scanner":
-            await self._stop()
-            self._scanner = None
-        elif step == "power_cycle":
-            await self._stop()
-            self._scanner = None
+            self._scanner = None  # the adapter goes away under it
             await self._power_cycle()
-            await asyncio.sleep(min(self.cfg.watchdog_s, 30.0))
-        self.step = (self.step + 1) % len(STEPS)
+        try:
+            await self._start(recreate=step != "restart_scan")
+        except Exception as exc:  # BleakError, D-Bus gone, adapter absent: next step later
+            _log.error("event=ble_start_failed step=%s error=%r", step, exc)
