@@ -2,7 +2,7 @@
 
 Every problem raises ``ConfigError(key, problem)`` with the dotted key, so an operator
 reading the journal knows which line to fix. Secrets never live here: only paths to files
-that must not be world-readable (checked by ``read_secret``).
+that only their owner may read or write, mode 0600 or 0400 (``check_secret_file``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ class OutboxConfig:
     path: Path | None = None  # default: <data_dir>/outbox.db
     max_bytes: int = 256 * 1024 * 1024
     synchronous: str = "full"  # "full": durable across power cuts; "normal": across crashes
+    # Deletes of published batches wait this long (or for 256 of them) to share one write:
+    # a lost delete costs a duplicate publish, a commit per second costs the SD card.
+    ack_flush_s: float = 30.0
 
 
 @dataclass(slots=True)
@@ -142,12 +145,26 @@ class GatewayConfig:
             raise ConfigError("outbox.synchronous", 'must be "full" or "normal"')
         if self.mqtt.protocol not in ("auto", "5", "3.1.1"):
             raise ConfigError("mqtt.protocol", 'must be "auto", "5" or "3.1.1"')
+        _positive("outbox.ack_flush_s", self.outbox.ack_flush_s)
         _positive("mqtt.inflight_max", self.mqtt.inflight_max)
         _positive("mqtt.drain_rate_batches_s", self.mqtt.drain_rate_batches_s)
         if self.mqtt.backoff_min_s <= 0 or self.mqtt.backoff_max_s < self.mqtt.backoff_min_s:
             raise ConfigError("mqtt.backoff_max_s", "need 0 < backoff_min_s <= backoff_max_s")
+        if not 0 < self.mqtt.keepalive_s <= 65535:
+            raise ConfigError("mqtt.keepalive_s", "must be 1..65535 (0 would turn keepalive off)")
+        _positive("mqtt.publish_timeout_s", self.mqtt.publish_timeout_s)
+        _positive("mqtt.connect_timeout_s", self.mqtt.connect_timeout_s)
+        if self.mqtt.cert_file is not None and not self.mqtt.tls:
+            raise ConfigError("mqtt.cert_file", "needs mqtt.tls = true (or mqtt.ca_file)")
         if self.mqtt.cert_file is not None and self.mqtt.key_file is None:
             raise ConfigError("mqtt.key_file", "required with mqtt.cert_file")
+        if self.mqtt.key_file is not None and self.mqtt.cert_file is None:
+            raise ConfigError("mqtt.key_file", "needs mqtt.cert_file")
+        _positive("serial.baudrate", self.serial.baudrate)
+        if self.serial.retry_min_s <= 0:
+            raise ConfigError("serial.retry_min_s", "must be > 0 (0 would busy-loop on a missing port)")
+        if self.serial.retry_max_s < self.serial.retry_min_s:
+            raise ConfigError("serial.retry_max_s", "must be >= serial.retry_min_s")
         if self.ble.backend not in ("bleak", "simulator"):
             raise ConfigError("ble.backend", 'must be "bleak" or "simulator"')
         if self.ble.enabled and self.ble.backend == "simulator" and not self.ble.sim_socket:
@@ -157,7 +174,20 @@ class GatewayConfig:
         _positive("ble.watchdog_s", self.ble.watchdog_s)
         if not 0 <= self.http.port <= 65535:
             raise ConfigError("http.port", "must be 0..65535")
+        _positive("health.default_interval_s", self.health.default_interval_s)
+        if self.health.silent_factor < 1:
+            raise ConfigError("health.silent_factor", "must be >= 1 (below, every node is silent)")
+        _positive("health.low_battery_mv", self.health.low_battery_mv)
+        _positive("health.check_interval_s", self.health.check_interval_s)
         _positive("queue_size", self.queue_size)
+        for key, path in self.secret_files():
+            if path.exists():  # a missing one is reported by what opens it
+                check_secret_file(path, key)
+
+    def secret_files(self) -> list[tuple[str, Path]]:
+        """(key, path) of the configured files that hold secrets (the registry is checked on load)."""
+        files = [("mqtt.password_file", self.mqtt.password_file), ("mqtt.key_file", self.mqtt.key_file)]
+        return [(k, p) for k, p in files if p is not None]
 
 
 def _positive(key: str, value: float) -> None:
@@ -318,7 +348,10 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path | None = None) -> Ga
 
     o = _table(raw, "outbox", base)
     outbox = OutboxConfig(
-        o.path("path", None), o.int_("max_bytes", 256 * 1024 * 1024), o.str_("synchronous", "full")
+        o.path("path", None),
+        o.int_("max_bytes", 256 * 1024 * 1024),
+        o.str_("synchronous", "full"),
+        o.float_("ack_flush_s", 30.0),
     )
     o.finish()
 
@@ -389,13 +422,16 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path | None = None) -> Ga
 
 
 def check_secret_file(path: Path, key: str) -> None:
-    """Refuse a secret file that others can read or write (group/world bits)."""
+    """Refuse a secret file with any group or world bit: a key readable by a group is a leaked key."""
     try:
         st = path.stat()
     except FileNotFoundError:
         raise ConfigError(key, f"file not found: {path}") from None
-    if st.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
-        raise ConfigError(key, f"{path} is accessible by other users; chmod 600 it")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(key, f"{path} is not a regular file")
+    if st.st_mode & 0o077:
+        mode = stat.S_IMODE(st.st_mode)
+        raise ConfigError(key, f"{path} has mode {mode:04o}, open to group or others; chmod 600 it")
 
 
 def read_secret(path: Path, key: str) -> str:

@@ -23,3 +23,16 @@ class ConfigError(GatewayError):
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+
+
+class OutboxFull(GatewayError):
+    """The disk is full even after evicting old batches: this batch was not stored.
+
+    ``frames`` were not committed, so none was acked: serial nodes retransmit theirs, BLE
+    readings are lost. The caller counts them and rolls its replay marks back.
+    """
+
+    def __init__(self, frames: int, detail: str = "") -> None:
+        super().__init__(f"outbox full, {frames} frames not stored" + (f": {detail}" if detail else ""))
+        self.frames = frames
+        self.detail = detail

@@ -7,7 +7,8 @@ with ``write_registry`` (mode 0600):
     {"node_id": 2, "kind": "water", "key_file": "keys/00000002.key", "report_interval_s": 3600}
 
 ``key`` is 32 hex digits; ``key_file`` (relative to the registry) holds the same hex. Any file
-holding a key must not be readable by other users. Keys are never logged nor repr'd.
+holding a key must be 0600 (or 0400): any group or world bit is refused. Keys are never logged
+nor repr'd.
 """
 
 from __future__ import annotations

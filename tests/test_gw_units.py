@@ -173,14 +173,15 @@ def test_outbox_full_drops_oldest_ordinary_first(tmp_path: Path) -> None:
     assert ob.bytes <= 1000
     left = ob.pending_ids()
     assert alarm in left and ids[-1] in left and ids[0] not in left
-    assert m.outbox_dropped_batches.get("ordinary") == 3  # 1800 B offered, 900 B kept
-    assert m.outbox_dropped_readings.total() == 15
+    # Each 300 B pack takes 341 B of database (stored_bytes): 6 offered, 2 fit in 1000 B.
+    assert m.outbox_dropped_batches.get("ordinary") == 4
+    assert m.outbox_dropped_readings.total() == 20
     for b in ob.peek(0, 10):  # broker back: space returns
         ob.ack(b.batch_id)
     ob.flush_acks()
     assert ob.depth == 0 and ob.bytes == 0
     ob.commit_batch(b"x" * 900, 1, PRIORITY_ORDINARY)
-    assert m.outbox_dropped_batches.total() == 3
+    assert m.outbox_dropped_batches.total() == 4
     ob.close()
 
 
@@ -257,6 +258,20 @@ BASE = {
         ({"serial": {"ports": "/dev/ttyUSB0"}}, "serial.ports"),
         ({"http": {"port": 70000}}, "http.port"),
         ({"bogus": 1}, "bogus"),
+        ({"outbox": {"ack_flush_s": 0}}, "outbox.ack_flush_s"),
+        ({"serial": {"retry_min_s": 0}}, "serial.retry_min_s"),
+        ({"serial": {"retry_min_s": 5.0, "retry_max_s": 1.0}}, "serial.retry_max_s"),
+        ({"serial": {"baudrate": 0}}, "serial.baudrate"),
+        ({"health": {"default_interval_s": 0}}, "health.default_interval_s"),
+        ({"health": {"silent_factor": 0.5}}, "health.silent_factor"),
+        ({"health": {"low_battery_mv": -1}}, "health.low_battery_mv"),
+        ({"health": {"check_interval_s": 0}}, "health.check_interval_s"),
+        ({"mqtt": {"keepalive_s": 0}}, "mqtt.keepalive_s"),
+        ({"mqtt": {"keepalive_s": 70000}}, "mqtt.keepalive_s"),
+        ({"mqtt": {"publish_timeout_s": 0}}, "mqtt.publish_timeout_s"),
+        ({"mqtt": {"connect_timeout_s": -1}}, "mqtt.connect_timeout_s"),
+        ({"mqtt": {"cert_file": "gw.crt", "key_file": "gw.key"}}, "mqtt.cert_file"),
+        ({"mqtt": {"tls": True, "key_file": "gw.key"}}, "mqtt.key_file"),
     ],
 )
 def test_config_errors_name_the_key(patch: dict[str, Any], key: str, tmp_path: Path) -> None:
@@ -392,3 +407,54 @@ def test_faults_from_outside_log_once_loudly_then_a_bounded_summary(
     assert len(warnings) == 1 and "first occurrence" in warnings[0].getMessage()
     assert 9 <= len(summaries) <= 10  # one per 60 s over 600 s
     assert sum(int(r.getMessage().split("count=")[1].split()[0]) for r in summaries) <= 9_999
+
+
+def test_config_errors_say_what_is_wrong(tmp_path: Path) -> None:
+    raw = json.loads(json.dumps(BASE))
+    raw["serial"] = {"retry_min_s": 0}
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict(raw, tmp_path)
+    assert str(exc.value).startswith("serial.retry_min_s: must be > 0")
+    raw["serial"] = {}
+    raw["mqtt"]["cert_file"] = "gw.crt"
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict(raw, tmp_path)
+    assert "mqtt.tls" in exc.value.problem
+    raw["mqtt"].update(tls=True, key_file="gw.key", keepalive_s=60)
+    raw["outbox"] = {"ack_flush_s": 5.0}
+    cfg = config_from_dict(raw, tmp_path)
+    assert cfg.outbox.ack_flush_s == 5.0 and cfg.mqtt.tls
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o620])
+def test_secret_files_with_group_or_world_bits_refused(tmp_path: Path, mode: int) -> None:
+    """The registry, key files, the MQTT password and TLS key: 0600/0400 only."""
+    write_registry(tmp_path / "inline.jsonl", [NodeSpec(1, "parking", KEYS[1])])
+    write_registry(tmp_path / "files.jsonl", [NodeSpec(1, "parking", KEYS[1])],
+                   key_dir=tmp_path / "keys")
+    secrets = {"pw": tmp_path / "pw", "key": tmp_path / "gw.key"}
+    for p in secrets.values():
+        p.write_text("secret")
+        p.chmod(0o600)
+    raw = json.loads(json.dumps(BASE))
+    raw["mqtt"].update(username="u", password_file="pw", tls=True, cert_file="gw.crt",
+                       key_file="gw.key")
+    config_from_dict(raw, tmp_path)  # 0600: fine
+    load_registry(tmp_path / "inline.jsonl")
+    load_registry(tmp_path / "files.jsonl")
+    for path, key in [(secrets["pw"], "mqtt.password_file"), (secrets["key"], "mqtt.key_file")]:
+        path.chmod(mode)
+        with pytest.raises(ConfigError) as exc:
+            config_from_dict(raw, tmp_path)
+        assert exc.value.key == key and f"{mode:04o}" in exc.value.problem
+        path.chmod(0o400)
+    config_from_dict(raw, tmp_path)  # 0400: fine
+    key_file = next((tmp_path / "keys").iterdir())
+    key_file.chmod(mode)
+    with pytest.raises(ConfigError) as exc:
+        load_registry(tmp_path / "files.jsonl")
+    assert exc.value.key == "gateway.registry:2.key_file"
+    (tmp_path / "inline.jsonl").chmod(mode)
+    with pytest.raises(ConfigError) as exc:
+        load_registry(tmp_path / "inline.jsonl")
+    assert exc.value.key == "gateway.registry"
