@@ -84,6 +84,10 @@ class BleConfig:
     company_id: int = 0xFFFF
     watchdog_s: float = 120.0
     power_cycle_command: list[str] = field(default_factory=list)
+    power_cycle_timeout_s: float = 30.0  # the command's process group is killed after this
+    backoff_max_s: float = 3600.0  # cap of the wait between failed recovery rounds
+    # None: /etc/bluetooth/main.conf with backend "bleak", unchecked with "simulator"
+    bluez_main_conf: Path | None = None
 
 
 @dataclass(slots=True)
@@ -172,6 +176,9 @@ class GatewayConfig:
         if not 0 <= self.ble.company_id <= 0xFFFF:
             raise ConfigError("ble.company_id", "must be 0..0xFFFF")
         _positive("ble.watchdog_s", self.ble.watchdog_s)
+        _positive("ble.power_cycle_timeout_s", self.ble.power_cycle_timeout_s)
+        if self.ble.backoff_max_s < self.ble.watchdog_s:
+            raise ConfigError("ble.backoff_max_s", "must be >= ble.watchdog_s")
         if not 0 <= self.http.port <= 65535:
             raise ConfigError("http.port", "must be 0..65535")
         _positive("health.default_interval_s", self.health.default_interval_s)
@@ -398,6 +405,9 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path | None = None) -> Ga
         company_id=bl.int_("company_id", 0xFFFF),
         watchdog_s=bl.float_("watchdog_s", 120.0),
         power_cycle_command=bl.str_list("power_cycle_command"),
+        power_cycle_timeout_s=bl.float_("power_cycle_timeout_s", 30.0),
+        backoff_max_s=bl.float_("backoff_max_s", 3600.0),
+        bluez_main_conf=bl.path("bluez_main_conf", None),
     )
     bl.finish()
 

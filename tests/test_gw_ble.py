@@ -11,7 +11,6 @@ import asyncio
 import logging
 import stat
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +31,6 @@ from simulator.bleak_backend import send_advert
 from tests.test_gw_support import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass(slots=True)
-class BleTestConfig(BleConfig):
-    """BleConfig plus the keys proposed for gateway/config.py (ble.py reads them with getattr)."""
-
-    power_cycle_timeout_s: float = 30.0
-    backoff_max_s: float = 3600.0
-    bluez_main_conf: Path | None = None
 
 
 class FakeClock:
@@ -70,7 +60,7 @@ class Rig:
 
     def __init__(self, tmp_path: Path, **cfg: Any) -> None:
         self.air = str(tmp_path / "air.sock")
-        self.cfg = BleTestConfig(enabled=True, backend="simulator", sim_socket=self.air,
+        self.cfg = BleConfig(enabled=True, backend="simulator", sim_socket=self.air,
                                  watchdog_s=120.0, **cfg)
         self.clock = FakeClock()
         self.metrics = Metrics()

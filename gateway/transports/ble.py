@@ -47,8 +47,6 @@ _STALL_FACTOR: Final = 3.0
 _STALL_QUANTILE: Final = 0.95
 _SILENCE_MEMORY_S: Final = 86400.0
 _SILENCE_SAMPLES: Final = 256
-_BACKOFF_MAX_S: Final = 3600.0
-_POWER_CYCLE_TIMEOUT_S: Final = 30.0
 _KILL_GRACE_S: Final = 2.0
 _SCANNER_CALL_TIMEOUT_S: Final = 20.0  # a wedged BlueZ must not wedge the watchdog too
 _POLL_MAX_S: Final = 5.0
@@ -357,7 +355,7 @@ class BleTransport:
 
     def check_scan_params(self) -> ScanParams | None:
         """Warn when BlueZ's scan window is shorter than its interval (adverts fall in gaps)."""
-        configured = getattr(self.cfg, "bluez_main_conf", None)  # proposed BleConfig field
+        configured = self.cfg.bluez_main_conf
         if configured:
             path = Path(configured)
         elif self.cfg.backend == "bleak":
@@ -407,7 +405,7 @@ class BleTransport:
         if not argv:
             _log.warning("event=ble_power_cycle_skipped reason=no_power_cycle_command")
             return
-        timeout_s = float(getattr(self.cfg, "power_cycle_timeout_s", _POWER_CYCLE_TIMEOUT_S))
+        timeout_s = self.cfg.power_cycle_timeout_s
         try:
             rc = await run_command(argv, timeout_s)
         except OSError as exc:
@@ -475,7 +473,7 @@ class BleTransport:
             self.rounds += 1
             # min(): 2.0 ** rounds overflows after weeks of a dead adapter.
             self.backoff_s = min(threshold_s * 2.0 ** min(self.rounds, 32),
-                                 float(getattr(self.cfg, "backoff_max_s", _BACKOFF_MAX_S)))
+                                 self.cfg.backoff_max_s)
             self.backoff_s = max(self.backoff_s, threshold_s)
             self._m_backoff.set(self.backoff_s)
             _log.warning("event=ble_recovery_round_failed rounds=%d next_round_in_s=%.0f",
