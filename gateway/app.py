@@ -9,6 +9,11 @@ In-process use (demo, bench, tests)::
     await gw.started.wait()
     gw.feed(frame_bytes, transport="bench")     # straight into verify
     await gw.stop()
+
+Each long-running stage runs under a supervisor: one that ends with an unexpected error (a
+bug, a disk error) is logged at a bounded rate, counted in ``stage_restarts_total{stage}`` and
+restarted after a short backoff. The process never exits for it: a gateway that keeps
+accepting but stops forwarding is the failure this prevents.
 """
 
 from __future__ import annotations
@@ -18,14 +23,16 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 from gateway.batcher import Batcher
 from gateway.config import GatewayConfig, check_secret_file
 from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox
-from gateway.publisher import Publisher
+from gateway.publisher import Publisher, Traceback, first_cause
+from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry, load_registry
 from gateway.replay import ReplayTable
 from gateway.transports.ble import BleTransport
@@ -34,6 +41,11 @@ from gateway.verify import Heard, Verdict, Verifier
 
 _log = logging.getLogger(__name__)
 HISTORY_LEN = 300  # samples for the status page charts
+_RESTART_MIN_S: Final = 0.1
+_RESTART_MAX_S: Final = 30.0
+_RESTART_RESET_S: Final = 60.0  # a stage that ran this long restarts at the minimum delay again
+
+Stage = Callable[[], Coroutine[Any, Any, None]]
 
 
 class Gateway:
@@ -60,6 +72,9 @@ class Gateway:
         self.started_s = 0.0
         self.http_port = 0
         self._stop = asyncio.Event()
+        self._faults = RateLimitedLog(_log)
+        # A verdict the verify loop holds while the verdicts queue is full: shutdown keeps it.
+        self._held: Verdict | None = None
         # Built in run(): they open files.
         self.outbox: Outbox | None = None
         self.batcher: Batcher | None = None
@@ -99,54 +114,96 @@ class Gateway:
             on_downlink=lambda n, c: self._batcher().queue_commands(n, c),
             known_node=lambda n: self.registry.get(n) is not None,
         )
-        self.health = Health(cfg.health, self.registry, self.publisher.emit_event)
-        self.batcher = Batcher(cfg.batch, self.outbox, self.registry, replay, self.health, self.metrics)
         self.started_s = time.time()
+        self.health = Health(cfg.health, self.registry, self.publisher.emit_event, self.started_s)
+        self.batcher = Batcher(cfg.batch, self.outbox, self.registry, replay, self.health, self.metrics)
         server = None
         if cfg.http.enabled:
             from gateway.statuspage import start_http
 
             server = await start_http(self, cfg.http.listen, cfg.http.port)
             self.http_port = server.sockets[0].getsockname()[1]
-        transports: list[asyncio.Task[None]] = [
-            asyncio.create_task(p.run(), name=f"serial {p.path}") for p in self.serial_ports
-        ]
+        batcher, publisher = self.batcher, self.publisher
+        transports = [self._spawn("serial", p.run, p.path) for p in self.serial_ports]
         if self.ble is not None:
-            transports.append(asyncio.create_task(self.ble.run(), name="ble"))
-        verify_task = asyncio.create_task(self._verify_loop(), name="verify")
-        batch_task = asyncio.create_task(self.batcher.run(self.verdicts), name="batch")
-        publish_task = asyncio.create_task(self.publisher.run(), name="publish")
-        chores = asyncio.create_task(self._chores(), name="chores")
+            transports.append(self._spawn("ble", self.ble.run))
+        verify_task = self._spawn("verify", self._verify_loop)
+        batch_task = self._spawn("batch", lambda: batcher.run(self.verdicts))
+        publish_task = self._spawn("publish", publisher.run)
+        chores = self._spawn("chores", self._chores)
         _log.info("event=gateway_started site=%s gateway=%s nodes=%d http_port=%d",
                   cfg.site, cfg.gateway_id, len(self.registry), self.http_port)
         self.started.set()
         try:
             await self._stop.wait()
         finally:
-            # Graceful: stop hearing, push everything heard through verify into the outbox.
-            for t in transports:
-                t.cancel()
-            await asyncio.gather(*transports, return_exceptions=True)
-            verify_task.cancel()
-            batch_task.cancel()
-            chores.cancel()
-            await asyncio.gather(verify_task, batch_task, chores, return_exceptions=True)
-            while not self.verdicts.empty():
-                self.batcher.add(self.verdicts.get_nowait())
-            while not self.ingress.empty():
-                v = self.verifier.process(self.ingress.get_nowait())
-                if v is not None:
-                    self.batcher.add(v)
-            self.batcher.flush()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.publisher.announce_offline(), 3)
-            publish_task.cancel()
-            await asyncio.gather(publish_task, return_exceptions=True)
-            if server is not None:
-                server.close()
-            self.outbox.close()
-            _log.info("event=gateway_stopped")
-            self.stopped.set()
+            try:
+                # Graceful: stop hearing, push everything heard through verify into the outbox.
+                for t in transports:
+                    t.cancel()
+                await asyncio.gather(*transports, return_exceptions=True)
+                for t in (verify_task, batch_task, chores):
+                    t.cancel()
+                await asyncio.gather(verify_task, batch_task, chores, return_exceptions=True)
+                self._drain()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(publisher.announce_offline(), 3)
+                publish_task.cancel()
+                await asyncio.gather(publish_task, return_exceptions=True)
+            finally:
+                if server is not None:
+                    server.close()
+                try:
+                    self.outbox.close()
+                except Exception:  # the disk failing at the very end: say so, still stop
+                    _log.exception("event=outbox_close_failed")
+                _log.info("event=gateway_stopped")
+                self.stopped.set()
+
+    def _drain(self) -> None:
+        """At shutdown, in arrival order: queued verdicts, the held one, frames not yet verified."""
+        assert self.batcher is not None and self.verifier is not None
+        while not self.verdicts.empty():
+            self.batcher.add(self.verdicts.get_nowait())
+        if self._held is not None:
+            self.batcher.add(self._held)
+            self._held = None
+        while not self.ingress.empty():
+            v = self.verifier.process(self.ingress.get_nowait())
+            if v is not None:
+                self.batcher.add(v)
+        self.batcher.flush()
+
+    def _spawn(self, stage: str, run: Stage, what: str = "") -> asyncio.Task[None]:
+        name = f"{stage}:{what}" if what else stage
+        return asyncio.create_task(self._supervise(stage, run, name), name=name)
+
+    async def _supervise(self, stage: str, run: Stage, name: str) -> None:
+        """Run a stage for ever: after an unexpected error or return, log, count, restart."""
+        task = asyncio.current_task()
+        delay_s = _RESTART_MIN_S
+        while True:
+            began = time.monotonic()
+            try:
+                await run()
+                exc: BaseException = RuntimeError("stage returned")
+            except asyncio.CancelledError as cancelled:
+                if task is None or task.cancelling():
+                    raise  # our shutdown
+                exc = cancelled  # a stray cancel from inside a library: not ours to obey
+            except Exception as error:
+                exc = error
+            if time.monotonic() - began >= _RESTART_RESET_S:
+                delay_s = _RESTART_MIN_S
+            self.metrics.stage_restarts.inc(stage)
+            cause = first_cause(exc)
+            self._faults.log(
+                f"stage/{name}/{type(cause).__name__}",
+                "event=stage_failed stage=%s error=%r restart_in_s=%.1f exc=%s",
+                name, cause, delay_s, Traceback(exc),
+            )
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, _RESTART_MAX_S)
 
     async def stop(self) -> None:
         """Flush the batcher into the outbox and stop; returns when everything is closed."""
@@ -162,9 +219,12 @@ class Gateway:
         assert self.verifier is not None
         process = self.verifier.process
         while True:
-            v = process(await self.ingress.get())
-            if v is not None:
-                await self.verdicts.put(v)
+            if self._held is None:
+                self._held = process(await self.ingress.get())
+            if self._held is not None:
+                # Held until queued: a cancel while the queue is full must not drop a verdict.
+                await self.verdicts.put(self._held)
+                self._held = None
             # Drain what is queued without a scheduler round trip per frame (throughput).
             while not self.ingress.empty() and not self.verdicts.full():
                 v = process(self.ingress.get_nowait())
@@ -176,11 +236,19 @@ class Gateway:
         last_health = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
-            self.outbox.flush_acks()
-            self._sample()
+            self._chore("flush_acks", self.outbox.flush_acks)
+            self._chore("sample", self._sample)
             if time.monotonic() - last_health >= self.config.health.check_interval_s:
                 last_health = time.monotonic()
-                self.health.check_silent()
+                self._chore("check_silent", self.health.check_silent)
+
+    def _chore(self, name: str, chore: Callable[[], None]) -> None:
+        """One chore failing (a disk error deleting published batches) must not stop the others."""
+        try:
+            chore()
+        except Exception as exc:
+            self._faults.log(f"chore/{name}/{type(exc).__name__}",
+                             "event=chore_failed chore=%s error=%r exc=%s", name, exc, Traceback(exc))
 
     def _sample(self) -> None:
         m = self.metrics
@@ -217,6 +285,8 @@ class Gateway:
             "rejections": {k: v for k, v in m.rejections.values.items() if v},
             "duplicates": m.duplicates.total(),
             "acks_sent": m.acks_sent.total(),
+            "frames_out": m.frames_out.values,
+            "stage_restarts": {k: v for k, v in m.stage_restarts.values.items() if v},
             "outbox": {
                 "batches": m.outbox_depth.get(),
                 "bytes": m.outbox_bytes.get(),
@@ -231,6 +301,8 @@ class Gateway:
             "serial": [{"port": p.path, "open": p.is_open} for p in self.serial_ports],
             "ble": None if self.ble is None else {"healthy": self.ble.healthy,
                                                   "recovery_step": self.ble.step},
+            # Every registered node, heard or not (last_seen_s null: not heard since start).
             "nodes": [h.as_json() for h in (self.health.nodes.values() if self.health else ())],
+            "nodes_heard": self.health.heard if self.health else 0,
             "history": list(self.history),
         }

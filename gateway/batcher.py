@@ -3,6 +3,9 @@
 A pack closes at ``max_records`` frames, before it would pass ``max_bytes``, when its oldest
 frame is ``max_age_s`` old, or ``ack_max_delay_ms`` after a frame that waits for a serial ack.
 Acks are written only after the commit returns: an acked frame is on disk.
+
+Downlink commands are checked when queued: bounded values, and the ack that will carry them
+must fit a node's serial receive buffer, or the node could never read any ack again.
 """
 
 from __future__ import annotations
@@ -12,16 +15,18 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
+from collections import Counter
+from typing import Any, Final
 
 import cbor2
 
+from gateway import framing
 from gateway.config import BatchConfig
 from gateway.dedup import DedupIndex
 from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox
-from gateway.protocol import encode_ack
+from gateway.protocol import NodeKeys, encode_ack
 from gateway.quantities import COMMANDS
 from gateway.registry import Registry
 from gateway.replay import ReplayTable
@@ -29,6 +34,18 @@ from gateway.senml import frame_records
 from gateway.verify import Accepted, Duplicate, Verdict
 
 _log = logging.getLogger(__name__)
+
+# A serial node keeps at most this many received bytes (firmware/lib/us_serial.py _RX_MAX):
+# a longer ACK packet (COBS, CRC and the 0x00 delimiter included) never reaches it, the frame
+# is never acked and every retransmission gets the same cached ack.
+MAX_ACK_PACKET_LEN: Final = 128
+MAX_THRESHOLDS: Final = 8
+_UINT32_MAX: Final = 0xFFFFFFFF
+_ACK_TRANSPORT: Final = "serial"  # the only transport that carries acks (PROTOCOL.md section 1)
+# Entries of batches the outbox dropped, tolerated in the frames-out ledger before a sweep:
+# proportional, so a sweep (O(outbox depth)) comes once per depth/8 commits at most.
+_LEDGER_SLACK_MIN: Final = 64
+_LEDGER_SLACK_DIV: Final = 8
 
 
 def commands_from_json(obj: Any) -> dict[int, object]:
@@ -41,12 +58,18 @@ def commands_from_json(obj: Any) -> dict[int, object]:
         if key is None:
             raise ValueError(f"unknown command {name!r}")
         if name == "thresholds":
-            if not isinstance(value, list) or not all(type(v) is int for v in value):
-                raise ValueError("thresholds must be a list of integers")
-        elif type(value) is not int or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer")
+            if (not isinstance(value, list) or len(value) > MAX_THRESHOLDS
+                    or not all(type(v) is int and 0 <= v <= 100 for v in value)):
+                raise ValueError(f"thresholds must be a list of at most {MAX_THRESHOLDS} integers 0..100")
+        elif type(value) is not int or not 0 <= value <= _UINT32_MAX:
+            raise ValueError(f"{name} must be an integer 0..{_UINT32_MAX}")
         out[key] = value
     return out
+
+
+def ack_packet_len(keys: NodeKeys, node_id: int, commands: dict[int, object]) -> int:
+    """Bytes on the serial line of an ack carrying these commands (counters do not change it)."""
+    return len(framing.wrap(encode_ack(keys, node_id, _UINT32_MAX, _UINT32_MAX, commands)))
 
 
 class Batcher:
@@ -73,17 +96,34 @@ class Batcher:
         self.commands: dict[int, dict[int, object]] = {}
         for node_id, text in outbox.load_downlinks().items():
             try:
-                self.commands[node_id] = {int(k): v for k, v in json.loads(text).items()}
-            except (ValueError, AttributeError):
-                _log.error("event=downlink_corrupt node=%08x", node_id)
+                cmds = {int(k): v for k, v in json.loads(text).items()}
+                self._check_fits(node_id, cmds)
+            except (ValueError, AttributeError, TypeError) as exc:
+                # Stored before the size check existed, or damaged: never sent, kept on disk
+                # until the node's next downlink replaces it.
+                _log.error("event=downlink_dropped node=%08x error=%s", node_id, exc)
+                continue
+            self.commands[node_id] = cmds
 
     # -- downlinks ----------------------------------------------------------------------
 
     def queue_commands(self, node_id: int, commands: dict[int, object]) -> None:
-        """Persist commands to go out with the node's next ack (merged with pending ones)."""
+        """Persist commands to go out with the node's next ack (merged with pending ones).
+
+        ValueError when the node is unknown or the ack would not fit the node's receive buffer.
+        """
         merged = {**self.commands.get(node_id, {}), **commands}
+        self._check_fits(node_id, merged)
         self.outbox.put_downlink(node_id, json.dumps({str(k): v for k, v in merged.items()}))
         self.commands[node_id] = merged
+
+    def _check_fits(self, node_id: int, commands: dict[int, object]) -> None:
+        node = self.registry.get(node_id)
+        if node is None:
+            raise ValueError(f"unknown node {node_id:08x}")
+        n = ack_packet_len(node.keys, node_id, commands)
+        if n > MAX_ACK_PACKET_LEN:
+            raise ValueError(f"ack would be {n} bytes on serial, a node reads {MAX_ACK_PACKET_LEN}")
 
     # -- the stage ----------------------------------------------------------------------
 
@@ -149,6 +189,7 @@ class Batcher:
         fcnts: dict[int, list[int]] = {}
         for acc in batch:
             fcnts.setdefault(acc.record.node_id, []).append(acc.record.fcnt)
+        by_transport = Counter(acc.record.transport for acc in batch)
         # Allocate downlink counters before the commit so they are persisted with it.
         acks: list[tuple[Accepted, bytes]] = []
         commands_sent: list[int] = []
@@ -174,7 +215,7 @@ class Batcher:
             marks[node_id] = (mark, seen)
             rows.append(st.row(node_id, mark, seen, st.dcnt))
         try:
-            self.outbox.commit_batch(payload, len(batch), priority, rows, commands_sent)
+            batch_id = self.outbox.commit_batch(payload, len(batch), priority, rows, commands_sent)
         except Exception:
             # Disk full or I/O error: nothing was acked; the frames are lost to this gateway
             # but serial nodes keep them and retransmit. Roll the in-memory marks back.
@@ -189,18 +230,24 @@ class Batcher:
             self.commands.pop(node_id, None)
             self.metrics.downlinks.inc("sent")
         self.metrics.batch_records.observe(len(batch))
+        self.metrics.batch_bytes.observe(len(payload))
+        ledger = self.metrics.frames_out_ledger
+        ledger.committed(batch_id, dict(by_transport))
+        depth = self.outbox.depth
+        if len(ledger) > depth + max(_LEDGER_SLACK_MIN, depth // _LEDGER_SLACK_DIV):
+            ledger.retain(set(self.outbox.pending_ids()))  # the outbox dropped some when full
         for acc, ack in acks:
             self.replay.get(acc.record.node_id).remember_ack(acc.record.fcnt, ack)
             for reply in acc.replies:
                 self._reply(reply, ack)
         for acc in batch:
             self.health.observe(acc.record, acc.kind)
-        self.metrics.nodes_heard.set(len(self.health.nodes))
+        self.metrics.nodes_heard.set(self.health.heard)
 
     def _reply(self, reply: Any, ack: bytes) -> None:
         try:
             reply(ack)
-            self.metrics.acks_sent.inc()
+            self.metrics.acks_sent.inc(_ACK_TRANSPORT)
         except Exception as exc:  # a port gone between frame and ack: the node retransmits
             _log.info("event=ack_write_failed error=%r", exc)
 
@@ -213,8 +260,12 @@ class Batcher:
             else:
                 timeout = deadline - time.monotonic()
                 if timeout > 0:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the shutdown's
+                    # cancel when the get completes at the same moment, and the stage never ends.
                     with contextlib.suppress(TimeoutError):
-                        self.add(await asyncio.wait_for(queue.get(), timeout))
+                        async with asyncio.timeout(timeout):
+                            v = await queue.get()
+                        self.add(v)
             # Drain what is already queued without yielding per item (throughput).
             while not queue.empty():
                 self.add(queue.get_nowait())

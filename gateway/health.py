@@ -4,6 +4,10 @@ Events (JSON to ``.../event``): ``silent`` when a node is unheard past ``silent_
 expected interval, ``low_battery`` on the node's flag or below ``low_battery_mv``, ``alarm``
 for each alarm bit newly raised (leak, burst, backflow, tamper). Each is raised once per
 transition, not on every frame.
+
+Every registered node has an entry from the start, heard or not: a node that never reports
+after a gateway restart is silent too, counted from the start (``last_seen_s`` stays None
+until it is heard).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ EventSink = Callable[[dict[str, Any]], None]
 class NodeHealth:
     node_id: int
     kind: str
-    last_seen_s: float = 0.0
+    last_seen_s: float | None = None  # None: not heard since the gateway started
     rssi_dbm: int | None = None
     battery_mv: int | None = None
     fcnt: int = 0
@@ -59,16 +63,24 @@ class NodeHealth:
 
 
 class Health:
-    def __init__(self, cfg: HealthConfig, registry: Registry, sink: EventSink) -> None:
+    def __init__(
+        self, cfg: HealthConfig, registry: Registry, sink: EventSink, started_s: float | None = None
+    ) -> None:
         self.cfg = cfg
         self.registry = registry
         self.sink = sink
-        self.nodes: dict[int, NodeHealth] = {}
+        self.started_s = time.time() if started_s is None else started_s
+        self.nodes: dict[int, NodeHealth] = {
+            n.node_id: NodeHealth(n.node_id, n.kind) for n in registry.nodes()
+        }
+        self.heard = 0  # nodes heard since start
 
     def observe(self, rec: FrameRecord, kind: str) -> None:
         h = self.nodes.get(rec.node_id)
         if h is None:
             h = self.nodes[rec.node_id] = NodeHealth(rec.node_id, kind)
+        if h.last_seen_s is None:
+            self.heard += 1
         h.last_seen_s = rec.received_s
         h.fcnt = rec.fcnt
         h.frames += 1
@@ -101,7 +113,8 @@ class Health:
         for h in self.nodes.values():
             node = self.registry.get(h.node_id)
             interval = (node.report_interval_s if node else None) or self.cfg.default_interval_s
-            if not h.silent and now - h.last_seen_s > self.cfg.silent_factor * interval:
+            since_s = self.started_s if h.last_seen_s is None else h.last_seen_s
+            if not h.silent and now - since_s > self.cfg.silent_factor * interval:
                 h.silent = True
                 self._emit("silent", h, last_seen_s=h.last_seen_s, expected_interval_s=interval)
 

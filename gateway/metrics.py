@@ -7,13 +7,16 @@ HTTP endpoint renders them. Values are readable in-process (tests, the bench).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from array import array
+from collections.abc import Container, Iterable
 from typing import Final
 
 from gateway.protocol import REASONS
 
 _LATENCY_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+_BATCH_BYTES_BUCKETS: Final = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+UNKNOWN_TRANSPORT: Final = "unknown"  # batches committed before a restart
 
 
 class Counter:
@@ -96,6 +99,69 @@ class Histogram:
         return lines
 
 
+class TransportLedger:
+    """Frames per transport of each batch waiting for its PUBACK.
+
+    The outbox stores packs transport-agnostic (consumers need no transport), so this is how
+    ``frames_out{transport}`` is counted at the PUBACK. Batches committed before a restart are
+    not known here and count as ``unknown``. Rows live in parallel arrays (14 bytes per batch
+    and transport) in batch id order, as the outbox keeps its own: a long outage holds many.
+    """
+
+    __slots__ = ("_counts", "_dead", "_ids", "_names", "_tix", "batches", "counter")
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+        self._names: list[str] = []
+        self._ids = array("q")
+        self._tix = array("h")  # index into _names
+        self._counts = array("i")  # 0: counted or forgotten
+        self._dead = 0
+        self.batches = 0  # batches with rows still waiting
+
+    def committed(self, batch_id: int, frames_by_transport: dict[str, int]) -> None:
+        if self._ids and batch_id <= self._ids[-1]:
+            return  # ids only grow; were one reused it would count as unknown
+        for transport, n in frames_by_transport.items():
+            if transport not in self._names:
+                self._names.append(transport)
+            self._ids.append(batch_id)
+            self._tix.append(self._names.index(transport))
+            self._counts.append(n)
+        self.batches += 1
+
+    def published(self, batch_id: int, frames: int) -> None:
+        i = bisect.bisect_left(self._ids, batch_id)
+        found = False
+        while i < len(self._ids) and self._ids[i] == batch_id:
+            if self._counts[i]:
+                self.counter.inc(self._names[self._tix[i]], self._counts[i])
+                self._counts[i] = 0
+                self._dead += 1
+                found = True
+            i += 1
+        if not found:
+            self.counter.inc(UNKNOWN_TRANSPORT, frames)
+            return
+        self.batches -= 1
+        if self._dead > len(self._ids) - self._dead + 64:
+            self.retain(None)
+
+    def retain(self, live: Container[int] | None) -> None:
+        """Drop counted rows, and those of batches not in ``live`` (the outbox dropped them)."""
+        keep = [i for i in range(len(self._ids))
+                if self._counts[i] and (live is None or self._ids[i] in live)]
+        self._ids = array("q", (self._ids[i] for i in keep))
+        self._tix = array("h", (self._tix[i] for i in keep))
+        self._counts = array("i", (self._counts[i] for i in keep))
+        self._dead = 0
+        ids = self._ids
+        self.batches = sum(1 for i in range(len(ids)) if i == 0 or ids[i] != ids[i - 1])
+
+    def __len__(self) -> int:
+        return self.batches
+
+
 def _esc(s: str) -> str:
     return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -120,13 +186,23 @@ class Metrics:
         self.late_frames = Counter(
             p + "late_frames_total", "Frames accepted below the high-water mark (replay window)."
         )
-        self.acks_sent = Counter(p + "acks_sent_total", "Acks written to serial nodes.")
+        self.acks_sent = Counter(
+            p + "acks_sent_total", "Acks written to nodes, by transport (serial only).", "transport"
+        )
+        self.frames_out = Counter(
+            p + "frames_out_total", "Frames acknowledged by the broker, by the transport they came in on.",
+            "transport",
+        )
+        self.frames_out_ledger = TransportLedger(self.frames_out)
         self.queue_drops = Counter(
             p + "queue_drops_total", "Frames dropped because a pipeline queue was full.", "queue"
         )
         self.batches = Counter(p + "batches_total", "Batches committed to the outbox.")
         self.batch_records = Histogram(
             p + "batch_frames", "Frames per batch.", _BATCH_BUCKETS
+        )
+        self.batch_bytes = Histogram(
+            p + "batch_bytes", "SenML-CBOR payload bytes per committed batch.", _BATCH_BYTES_BUCKETS
         )
         self.readings_committed = Counter(p + "readings_committed_total", "Frames committed.")
         self.outbox_depth = Gauge(p + "outbox_batches", "Batches waiting in the outbox.")
@@ -163,6 +239,9 @@ class Metrics:
         )
         self.ble_adverts = Counter(p + "ble_adverts_total", "BLE advertisements seen (any company).")
         self.nodes_heard = Gauge(p + "nodes_heard", "Nodes heard since start.")
+        self.stage_restarts = Counter(
+            p + "stage_restarts_total", "Pipeline stages restarted after an unexpected error.", "stage"
+        )
 
     def all(self) -> list[Counter | Histogram]:
         return [v for v in vars(self).values() if isinstance(v, Counter | Histogram)]

@@ -6,6 +6,10 @@ ends the session; the next one (jittered exponential backoff, next broker in the
 list) starts again from the oldest unacknowledged batch, so a reconnect loses nothing and
 at worst repeats a batch (consumers deduplicate on (node, fcnt)). The backlog found at
 connect drains at ``drain_rate_batches_s``.
+
+An unexpected error (a bug, a disk error reading the outbox) ends the session like a broker
+error does, logged with its traceback at a bounded rate: forwarding must outlive it. No
+downlink message, however malformed, ends a session.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import logging
 import random
 import ssl
 import time
+import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -35,11 +40,35 @@ from gateway.senml import CONTENT_TYPE
 _log = logging.getLogger(__name__)
 
 DownlinkSink = Callable[[int, dict[int, object]], None]
+"""Queues commands for a node; ValueError when they are refused (the ack would not fit)."""
 _UNSUPPORTED_PROTOCOL = (1, 132)  # CONNACK: 3.1.1 "unacceptable version", 5 "unsupported"
+# A downlink is a small JSON object; bigger is refused before parsing (a deep '[[[...' would
+# otherwise cost a parse to the recursion limit).
+MAX_DOWNLINK_BYTES: Final = 4096
 
 
 class _SessionEnd(Exception):
     pass
+
+
+class Traceback:
+    """An exception's traceback as one JSON string (journald keeps it on one line), formatted
+    only if the log line is emitted: repeats through RateLimitedLog are mostly dropped."""
+
+    __slots__ = ("_exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self._exc = exc
+
+    def __str__(self) -> str:
+        return json.dumps("".join(traceback.format_exception(self._exc)))
+
+
+def first_cause(exc: BaseException) -> BaseException:
+    """The first leaf of TaskGroup exception groups: what an operator needs to read first."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _force_close(client: aiomqtt.Client) -> None:
@@ -121,6 +150,17 @@ class Publisher:
                         broker.host, broker.port, exc,
                     )
                     index += 1  # fail over to the next broker
+                self._disconnected()
+            except Exception as exc:
+                # Not the broker's fault: no failover, and no backoff reset, so a fault that
+                # recurs at every connect (a broken outbox) is retried ever more slowly.
+                cause = first_cause(exc)
+                self.last_error = f"{type(cause).__name__}: {cause}"
+                self._faults.log(
+                    f"session/{type(cause).__name__}",
+                    "event=publisher_session_failed broker=%s:%d error=%r exc=%s",
+                    broker.host, broker.port, cause, Traceback(exc),
+                )
                 self._disconnected()
             attempt += 1
             cap = min(self.mqtt.backoff_max_s, self.mqtt.backoff_min_s * 2 ** min(attempt, 20))
@@ -281,6 +321,7 @@ class Publisher:
         self.metrics.published_batches.inc()
         self.metrics.published_bytes.inc(amount=len(payload))
         self.metrics.published_readings.inc(amount=frames)
+        self.metrics.frames_out_ledger.published(batch_id, frames)
 
     async def _events(self, client: aiomqtt.Client) -> None:
         while True:
@@ -290,16 +331,43 @@ class Publisher:
 
     async def _downlinks(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            try:
-                obj = json.loads(bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else str(message.payload))
-                node_id = obj["node_id"]
-                if type(node_id) is not int or not self.known_node(node_id):
-                    raise ValueError(f"unknown node_id {node_id!r}")
-                commands = commands_from_json(obj.get("commands"))
-            except (ValueError, KeyError, TypeError) as exc:
-                self.metrics.downlinks.inc("invalid")
-                self._faults.log("downlink", "event=downlink_invalid error=%s", exc)
-                continue
-            self.on_downlink(node_id, commands)
-            self.metrics.downlinks.inc("queued")
-            _log.info("event=downlink_queued node=%08x commands=%s", node_id, sorted(commands))
+            self._downlink(message.payload)
+
+    def _downlink(self, payload: object) -> None:
+        """Parse, check and store one downlink message; nothing in it may end the session."""
+        try:
+            node_id, commands = self._parse_downlink(payload)
+            self.on_downlink(node_id, commands)  # ValueError: the ack would not fit
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            self._refused("invalid", exc)
+            return
+        except Exception as exc:  # storing it failed (sqlite), or a bug: the sender may retry
+            self._refused("failed", exc)
+            return
+        self.metrics.downlinks.inc("queued")
+        _log.info("event=downlink_queued node=%08x commands=%s", node_id, sorted(commands))
+
+    def _refused(self, result: str, exc: Exception) -> None:
+        self.metrics.downlinks.inc(result)
+        if result == "invalid":  # bad input from outside: no traceback needed
+            self._faults.log("downlink", "event=downlink_invalid error=%s", exc)
+        else:
+            self._faults.log(f"downlink/{type(exc).__name__}",
+                             "event=downlink_not_stored error=%r exc=%s", exc, Traceback(exc))
+
+    def _parse_downlink(self, payload: object) -> tuple[int, dict[int, object]]:
+        if isinstance(payload, bytes | bytearray):
+            text: str | bytes = bytes(payload)
+        elif isinstance(payload, str):
+            text = payload
+        else:
+            raise ValueError(f"payload of type {type(payload).__name__}")
+        if len(text) > MAX_DOWNLINK_BYTES:
+            raise ValueError(f"{len(text)} bytes, more than {MAX_DOWNLINK_BYTES}")
+        obj = json.loads(text)
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        node_id = obj["node_id"]
+        if type(node_id) is not int or not self.known_node(node_id):
+            raise ValueError(f"unknown node_id {node_id!r}")
+        return node_id, commands_from_json(obj.get("commands"))

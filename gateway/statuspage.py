@@ -2,6 +2,9 @@
 
 A deliberately tiny HTTP/1.1 server on asyncio streams: GET only, one request per connection,
 bounded request size. Bound to 127.0.0.1 by default; the page polls /api/status.
+
+The node table lists every registered node; one not heard since the gateway started
+(``last_seen_s`` null in /api/status) reads "never", with "-" for what only a frame tells.
 """
 
 from __future__ import annotations
@@ -105,8 +108,9 @@ async function tick(){
   const tb=$("nodes");tb.replaceChildren();const now=Date.now()/1000;
   for(const n of s.nodes){const tr=document.createElement("tr");tr.dataset.node=n.node;
    const last=Object.entries(n.readings).map(([k,v])=>k+"="+v).join(" ");
-   [n.node,n.kind,Math.round(now-n.last_seen_s)+" s ago",n.rssi_dbm??"-",
-    n.battery_mv?n.battery_mv+" mV":"-",n.fcnt,last,n.alarms.join(",")||"-"
+   const seen=n.last_seen_s==null?"never":Math.round(now-n.last_seen_s)+" s ago";
+   [n.node,n.kind,seen,n.rssi_dbm??"-",
+    n.battery_mv?n.battery_mv+" mV":"-",n.frames?n.fcnt:"-",last||"-",n.alarms.join(",")||"-"
    ].forEach(v=>tr.appendChild(td(String(v))));tb.appendChild(tr)}
  }catch(e){$("broker").textContent="gateway unreachable";$("broker").className="bad"}
 }
