@@ -38,7 +38,10 @@ def _s16_bytes(v):
 
 
 class FakeLIS3MDL:
-    """LIS3MDL register map (DocID024204 section 7), +-4 gauss, auto-increment on SUB(7)."""
+    """LIS3MDL register map (DocID024204 section 7), +-4 gauss, auto-increment on SUB(7).
+
+    A new sample is taken when the field is set or a register is written (no clock), so
+    reading INT_SRC clears a latched event until the next of those."""
 
     def __init__(self, field_nt=(20000, -5000, 42000), int_pin=None, world=None):
         self.regs = bytearray(0x40)
@@ -63,23 +66,33 @@ class FakeLIS3MDL:
     def _continuous(self):
         return self.regs[0x22] & 0x03 == 0
 
+    def _drive_int(self):
+        # INT_CFG IEA (bit 2), datasheet: 0 = active low, 1 = active high. The line is at
+        # its active level while IEN is set and INT_SRC holds an event, else inactive.
+        if self.int_pin is None or self.world is None:
+            return
+        cfg = self.regs[0x30]
+        active = bool(cfg & 0x01) and bool(self.regs[0x31] & 0x01)
+        high = bool(cfg & 0x04)
+        self.world.pins[self.int_pin] = 1 if active == high else 0
+
     def _update_int(self):
         cfg = self.regs[0x30]
-        if not cfg & 0x01 or not self._continuous():
-            return
-        ths = self.regs[0x32] | (self.regs[0x33] << 8)
-        src = 0
-        for i in range(3):
-            if cfg & (0x80 >> i):
-                v = self._lsb(i)
-                if v > ths:
-                    src |= 0x80 >> i
-                if v < -ths:
-                    src |= 0x10 >> i
-        if src:
-            self.regs[0x31] = src | 0x01
-            if self.int_pin is not None and self.world is not None:
-                self.world.pins[self.int_pin] = 1 if cfg & 0x04 else 0
+        if cfg & 0x01 and self._continuous():
+            ths = self.regs[0x32] | (self.regs[0x33] << 8)
+            src = 0
+            for i in range(3):
+                if cfg & (0x80 >> i):
+                    v = self._lsb(i)
+                    if v > ths:
+                        src |= 0x80 >> i
+                    if v < -ths:
+                        src |= 0x10 >> i
+            if src:
+                self.regs[0x31] = src | 0x01
+            elif not cfg & 0x02:
+                self.regs[0x31] = 0  # not latched (LIR = 0): INT_SRC follows the samples
+        self._drive_int()
 
     def read(self, reg, n, addrsize):
         if addrsize != 8:
@@ -105,8 +118,7 @@ class FakeLIS3MDL:
                 out.append(self.regs[0x31])
                 if self.regs[0x30] & 0x02:  # LIR: reading INT_SRC clears
                     self.regs[0x31] = 0
-                    if self.int_pin is not None and self.world is not None:
-                        self.world.pins[self.int_pin] = 0 if self.regs[0x30] & 0x04 else 1
+                    self._drive_int()
             else:
                 out.append(self.regs[r] if r < len(self.regs) else 0)
         return bytes(out)
@@ -215,7 +227,8 @@ class World:
         self.rtc_mem = b""
         self.clock_ms = 0
         self.power_on_ms = 0
-        self.pins = {}
+        self.pins = {}  # levels driven onto the pads (by the test or a fake part)
+        self.pulls = {}  # pin -> the pull last configured (an undriven pad reads it)
         self.held = {}  # pin -> hold enabled (ESP32 Pin(..., hold=True))
         self.power_log = []  # (clock_ms, level) written to the sensor_power pin
         self.adc_uv = {}
@@ -230,6 +243,7 @@ class World:
         self.ble_active = False
         self.ext0 = None
         self.ext1 = None
+        self.gpio_wake = None  # ESP32-C3 esp32.wake_on_gpio: (pins, level)
         self.energy_log = []
         self.wdt_timeout_ms = None
         self.wdt_feeds = 0
@@ -266,7 +280,7 @@ class World:
         self.wake_reason = 0
         self.ext0 = None
         self.ext1 = None
-        self.nvs_pending = None
+        self.gpio_wake = None
 
     def watchdog_reset(self):
         self.reset_cause = WDT_RESET
@@ -296,12 +310,11 @@ def _make_pin(world):
 
         def __init__(self, id, mode=-1, pull=-1, *, value=None, hold=None):
             self.id = id
-            if value is not None:
-                self.value(value)
-            if hold is not None:
-                world.held[id] = bool(hold)
+            self.init(mode, pull, value=value, hold=hold)
 
         def init(self, mode=-1, pull=-1, *, value=None, hold=None):
+            if pull != -1:  # the port leaves the pad's pull alone when none is given
+                world.pulls[self.id] = pull
             if value is not None:
                 self.value(value)
             if hold is not None:
@@ -309,7 +322,9 @@ def _make_pin(world):
 
         def value(self, x=None):
             if x is None:
-                return world.pins.get(self.id, 0)
+                if self.id in world.pins:
+                    return world.pins[self.id]
+                return 1 if world.pulls.get(self.id) == Pin.PULL_UP else 0
             world.pins[self.id] = 1 if x else 0
             if self.id == world.board.get("pins", {}).get("sensor_power"):
                 world.power_log.append((world.clock_ms, world.pins[self.id]))
@@ -512,15 +527,28 @@ class FakeESP32:
 
     def __init__(self, world):
         self._w = world
+        # As the port: the C3 has wake_on_gpio and no ext0/ext1, the ESP32 the reverse.
+        if world.board.get("pin_wake") == "gpio":
+            self.wake_on_gpio = self._wake_on_gpio
+        else:
+            self.wake_on_ext0 = self._wake_on_ext0
+            self.wake_on_ext1 = self._wake_on_ext1
 
     def NVS(self, namespace):
         return FakeNVS(self._w, namespace)
 
-    def wake_on_ext0(self, pin, level):
-        self._w.ext0 = None if pin is None else (pin.id, level)
+    def _wake_on_ext0(self, pin, level):
+        self._w.ext0 = None if pin is None else (pin.id, int(bool(level)))
 
-    def wake_on_ext1(self, pins, level):
-        self._w.ext1 = None if not pins else ([p.id for p in pins], level)
+    def _wake_on_ext1(self, pins, level):
+        self._w.ext1 = None if not pins else ([p.id for p in pins], int(bool(level)))
+
+    def _wake_on_gpio(self, pins, level):
+        ok = self._w.board.get("rtc_wake_pins", [])
+        for p in pins or []:
+            if p.id not in ok:
+                raise ValueError("invalid pin")
+        self._w.gpio_wake = None if not pins else ([p.id for p in pins], int(bool(level)))
 
     def mcu_temperature(self):
         return 23
@@ -623,6 +651,18 @@ BOARD = {
              "tamper": 26, "us_trig": 18, "us_echo": 19},
     "rtc_wake_pins": [4, 25, 26],
     "battery_divider": {"r_top_ohm": 1000000, "r_bottom_ohm": 1000000},
+}
+
+
+BOARD_C3 = {
+    "name": "test-c3",
+    "chip": "ESP32-C3",
+    "ext0": False,
+    "pin_wake": "gpio",
+    "pins": {"i2c_scl": 6, "i2c_sda": 7, "mag_int": 2, "battery_adc": 0, "pulse": 3,
+             "tamper": 4, "us_trig": 8, "us_echo": 10},
+    "rtc_wake_pins": [0, 1, 2, 3, 4, 5],
+    "battery_divider": {"r_top_ohm": 100000, "r_bottom_ohm": 100000},
 }
 
 

@@ -18,6 +18,31 @@ DEFAULT_THRESHOLDS = (50, 75, 90)
 # After the load switch turns the ranger on: VL53L1X tBOOT is 1.2 ms max (DS12385); the
 # JSN-SR04T sheet gives none (UNVERIFIED: measure). The ToF driver also polls its boot flag.
 SENSOR_BOOT_MS = const(2)
+DEFAULT_EMPTY_MM = const(1200)
+DEFAULT_FULL_MM = const(250)
+DEFAULT_MAX_MM = const(4000)
+# Nearest valid reading. JSN-SR04T: vendor sheets give a 20-25 cm blind zone (echoes closer
+# than that come back inside the transducer's ring-down; UNVERIFIED figure, measure the unit).
+# VL53L1X ranges from a few centimetres (DS12385).
+JSN_MIN_MM = const(200)
+TOF_MIN_MM = const(20)
+
+
+def default_min_mm(sensor):
+    return JSN_MIN_MM if sensor == "jsnsr04t" else TOF_MIN_MM
+
+
+def check_config(cfg):
+    import us_config
+
+    cal = cfg["calibration"]
+    lo = cal.get("min_mm", default_min_mm(cfg.get("sensor", "vl53l1x")))
+    hi = cal.get("max_mm", DEFAULT_MAX_MM)
+    full = cal.get("full_mm", DEFAULT_FULL_MM)
+    empty = cal.get("empty_mm", DEFAULT_EMPTY_MM)
+    us_config.need(lo <= full < empty <= hi,
+                   "calibration needs min_mm (" + str(lo) + ") <= full_mm (" + str(full) + ") < empty_mm ("
+                   + str(empty) + ") <= max_mm (" + str(hi) + ")")
 
 
 def median(values):
@@ -104,21 +129,23 @@ def _measure(node):
             samples = tof.measure(n)
         else:
             import us_jsnsr04t
+            # Sound speed follows the air temperature (0.18 %/K); only a calibrated sensor
+            # helps: the original ESP32's raw reading is off by tens of degrees.
             us = us_jsnsr04t.JSNSR04T(hal.machine, hal.time.sleep_us, hal.time.sleep_ms,
-                                      node.pin("us_trig"), node.pin("us_echo"))
+                                      node.pin("us_trig"), node.pin("us_echo"), node.temperature_cc(True))
             samples = us.measure(n)
     finally:
         node.sensor_power(False)
         node.energy("cpu")
-    return robust_distance_mm(samples, bcfg.get("min_mm", 20), bcfg.get("max_mm", 4000),
+    return robust_distance_mm(samples, bcfg.get("min_mm", default_min_mm(sensor)), bcfg.get("max_mm", DEFAULT_MAX_MM),
                               node.setting("thresholds", "reject_mm", DEFAULT_REJECT_MM))
 
 
 def run(node):
     st = node.kst
     cal = node.cfg["calibration"]
-    empty_mm = cal.get("empty_mm", 1200)
-    full_mm = cal.get("full_mm", 250)
+    empty_mm = cal.get("empty_mm", DEFAULT_EMPTY_MM)
+    full_mm = cal.get("full_mm", DEFAULT_FULL_MM)
     logic = FillLogic(st, node.setting("thresholds", "fill_pct", list(DEFAULT_THRESHOLDS), us_proto.C_THRESHOLDS),
                       node.setting("thresholds", "hysteresis_pct", DEFAULT_HYST_PCT),
                       node.setting("thresholds", "empty_drop_pct", DEFAULT_EMPTY_DROP_PCT))

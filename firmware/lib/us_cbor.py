@@ -115,6 +115,8 @@ def _decode(data, pos, depth):
         out = {}
         for _ in range(n):
             k, pos = _decode(data, pos, depth + 1)
+            if not isinstance(k, (int, str)):  # a list or map key is unhashable: TypeError
+                raise ValueError("cbor: map key")
             v, pos = _decode(data, pos, depth + 1)
             out[k] = v
         return out, pos

@@ -21,6 +21,15 @@ _STATUS = const(0x27)  # ZYXOR ZOR YOR XOR ZYXDA ZDA YDA XDA
 _OUT_X_L = const(0x28)
 _TEMP_OUT_L = const(0x2E)
 _INT_CFG = const(0x30)  # XIEN YIEN ZIEN 0 1 IEA LIR IEN
+# IEA (bit 2) sets the INT polarity. The datasheet (DocID024204, INT_CFG register description)
+# reads "Interrupt active configuration on INT ... (0: low; 1: high)", default 0 (the reset
+# value 0xE8). ST's C driver (lis3mdl_reg.h, lis3mdl_iea_t) names the values the other way
+# round, LIS3MDL_ACTIVE_HIGH = 0 / LIS3MDL_ACTIVE_LOW = 1; the datasheet wins: IEA = 1 is
+# active high, as in Adafruit_LIS3MDL (configInterrupt: polarity true = active high).
+_INT_CFG_FIXED = const(0x08)  # bit 3 must be written 1
+_INT_CFG_IEA_HIGH = const(0x04)
+_INT_CFG_LIR = const(0x02)
+_INT_CFG_IEN = const(0x01)
 _INT_SRC = const(0x31)  # PTH_X PTH_Y PTH_Z NTH_X NTH_Y NTH_Z MROI INT
 _INT_THS_L = const(0x32)
 _AUTO_INC = const(0x80)  # I2C: MSB of the sub-address enables auto-increment (section 5.1.1)
@@ -112,11 +121,16 @@ class LIS3MDL:
         if ths > 0x7FFF:
             ths = 0x7FFF
         self._i2c.writeto_mem(self._addr, _INT_THS_L | _AUTO_INC, bytes((ths & 0xFF, ths >> 8)))
-        # axes | bit3 must be 1 | IEA active high | LIR latched | IEN
-        self._w(_INT_CFG, ((axes_mask & 7) << 5) | 0x08 | 0x04 | 0x02 | 0x01)
+        self._w(_INT_CFG, ((axes_mask & 7) << 5) | _INT_CFG_FIXED | _INT_CFG_IEA_HIGH | _INT_CFG_LIR
+                | _INT_CFG_IEN)
+        # Drop an event latched under the old configuration: it would hold INT active now.
+        # One the new configuration still sees comes back at the next sample.
+        self.int_source()
 
     def disable_interrupt(self):
-        self._w(_INT_CFG, 0x08)  # IEN = 0 (bit 3 must stay 1)
+        # IEN = 0, polarity kept active high: the idle line stays low, not at the inactive
+        # level of an active-low INT (high), which a wake armed on high would take for an event.
+        self._w(_INT_CFG, _INT_CFG_FIXED | _INT_CFG_IEA_HIGH)
 
     def int_source(self):
         """INT_SRC; reading it clears a latched interrupt."""

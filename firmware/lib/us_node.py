@@ -7,9 +7,9 @@ except ImportError:
     def const(x):  # type: ignore[misc]  # CPython stand-in for micropython.const
         return x
 
-import binascii
 import json
 
+import us_config
 import us_proto
 import us_store
 
@@ -18,47 +18,23 @@ WDT_TIMEOUT_MS = const(30000)
 SAFE_MODE_SLEEP_MS = const(600000)  # bad config: retry in 10 min, never a hot boot loop
 MIN_SLEEP_S = const(1)
 MAX_SLEEP_S = const(86400)
-KINDS = ("parking", "bin", "water")
-TRANSPORTS = ("ble", "serial")
+STUCK_PIN_POLL_S = const(60)  # a wake pin already at its level: poll on a timer instead
+FAULT_STATUS_S = const(3600)  # a persisting fault repeats its status frame at most hourly
+# Two watchdog resets in a row: sleep 1 h, doubling per further one up to a day, so a cycle
+# that hangs (30 s at ~25 mA = 0.75 C) cannot drain the cell at the watchdog's pace.
+CRASH_BACKOFF_S = const(3600)
+CRASH_BACKOFF_MAX_S = const(86400)
+# esp_sleep_get_wakeup_cause() values, which machine.wake_reason() returns as they are; the
+# port names only EXT0/EXT1 (2/3), not GPIO (7, the ESP32-C3's wake_on_gpio).
+EXT0_WAKE = const(2)
+EXT1_WAKE = const(3)
+GPIO_WAKE = const(7)
+KINDS = us_config.KINDS
+TRANSPORTS = us_config.TRANSPORTS
+ConfigError = us_config.ConfigError
+parse_config = us_config.parse
 
-# Downlink commands land here and override config.json (persisted in NVS "down").
-_NVS_DOWN = "down"
 _STATUS_DROP = (us_proto.Q_TEMPERATURE_CC, us_proto.Q_FW_VERSION)
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def _need(cond, msg):
-    if not cond:
-        raise ConfigError(msg)
-
-
-def parse_config(text):
-    """config.json text -> dict with the key as bytes under "key_bytes". Messages never echo the key."""
-    try:
-        cfg = json.loads(text)
-    except ValueError:
-        raise ConfigError("config.json is not valid JSON")
-    _need(isinstance(cfg, dict), "config.json must hold an object")
-    nid = cfg.get("node_id")
-    _need(isinstance(nid, int) and not isinstance(nid, bool) and 0 <= nid <= 0xFFFFFFFF,
-          "node_id must be an integer 0..4294967295")
-    key = cfg.get("key")
-    _need(isinstance(key, str) and len(key) == 32, "key must be 32 hex characters")
-    try:
-        cfg["key_bytes"] = binascii.unhexlify(key)
-    except ValueError:
-        raise ConfigError("key must be 32 hex characters")
-    _need(cfg.get("kind") in KINDS, "kind must be one of parking, bin, water")
-    _need(isinstance(cfg.get("board"), str), "board must be a board name")
-    cfg.setdefault("transport", "ble")
-    _need(cfg["transport"] in TRANSPORTS, "transport must be ble or serial")
-    for sect in ("intervals", "thresholds", "calibration", "ble", "serial"):
-        cfg.setdefault(sect, {})
-        _need(isinstance(cfg[sect], dict), sect + " must be an object")
-    return cfg
 
 
 def _read_json_file(hal, path):
@@ -82,9 +58,11 @@ class Node:
         self.flags = 0
         self.frames = []  # (ftype, readings, drop order)
         self._deadlines = []
-        self._ext0 = None
-        self._ext1 = []
-        self._ext1_level = 1
+        self._prio = None  # (pin, level, pull, edge): ext0 on the ESP32, first on the C3
+        self._group = []  # (pin, pull, edge) sharing _group_level: ext1 / GPIO wake
+        self._group_level = 1
+        self._plan = (-1, 0, [], 1)  # type: tuple[int, int, list[int], int]
+        self._armed_before = state.get("aw")  # what the last cycle armed: who woke us
         self._i2c = None
         self._battery_mv = None
         self._battery = None
@@ -139,12 +117,15 @@ class Node:
                 self.flags |= us_proto.F_LOW_BATTERY
         return self._battery_mv
 
-    def temperature_cc(self):
+    def temperature_cc(self, calibrated=False):
+        """MCU die temperature in centi-degC, or None. calibrated: only a sensor the port
+        calibrates (mcu_temperature); the original ESP32's raw_temperature is off by tens
+        of degrees from part to part."""
         e = self.hal.esp32
         try:
             if hasattr(e, "mcu_temperature"):
                 return int(e.mcu_temperature() * 100)
-            if hasattr(e, "raw_temperature"):  # original ESP32: degF, uncalibrated
+            if hasattr(e, "raw_temperature") and not calibrated:  # original ESP32: degF
                 return (e.raw_temperature() - 32) * 500 // 9
         except Exception:
             pass
@@ -160,47 +141,93 @@ class Node:
     def wake_at(self, t_s):
         self._deadlines.append(t_s)
 
-    def wake_on_pin(self, pin_no, level):
-        if self.board.get("ext0", True) and self._ext0 is None:
-            self._ext0 = (pin_no, level)
+    def wake_on_pin(self, pin_no, level, pull=None, edge=False):
+        """The cycle's priority wake pin (first caller wins; the others join the set):
+        ext0 on the ESP32; on the C3, whose GPIO wake takes one level for every pin, its
+        level is the one armed. pull: the input's Pin pull, used when it is read here.
+        edge: the caller read the pin at the other level this cycle, so finding it at
+        `level` before sleep means it changed since: waking at once is then right, and
+        cannot repeat (the next cycle arms the opposite level)."""
+        if self._prio is None:
+            self._prio = (pin_no, level, pull, edge)
         else:
-            self.wake_on_pins([pin_no], level)
+            self.wake_on_pins([pin_no], level, pull, edge)
 
-    def wake_on_pins(self, pins, level):
+    def wake_on_pins(self, pins, level, pull=None, edge=False):
         # ext1 takes one level for all its pins: first come wins (the kind checks the
         # others on every wake anyway).
-        if self._ext1 and level != self._ext1_level:
+        if self._group and level != self._group_level:
             return
-        self._ext1_level = level
-        self._ext1.extend(pins)
+        self._group_level = level
+        for p in pins:
+            self._group.append((p, pull, edge))
+
+    def wake_pins(self):
+        """Pins that may have woken this cycle: the ext0 pin alone, or the ext1/GPIO set
+        armed last cycle (the port does not say which of a set; the kind tells them apart)."""
+        aw = self._armed_before
+        if not aw:
+            return []
+        if self.wake == EXT0_WAKE:
+            return [aw[0]] if aw[0] >= 0 else []
+        if self.wake == EXT1_WAKE or self.wake == GPIO_WAKE:
+            return aw[1]
+        return []
+
+    def _usable(self, p, level, pull, edge):
+        m = self.hal.machine
+        wake_capable = self.board.get("rtc_wake_pins")
+        if wake_capable is not None and p not in wake_capable:
+            return self._stuck(p, "cannot wake the chip from deep sleep")
+        pin = m.Pin(p, m.Pin.IN) if pull is None else m.Pin(p, m.Pin.IN, pull)
+        if pin.value() == (1 if level else 0) and not edge:
+            return self._stuck(p, "is already at its wake level")
+        return True
+
+    def _stuck(self, p, why):
+        # Armed, this pin would wake the chip at once, every time (or the port would refuse
+        # it): poll on a timer instead, and report a sensor fault.
+        print("urbansense: wake pin " + str(p) + " " + why + "; polling every " + str(STUCK_PIN_POLL_S) + " s")
+        self.flags |= us_proto.F_SENSOR_FAULT
+        self.wake_in(STUCK_PIN_POLL_S)
+        return False
+
+    def plan_wakes(self):
+        """Settle the wake pins before any frame is built (a fault found here goes out in
+        this cycle's status frame); _arm() applies the plan once the radio is off."""
+        b = self.board
+        prio = self._prio
+        group = self._group
+        lvl = self._group_level
+        if prio is not None and (b.get("pin_wake") == "gpio" or not b.get("ext0", True)):
+            # One level for all pins: the priority pin's (water pulses, the magnetometer).
+            # Pins that want the other level are read on the timer wakes instead.
+            group = [(prio[0], prio[2], prio[3])] + (group if lvl == prio[1] else [])
+            lvl = prio[1]
+            prio = None
+        e0 = -1
+        e0_level = 0
+        if prio is not None and self._usable(prio[0], prio[1], prio[2], prio[3]):
+            e0 = prio[0]
+            e0_level = prio[1]
+        pins = [g[0] for g in group if self._usable(g[0], lvl, g[1], g[2])]
+        self._plan = (e0, e0_level, pins, lvl)
+        self.st["aw"] = [e0, pins]
 
     def _arm(self):
         e = self.hal.esp32
         m = self.hal.machine
+        e0, e0_level, pins, lvl = self._plan
+        group = [m.Pin(p, m.Pin.IN) for p in pins]  # pulls were set when plan_wakes read them
+        level = e.WAKEUP_ANY_HIGH if lvl else e.WAKEUP_ALL_LOW
         if self.board.get("pin_wake") == "gpio":
             # ESP32-C3: no ext0/ext1 in the port, esp32.wake_on_gpio instead (one level for
-            # all pins, like ext1; only the board's rtc_wake_pins can wake from deep sleep).
-            pins = list(self._ext1)
-            lvl = self._ext1_level
-            if self._ext0 is not None and (not pins or self._ext0[1] == lvl):
-                pins.insert(0, self._ext0[0])
-                lvl = self._ext0[1]
-            if pins:
-                e.wake_on_gpio([m.Pin(p, m.Pin.IN) for p in pins],
-                               e.WAKEUP_ANY_HIGH if lvl else e.WAKEUP_ALL_LOW)
-            else:
-                e.wake_on_gpio(None, e.WAKEUP_ANY_HIGH)
+            # all pins; only the board's rtc_wake_pins can wake it from deep sleep).
+            e.wake_on_gpio(group, level)
             return
         if self.board.get("ext0", True):
-            if self._ext0 is None:
-                e.wake_on_ext0(None, 0)
-            else:
-                e.wake_on_ext0(m.Pin(self._ext0[0], m.Pin.IN), self._ext0[1])
-        if self._ext1:
-            lvl = e.WAKEUP_ANY_HIGH if self._ext1_level else e.WAKEUP_ALL_LOW
-            e.wake_on_ext1([m.Pin(p, m.Pin.IN) for p in self._ext1], lvl)
-        else:
-            e.wake_on_ext1(None, e.WAKEUP_ANY_HIGH)
+            e.wake_on_ext0(m.Pin(e0, m.Pin.IN) if e0 >= 0 else None, e0_level)
+        e.wake_on_ext1(group, level)  # an empty list disarms (None would keep the old set)
 
     def sleep_ms(self):
         t = self.now_s + MAX_SLEEP_S
@@ -240,79 +267,136 @@ def _encode(keys, cfg, fc, ftype, readings, drop, max_len):
             i += 1
 
 
+def _safe_mode(msg):
+    print("urbansense: SAFE MODE: " + msg + "; retrying in " + str(SAFE_MODE_SLEEP_MS // 1000) + " s")
+    return SAFE_MODE_SLEEP_MS
+
+
+def crash_backoff_s(crashes):
+    """Sleep after `crashes` consecutive watchdog resets (0: none, retry at once)."""
+    if crashes < 2:
+        return 0
+    n = crashes - 2
+    return CRASH_BACKOFF_MAX_S if n > 4 else min(CRASH_BACKOFF_MAX_S, CRASH_BACKOFF_S << n)
+
+
 def run_cycle(hal):
     """One wake cycle; returns the deep-sleep time in ms (the caller sleeps)."""
     hal.energy("cpu")
-    wdt = hal.machine.WDT(timeout=WDT_TIMEOUT_MS)
+    m = hal.machine
+    wdt = m.WDT(timeout=WDT_TIMEOUT_MS)
     try:
         cfg = parse_config(_read_json_file(hal, "config.json"))
         board = json.loads(_read_json_file(hal, "board.json"))
         if not isinstance(board, dict):
             raise ConfigError("board.json must hold an object")
+        kind = _kind_module(cfg["kind"])
+        check = getattr(kind, "check_config", None)
+        if check is not None:
+            check(cfg)
     except (OSError, ValueError) as exc:
-        msg = str(exc) if isinstance(exc, ConfigError) else exc.__class__.__name__ + " reading config.json/board.json"
-        print("urbansense: SAFE MODE: " + msg + "; retrying in " + str(SAFE_MODE_SLEEP_MS // 1000) + " s")
-        return SAFE_MODE_SLEEP_MS
+        if isinstance(exc, ConfigError):
+            return _safe_mode(str(exc))
+        return _safe_mode(exc.__class__.__name__ + " reading config.json/board.json")
     wdt.feed()
 
-    rtc = hal.machine.RTC()
+    rtc = m.RTC()
     nvs = hal.esp32.NVS(us_store.NVS_NAMESPACE)
     state = us_store.load_rtc(rtc)
     cold = state is None or state.get("kd") != cfg["kind"]
-    if cold:
-        state = {"kd": cfg["kind"]}
-        down = us_store.nvs_get_obj(nvs, _NVS_DOWN)
-        if isinstance(down, dict):
+    cause = m.reset_cause()
+    if cold or cause != m.DEEPSLEEP_RESET:
+        # Downlink state: flash holds the last change. A reset (not a deep sleep) may have
+        # come before the cycle saved RTC memory: the newer of the two wins.
+        if cold:
+            state = {"kd": cfg["kind"]}
+        down = us_store.nvs_get_obj(nvs, us_store.NVS_DOWN)
+        if isinstance(down, dict) and down.get("d", 0) > state.get("dc", 0):
             state["dn"] = down.get("c") or {}
             state["dc"] = down.get("d", 0)
+    # RTC memory survives a watchdog reset: count them, and persist the count before
+    # anything that could hang again.
+    backoff_s = 0
+    if cause == m.WDT_RESET:
+        state["wr"] = state.get("wr", 0) + 1
+        us_store.save_rtc(rtc, state)
+        backoff_s = crash_backoff_s(state["wr"])
     fcnt = us_store.FrameCounter(nvs, state)
     node = Node(hal, cfg, board, state, nvs, cold)
 
-    try:
-        _kind_module(cfg["kind"]).run(node)
-    except Exception as exc:  # a dead sensor must not stop status frames or the schedule
-        print("urbansense: sensor fault: " + exc.__class__.__name__ + " " + str(exc))
-        node.flags |= us_proto.F_SENSOR_FAULT
-        node.wake_in(node.setting("intervals", "report_interval_s", 3600, us_proto.C_REPORT_INTERVAL_S))
+    if backoff_s:
+        # Report the reset and stay down: the kind's logic is what keeps hanging.
+        print("urbansense: " + str(state["wr"]) + " watchdog resets in a row; sleeping " + str(backoff_s) + " s")
+        node.wake_in(backoff_s)
+    else:
+        try:
+            kind.run(node)
+        except Exception as exc:  # a dead sensor must not stop status frames or the schedule
+            print("urbansense: sensor fault: " + exc.__class__.__name__ + " " + str(exc))
+            node.flags |= us_proto.F_SENSOR_FAULT
+            ri = node.setting("intervals", "report_interval_s", 3600, us_proto.C_REPORT_INTERVAL_S)
+            node.wake_in(ri if ri > us_config.MIN_INTERVAL_S else us_config.MIN_INTERVAL_S)
+    node.plan_wakes()
     wdt.feed()
     hal.energy("cpu")
 
+    # Status: at every boot that did not come from deep sleep (power-on, watchdog, brown-out,
+    # reset pin: RTC memory may have survived, so "cold" alone misses them), daily, and when
+    # a fault appears (repeated at most hourly while it lasts and nothing else goes out).
     status_s = node.setting("intervals", "status_s", 86400, us_proto.C_HEARTBEAT_S)
-    if cold or node.now_s >= state.get("ns", 0) or node.flags & us_proto.F_SENSOR_FAULT and node.frames == []:
+    fault = node.flags & us_proto.F_SENSOR_FAULT
+    if not fault:
+        state.pop("sf", None)  # the reported fault is gone: a new one is news again
+    if (cold or cause != m.DEEPSLEEP_RESET or node.now_s >= state.get("ns", 0)
+            or fault and (not state.get("sf") or not node.frames and node.now_s >= state.get("fs", 0))):
         r = _status(node)
         if node.flags:
             r[us_proto.Q_FLAGS] = node.flags
         node.frames.insert(0, (us_proto.T_STATUS, r, _STATUS_DROP))
         state["ns"] = node.now_s + status_s
+        if fault:
+            state["sf"] = 1
+            state["fs"] = node.now_s + FAULT_STATUS_S
     node.wake_at(state.get("ns", node.now_s + status_s))
 
     transport = cfg["transport"]
-    max_len = us_proto.BLE_MAX_FRAME if transport == "ble" else us_proto.SERIAL_MAX_FRAME
+    serial = transport == "serial"
+    max_len = us_proto.SERIAL_MAX_FRAME if serial else us_proto.BLE_MAX_FRAME
     keys = None
-    if node.frames or transport == "serial":
+    if node.frames or serial:
         keys = us_proto.Keys(cfg["key_bytes"])
+    if serial:
+        import us_serial
+        backlog_max = cfg["serial"].get("backlog", us_serial.BACKLOG_MAX)
+        # Count what the backlog must drop for this cycle's frames first, so they carry it.
+        us_serial.make_room(state, len(node.frames), backlog_max)
     out = []
     for ftype, readings, drop in node.frames:
-        if transport == "serial" and state.get("dr"):
-            readings[us_proto.Q_DROPPED] = state.pop("dr")
+        if serial and state.get("dr"):
+            readings[us_proto.Q_DROPPED] = state["dr"]  # cumulative: a lost frame loses no count
         fc = fcnt.next()
         out.append((fc, _encode(keys, cfg, fc, ftype, readings, drop, max_len)))
-    # Persist the counter before anything goes on air: a crash after this cannot reuse it.
+    if serial:
+        us_serial.enqueue(state, out, backlog_max)
+    # Persist the counter (and a serial node's backlog) before anything goes on air: a crash
+    # after this can neither reuse a counter nor lose a frame.
     us_store.save_rtc(rtc, state)
     wdt.feed()
 
-    if transport == "ble":
+    if not serial:
         import us_ble
         if out:
             us_ble.send(hal, [f for _, f in out], cfg["ble"])
     else:
-        import us_serial
-        if us_serial.send(hal, wdt, cfg, keys, state, out):
-            us_store.nvs_set_obj(nvs, _NVS_DOWN, {"d": state.get("dc", 0), "c": state.get("dn", {})})
+        us_serial.send(hal, wdt, cfg, keys, state, len(out), nvs)
         # Acks, the backlog and downlink commands changed the state: persist it again.
         us_store.save_rtc(rtc, state)
     hal.energy("cpu")
 
-    node._arm()  # reads nothing from the state: a BLE node's state was saved once, above
+    node._arm()
+    if not backoff_s and "wr" in state:
+        # A whole cycle ran: the next watchdog reset starts a new count.
+        del state["wr"]
+        us_store.save_rtc(rtc, state)
     wdt.feed()
     return node.sleep_ms()

@@ -22,6 +22,9 @@ DEFAULT_FREE_POLL_S = const(600)  # 0 disables the free-state check
 DRIFT_SHIFT = const(5)  # baseline follows 1/32 of the error per free reading
 INSTALL_SAMPLES = const(8)
 MAG_BOOT_MS = const(5)  # LIS3MDL after power-up: boot (memory content load) before I2C setup
+BASE_SAVE_MIN_S = const(3600)  # at most one baseline write an hour, however noisy the field
+# NVS "mag_base": [x, y, z] nT, or [x, y, z, cx, cy, cz] when re-learned from config.json's
+# calibration.baseline_nt c (so a changed config baseline still wins after a reboot).
 _NVS_BASE = "mag_base"
 
 
@@ -114,6 +117,42 @@ def _sample(mag, hal, n=4):
     return [v // n for v in acc]
 
 
+def check_config(cfg):
+    import us_config
+
+    th = cfg["thresholds"]
+    on = th.get("mag_threshold_ut", DEFAULT_ON_UT)
+    us_config.need(th.get("mag_release_ut", 0) < on,
+                   "thresholds.mag_release_ut must be below thresholds.mag_threshold_ut (" + str(on) + ")")
+
+
+def _load_base(node):
+    rec = us_store.nvs_get_obj(node.nvs, _NVS_BASE)
+    cal = node.cfg["calibration"].get("baseline_nt")
+    ok = isinstance(rec, list) and (len(rec) == 3 or len(rec) == 6)
+    if cal is not None:
+        if ok and len(rec) == 6 and rec[3:] == list(cal):
+            return rec[:3]  # re-learned since this config baseline was installed
+        return list(cal)
+    return rec[:3] if ok else None
+
+
+def _save_base(node, st, off_nt):
+    """Persist the re-learned baseline once it has moved more than half the release
+    threshold since the last write (else a battery swap reverts to the install baseline,
+    which the drift may have left a car's worth behind), at most hourly."""
+    b = st["b"]
+    if _dev2(b, st.get("bs") or b) * 4 <= off_nt * off_nt or node.now_s < st.get("bt", 0):
+        return
+    rec = list(b)
+    cal = node.cfg["calibration"].get("baseline_nt")
+    if cal is not None:
+        rec.extend(cal)
+    us_store.nvs_set_obj(node.nvs, _NVS_BASE, rec)
+    st["bs"] = list(b)
+    st["bt"] = node.now_s + BASE_SAVE_MIN_S
+
+
 def run(node):
     import us_lis3mdl
 
@@ -121,6 +160,8 @@ def run(node):
     st = node.kst
     on_nt = node.setting("thresholds", "mag_threshold_ut", DEFAULT_ON_UT, us_proto.C_MAG_THRESHOLD_UT) * 1000
     off_nt = node.setting("thresholds", "mag_release_ut", on_nt // 2000, None) * 1000
+    if off_nt >= on_nt:  # a downlink lowered the threshold under the configured release
+        off_nt = on_nt // 2
     det = Detector(st, on_nt, off_nt, node.setting("thresholds", "confirm_samples", DEFAULT_CONFIRM))
     hb_s = node.setting("intervals", "heartbeat_s", DEFAULT_HEARTBEAT_S, us_proto.C_HEARTBEAT_S)
 
@@ -136,21 +177,20 @@ def run(node):
         mag.int_source()  # clear the latched interrupt that woke us
         mag.set_odr(us_lis3mdl.ODR_80_HZ)
     if "b" not in st:
-        base = us_store.nvs_get_obj(node.nvs, _NVS_BASE)
-        cal = node.cfg["calibration"].get("baseline_nt")
-        if isinstance(cal, list) and len(cal) == 3:
-            st["b"] = list(cal)
-        elif isinstance(base, list) and len(base) == 3:
+        base = _load_base(node)
+        if base is not None:
             st["b"] = base
         else:
             # Install: the space is empty when the installer powers the node up.
             det.calibrate([_sample(mag, hal, 2) for _ in range(INSTALL_SAMPLES)])
             us_store.nvs_set_obj(node.nvs, _NVS_BASE, st["b"])
             node.flags |= us_proto.F_CALIBRATING
+        st["bs"] = list(st["b"])
         sample = None
     else:
         sample = _sample(mag, hal)
     changed = det.update(sample) if sample is not None else False
+    _save_base(node, st, off_nt)
 
     plan = None if det.pending() else det.interrupt_plan(on_nt)
     if plan is None:

@@ -39,6 +39,7 @@ def _crc(body):
 
 NVS_NAMESPACE = "urbansense"
 NVS_FCNT = "fcnt_res"  # docs/PROTOCOL.md 2.1
+NVS_DOWN = "down"  # applied downlink commands + DCnt, written only when they change
 FCNT_BLOCK = const(256)
 
 

@@ -15,7 +15,6 @@ NVS_EVERY_PULSES = const(1000)  # bound the loss on a power cut between hourly w
 HOURS = const(24)
 DEFAULT_REPORT_S = const(3600)
 DEFAULT_BURST_LPH = const(1500)
-GPIO_WAKE = const(7)  # ESP_SLEEP_WAKEUP_GPIO (ESP32-C3 wake_on_gpio); machine names only EXT0/EXT1
 BURST_WINDOW_S = const(60)
 
 
@@ -104,6 +103,18 @@ class Meter:
         self.st["nv"] = self.st["pc"]
 
 
+def _tamper_pull(m, name):
+    """Board "tamper_pull": "down" (default: a switch to 3V3 that closes when the lid opens
+    draws nothing while closed), "up" (a switch to GND that opens with the lid: a cut wire
+    reads as opened, but the internal ~45 kOhm pull-up draws ~80 uA while the lid is shut,
+    so pair it with an external 1-10 MOhm one and "none"), or "none" (external resistor)."""
+    if name == "up":
+        return m.Pin.PULL_UP
+    if name == "none":
+        return None
+    return m.Pin.PULL_DOWN
+
+
 def run(node):
     hal = node.hal
     m = hal.machine
@@ -115,34 +126,53 @@ def run(node):
         meter.restore(us_store.nvs_get_int(node.nvs, NVS_PULSES, 0))
     active = node.setting("calibration", "pulse_active_level", 0)
     pin_no = node.pin("pulse")
-    level = m.Pin(pin_no, m.Pin.IN, m.Pin.PULL_UP if active == 0 else m.Pin.PULL_DOWN).value()
+    pull = m.Pin.PULL_UP if active == 0 else m.Pin.PULL_DOWN
+    level = m.Pin(pin_no, m.Pin.IN, pull).value()
     prev = st.get("lv", 1 - active)
-    woke_by_pin = node.wake in (m.EXT0_WAKE, m.EXT1_WAKE, GPIO_WAKE)
-    if level != prev:
-        if level == active:
-            meter.pulse(node.now_s)
-    elif woke_by_pin and prev != active:
-        meter.pulse(node.now_s)  # a pulse shorter than our boot: went active and back
-    else:
-        meter.tick(node.now_s)
-    st["lv"] = level
 
+    # Tamper (opt-in: calibration.tamper): high = opened. Armed on the opposite of its
+    # level, so opening raises the alarm and closing clears it, each with one wake.
     tamper_pin = node.board.get("pins", {}).get("tamper")
-    if tamper_pin is not None and node.cfg["calibration"].get("tamper", True):
-        if m.Pin(tamper_pin, m.Pin.IN).value():
+    moved = False
+    if tamper_pin is not None and cal.get("tamper", False):
+        tpull = _tamper_pull(m, node.board.get("tamper_pull", "down"))
+        tp = m.Pin(tamper_pin, m.Pin.IN) if tpull is None else m.Pin(tamper_pin, m.Pin.IN, tpull)
+        opened = tp.value()
+        moved = opened != st.get("tl", 0)
+        st["tl"] = opened
+        if opened:
             st["al"] |= us_proto.A_TAMPER
         else:
             st["al"] &= ~us_proto.A_TAMPER
-        node.wake_on_pins([tamper_pin], 1)
+        node.wake_on_pins([tamper_pin], 1 - opened, tpull, True)
+    else:
+        st["al"] &= ~us_proto.A_TAMPER
+        st.pop("tl", None)
+
+    # A pin wake with the input back at its old level is a pulse shorter than our boot, but
+    # only if the pulse input woke us: ext0 is that pin alone; an ext1/GPIO set may hold
+    # the tamper pin too, and a tamper that moved explains the wake instead.
+    woke = node.wake_pins()
+    woke_by_pulse = pin_no in woke and (len(woke) == 1 or not moved)
+    if level != prev:
+        if level == active:
+            meter.pulse(node.now_s)
+    elif woke_by_pulse and prev != active:
+        meter.pulse(node.now_s)
+    else:
+        meter.tick(node.now_s)
+    st["lv"] = level
 
     report = node.now_s >= st.get("rp", 0)
     if report:
         meter.end_of_hour()
     fresh = meter.new_alarms()
-    if (report or fresh) and meter.need_flash() or st["pc"] - st["nv"] >= NVS_EVERY_PULSES:
+    cleared = st["as"] & ~st["al"] & us_proto.A_TAMPER  # a closed lid is news too
+    alarm = fresh or cleared
+    if (report or alarm) and meter.need_flash() or st["pc"] - st["nv"] >= NVS_EVERY_PULSES:
         us_store.nvs_set_int(node.nvs, NVS_PULSES, st["pc"])
         meter.flashed()
-    if fresh:
+    if alarm:
         node.send(us_proto.T_ALARM, {us_proto.Q_VOLUME_L: meter.volume_l(), us_proto.Q_ALARMS: st["al"]})
     st["as"] = st["al"]
     if report:
@@ -151,5 +181,7 @@ def run(node):
         rs = node.setting("intervals", "report_interval_s", DEFAULT_REPORT_S, us_proto.C_REPORT_INTERVAL_S)
         st["rp"] = (node.now_s // rs + 1) * rs  # on the hour: buckets and reports line up
     node.wake_at(st["rp"])
-    # Wake on the opposite level: the next edge of the pulse input.
-    node.wake_on_pin(pin_no, 1 - level)
+    # Wake on the opposite level: the next edge of the pulse input. It has priority over
+    # the tamper pin where one level serves all pins (ESP32-C3): the tamper pin is then
+    # read on every wake, pulse or timer.
+    node.wake_on_pin(pin_no, 1 - level, pull, True)
