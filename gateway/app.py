@@ -67,8 +67,8 @@ class Gateway:
         self.ble = (
             BleTransport(config.ble, self._put_ble, self.metrics) if config.ble.enabled else None
         )
-        if config.mqtt.password_file is not None:  # refuse a readable secret before starting
-            check_secret_file(config.mqtt.password_file, "mqtt.password_file")
+        for key, path in config.secret_files():  # refuse a missing or readable secret before starting
+            check_secret_file(path, key)
         self.started_s = 0.0
         self.http_port = 0
         self._stop = asyncio.Event()
@@ -106,7 +106,8 @@ class Gateway:
 
     async def run(self) -> None:
         cfg = self.config
-        self.outbox = Outbox(cfg.outbox_path, cfg.outbox.max_bytes, self.metrics, cfg.outbox.synchronous)
+        self.outbox = Outbox(cfg.outbox_path, cfg.outbox.max_bytes, self.metrics, cfg.outbox.synchronous,
+                             ack_flush_s=cfg.outbox.ack_flush_s)
         replay = ReplayTable(self.outbox.load_nodes())
         self.verifier = Verifier(self.registry, replay, self.metrics)
         self.publisher = Publisher(

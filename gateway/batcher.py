@@ -23,11 +23,13 @@ import cbor2
 from gateway import framing
 from gateway.config import BatchConfig
 from gateway.dedup import DedupIndex
+from gateway.errors import OutboxFull
 from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox
 from gateway.protocol import NodeKeys, encode_ack
 from gateway.quantities import COMMANDS
+from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
 from gateway.replay import ReplayTable
 from gateway.senml import frame_records
@@ -88,6 +90,7 @@ class Batcher:
         self.replay = replay
         self.health = health
         self.metrics = metrics
+        self._faults = RateLimitedLog(_log)
         self._open: list[Accepted] = []
         self._index = DedupIndex()
         self._bytes = 1
@@ -216,10 +219,17 @@ class Batcher:
             rows.append(st.row(node_id, mark, seen, st.dcnt))
         try:
             batch_id = self.outbox.commit_batch(payload, len(batch), priority, rows, commands_sent)
-        except Exception:
-            # Disk full or I/O error: nothing was acked; the frames are lost to this gateway
-            # but serial nodes keep them and retransmit. Roll the in-memory marks back.
-            _log.exception("event=outbox_commit_failed frames=%d", len(batch))
+        except Exception as exc:
+            # Disk full (after the outbox evicted what it could) or an I/O error: nothing was
+            # acked, so serial nodes keep these frames and retransmit; BLE frames are lost to
+            # this gateway, counted. Roll the in-memory marks back.
+            self.metrics.commit_failed_readings.inc(amount=len(batch))
+            if isinstance(exc, OutboxFull):
+                self._faults.log("outbox_full_disk", "event=outbox_commit_failed reason=disk_full frames=%d",
+                                 len(batch))
+            else:
+                self._faults.log(f"commit/{type(exc).__name__}",
+                                 "event=outbox_commit_failed frames=%d error=%r", len(batch), exc)
             for node_id in fcnts:
                 self.replay.get(node_id).rollback()
             return

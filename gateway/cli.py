@@ -109,5 +109,5 @@ def _status(args: argparse.Namespace) -> int:
         print(f"serial    {s['port']} {'open' if s['open'] else 'CLOSED'}")
     if status["ble"] is not None:
         print(f"ble       {'healthy' if status['ble']['healthy'] else 'SILENT'}")
-    print(f"nodes     {len(status['nodes'])} heard")
+    print(f"nodes     {status.get('nodes_heard', 0)} heard of {len(status['nodes'])} registered")
     return 0

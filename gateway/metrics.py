@@ -206,7 +206,14 @@ class Metrics:
         )
         self.readings_committed = Counter(p + "readings_committed_total", "Frames committed.")
         self.outbox_depth = Gauge(p + "outbox_batches", "Batches waiting in the outbox.")
-        self.outbox_bytes = Gauge(p + "outbox_bytes", "Payload bytes waiting in the outbox.")
+        self.outbox_bytes = Gauge(
+            p + "outbox_bytes",
+            "Estimated database bytes waiting (payload + SQLite row overhead), bounded by outbox.max_bytes.",
+        )
+        self.commit_failed_readings = Counter(
+            p + "commit_failed_readings_total",
+            "Frames lost to this gateway because the outbox could not commit (disk full, I/O error).",
+        )
         self.outbox_dropped_batches = Counter(
             p + "outbox_dropped_batches_total", "Batches dropped because the outbox was full.", "priority"
         )

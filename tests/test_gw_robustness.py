@@ -445,3 +445,25 @@ async def test_shutdown_keeps_the_verdict_verify_was_waiting_to_queue(
     keys = [(n, f) for b in ob.peek(0, 100) for n, f, _ in frames_from_pack(b.payload)]
     ob.close()
     assert keys == [(1, f) for f in range(1, 10)]
+
+
+async def test_a_batch_the_full_disk_refuses_is_counted_and_the_next_one_lands(
+    tmp_path: Path, mqtt_broker: Any, running: Any
+) -> None:
+    from gateway.errors import OutboxFull
+
+    gw = await running(make_config(tmp_path, mqtt_broker))
+    assert gw.outbox is not None
+    real_commit = gw.outbox.commit_batch
+
+    def full(payload: bytes, frames: int, *args: Any, **kw: Any) -> int:
+        raise OutboxFull(frames)
+
+    gw.outbox.commit_batch = full  # type: ignore[method-assign]
+    gw.feed(frame(1, 1), "test")
+    await wait_for(lambda: gw.metrics.commit_failed_readings.total() == 1, what="counted loss")
+    gw.outbox.commit_batch = real_commit  # type: ignore[method-assign]
+    # The marks were rolled back: the same counter is new again, not a replay.
+    gw.feed(frame(1, 1), "test")
+    await wait_for(lambda: gw.metrics.published_readings.total() == 1, what="retransmission lands")
+    assert gw.metrics.rejections.total() == 0

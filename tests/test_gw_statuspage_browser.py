@@ -153,6 +153,8 @@ def test_status_page_lists_nodes_and_updates_live(
             # -- the nodes of the small run, one row each, every column the issue asks for
             rows = page.locator("#nodes tr")
             expect(rows).to_have_count(3, timeout=UI_TIMEOUT_MS)
+            # Registered nodes are listed before they are heard ("never"): wait for all three.
+            expect(page.locator("#nodes")).not_to_contain_text("never", timeout=UI_TIMEOUT_MS)
             headers = [h.strip() for h in page.locator("thead th").all_inner_texts()]
             for col in ("node", "kind", "last seen", "RSSI", "battery", "last reading", "alarms"):
                 assert col in headers, f"column {col!r} missing from {headers}"
