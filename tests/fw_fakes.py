@@ -403,7 +403,7 @@ def _make_uart(world):
                 return None
             n = len(world.uart_rx) if nbytes is None or nbytes < 0 else nbytes
             out = bytes(world.uart_rx[:n])
-            del world.uart_rx[:n]
+            world.uart_rx[:n] = b""  # MicroPython's bytearray has no item deletion
             return out
 
     return UART

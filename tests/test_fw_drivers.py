@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import binascii
+
 import pytest
 
+from gateway.protocol import NodeKeys, parse_header, verify_uplink
 from tests import fw_fakes as ff  # also puts firmware/lib on sys.path
 
 import us_battery
 import us_jsnsr04t
 import us_lis3mdl
+import us_node
+import us_proto
 import us_vl53l1x
 
 
@@ -101,3 +106,58 @@ def test_battery_divider_and_low_flag() -> None:
     b = us_battery.Battery(w.hal().machine, 35, 1000000, 1000000, low_mv=3400)
     assert b.read_mv() == 3300
     assert b.is_low(3300) and not b.is_low(3600)
+
+
+def test_lis3mdl_int_polarity_follows_iea_as_the_datasheet_says() -> None:
+    """INT_CFG IEA: 0 = active low, 1 = active high (DocID024204; ST's C driver enum names
+    are the other way round). The driver sets 1 and keeps it when disabling, so the idle line
+    stays low: a wake armed on high never takes an idle line for an event."""
+    w = ff.World(ff.config_text("parking"), ff.BOARD)
+    dev = ff.FakeLIS3MDL(field_nt=(1000, 1000, 61000), int_pin=4, world=w)
+    w.i2c_devices[0x1C] = dev
+    mag = us_lis3mdl.LIS3MDL(w.hal().machine.SoftI2C(scl=None, sda=None))
+    mag.init()
+    dev.write(0x30, bytes((0xEB,)), 8)  # IEA = 0, LIR, IEN, an event pending: active low
+    assert w.pins[4] == 0
+    mag.disable_interrupt()
+    assert dev.regs[0x30] == 0x0C and w.pins[4] == 0  # IEN off, active high kept: idle low
+    mag.set_threshold_interrupt(1, 50000)
+    assert dev.regs[0x30] & 0x04 and w.pins[4] == 0  # the event it latched was dropped
+    dev.set_field((1000, 1000, 62000))  # the next sample still exceeds it: INT high
+    assert w.pins[4] == 1
+
+
+def test_lis3mdl_reconfiguring_drops_an_event_latched_under_the_old_threshold() -> None:
+    w = ff.World(ff.config_text("parking"), ff.BOARD)
+    dev = ff.FakeLIS3MDL(field_nt=(1000, 1000, 40000), int_pin=4, world=w)
+    w.i2c_devices[0x1C] = dev
+    mag = us_lis3mdl.LIS3MDL(w.hal().machine.SoftI2C(scl=None, sda=None))
+    mag.init()
+    mag.set_threshold_interrupt(7, 50000)
+    dev.set_field((1000, 1000, 61000))  # a car: latched
+    assert w.pins[4] == 1
+    mag.set_threshold_interrupt(4, 30000)  # now watch x only: nothing crosses it
+    assert w.pins[4] == 0
+
+
+@pytest.mark.parametrize("temp_c", [-20, 0, 20, 35])
+def test_jsnsr04t_compensates_the_speed_of_sound(temp_c: int) -> None:
+    c_m_s = 331.3 + 0.606 * temp_c
+    for mm in (300, 1000, 3500):
+        echo_us = round(2 * mm / 1000 / c_m_s * 1e6)
+        assert abs(us_jsnsr04t.echo_us_to_mm(echo_us, temp_c * 100) - mm) <= 1
+    assert us_jsnsr04t.echo_us_to_mm(5831) == 1000  # no temperature: 343 m/s, as before
+    # uncompensated at -20 degC a 3.5 m echo reads ~100 mm long
+    echo = round(2 * 3500 / 1000 / (331.3 - 0.606 * 20) * 1e6)
+    assert us_jsnsr04t.echo_us_to_mm(echo) - 3500 > 90
+
+
+def test_jsnsr04t_bin_rejects_pings_in_its_blind_zone_by_default() -> None:
+    w = ff.make_world("bin", extra={"sensor": "jsnsr04t"})
+    w.jsn = ff.FakeJSN([875] * 5)  # 150 mm: inside the ~200 mm blind zone, a ghost echo
+    w.jsn_trig = 18
+    w.run_cycle(us_node)
+    keys = NodeKeys(binascii.unhexlify(ff.KEY_HEX))
+    ups = [verify_uplink(keys, f, parse_header(f), None) for f in w.frames()]
+    assert ups[0].readings[us_proto.Q_FLAGS] & us_proto.F_SENSOR_FAULT
+    assert not any(us_proto.Q_DISTANCE_MM in u.readings for u in ups)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import itertools
+import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,24 +19,50 @@ BASE = [20000, -5000, 42000]
 field = st.lists(st.integers(-60000, 60000), min_size=3, max_size=3)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(field, max_size=80), st.integers(1, 4))
-def test_parking_never_flaps_faster_than_confirmation(readings: list[list[int]], confirm: int) -> None:
-    det = us_parking.Detector({"b": list(BASE)}, 12000, 6000, confirm)
-    changes = []
-    history = []
-    for i, r in enumerate(readings):
-        before = det.occupied
-        if det.update(r):
-            changes.append(i)
-            assert det.occupied != before
-            # the last `confirm` readings all agreed with the new state
-            history_tail = history[-(confirm - 1):] if confirm > 1 else []
-            for occ_side in [*history_tail, (r, before)]:
-                assert occ_side[1] == before
-        history.append((r, det.occupied))
-    for a, b in itertools.pairwise(changes):
-        assert b - a >= confirm
+ON_NT = 12000
+OFF_NT = 6000
+# Readings that exercise both states: near the baseline (free, drift), between the
+# thresholds (hysteresis band), a car's worth away, and anything at all.
+near = st.tuples(*[st.integers(b - 5000, b + 5000) for b in BASE]).map(list)
+band = st.tuples(*[st.integers(b - 9000, b + 9000) for b in BASE]).map(list)
+car = st.tuples(st.integers(-40000, 40000), st.integers(-40000, 40000), st.integers(50000, 90000)).map(list)
+reading = st.one_of(near, band, car, field)
+
+
+def _d2(a: list[int], b: list[int]) -> int:
+    return sum((x - y) ** 2 for x, y in zip(a, b, strict=True))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(reading, max_size=80), st.integers(1, 4))
+def test_parking_detector_matches_a_model_of_its_specification(readings: list[list[int]], confirm: int) -> None:
+    """Occupied after `confirm` consecutive readings beyond the enter threshold, free after
+    `confirm` consecutive readings inside the exit threshold; the baseline follows 1/32 of
+    each quiet free reading. An independent model, compared reading by reading (a detector
+    that toggles every `confirm` readings whatever the field would fail at the first)."""
+    st_: dict = {"b": list(BASE)}
+    det = us_parking.Detector(st_, ON_NT, OFF_NT, confirm)
+    occ = False
+    run = 0
+    base = list(BASE)
+    events = 0
+    for r in readings:
+        d2 = _d2(r, base)
+        if occ:
+            beyond = d2 < OFF_NT * OFF_NT
+        else:
+            beyond = d2 > ON_NT * ON_NT
+            if d2 < OFF_NT * OFF_NT:
+                base = [b + ((x - b) >> 5) for x, b in zip(r, base, strict=True)]
+        run = run + 1 if beyond else 0
+        flip = run >= confirm
+        if flip:
+            occ = not occ
+            run = 0
+            events += 1
+        assert det.update(r) == flip
+        assert det.occupied == occ and st_["b"] == base and det.pending() == (run > 0)
+    assert st_["ev"] == events
 
 
 @settings(max_examples=200, deadline=None)
@@ -77,12 +103,23 @@ def test_bin_median_rejects_outliers_and_failures() -> None:
     assert us_bin.robust_distance_mm([400, 402, 1200, 401, 399], 20, 4000, 100) == 400
 
 
-@given(st.lists(st.one_of(st.none(), st.integers(0, 6000)), min_size=1, max_size=9))
-def test_bin_median_stays_inside_valid_samples(samples: list[int | None]) -> None:
-    d = us_bin.robust_distance_mm(samples, 20, 4000, 100)
-    if d is not None:
-        valid = [s for s in samples if s is not None and 20 <= s <= 4000]
-        assert min(valid) <= d <= max(valid)
+@settings(max_examples=300, deadline=None)
+@given(st.integers(400, 3500), st.lists(st.integers(-10, 10), min_size=1, max_size=9),
+       st.lists(st.one_of(st.none(), st.integers(0, 6000)), max_size=8), st.randoms(use_true_random=False))
+def test_bin_distance_is_robust_to_fewer_than_half_bad_pings(true_mm: int, noise: list[int],
+                                                             junk: list[int | None], rnd: random.Random) -> None:
+    """Good pings within 10 mm of the truth and more of them than of bad ones (failed,
+    out of range, or echoes more than reject + 10 mm off): the result is within 10 mm of the
+    truth, wherever the bad ones fall. No more good than bad: no answer, or a good one."""
+    good = [true_mm + n for n in noise]
+    bad = [j for j in junk if j is None or abs(j - true_mm) > 110]
+    pings = good + bad
+    rnd.shuffle(pings)
+    d = us_bin.robust_distance_mm(pings, 20, 4000, 100)
+    if len(good) > len(bad):
+        assert d is not None and abs(d - true_mm) <= 10
+    elif sum(1 for b in bad if b is not None and 20 <= b <= 4000) == 0:
+        assert d is None or abs(d - true_mm) <= 10  # only failures beside the good: never made up
 
 
 def test_bin_fill_and_crossings() -> None:

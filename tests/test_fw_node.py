@@ -185,13 +185,22 @@ def test_frame_counter_never_repeats(seq: list[str]) -> None:
 @given(st.lists(st.sampled_from(["pulse", "pulse", "hour", "power_loss", "wdt"]), max_size=60))
 def test_water_index_never_goes_backwards(seq: list[str]) -> None:
     w = ff.make_world("water")
-    w.run_cycle(us_node)
-    last_volume = -1
+    volumes: list[int] = []
+
+    def cycle() -> None:
+        w.run_cycle(us_node)  # every cycle's frames are checked, the pulse's own included
+        for f in w.frames():
+            r = decode(f).readings
+            if us_proto.Q_VOLUME_L in r:
+                assert not volumes or r[us_proto.Q_VOLUME_L] >= volumes[-1]
+                volumes.append(r[us_proto.Q_VOLUME_L])
+
+    cycle()
     for ev in seq:
         if ev == "pulse":
             w.pins[25] = 0
             w.sleep(2000, ff.EXT0_WAKE)
-            w.run_cycle(us_node)
+            cycle()
             w.pins[25] = 1
             w.sleep(2000, ff.EXT0_WAKE)
         elif ev == "hour":
@@ -200,12 +209,8 @@ def test_water_index_never_goes_backwards(seq: list[str]) -> None:
             w.power_loss()
         else:
             w.watchdog_reset()
-        w.run_cycle(us_node)
-        for f in w.frames():
-            r = decode(f).readings
-            if us_proto.Q_VOLUME_L in r:
-                assert r[us_proto.Q_VOLUME_L] >= last_volume
-                last_volume = r[us_proto.Q_VOLUME_L]
+        cycle()
+    assert volumes  # the first report at least
 
 
 POWER_BOARD = dict(ff.BOARD, pins=dict(ff.BOARD["pins"], sensor_power=27))
@@ -250,3 +255,65 @@ def test_parking_keeps_the_magnetometer_powered_and_repowers_after_power_loss() 
     assert w.pins[27] == 1 and w.ext0 == (4, 1)
     ups = [decode(f) for f in w.frames()]
     assert ups[0].ftype == us_proto.T_STATUS and not ups[0].readings.get(us_proto.Q_FLAGS, 0) & us_proto.F_SENSOR_FAULT
+
+
+def _parking_free_poll(w: ff.World, field: list[int]) -> None:
+    w.i2c_devices[0x1C].set_field(field)
+    w.sleep(600 * 1000)
+    w.run_cycle(us_node)
+
+
+def test_parking_relearned_baseline_survives_a_battery_swap() -> None:
+    """The baseline follows slow drift; it is written to flash once it has moved more than
+    half the release threshold (bounded writes), so a power loss resumes from it, not from
+    the install baseline (which would now read a drifted empty space as a car)."""
+    w = ff.make_world("parking")
+    w.run_cycle(us_node)
+    install = us_store_base(w)
+    field = [20000, -5000, 42000]
+    writes = w.nvs_writes
+    for _ in range(300):  # the space stays empty; z drifts by 0.1 uT per reading, 30 uT in all
+        field[2] += 100
+        _parking_free_poll(w, field)
+        assert all(decode(f).readings.get(us_proto.Q_OCCUPIED) is not True for f in w.frames())
+    saved = us_store_base(w)
+    assert saved[2] > field[2] - 3000 - 6000  # lags the field by < half the release + drift lag
+    base_writes = w.nvs_writes - writes
+    assert 3 <= base_writes <= 12  # ~30 uT / 3 uT, not one per reading
+    w.power_loss()
+    w.run_cycle(us_node)
+    ups = [decode(f) for f in w.frames()]
+    assert not ups[0].readings.get(us_proto.Q_FLAGS, 0) & us_proto.F_CALIBRATING
+    for _ in range(3):
+        _parking_free_poll(w, field)
+        assert all(decode(f).readings.get(us_proto.Q_OCCUPIED) is not True for f in w.frames())
+    assert abs(install[2] - field[2]) > 12000  # the install baseline would have seen a car
+
+
+def test_parking_config_baseline_change_wins_over_a_relearned_one() -> None:
+    cal = {"calibration": {"baseline_nt": [20000, -5000, 42000]}}
+    w = ff.make_world("parking", extra=cal)
+    w.run_cycle(us_node)
+    field = [20000, -5000, 42000]
+    for _ in range(60):
+        field[2] += 100
+        _parking_free_poll(w, field)
+    rec = w.nvs["urbansense"]["mag_base"]
+    assert rec and len(us_store_list(rec)) == 6  # re-learned from the config baseline
+    w.power_loss()
+    w.run_cycle(us_node)
+    st = __import__("us_store").load_rtc(w.hal().machine.RTC())
+    assert st["k"]["b"][2] > 42000 + 3000  # the re-learned one
+    w.files["config.json"] = ff.config_text("parking", extra={"calibration": {"baseline_nt": [1, 2, 3]}})
+    w.power_loss()
+    w.run_cycle(us_node)
+    st = __import__("us_store").load_rtc(w.hal().machine.RTC())
+    assert st["k"]["b"] == [1, 2, 3]  # an installer's new baseline is taken
+
+
+def us_store_list(blob: bytes) -> list[int]:
+    return list(__import__("us_cbor").decode(blob))
+
+
+def us_store_base(w: ff.World) -> list[int]:
+    return us_store_list(w.nvs["urbansense"]["mag_base"])[:3]

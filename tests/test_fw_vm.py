@@ -7,6 +7,7 @@ subset); frames are verified here with the gateway codec; peak heap must stay < 
 from __future__ import annotations
 
 import binascii
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,86 @@ def test_wake_cycles_on_micropython_vm(mpy_dir: Path) -> None:
     # Cold boot with the modules loaded from .mpy into RAM (frozen modules would not be):
     # must fit the ~112 KB heap of an ESP32 without PSRAM with room to spare.
     assert max(code_and_data.values()) < 96 * 1024, code_and_data
+
+
+# The paths the BLE cycles above do not take, on the VM: a serial node through an outage
+# (backlog, cumulative drop count, acks with a command), a C3 water meter with tamper
+# (wake_on_gpio, pulls, edge pins), a stuck wake pin, watchdog backoff and a safe mode.
+PATHS_SCRIPT = r"""
+import sys
+sys.path.append("/fw")
+import fw_fakes, us_node, us_proto, us_cobs, us_store, binascii, json
+keys = us_proto.Keys(binascii.unhexlify(fw_fakes.KEY_HEX))
+H = 3600 * 1000
+
+w = fw_fakes.make_world("bin", transport="serial")
+gw = {"on": False, "dcnt": 7, "n": 0}
+def peer(data):
+    if not gw["on"]:
+        return b""
+    frame = us_cobs.unwrap(data[:-1])
+    fc = frame[5] | (frame[6] << 8)
+    gw["dcnt"] += 1
+    gw["n"] += 1
+    return us_cobs.wrap(us_proto.encode_ack(keys, 0x01020304, gw["dcnt"], fc, {us_proto.C_REPORT_INTERVAL_S: 1800}))
+w.uart_peer = peer
+w.run_cycle(us_node)
+for i in range(12):
+    w.sleep(H)
+    w.run_cycle(us_node)
+gw["on"] = True
+w.sleep(H)
+w.run_cycle(us_node)
+st = us_store.load_rtc(w.hal().machine.RTC())
+print("serial", gw["n"], st["dr"], len(st["bl"]), st["dn"][us_proto.C_REPORT_INTERVAL_S], w.nvs_writes)
+
+w = fw_fakes.make_world("water", extra={"calibration": {"tamper": True}}, board=fw_fakes.BOARD_C3)
+w.pins[3] = 1
+w.run_cycle(us_node)
+a = w.gpio_wake
+w.pins[3] = 0
+w.sleep(4000, 7)
+w.run_cycle(us_node)
+b = w.gpio_wake
+w.pins[4] = 1
+w.sleep(4000, 7)
+w.run_cycle(us_node)
+st = us_store.load_rtc(w.hal().machine.RTC())
+print("c3", json.dumps([a, b, w.gpio_wake, st["k"]["pc"], st["k"]["al"]]))
+
+w = fw_fakes.make_world("parking")
+w.run_cycle(us_node)
+w.i2c_devices[0x1C].int_pin = None
+w.pins[4] = 1
+w.sleep(H)
+ms = w.run_cycle(us_node)
+print("stuck", w.ext0, ms)
+
+w = fw_fakes.make_world("bin")
+w.sleep(w.run_cycle(us_node))
+w.reset_cause = fw_fakes.WDT_RESET
+w.rtc_mem = w.rtc_mem  # survives
+st = us_store.load_rtc(w.hal().machine.RTC())
+st["wr"] = 1
+us_store.save_rtc(w.hal().machine.RTC(), st)
+print("backoff", w.run_cycle(us_node))
+
+w = fw_fakes.make_world("water")
+w.files["config.json"] = fw_fakes.config_text("water", extra={"intervals": {"report_interval_s": 0}})
+print("safe", w.run_cycle(us_node))
+"""
+
+
+def test_serial_tamper_c3_guard_backoff_paths_on_micropython_vm(mpy_dir: Path) -> None:
+    mounts = {str(mpy_dir): "/lib", str(ROOT / "tests" / "fw_fakes.py"): "/fw/fw_fakes.py"}
+    proc = run_micropython(PATHS_SCRIPT, mounts, timeout_s=180)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    out = {line.split()[0]: line.split(None, 1)[1] for line in proc.stdout.splitlines() if " " in line}
+    n, dropped, backlog, interval, _writes = (int(x) for x in out["serial"].split())
+    assert n >= 8 and backlog == 0 and interval == 1800 and dropped == 14 + 1 - 8
+    a, b, c, pulses, alarms = json.loads(out["c3"])
+    assert a == [[3], 0] and b == [[3, 4], 1] and c == [[3], 1]
+    assert pulses == 1 and alarms & 8
+    assert out["stuck"] == "None 60000"
+    assert out["backoff"] == "3600000"
+    assert out["safe"] == "600000"

@@ -49,7 +49,9 @@ def _read_packet(hal, uart, timeout_ms, rx):
         i = rx.find(b"\x00")
         if i >= 0:
             pkt = bytes(rx[:i])
-            del rx[:i + 1]
+            # Slice assignment: MicroPython's bytearray has no item deletion (objarray.c),
+            # `del rx[:n]` raises TypeError on the board.
+            rx[:i + 1] = b""
             return pkt
         if t.ticks_diff(t.ticks_ms(), start) >= timeout_ms:
             return None
@@ -57,7 +59,7 @@ def _read_packet(hal, uart, timeout_ms, rx):
         if data:
             rx.extend(data)
             if len(rx) > _RX_MAX:  # line noise without delimiters: keep the tail
-                del rx[:len(rx) - _RX_MAX]
+                rx[:len(rx) - _RX_MAX] = b""
         else:
             t.sleep_ms(_POLL_MS)
 

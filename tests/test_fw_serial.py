@@ -1,0 +1,158 @@
+"""Serial transport: cumulative drop count, flash writes per ack, replayed acks."""
+# ruff: noqa: I001  (the fw_fakes import puts firmware/lib on sys.path: it must come first)
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Callable
+
+from gateway.protocol import NodeKeys, Uplink, encode_ack, parse_header, verify_uplink
+from tests import fw_fakes as ff
+
+import us_cobs
+import us_node
+import us_proto
+import us_store
+
+KEYS = NodeKeys(binascii.unhexlify(ff.KEY_HEX))
+NODE_ID = 0x01020304
+HOUR_MS = 3600 * 1000
+
+
+class Gateway:
+    """The far end of the node's UART: decodes every frame, acks when online."""
+
+    def __init__(self) -> None:
+        self.online = True
+        self.dcnt = 100
+        self.commands: dict[int, object] | None = None
+        self.delivered: list[Uplink] = []
+        self.acks: list[bytes] = []
+        self.extra: Callable[[Uplink], bytes] | None = None
+
+    def __call__(self, data: bytes) -> bytes:
+        frame = us_cobs.unwrap(data[:-1])
+        up = verify_uplink(KEYS, frame, parse_header(frame), None)
+        if not self.online:
+            return b""
+        self.delivered.append(up)
+        if self.extra is not None:
+            return self.extra(up)
+        self.dcnt += 1
+        ack = encode_ack(KEYS, NODE_ID, self.dcnt, up.fcnt, self.commands)
+        self.acks.append(ack)
+        return us_cobs.wrap(ack)
+
+
+def serial_bin(backlog: int | None = None) -> tuple[ff.World, Gateway]:
+    extra = {"serial": {"backlog": backlog}} if backlog else None
+    w = ff.make_world("bin", transport="serial", extra=extra)
+    gw = Gateway()
+    w.uart_peer = gw
+    return w, gw
+
+
+def rtc(w: ff.World) -> dict:
+    st = us_store.load_rtc(w.hal().machine.RTC())
+    assert st is not None
+    return st
+
+
+def test_link_down_30_cycles_the_next_delivered_frame_carries_the_true_drop_total() -> None:
+    w, gw = serial_bin(8)
+    gw.online = False
+    w.run_cycle(us_node)
+    for _ in range(29):  # 30 cycles without a link: one report an hour, backlog 8
+        w.sleep(HOUR_MS)
+        w.run_cycle(us_node)
+    gw.online = True
+    w.sleep(HOUR_MS)
+    w.run_cycle(us_node)
+    built = rtc(w)["fc"]  # counters 0..fc-1 were built since the cold boot, none skipped
+    true_dropped = built - 8  # all but the 8 the backlog could keep
+    assert true_dropped > 20
+    assert gw.delivered[0].readings[us_proto.Q_DROPPED] == true_dropped
+    assert len(gw.delivered) == 8 and rtc(w)["bl"] == []
+    # every delivered frame's count is cumulative: never above the truth, never decreasing
+    by_fcnt = sorted(gw.delivered, key=lambda u: u.fcnt)
+    counts = [u.readings.get(us_proto.Q_DROPPED, 0) for u in by_fcnt]
+    assert counts == sorted(counts) and max(counts) == true_dropped
+    w.sleep(HOUR_MS)
+    w.run_cycle(us_node)  # the count stays on later frames: a lost one loses nothing
+    assert gw.delivered[-1].readings[us_proto.Q_DROPPED] == true_dropped
+
+
+def test_acks_without_new_commands_write_no_flash() -> None:
+    w, gw = serial_bin()
+    w.run_cycle(us_node)
+    writes = w.nvs_writes
+    for _ in range(32):
+        w.sleep(HOUR_MS)
+        w.run_cycle(us_node)
+    assert len(gw.acks) >= 32 and w.nvs_writes == writes
+    assert rtc(w)["dc"] == gw.dcnt  # the DCnt still moves on, in RTC memory
+    gw.commands = {us_proto.C_REPORT_INTERVAL_S: 1800}
+    w.sleep(HOUR_MS)
+    w.run_cycle(us_node)
+    assert w.nvs_writes == writes + 1  # a change: written once, at once
+    for _ in range(32):  # the same command again and again: no change, no write
+        w.sleep(HOUR_MS)
+        w.run_cycle(us_node)
+    assert w.nvs_writes == writes + 1
+    assert w.nvs["urbansense"]["down"] and rtc(w)["dn"] == {us_proto.C_REPORT_INTERVAL_S: 1800}
+
+
+def test_replayed_acks_after_power_loss_do_not_reapply_stale_commands() -> None:
+    w, gw = serial_bin()
+    w.run_cycle(us_node)
+    for cmd in (1800, None, None, 900, None, None):
+        gw.commands = None if cmd is None else {us_proto.C_REPORT_INTERVAL_S: cmd}
+        w.sleep(HOUR_MS)
+        w.run_cycle(us_node)
+    history = list(gw.acks)
+    assert rtc(w)["dn"] == {us_proto.C_REPORT_INTERVAL_S: 900}
+    w.power_loss()
+    # An attacker (or a confused gateway) answers every frame with all the old acks, in
+    # both orders: none acknowledges a frame the node is waiting for.
+    gw.extra = lambda up: b"".join(us_cobs.wrap(a) for a in history + history[::-1])
+    writes = w.nvs_writes
+    w.run_cycle(us_node)
+    st = rtc(w)
+    assert st["dn"] == {us_proto.C_REPORT_INTERVAL_S: 900}
+    assert st["bl"]  # not acknowledged: kept for a real ack
+    assert w.nvs_writes - writes <= 1  # at most the frame counter's reservation
+    gw.extra = None
+    w.sleep(HOUR_MS)
+    w.run_cycle(us_node)
+    assert rtc(w)["bl"] == [] and rtc(w)["dn"] == {us_proto.C_REPORT_INTERVAL_S: 900}
+
+
+def test_reset_that_missed_the_rtc_save_resumes_from_the_flash_dcnt() -> None:
+    """A change is written to flash at once; a cycle that then hung before saving RTC
+    memory leaves an older DCnt and configuration there. After the reset the newer (flash)
+    wins, so a re-sent cached ack below it cannot bring the older command back."""
+    w, gw = serial_bin()
+    w.run_cycle(us_node)
+    gw.commands = {us_proto.C_REPORT_INTERVAL_S: 1800}
+    w.sleep(HOUR_MS)
+    w.run_cycle(us_node)
+    stale_blob = w.rtc_mem  # DCnt and command of the 1800 ack
+    gw.commands = {us_proto.C_REPORT_INTERVAL_S: 900}
+    w.sleep(HOUR_MS)
+    w.run_cycle(us_node)
+    flash_dcnt = gw.dcnt
+    w.rtc_mem = stale_blob  # as if the 900 cycle had hung before its last RTC save
+    w.watchdog_reset()
+    gw.online = False
+    w.run_cycle(us_node)
+    st = rtc(w)
+    assert st["dn"] == {us_proto.C_REPORT_INTERVAL_S: 900} and st["dc"] == flash_dcnt
+
+
+def test_downlink_intervals_below_a_minute_are_refused() -> None:
+    w, gw = serial_bin()
+    gw.commands = {us_proto.C_REPORT_INTERVAL_S: 1, us_proto.C_HEARTBEAT_S: 0, us_proto.C_THRESHOLDS: [0, 101]}
+    w.run_cycle(us_node)
+    assert not rtc(w).get("dn")
+    w.sleep(HOUR_MS)
+    assert w.run_cycle(us_node) >= 60000
