@@ -156,7 +156,7 @@ def test_edge_pin_found_at_its_wake_level_is_armed() -> None:
     node.wake_on_pins([26], 1)
     w.pins[26] = 1
     node.plan_wakes()
-    assert node._plan == (25, 0, [], 1)
+    assert node._plan == (25, 0, None, [], 1)
     assert node.flags & us_proto.F_SENSOR_FAULT  # pin 26, no edge: a stuck input
 
 

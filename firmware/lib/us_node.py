@@ -61,7 +61,8 @@ class Node:
         self._prio = None  # (pin, level, pull, edge): ext0 on the ESP32, first on the C3
         self._group = []  # (pin, pull, edge) sharing _group_level: ext1 / GPIO wake
         self._group_level = 1
-        self._plan = (-1, 0, [], 1)  # type: tuple[int, int, list[int], int]
+        # (ext0 pin or -1, its level, its pull, [(pin, pull)] of ext1/GPIO wake, their level)
+        self._plan = (-1, 0, None, [], 1)  # type: tuple[int, int, object, list[tuple[int, object]], int]
         self._armed_before = state.get("aw")  # what the last cycle armed: who woke us
         self._i2c = None
         self._battery_mv = None
@@ -175,12 +176,10 @@ class Node:
         return []
 
     def _usable(self, p, level, pull, edge):
-        m = self.hal.machine
         wake_capable = self.board.get("rtc_wake_pins")
         if wake_capable is not None and p not in wake_capable:
             return self._stuck(p, "cannot wake the chip from deep sleep")
-        pin = m.Pin(p, m.Pin.IN) if pull is None else m.Pin(p, m.Pin.IN, pull)
-        if pin.value() == (1 if level else 0) and not edge:
+        if self._pin_in(p, pull).value() == (1 if level else 0) and not edge:
             return self._stuck(p, "is already at its wake level")
         return True
 
@@ -207,18 +206,21 @@ class Node:
             prio = None
         e0 = -1
         e0_level = 0
+        e0_pull = None
         if prio is not None and self._usable(prio[0], prio[1], prio[2], prio[3]):
-            e0 = prio[0]
-            e0_level = prio[1]
-        pins = [g[0] for g in group if self._usable(g[0], lvl, g[1], g[2])]
-        self._plan = (e0, e0_level, pins, lvl)
-        self.st["aw"] = [e0, pins]
+            e0, e0_level, e0_pull = prio[0], prio[1], prio[2]
+        pins = [(g[0], g[1]) for g in group if self._usable(g[0], lvl, g[1], g[2])]
+        self._plan = (e0, e0_level, e0_pull, pins, lvl)
+        self.st["aw"] = [e0, [p for p, _ in pins]]
+
+    def _pin_in(self, p, pull):
+        m = self.hal.machine
+        return m.Pin(p, m.Pin.IN) if pull is None else m.Pin(p, m.Pin.IN, pull)
 
     def _arm(self):
         e = self.hal.esp32
-        m = self.hal.machine
-        e0, e0_level, pins, lvl = self._plan
-        group = [m.Pin(p, m.Pin.IN) for p in pins]  # pulls were set when plan_wakes read them
+        e0, e0_level, e0_pull, pins, lvl = self._plan
+        group = [self._pin_in(p, pull) for p, pull in pins]  # with the pull it holds in sleep
         level = e.WAKEUP_ANY_HIGH if lvl else e.WAKEUP_ALL_LOW
         if self.board.get("pin_wake") == "gpio":
             # ESP32-C3: no ext0/ext1 in the port, esp32.wake_on_gpio instead (one level for
@@ -226,7 +228,7 @@ class Node:
             e.wake_on_gpio(group, level)
             return
         if self.board.get("ext0", True):
-            e.wake_on_ext0(m.Pin(e0, m.Pin.IN) if e0 >= 0 else None, e0_level)
+            e.wake_on_ext0(self._pin_in(e0, e0_pull) if e0 >= 0 else None, e0_level)
         e.wake_on_ext1(group, level)  # an empty list disarms (None would keep the old set)
 
     def sleep_ms(self):
