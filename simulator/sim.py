@@ -193,7 +193,7 @@ class Simulation:
                 cfg[sect] = val
         wr = node.rng_world
         if grp.kind == "parking":
-            space = ParkingSpace(wr, ParkingParams(**grp.world), self.t_day0)
+            space = ParkingSpace(wr, ParkingParams(**grp.world), self.t_day0, noise_rng=node.rng_hw)
             node.world = space
             mag = LIS3MDL(node, space, node.rng_hw, int(board.get("lis3mdl_addr", 0x1C)))
             node.i2c_devices[mag.address] = mag
@@ -201,7 +201,7 @@ class Simulation:
             node.sensor_active_ua = profile.current_ua("lis3mdl_active_ua", 40.0)
         elif grp.kind == "bin":
             bp = BinParams(**grp.world)
-            b = Bin(wr, bp, self.t_day0)
+            b = Bin(wr, bp, self.t_day0, noise_rng=node.rng_hw)
             node.world = b
             cal = cfg["calibration"]
             cal.setdefault("empty_mm", bp.empty_mm)

@@ -1,7 +1,9 @@
 """The physical world around each node, with ground truth: parking spaces, bins, water use.
 
-Each model draws its future lazily, a day at a time, from the node's own random stream, so
+Each model draws its future lazily, a day at a time, from the node's own world stream, so
 a node's world does not depend on how many other nodes exist or which process runs it.
+Sensor noise comes from a second stream (the node's hardware stream in the simulator): how
+often the firmware samples must not change what happens in the street.
 Times are simulated seconds from the start of the run; ``t_day0`` is the wall-clock hour
 of t = 0 expressed in seconds (profiles follow the time of day).
 """
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from typing import Final
 
 DAY_S: Final = 86400.0
+# Seed of the noise stream of a model built without one (tests); the simulator passes its own.
+NOISE_SEED: Final = 0x5EED
 
 # Relative arrival intensity per hour of day (on-street parking in a town centre; a
 # modelling assumption: quiet nights, a morning and a lunchtime peak, busy afternoons).
@@ -83,8 +87,10 @@ class ParkingParams:
 class ParkingSpace:
     """Occupancy timeline and the magnetic field at the sensor (gauss, x/y/z)."""
 
-    def __init__(self, rng: random.Random, params: ParkingParams, t_day0: float) -> None:
+    def __init__(self, rng: random.Random, params: ParkingParams, t_day0: float,
+                 noise_rng: random.Random | None = None) -> None:
         self.rng = rng
+        self.noise_rng = noise_rng if noise_rng is not None else random.Random(NOISE_SEED)
         self.p = params
         self.t_day0 = t_day0
         # Earth field at the sensor (~0.45 gauss, inclination ~60 deg in France), per node.
@@ -156,7 +162,7 @@ class ParkingSpace:
             z += d[2]
         if noisy:
             n = self.p.noise_gauss
-            g = self.rng.gauss
+            g = self.noise_rng.gauss
             return (x + g(0, n), y + g(0, n), z + g(0, n))
         return (x, y, z)
 
@@ -202,6 +208,7 @@ class BinParams:
     mean_deposit_pct: float = 1.1
     collection_every_days: float = 3.0
     collection_hour: float = 6.0
+    collection_jitter_s: float = 3 * 3600.0  # a round reaches a bin 0-3 h after it starts
     noise_mm: float = 8.0  # JSN-SR04T repeatability, ~1 cm class
     false_echo_p: float = 0.03  # echo from a wall or a lid edge
     no_echo_p: float = 0.01  # absorbed by soft waste: the pulse times out
@@ -210,14 +217,19 @@ class BinParams:
 class Bin:
     """Fill level step function (percent) with collections; truth for distance readings."""
 
-    def __init__(self, rng: random.Random, params: BinParams, t_day0: float) -> None:
+    def __init__(self, rng: random.Random, params: BinParams, t_day0: float,
+                 noise_rng: random.Random | None = None) -> None:
+        if params.collection_every_days <= 0:
+            raise ValueError("collection_every_days must be > 0")
         self.rng = rng
+        self.noise_rng = noise_rng if noise_rng is not None else random.Random(NOISE_SEED)
         self.p = params
         self.t_day0 = t_day0
         self.times: list[float] = [0.0]
         self.fill: list[float] = [rng.uniform(0, 60)]
         self.collections: list[float] = []
         self._gen_until = 0.0
+        self._carry: list[tuple[float, float | None]] = []  # events past the last day drawn
         # First collection at the next collection hour, staggered across bins by day.
         first_day = rng.randrange(max(1, round(params.collection_every_days)))
         start = params.collection_hour * 3600 - t_day0 % DAY_S
@@ -233,15 +245,17 @@ class Bin:
         rng = self.rng
         deposits = _nhpp(rng, t0, t1, self.p.deposits_per_day / DAY_S / _mean(BIN_PROFILE),
                          BIN_PROFILE, self.t_day0)
-        events: list[tuple[float, float | None]] = [
-            (t, rng.expovariate(1.0 / self.p.mean_deposit_pct)) for t in deposits
-        ]
+        events = self._carry + [(t, rng.expovariate(1.0 / self.p.mean_deposit_pct)) for t in deposits]
         while self._next_collection < t1:
-            events.append((self._next_collection + rng.uniform(0, 3 * 3600), None))
+            events.append((self._next_collection + rng.uniform(0, self.p.collection_jitter_s), None))
             self._next_collection += self.p.collection_every_days * DAY_S
         events.sort(key=lambda e: e[0])
+        # A round that ends past this day waits for the next day's batch, where it takes its
+        # place among that day's deposits: the timeline stays sorted for bisect.
+        cut = bisect.bisect_left([e[0] for e in events], t1)
+        self._carry = events[cut:]
         level = self.fill[-1]
-        for t, amount in events:
+        for t, amount in events[:cut]:
             if amount is None:
                 level = rng.uniform(0.0, 3.0)
                 self.collections.append(t)
@@ -262,12 +276,13 @@ class Bin:
 
     def measured_mm(self, t: float) -> float | None:
         """One ultrasonic ping: noise, occasional false echoes, occasional no echo (None)."""
-        r = self.rng.random()
+        rng = self.noise_rng
+        r = rng.random()
         if r < self.p.no_echo_p:
             return None
         if r < self.p.no_echo_p + self.p.false_echo_p:
-            return self.rng.uniform(150.0, self.p.empty_mm * 0.6)
-        return max(20.0, self.distance_mm(t) + self.rng.gauss(0, self.p.noise_mm))
+            return rng.uniform(150.0, self.p.empty_mm * 0.6)
+        return max(20.0, self.distance_mm(t) + rng.gauss(0, self.p.noise_mm))
 
 
 # ---------------------------------------------------------------------------- water
@@ -303,6 +318,7 @@ class Household:
         self.bursts: list[float] = []
         self._leak_lps = 0.0
         self._gen_until = 0.0
+        self._carry: list[tuple[float, float]] = []  # flow changes past the last day drawn
 
     def ensure(self, t: float) -> None:
         while self._gen_until <= t + 60.0:
@@ -310,7 +326,7 @@ class Household:
 
     def _generate_day(self, t0: float, t1: float) -> None:
         rng = self.rng
-        deltas: list[tuple[float, float]] = []  # (time, d flow l/s)
+        deltas = list(self._carry)  # (time, d flow l/s): draws still running from the day before
         rate = self.p.litres_per_day / _MEAN_DRAW_L / DAY_S / _mean(WATER_PROFILE)
         weights = [w for *_, w in _DRAWS]
         for t in _nhpp(rng, t0, t1, rate, WATER_PROFILE, self.t_day0):
@@ -330,8 +346,12 @@ class Household:
             deltas.append((t, self.p.burst_lph / 3600.0))
             deltas.append((t + self.p.burst_s, -self.p.burst_lph / 3600.0))
         deltas.sort()
+        # The end of a draw or a burst that runs past this day belongs to the next day's
+        # batch: breakpoints stay sorted, and the volume never runs backwards.
+        cut = bisect.bisect_left(deltas, (t1, -math.inf))
+        self._carry = deltas[cut:]
         flow = self.flow[-1]
-        for t, d in deltas:
+        for t, d in deltas[:cut]:
             last = self.bp[-1]
             v = self.vol[-1] + self.flow[-1] * (t - last)
             flow = max(0.0, flow + d)

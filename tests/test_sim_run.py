@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 from gateway.protocol import TYPE_NAMES, NodeKeys, parse_header, verify_uplink
 from gateway.quantities import QUANTITIES
 from simulator.sim import Simulation, run_parallel
+from simulator.world import Bin, ParkingParams, ParkingSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "scenarios" / "smoke.toml"
@@ -113,3 +116,43 @@ def test_a_run_longer_than_the_scenario_still_gets_pin_wakes() -> None:
     # the sharded run (cli --processes) follows the same schedule
     two = run_parallel(sc, duration_s=3 * 86400.0, processes=2)
     assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)
+
+
+def _timeline(world: Any, t_end: float) -> tuple[Any, ...]:
+    world.ensure(t_end)
+    if isinstance(world, ParkingSpace):
+        n = bisect.bisect_left(world.changes, t_end)
+        return (world.changes[:n], world.occ[:n], world.vehicle[:n],
+                [tr for tr in world.transients if tr[0] < t_end])
+    if isinstance(world, Bin):
+        n = bisect.bisect_left(world.times, t_end)
+        return world.times[:n], world.fill[:n], [c for c in world.collections if c < t_end]
+    n = bisect.bisect_left(world.bp, t_end)
+    return world.bp[:n], world.flow[:n], world.vol[:n], world.leaks, world.bursts
+
+
+def test_the_world_does_not_depend_on_how_often_the_firmware_samples() -> None:
+    """Magnetometer noise and ultrasonic pings once drew from the world's stream: from day 2
+    the cars and the waste depended on the firmware's sampling settings."""
+    def scenario(sampling: bool) -> dict[str, Any]:
+        park = {"thresholds": {"confirm_samples": 5}, "intervals": {"confirm_gap_s": 3}} if sampling else {}
+        bins = {"intervals": {"measure_s": 300}, "thresholds": {"pings": 9}} if sampling else {}
+        return {"sim": {"name": "rng", "seed": 6}, "gateways": [{"id": "gw"}],
+                "nodes": [{"kind": "parking", "count": 3, "config": park},
+                          {"kind": "bin", "count": 2, "sensor": "jsnsr04t", "config": bins},
+                          {"kind": "bin", "count": 1, "config": bins},
+                          {"kind": "water", "count": 1}]}
+    days = 2 * 86400.0
+    runs = []
+    for sampling in (False, True):
+        sim = Simulation(scenario(sampling))
+        sim.run(days)
+        runs.append(sim)
+    quiet, busy = runs
+    assert sum(n.cycles for n in busy.nodes) > sum(n.cycles for n in quiet.nodes)  # it did sample more
+    for a, b in zip(quiet.nodes, busy.nodes, strict=True):
+        assert _timeline(a.world, 3 * 86400.0) == _timeline(b.world, 3 * 86400.0), a.name
+    # ... and it is the world a model alone draws from the node's world stream
+    node = quiet.by_name["parking-00001"]
+    alone = ParkingSpace(random.Random(f"6:{node.node_id}:world"), ParkingParams(), quiet.t_day0)
+    assert _timeline(alone, 3 * 86400.0) == _timeline(node.world, 3 * 86400.0)

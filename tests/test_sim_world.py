@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simulator.world import (
     DAY_S,
@@ -100,3 +105,55 @@ def test_leaks_flow_continuously() -> None:
     assert h.leaks
     t = h.leaks[0] + 1.0
     assert all(h.flow_lph(t + k * 600.0) >= 4.0 - 1e-9 for k in range(100))
+
+
+@settings(max_examples=60, deadline=None)
+@given(hour=st.floats(0.0, 23.99), jitter_s=st.floats(0.0, 2 * DAY_S), every_days=st.floats(0.25, 7.0),
+       t_day0=st.floats(0.0, DAY_S - 1), seed=st.integers(0, 2**32), days=st.integers(1, 5))
+def test_bin_timeline_stays_sorted_and_physical(hour: float, jitter_s: float, every_days: float,
+                                                t_day0: float, seed: int, days: int) -> None:
+    """A round running past midnight once landed after the next day's deposits: bisect read
+    the wrong fill (265 of 300 bins with a 07:00 start)."""
+    p = BinParams(collection_hour=hour, collection_jitter_s=jitter_s, collection_every_days=every_days)
+    b = Bin(random.Random(seed), p, t_day0)
+    t_end = days * DAY_S
+    b.ensure(t_end)
+    assert b.times == sorted(b.times)
+    assert b.collections == sorted(b.collections)
+    assert all(0.0 <= f <= 110.0 for f in b.fill)
+    for c in [c for c in b.collections if c < t_end]:  # (a query past t_end draws more days)
+        assert b.fill_pct(c) <= 3.0  # emptied at the round, whatever came the same day
+    for k in range(97):
+        t = t_end * k / 96
+        i = max(j for j, tj in enumerate(b.times) if tj <= t)  # the last event so far
+        assert b.fill_pct(t) == b.fill[i]
+        assert 30.0 <= b.distance_mm(t) <= p.empty_mm
+
+
+@settings(max_examples=40, deadline=None)
+@given(burst_s=st.floats(60.0, 2 * DAY_S), t_day0=st.floats(0.0, DAY_S - 1), seed=st.integers(0, 2**32),
+       days=st.integers(1, 4))
+def test_household_volume_never_runs_backwards(burst_s: float, t_day0: float, seed: int, days: int) -> None:
+    """A draw or a burst running past midnight once ended after the next day's draws began."""
+    p = WaterParams(burst_p=1.0, burst_s=burst_s, leak_p=0.5)
+    h = Household(random.Random(seed), p, t_day0)
+    t_end = days * DAY_S
+    h.ensure(t_end)
+    assert all(a < b for a, b in itertools.pairwise(h.bp))
+    assert h.vol == sorted(h.vol) and all(f >= 0.0 for f in h.flow)
+    vols = [h.volume_l(t_end * k / 200) for k in range(201)]
+    assert vols == sorted(vols)
+    for t in h.bursts:
+        if t + 1.0 < min(t + burst_s, t_end):
+            assert h.flow_lph(t + 1.0) >= p.burst_lph - 1e-6
+
+
+def test_water_bursts_add_their_volume() -> None:
+    """A burst runs at burst_lph for burst_s on top of the household's draws."""
+    quiet = WaterParams(litres_per_day=0.0, leak_p=0.0, burst_p=1.0, burst_lph=1200.0, burst_s=1800.0)
+    h = Household(random.Random("burst"), quiet, 0.0)
+    h.ensure(2 * DAY_S)
+    t = h.bursts[0]
+    assert h.flow_lph(t + 1.0) == pytest.approx(1200.0)
+    assert h.volume_l(t + 1800.0) - h.volume_l(t) == pytest.approx(600.0)
+    assert h.flow_lph(t + 1801.0) == pytest.approx(0.0)
