@@ -456,6 +456,9 @@ class SimMachine:
         return self._n.time_pulse_us(_pin_id(pin), pulse_level, timeout_us)
 
     def deepsleep(self, time_ms: int | None = None, /) -> None:
+        if time_ms is not None and not isinstance(time_ms, int):
+            # the port parses an MP_ARG_INT: mp_obj_get_int refuses a float
+            raise TypeError(f"can't convert {type(time_ms).__name__} to int")
         raise DeepSleep(time_ms)
 
     def lightsleep(self, time_ms: int | None = None, /) -> None:

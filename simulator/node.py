@@ -310,12 +310,13 @@ class SimNode:
             self._charge_awake()
 
     def _cycle(self) -> None:
-        sleep_ms: float | None
+        """firmware/main.py, as the board runs it: its deep sleep, or what follows an escape."""
         try:
-            ret = self.fw.run_cycle(self.hal)
-            sleep_ms = None if ret is None else float(ret)
+            self.sim.board_main.run(self)
         except DeepSleep as ds:
-            sleep_ms = None if ds.ms is None else float(ds.ms)
+            self._end_radio()
+            self._sleep(None if ds.ms is None else float(ds.ms))
+            return
         except SoftReset:
             self._end_radio()
             self.sim.engine.at(self.t, self._event(SOFT_RESET, 0))
@@ -325,22 +326,26 @@ class SimNode:
             self.errors["watchdog"] += 1
             self.sim.engine.at(self.t, self._event(WDT_RESET, 0, keep_rtc=True))
             return
-        except Exception as exc:  # a firmware bug: what the board would do next
+        except Exception as exc:  # escaped main.py itself: the board drops to the REPL
             self._end_radio()
-            self.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
-            if self.wdt_timeout_s is not None:
-                # Uncaught exception -> REPL idles at CPU current until the WDT bites.
-                t_bite = self.wdt_feed_t + self.wdt_timeout_s
-                self.cpu_s += max(0.0, t_bite - self.t)
-                self.t = max(self.t, t_bite)
-                self.sim.engine.at(self.t, self._event(WDT_RESET, 0))
-            else:
-                self.hung = True
-                self.sleep_start = self.t
-                self.sleep_ua = self.profile.active_ua
+            self.errors[f"main.py: {type(exc).__name__}: {exc}"[:120]] += 1
+            self._repl()
             return
         self._end_radio()
-        self._sleep(sleep_ms)
+        self.errors["main.py returned without deep sleep"] += 1
+        self._repl()
+
+    def _repl(self) -> None:
+        """At the REPL the CPU idles awake until the watchdog bites (or forever without one)."""
+        if self.wdt_timeout_s is not None:
+            t_bite = self.wdt_feed_t + self.wdt_timeout_s
+            self.cpu_s += max(0.0, t_bite - self.t)
+            self.t = max(self.t, t_bite)
+            self.sim.engine.at(self.t, self._event(WDT_RESET, 0))
+        else:
+            self.hung = True
+            self.sleep_start = self.t
+            self.sleep_ua = self.profile.active_ua
 
     def _end_radio(self) -> None:
         self.ble_stop_adv()

@@ -19,6 +19,7 @@ from gateway.protocol import TYPE_NAMES, NodeKeys, parse_header, verify_uplink
 from gateway.quantities import QUANTITIES
 from simulator import scenario as scenario_mod
 from simulator.air import AirModel, Gateway, RadioParams
+from simulator.board_main import BoardMain
 from simulator.devices import LIS3MDL, VL53L1X, ConstWire, Echo, LIS3MDLIntWire, PulseWire
 from simulator.energy import CATEGORIES, CELLS, load_board
 from simulator.engine import Engine
@@ -114,6 +115,7 @@ class Simulation:
         self.serial_wall_factor = serial_wall_factor
         self.shard = shard
         self.fw = firmware if firmware is not None else load_firmware()
+        self.board_main = BoardMain(self.fw)
         self.engine = Engine()
         self.console = Console()
         self.epoch0 = float(sc.start_epoch)

@@ -1,0 +1,80 @@
+"""firmware/main.py runs around every cycle: a failed cycle costs a 600 s deep sleep, as on a board."""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import pytest
+
+from simulator.energy import FALLBACK_PROFILE
+from simulator.node import DEEPSLEEP_RESET, TIMER_WAKE, WDT_RESET
+from simulator.sim import Simulation
+
+SCENARIO = {
+    "sim": {"name": "main", "seed": 4, "board": "no-such-board"},  # fallback profile: known figures
+    "gateways": [{"id": "gw"}],
+    "nodes": [{"kind": "water", "count": 1}],
+}
+
+
+def _firmware(run_cycle: Any) -> types.ModuleType:
+    fw = types.ModuleType("fake_node")
+    fw.run_cycle = run_cycle  # type: ignore[attr-defined]
+    return fw
+
+
+def _boots(sim: Simulation) -> list[tuple[float, int, int]]:
+    node = sim.nodes[0]
+    boots: list[tuple[float, int, int]] = []
+    boot = node.boot
+
+    def record(t: float, cause: int, wake: int) -> None:
+        boots.append((t, cause, wake))
+        boot(t, cause, wake)
+
+    node.boot = record  # type: ignore[method-assign]
+    return boots
+
+
+def test_a_firmware_exception_ends_in_main_py_s_600_s_deep_sleep() -> None:
+    def run_cycle(hal: Any) -> int:
+        hal.machine.WDT(timeout=30_000)  # as us_node does: the watchdog is running
+        hal.time.sleep_ms(20)
+        raise ZeroDivisionError("division by zero")
+
+    sim = Simulation(SCENARIO, firmware=_firmware(run_cycle))
+    node = sim.nodes[0]
+    boots = _boots(sim)
+    t0 = sim.engine.next_time()
+    assert t0 is not None
+    sim.engine.run_until(t0)
+    assert node.errors == {"ZeroDivisionError: division by zero": 1}
+    assert node.console[-1] == "urbansense: cycle failed: ZeroDivisionError division by zero"
+    f = {k: v["value"] for k, v in FALLBACK_PROFILE.items()}
+    awake_s = f["boot_ms"] / 1000 + sim.firmware_cpu_s + 0.020  # not 30 s at the REPL
+    assert node.t - t0 == pytest.approx(awake_s)
+    assert node.meter.uc["cpu"] == pytest.approx(f["active_ma"] * 1000 * (sim.firmware_cpu_s + 0.020))
+    t_sleep = node.t
+    sim.engine.run_until(t_sleep + 600.0)
+    assert len(boots) == 2 and boots[1] == (pytest.approx(t_sleep + 600.0), DEEPSLEEP_RESET, TIMER_WAKE)
+    assert node.meter.uc["sleep"] == pytest.approx(f["deep_sleep_ua"] * 600.0)
+    assert node.errors["ZeroDivisionError: division by zero"] == 2 and not node.hung
+
+
+def test_a_float_sleep_escapes_main_py_like_on_the_port() -> None:
+    """machine.deepsleep(60000.0) raises TypeError on the ESP32 port (an MP_ARG_INT): outside
+    main.py's try, the board sits at the REPL until the watchdog resets it."""
+    def run_cycle(hal: Any) -> float:
+        hal.machine.WDT(timeout=30_000)
+        return 60_000.0
+
+    sim = Simulation(SCENARIO, firmware=_firmware(run_cycle))
+    node = sim.nodes[0]
+    boots = _boots(sim)
+    t0 = sim.engine.next_time()
+    assert t0 is not None
+    sim.engine.run_until(t0 + 40.0)
+    assert node.errors == {"main.py: TypeError: can't convert float to int": 2}  # and after the reset
+    assert boots[1][1:] == (WDT_RESET, 0)
+    assert boots[1][0] == pytest.approx(t0 + FALLBACK_PROFILE["boot_ms"]["value"] / 1000 + sim.firmware_cpu_s + 30.0)
