@@ -15,6 +15,10 @@ HOURS_PER_YEAR: Final = 8766.0
 ROOT: Final = Path(__file__).resolve().parents[1]
 BOARDS_DIR: Final = ROOT / "boards"
 
+# Bringing NimBLE up (ble.active(True)) at CPU current, when neither the board file nor
+# anything else gives "ble_init_ms".
+BLE_INIT_MS_DEFAULT: Final = 200.0
+
 # Used only when boards/ has no file for the board a scenario names; every figure cites
 # /work/shared/FIELD-FACTS.md ("ESP32 power") so the fallback is as checkable as a board file.
 FALLBACK_PROFILE: Final[dict[str, dict[str, Any]]] = {
@@ -43,6 +47,12 @@ FALLBACK_PROFILE: Final[dict[str, dict[str, Any]]] = {
         "unit": "mC",
         "source": "glenn20/upy-esp32-experiments OptimisingMicropythonBootTime via FIELD-FACTS",
     },
+    "ble_init_ms": {
+        "value": BLE_INIT_MS_DEFAULT,
+        "unit": "ms",
+        "source": "micropython/micropython#5489: BLE().active(True) 'normally take[s] around 200ms'"
+                  " on an ESP32 (NimBLE); UNVERIFIED on current builds",
+    },
 }
 
 # Pins of the fallback board: RTC-capable wake pins (4, 25, 26) per FIELD-FACTS' ESP32 list.
@@ -50,19 +60,21 @@ FALLBACK_PINS: Final = {"i2c_scl": 22, "i2c_sda": 21, "mag_int": 4, "battery_adc
                         "tamper": 26, "us_trig": 18, "us_echo": 19}
 
 _UNIT_TO_BASE: Final = {
-    # currents to uA, times to ms, charges to uC
-    "ua": 1.0,
-    "µa": 1.0,
-    "ma": 1000.0,
-    "a": 1e6,
-    "na": 1e-3,
-    "ms": 1.0,
-    "s": 1000.0,
-    "us": 1e-3,
-    "mc": 1000.0,
-    "uc": 1.0,
-    "c": 1e6,
+    # unit -> (kind, factor): currents to uA, times to ms, charges to uC
+    "ua": ("current", 1.0),
+    "µa": ("current", 1.0),
+    "ma": ("current", 1000.0),
+    "a": ("current", 1e6),
+    "na": ("current", 1e-3),
+    "ms": ("time", 1.0),
+    "s": ("time", 1000.0),
+    "us": ("time", 1e-3),
+    "mc": ("charge", 1000.0),
+    "uc": ("charge", 1.0),
+    "c": ("charge", 1e6),
 }
+# Draws of parts that are on only in some states (charged with that state), not always on.
+_DEVICE_PREFIXES: Final = ("lis3mdl_", "vl53l1x_", "jsnsr04t_", "chip_", "ble_", "uart_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +87,27 @@ class PowerProfile:
     ble_tx_ua: float
     boot_ms: float
     boot_uc: float
-    extra_ua: dict[str, float] = field(default_factory=dict)  # other *_ua/*_ma entries by name
+    extra_ua: dict[str, float] = field(default_factory=dict)  # other currents by name
     sources: dict[str, str] = field(default_factory=dict)
     fallback: bool = False
     static_ua: float = 0.0  # always-on board draws (regulator Iq, battery divider)
+    extra_ms: dict[str, float] = field(default_factory=dict)  # other times by name (ble_init_ms)
 
     def current_ua(self, name: str, default_ua: float) -> float:
         return self.extra_ua.get(name, default_ua)
+
+    def time_ms(self, name: str, default_ms: float) -> float:
+        return self.extra_ms.get(name, default_ms)
+
+    @property
+    def ble_init_ms(self) -> float:
+        return self.time_ms("ble_init_ms", BLE_INIT_MS_DEFAULT)
+
+    @property
+    def uart_ua(self) -> float:
+        """Awake with the UART sending or waiting for an ack: the CPU, plus a line driver
+        (RS-485 transceiver, level shifter) if the board file names one ("uart_ua"/"uart_ma")."""
+        return self.active_ua + self.extra_ua.get("uart_ua", self.extra_ua.get("uart_ma", 0.0))
 
 
 def _figure(entry: Any) -> tuple[float, str, str]:
@@ -90,32 +116,33 @@ def _figure(entry: Any) -> tuple[float, str, str]:
     return float(entry), "", ""
 
 
-def _to_base(name: str, entry: Any) -> tuple[float, str]:
+def _to_base(name: str, entry: Any) -> tuple[float, str, str]:
+    """-> (value in base units, kind: current/time/charge, source)."""
     value, unit, source = _figure(entry)
     if not unit:  # unit implied by the key's suffix (units in names)
         unit = name.rsplit("_", 1)[-1]
-    factor = _UNIT_TO_BASE.get(unit.lower())
-    if factor is None:
+    conv = _UNIT_TO_BASE.get(unit.lower())
+    if conv is None:
         raise ValueError(f"power figure {name}: unknown unit {unit!r}")
-    return value * factor, source
+    kind, factor = conv
+    return value * factor, kind, source
 
 
 def profile_from_power(board: str, power: dict[str, Any], *, fallback: bool = False) -> PowerProfile:
     merged: dict[str, Any] = dict(FALLBACK_PROFILE)
     merged.update(power)
     base: dict[str, float] = {}
+    kinds: dict[str, str] = {}
     sources: dict[str, str] = {}
     for name, entry in merged.items():
         try:
-            base[name], sources[name] = _to_base(name, entry)
+            base[name], kinds[name], sources[name] = _to_base(name, entry)
         except (ValueError, KeyError, TypeError):
             continue
     core = {"deep_sleep_ua", "active_ma", "ble_tx_ma", "boot_ms", "boot_mc"}
-    extra = {
-        k: v for k, v in base.items() if k not in core and k.rsplit("_", 1)[-1] in ("ua", "ma")
-    }
-    device_prefixes = ("lis3mdl_", "vl53l1x_", "jsnsr04t_", "chip_", "ble_")
-    static = sum(v for k, v in extra.items() if k.endswith("_ua") and not k.startswith(device_prefixes))
+    extra = {k: v for k, v in base.items() if k not in core and kinds[k] == "current"}
+    times = {k: v for k, v in base.items() if k not in core and kinds[k] == "time"}
+    static = sum(v for k, v in extra.items() if k.endswith("_ua") and not k.startswith(_DEVICE_PREFIXES))
     return PowerProfile(
         board=board,
         static_ua=static,
@@ -125,6 +152,7 @@ def profile_from_power(board: str, power: dict[str, Any], *, fallback: bool = Fa
         boot_ms=base["boot_ms"],
         boot_uc=base["boot_mc"],
         extra_ua=extra,
+        extra_ms=times,
         sources=sources,
         fallback=fallback,
     )

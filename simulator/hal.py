@@ -321,7 +321,8 @@ class SimUART:
     def write(self, buf: Any) -> int:
         data = bytes(buf)
         n = self._n
-        n.advance(len(data) * 10 / self.baudrate)
+        n.advance(len(data) * 10 / self.baudrate, "uart")  # 8N1: 10 bit times a byte
+        n.uart_busy = True
         assert n.serial is not None
         n.serial.node_write(n, data)
         return len(data)
@@ -346,7 +347,7 @@ class SimUART:
         return self.read()
 
     def deinit(self) -> None:
-        return None
+        self._n.uart_busy = False
 
 
 class _UARTFactory:
@@ -708,4 +709,4 @@ class SimHAL:
         return _WriteBinFile(self._n, path) if "b" in mode else _WriteFile(self._n, path)
 
     def energy(self, state: str) -> None:
-        self._n.state = state
+        self._n.declare(state)

@@ -29,9 +29,6 @@ GPIO_WAKE: Final = 7  # ESP_SLEEP_WAKEUP_GPIO: the C3's wake_on_gpio (machine ha
 TIMER_WAKE: Final = 4
 
 LIGHT_SLEEP_UA: Final = 800.0  # ESP32 datasheet via FIELD-FACTS: light sleep 0.8 mA
-# Bringing NimBLE up (ble.active(True)) at CPU current. Not a measured figure: an assumption
-# until a board file gives "ble_init_ms".
-BLE_INIT_MS_DEFAULT: Final = 50.0
 # Air time of one legacy ADV_NONCONN_IND PDU at 1 Mb/s: preamble 1 + access address 4 +
 # header 2 + AdvA 6 + data + CRC 3 bytes. Each advertising event sends it on 37, 38, 39.
 RADIO_RAMP_US: Final = 150.0
@@ -123,6 +120,10 @@ class SimNode:
         self.cpu_s = 0.0
         self.sensor_s = 0.0
         self.light_s = 0.0
+        self.uart_s = 0.0
+        # From a UART write until the firmware declares its next state: sending, then
+        # polling for the ack (us_serial's sleep_ms loop), charged as "uart".
+        self.uart_busy = False
         self.ext0: tuple[int, int] | None = None
         self.ext1: tuple[list[int], int] | None = None
         self.gen = 0  # bumps when a scheduled wake is cancelled
@@ -174,6 +175,8 @@ class SimNode:
             self.sensor_s += dt
         elif st == "light_sleep":
             self.light_s += dt
+        elif st == "uart":
+            self.uart_s += dt
         else:
             self.cpu_s += dt
         self.t += dt
@@ -186,12 +189,20 @@ class SimNode:
         m["cpu"] += self.cpu_s * p.active_ua
         m["sensor"] += self.sensor_s * (p.active_ua + self.sensor_active_ua)
         m["sleep"] += self.light_s * LIGHT_SLEEP_UA
-        self.cpu_s = self.sensor_s = self.light_s = 0.0
+        m["uart"] += self.uart_s * p.uart_ua
+        self.cpu_s = self.sensor_s = self.light_s = self.uart_s = 0.0
 
     def sleep(self, dt: float, state: str | None = None) -> None:
         if self.serial is not None:
             self.serial.wait(self, dt)
+        if state is None and self.uart_busy and self.state == "cpu":
+            state = "uart"  # waiting for the gateway's ack
         self.advance(dt, state)
+
+    def declare(self, state: str) -> None:
+        """hal.energy(state): the firmware says what it does next (so the UART wait is over)."""
+        self.state = state
+        self.uart_busy = False
 
     # ------------------------------------------------------------------ pins & analog
     def set_pin_out(self, pin: int, level: int) -> None:
@@ -245,7 +256,7 @@ class SimNode:
         return bytes((0xC0 | 0x10, 0x55)) + self.node_id.to_bytes(4, "big")
 
     def ble_on(self) -> None:
-        self.advance(self.profile.current_ua("ble_init_ms", BLE_INIT_MS_DEFAULT) / 1000.0, "cpu")
+        self.advance(self.profile.ble_init_ms / 1000.0, "cpu")
 
     def ble_start_adv(self, interval_us: int, data: bytes) -> None:
         self.ble_stop_adv()
@@ -289,6 +300,7 @@ class SimNode:
         self.cpu_s += self.sim.firmware_cpu_s  # the cycle's own bytecode (see Scenario)
         self.t += self.sim.firmware_cpu_s
         self.state = "cpu"
+        self.uart_busy = False
         self.wdt_timeout_s = None
         self.wdt_deadline = math.inf
         self.ext0 = None

@@ -21,7 +21,7 @@ from simulator import scenario as scenario_mod
 from simulator.air import AirModel, Gateway, RadioParams
 from simulator.board_main import BoardMain
 from simulator.devices import LIS3MDL, VL53L1X, ConstWire, Echo, LIS3MDLIntWire, PulseWire
-from simulator.energy import CATEGORIES, CELLS, load_board
+from simulator.energy import BOARDS_DIR, CATEGORIES, CELLS, load_board
 from simulator.engine import Engine
 from simulator.firmware_loader import load_firmware
 from simulator.node import Console, SimNode
@@ -96,7 +96,8 @@ class Simulation:
 
     def __init__(self, scenario: str | Path | dict[str, Any] | Scenario, *, seed: int | None = None,
                  nodes: int | None = None, serial: str = "loopback", firmware: ModuleType | None = None,
-                 shard: tuple[int, int] | None = None, serial_wall_factor: float = 1.0) -> None:
+                 shard: tuple[int, int] | None = None, serial_wall_factor: float = 1.0,
+                 boards_dir: Path = BOARDS_DIR) -> None:
         if isinstance(scenario, Scenario):
             sc = scenario
         elif isinstance(scenario, dict):
@@ -114,6 +115,7 @@ class Simulation:
         # needs real time to answer; the wait ends as soon as the ack is there)
         self.serial_wall_factor = serial_wall_factor
         self.shard = shard
+        self.boards_dir = Path(boards_dir)
         self.fw = firmware if firmware is not None else load_firmware()
         self.board_main = BoardMain(self.fw)
         self.engine = Engine()
@@ -151,7 +153,7 @@ class Simulation:
     # ------------------------------------------------------------------ building
     def _board(self, name: str) -> tuple[dict[str, Any], Any]:
         if name not in self._boards:
-            self._boards[name] = load_board(name)
+            self._boards[name] = load_board(name, self.boards_dir)
         return self._boards[name]
 
     def _build(self) -> None:
@@ -512,6 +514,7 @@ class Simulation:
             avg_ua = sum(uc.values()) / t_end if t_end > 0 else 0.0
             out.append({
                 "index": n.index, "kind": n.kind, "board": n.profile.board, "uc": uc,
+                "ble_init_ms": n.profile.ble_init_ms,
                 "static_ua": n.profile.static_ua,
                 "avg_ua": avg_ua + n.profile.static_ua, "cycles": n.cycles,
                 "errors": dict(n.errors), "resets": {str(k): v for k, v in n.resets.items()},
@@ -652,7 +655,7 @@ def build_summary(sc: Scenario, cell: Any, gateways: list[Gateway], nodes: list[
                  "self_discharge_per_year": cell.self_discharge_per_year},
         "assumptions": {
             "firmware_cpu_ms_per_cycle": sc.firmware_cpu_ms,
-            "ble_init_ms": 50.0,
+            "ble_init_ms": {n["board"]: n["ble_init_ms"] for n in sorted(nodes, key=lambda n: n["board"])},
             "radio": {k: getattr(RadioParams(**sc.radio), k) for k in RadioParams.__slots__},
             "boards": sorted({n["board"] for n in nodes}),
         },
@@ -681,9 +684,9 @@ def _check(kind: str, chk: dict[str, Any], truth: dict[str, Any], readings: dict
 # ---------------------------------------------------------------------- parallel runs
 
 
-def _shard_worker(args: tuple[Any, int, int, int | None, float]) -> dict[str, Any]:
-    sc, k, n, seed, duration = args
-    sim = Simulation(sc, seed=seed, shard=(k, n))
+def _shard_worker(args: tuple[Any, int, int, int | None, float, Path]) -> dict[str, Any]:
+    sc, k, n, seed, duration, boards_dir = args
+    sim = Simulation(sc, seed=seed, shard=(k, n), boards_dir=boards_dir)
     sim.run_until(duration)
     for node in sim.nodes:
         node.ble_stop_adv()
@@ -699,7 +702,7 @@ def _shard_worker(args: tuple[Any, int, int, int | None, float]) -> dict[str, An
 
 def run_parallel(scenario: str | Path | dict[str, Any] | Scenario, *, seed: int | None = None,
                  nodes: int | None = None, duration_s: float | None = None,
-                 processes: int = 2) -> dict[str, Any]:
+                 processes: int = 2, boards_dir: Path = BOARDS_DIR) -> dict[str, Any]:
     """Shard nodes across processes; the air is merged and settled here. No truth file."""
     if isinstance(scenario, Scenario):
         sc = scenario
@@ -714,7 +717,7 @@ def run_parallel(scenario: str | Path | dict[str, Any] | Scenario, *, seed: int 
     d = sc.duration_s if duration_s is None else duration_s
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(processes) as pool:
-        parts = pool.map(_shard_worker, [(sc, k, processes, None, d) for k in range(processes)])
+        parts = pool.map(_shard_worker, [(sc, k, processes, None, d, boards_dir) for k in range(processes)])
     gateways = [Gateway(str(g.get("id", f"gw-{i + 1}")), float(g.get("x", 0.0)), float(g.get("y", 0.0)))
                 for i, g in enumerate(sc.gateways)]
     gw_index = {g.gw_id: i for i, g in enumerate(gateways)}

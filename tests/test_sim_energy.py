@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from simulator.energy import FALLBACK_PROFILE, HOURS_PER_YEAR, Cell
-from simulator.node import BLE_INIT_MS_DEFAULT, RADIO_RAMP_US, pdu_airtime_s
+from simulator.energy import BOARDS_DIR, FALLBACK_PROFILE, HOURS_PER_YEAR, Cell
+from simulator.firmware_loader import load_firmware
+from simulator.node import RADIO_RAMP_US, pdu_airtime_s
 from simulator.sim import Simulation
 
 ADV = bytes([30, 0xFF, 0xFF, 0xFF]) + bytes(27)  # 31 bytes; not a frame of ours
@@ -52,6 +55,7 @@ def test_one_cycle_by_hand() -> None:
     assert node.cycles == 1
     f = {k: v["value"] for k, v in FALLBACK_PROFILE.items()}
     active_ua = f["active_ma"] * 1000
+    BLE_INIT_MS_DEFAULT = f["ble_init_ms"]  # noqa: N806
     expected = {
         "boot": f["boot_mc"] * 1000,
         "cpu": active_ua * (sim.firmware_cpu_s + 0.010 + BLE_INIT_MS_DEFAULT / 1000 + 0.350),
@@ -80,3 +84,75 @@ def test_battery_life_arithmetic() -> None:
     assert cell.life_years(avg_ua) == pytest.approx(usable_uah / per_year_uah)
     assert cell.life_years(0.0) == pytest.approx(85.0)  # self-discharge alone
     assert cell.voltage_mv(0.0) > cell.voltage_mv(0.99)
+
+
+def _board_dir(tmp_path: Path, name: str, **power: dict[str, Any]) -> Path:
+    board = json.loads((BOARDS_DIR / "city-wroom32e.json").read_text())
+    board["power"].update(power)
+    (tmp_path / f"{name}.json").write_text(json.dumps(board))
+    return tmp_path
+
+
+def test_the_board_s_ble_init_time_is_charged_and_reported(tmp_path: Path) -> None:
+    """ble_init_ms from the board file (it was dropped: only *_ua/*_ma extras were kept)."""
+    boards = _board_dir(tmp_path, "slow-ble", ble_init_ms={"value": 0.12, "unit": "s", "source": "test"})
+    sc = {"sim": {"name": "ble-init", "seed": 3, "board": "slow-ble"}, "gateways": [{"id": "gw"}],
+          "nodes": [{"kind": "water", "count": 1}]}
+    sim = Simulation(sc, firmware=_fake_firmware(), boards_dir=boards)
+    node = sim.nodes[0]
+    assert node.profile.ble_init_ms == pytest.approx(120.0)
+    t_boot = sim.engine.next_time()
+    assert t_boot is not None
+    sim.engine.run_until(t_boot)
+    cpu_s = sim.firmware_cpu_s + 0.010 + 0.120 + 0.350
+    assert node.meter.uc["cpu"] == pytest.approx(node.profile.active_ua * cpu_s, rel=1e-9)
+    summary = sim.summary()
+    assert summary["assumptions"]["ble_init_ms"] == {"slow-ble": pytest.approx(120.0)}
+    assert Simulation(SCENARIO).summary()["assumptions"]["ble_init_ms"] == {"no-such-board": 200.0}
+
+
+def _serial_firmware() -> types.ModuleType:
+    load_firmware()
+    import us_cobs
+    import us_proto
+
+    fw = types.ModuleType("fake_serial_node")
+
+    def run_cycle(hal: Any) -> int:
+        cfg = json.loads(hal.open("config.json").read())
+        keys = us_proto.Keys(bytes.fromhex(cfg["key"]))
+        frame = us_proto.encode_uplink(keys, cfg["node_id"], 0, us_proto.T_REPORT, {us_proto.Q_VOLUME_L: 5}, 64)
+        hal.time.sleep_ms(10)
+        uart = hal.machine.UART(1, baudrate=9600)
+        uart.write(us_cobs.wrap(frame))
+        while not uart.any():  # like us_serial: poll for the ack every 5 ms
+            hal.time.sleep_ms(5)
+        uart.read()
+        hal.energy("cpu")
+        hal.time.sleep_ms(7)
+        return 60_000
+
+    fw.run_cycle = run_cycle  # type: ignore[attr-defined]
+    fw.wire_len = len(us_cobs.wrap(bytes(7 + 3 + 4)))  # type: ignore[attr-defined]  # header, {3: 5}, MIC
+    return fw
+
+
+@pytest.mark.parametrize("uart_ma", [None, 1.5])
+def test_uart_time_is_charged_by_hand(tmp_path: Path, uart_ma: float | None) -> None:
+    """Sending at 9600 baud, then one 5 ms poll until the (4 ms) ack: charged as "uart"."""
+    power = {} if uart_ma is None else {"uart_ma": {"value": uart_ma, "unit": "mA", "source": "test"}}
+    boards = _board_dir(tmp_path, "serial-board", **power)
+    sc = {"sim": {"name": "uart", "seed": 3, "board": "serial-board"}, "gateways": [{"id": "gw"}],
+          "nodes": [{"kind": "water", "count": 1, "transport": "serial", "gateway": "gw"}]}
+    fw = _serial_firmware()
+    sim = Simulation(sc, firmware=fw, boards_dir=boards)
+    node = sim.nodes[0]
+    t_boot = sim.engine.next_time()
+    assert t_boot is not None
+    sim.engine.run_until(t_boot)
+    assert [f.acked for f in sim.frames] == [True]
+    uart_s = fw.wire_len * 10 / 9600 + 0.005
+    line_ua = 0.0 if uart_ma is None else uart_ma * 1000
+    assert node.meter.uc["uart"] == pytest.approx((node.profile.active_ua + line_ua) * uart_s, rel=1e-9)
+    assert node.meter.uc["cpu"] == pytest.approx(node.profile.active_ua * (sim.firmware_cpu_s + 0.017), rel=1e-9)
+    assert node.profile.static_ua == pytest.approx(0.025 + 1.8)  # a line driver is not always on
