@@ -226,8 +226,10 @@ class Gateway:
                 # Held until queued: a cancel while the queue is full must not drop a verdict.
                 await self.verdicts.put(self._held)
                 self._held = None
-            # Drain what is queued without a scheduler round trip per frame (throughput).
-            while not self.ingress.empty() and not self.verdicts.full():
+            # Drain what is queued without a scheduler round trip per frame (throughput); the
+            # counts are taken once, as nothing else runs until this loop yields.
+            room = self.verdicts.maxsize - self.verdicts.qsize()
+            for _ in range(min(self.ingress.qsize(), room)):
                 v = process(self.ingress.get_nowait())
                 if v is not None:
                     self.verdicts.put_nowait(v)

@@ -18,8 +18,6 @@ import time
 from collections import Counter
 from typing import Any, Final
 
-import cbor2
-
 from gateway import framing
 from gateway.config import BatchConfig
 from gateway.dedup import DedupIndex
@@ -32,7 +30,7 @@ from gateway.quantities import COMMANDS
 from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
 from gateway.replay import ReplayTable
-from gateway.senml import frame_records
+from gateway.senml import encode_frame, frame_bytes, join_frames
 from gateway.verify import Accepted, Duplicate, Verdict
 
 _log = logging.getLogger(__name__)
@@ -145,7 +143,9 @@ class Batcher:
             return
         if not self._index.add(v):
             return
-        size = len(cbor2.dumps(frame_records(v.record)))
+        # Encoded once, here: the size decides where the pack closes, the bytes go into it.
+        v.packed = packed = encode_frame(v.record)
+        size = frame_bytes(packed)
         if self._open and self._bytes + size > self.cfg.max_bytes:
             self.flush()
             self._index.add(v)  # flush cleared the index; v opens the next batch
@@ -187,7 +187,13 @@ class Batcher:
         self._bytes = 1
         self._ack_deadline_s = None
 
-        payload = cbor2.dumps([r for acc in batch for r in frame_records(acc.record)])
+        parts: list[bytes] = []
+        records = 0
+        for acc in batch:
+            data, n = acc.packed or encode_frame(acc.record)  # None: a better RSSI merged in
+            parts.append(data)
+            records += n
+        payload = join_frames(parts, records)
         priority = PRIORITY_ALARM if any(a.alarm for a in batch) else PRIORITY_ORDINARY
         fcnts: dict[int, list[int]] = {}
         for acc in batch:
@@ -276,7 +282,8 @@ class Batcher:
                         async with asyncio.timeout(timeout):
                             v = await queue.get()
                         self.add(v)
-            # Drain what is already queued without yielding per item (throughput).
-            while not queue.empty():
+            # Drain what is already queued without yielding per item (throughput); nothing
+            # else runs until this loop yields, so the count is taken once.
+            for _ in range(queue.qsize()):
                 self.add(queue.get_nowait())
             self.tick()

@@ -47,3 +47,4 @@ class DedupIndex:
 def _merge_rssi(acc: Accepted, rssi_dbm: int | None) -> None:
     if rssi_dbm is not None and (acc.record.rssi_dbm is None or rssi_dbm > acc.record.rssi_dbm):
         acc.record.rssi_dbm = rssi_dbm
+        acc.packed = None  # its SenML records changed: the batcher encodes them again

@@ -25,6 +25,7 @@ from gateway.senml import FrameRecord
 _Q_ALARMS = BY_FIELD["alarms"].key
 _Q_FLAGS = BY_FIELD["flags"].key
 _Q_BATTERY = BY_FIELD["battery_mv"].key
+_FIELDS = {key: q.field for key, q in QUANTITIES.items()}  # one lookup per reading, per frame
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -90,19 +91,20 @@ class Health:
         if h.silent:
             h.silent = False
             self._emit("back", h)
-        for key, value in rec.readings.items():
-            q = QUANTITIES.get(key)
-            h.readings[q.field if q else f"q{key}"] = value
-        if _Q_BATTERY in rec.readings:
-            h.battery_mv = int(rec.readings[_Q_BATTERY])
-        low = bool(int(rec.readings.get(_Q_FLAGS, 0)) & FLAG_LOW_BATTERY) or (
+        readings = rec.readings
+        known = h.readings
+        for key, value in readings.items():
+            known[_FIELDS.get(key) or f"q{key}"] = value
+        if _Q_BATTERY in readings:
+            h.battery_mv = int(readings[_Q_BATTERY])
+        low = bool(int(readings.get(_Q_FLAGS, 0)) & FLAG_LOW_BATTERY) or (
             h.battery_mv is not None and h.battery_mv < self.cfg.low_battery_mv
         )
         if low and not h.low_battery:
             self._emit("low_battery", h, battery_mv=h.battery_mv)
         h.low_battery = low
-        if _Q_ALARMS in rec.readings:
-            alarms = int(rec.readings[_Q_ALARMS])
+        if _Q_ALARMS in readings:
+            alarms = int(readings[_Q_ALARMS])
             for bit, name in ALARM_NAMES.items():
                 if alarms & bit and not h.alarms & bit:
                     self._emit("alarm", h, alarm=name, fcnt=rec.fcnt)

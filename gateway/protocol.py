@@ -1,14 +1,15 @@
 """Protocol v1, gateway side: verify and decode uplinks, encode acks. Sans-I/O.
 
-The hot path of the gateway: per-node key material (an ECB encryptor context and the
-HMAC key) is built once and reused, so a frame costs one HMAC and one short AES call.
-docs/PROTOCOL.md is the spec; tests/vectors/ pins it.
+The hot path of the gateway: per-node key material (an ECB encryptor context and the keyed
+HMAC states) is built once and reused, so a frame costs two SHA-256 blocks and one short AES
+call. docs/PROTOCOL.md is the spec; tests/vectors/ pins it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -52,39 +53,51 @@ REASONS: Final = (
 )
 
 
+_SHA256_BLOCK: Final = 64
+_MIC_HEAD: Final = struct.Struct("<BBI")  # 0x49, dir, FCnt or DCnt (section 2.4)
+_CTR_BLOCK: Final = struct.Struct("<BBIIIBB")  # A_i = 01, dir, node id, FCnt, DCnt, 00, i (2.3)
+_UP_IDS: Final = struct.Struct("<IH")  # node id, fcnt16 (section 2)
+
+
 class NodeKeys:
     """Derived key material for one node: K_enc = AES_K(01|0^15), K_mic = AES_K(02|0^15)."""
 
-    __slots__ = ("_ecb", "mic_key")
+    __slots__ = ("_ecb", "_inner", "_outer")
 
     def __init__(self, root_key: bytes) -> None:
         if len(root_key) != 16:
             raise ValueError("node key must be 16 bytes")
         root = Cipher(algorithms.AES(root_key), modes.ECB()).encryptor()
         enc_key = root.update(b"\x01" + bytes(15))
-        self.mic_key: bytes = root.update(b"\x02" + bytes(15))
+        mic_key = root.update(b"\x02" + bytes(15)).ljust(_SHA256_BLOCK, b"\x00")
         self._ecb = Cipher(algorithms.AES(enc_key), modes.ECB()).encryptor()
+        # HMAC's keyed inner and outer states, hashed once (RFC 2104 section 4): a MIC then
+        # costs two SHA-256 blocks and no key setup instead of four (about 3x faster).
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in mic_key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in mic_key))
 
     def __repr__(self) -> str:  # never print key material
         return "NodeKeys(<redacted>)"
 
     def mic(self, direction: int, fcnt: int, frame_wo_mic: bytes) -> bytes:
-        msg = b"\x49" + bytes((direction,)) + fcnt.to_bytes(4, "little") + frame_wo_mic
-        return hmac.digest(self.mic_key, msg, hashlib.sha256)[:MIC_LEN]
+        """HMAC-SHA256(K_mic, 49 || dir || counter || frame)[:4], from the precomputed states."""
+        inner = self._inner.copy()
+        inner.update(_MIC_HEAD.pack(0x49, direction, fcnt))
+        inner.update(frame_wo_mic)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:MIC_LEN]
 
     def ctr(self, direction: int, node_id: int, fcnt: int, dcnt: int, data: bytes) -> bytes:
         if not data:
             return b""
-        prefix = (
-            bytes((1, direction))
-            + node_id.to_bytes(4, "little")
-            + fcnt.to_bytes(4, "little")
-            + dcnt.to_bytes(4, "little")
-            + b"\x00"
-        )
-        nblocks = (len(data) + 15) // 16
-        stream = self._ecb.update(b"".join(prefix + bytes((i,)) for i in range(1, nblocks + 1)))
         n = len(data)
+        if n <= 16:  # every BLE body: one block, no join
+            blocks = _CTR_BLOCK.pack(1, direction, node_id, fcnt, dcnt, 0, 1)
+        else:
+            blocks = b"".join(_CTR_BLOCK.pack(1, direction, node_id, fcnt, dcnt, 0, i)
+                              for i in range(1, (n + 15) // 16 + 1))
+        stream = self._ecb.update(blocks)
         return (
             int.from_bytes(data, "big") ^ int.from_bytes(stream[:n], "big")
         ).to_bytes(n, "big")
@@ -111,10 +124,18 @@ class Uplink:
 
 def parse_header(frame: bytes) -> Header:
     """Cheap checks before any key is looked up (unknown nodes cost no crypto)."""
-    if len(frame) < MIN_UPLINK_LEN:
-        raise FrameError("too_short", f"{len(frame)} bytes")
-    if len(frame) > MAX_FRAME_LEN:
-        raise FrameError("too_long", f"{len(frame)} bytes")
+    ftype, node_id, fcnt16 = header_fields(frame)
+    return Header(VERSION, ftype, node_id, fcnt16)
+
+
+def header_fields(frame: bytes) -> tuple[int, int, int]:
+    """(frame type, node id, fcnt16) after parse_header's checks; the verify stage's form
+    (no Header object per frame)."""
+    n = len(frame)
+    if n < MIN_UPLINK_LEN:
+        raise FrameError("too_short", f"{n} bytes")
+    if n > MAX_FRAME_LEN:
+        raise FrameError("too_long", f"{n} bytes")
     hdr = frame[0]
     version = hdr >> 4
     if version != VERSION:
@@ -122,12 +143,8 @@ def parse_header(frame: bytes) -> Header:
     ftype = hdr & 0x0F
     if ftype not in UPLINK_TYPES:
         raise FrameError("unknown_type", str(ftype))
-    return Header(
-        version,
-        ftype,
-        int.from_bytes(frame[1:5], "little"),
-        frame[5] | (frame[6] << 8),
-    )
+    node_id, fcnt16 = _UP_IDS.unpack_from(frame, 1)
+    return ftype, node_id, fcnt16
 
 
 def reconstruct_fcnt(last_fcnt: int | None, fcnt16: int) -> int:
@@ -148,10 +165,22 @@ def verify_uplink(
 
     Authenticity only: whether the counter is fresh is the replay stage's decision.
     """
+    fcnt, readings = open_uplink(keys, frame, header.node_id, header.fcnt16, last_fcnt)
+    return Uplink(header.node_id, fcnt, header.ftype, readings, frame)
+
+
+_KEY_TYPES: Final = frozenset({int})
+_VALUE_TYPES: Final = frozenset({int, bool})
+
+
+def open_uplink(
+    keys: NodeKeys, frame: bytes, node_id: int, fcnt16: int, last_fcnt: int | None
+) -> tuple[int, dict[int, int | bool]]:
+    """verify_uplink's work, giving (full counter, readings): the verify stage's form."""
     end = len(frame) - MIC_LEN
     signed = frame[:end]
     mic = frame[end:]
-    fcnt = reconstruct_fcnt(last_fcnt, header.fcnt16)
+    fcnt = reconstruct_fcnt(last_fcnt, fcnt16)
     for _ in range(MAX_ROLLOVERS + 1):
         if fcnt > 0xFFFFFFFF:
             break
@@ -161,17 +190,17 @@ def verify_uplink(
     else:
         fcnt = -1
     if not 0 <= fcnt <= 0xFFFFFFFF:
-        raise FrameError("bad_mic", f"node {header.node_id:08x}")
-    body = keys.ctr(DIR_UP, header.node_id, fcnt, 0, frame[UP_HDR_LEN:end])
+        raise FrameError("bad_mic", f"node {node_id:08x}")
+    body = keys.ctr(DIR_UP, node_id, fcnt, 0, frame[UP_HDR_LEN:end])
     try:
         readings = cbor2.loads(body)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise FrameError("malformed_body", type(exc).__name__) from None
-    if not isinstance(readings, dict) or not all(
-        type(k) is int and type(v) in (int, bool) for k, v in readings.items()
-    ):
+    # Type sets compared in C rather than a generator over the items: same rule, less per frame.
+    if not (isinstance(readings, dict) and _KEY_TYPES.issuperset(map(type, readings))
+            and _VALUE_TYPES.issuperset(map(type, readings.values()))):
         raise FrameError("malformed_body", "not a map of int -> int|bool")
-    return Uplink(header.node_id, fcnt, header.ftype, readings, frame)
+    return fcnt, readings
 
 
 def encode_ack(

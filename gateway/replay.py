@@ -34,16 +34,20 @@ class Freshness(Enum):
     REPLAY = "replay"  # below the window: cannot be told from an old frame
 
 
+# Enum members looked up once: Freshness.X costs ~0.2 us a lookup on 3.11 (judged per frame).
+_NEW, _LATE, _DUPLICATE, _REPLAY = Freshness.NEW, Freshness.LATE, Freshness.DUPLICATE, Freshness.REPLAY
+
+
 def judge(mark: int | None, seen: int, fcnt: int) -> Freshness:
     """Where ``fcnt`` stands against a mark and its window (bit k-1 of ``seen`` = ``mark - k``)."""
     if mark is None or fcnt > mark:
-        return Freshness.NEW
+        return _NEW
     if fcnt == mark:
-        return Freshness.DUPLICATE
+        return _DUPLICATE
     back = mark - fcnt
     if back > WINDOW:
-        return Freshness.REPLAY
-    return Freshness.DUPLICATE if seen >> (back - 1) & 1 else Freshness.LATE
+        return _REPLAY
+    return _DUPLICATE if seen >> (back - 1) & 1 else _LATE
 
 
 def mark_seen(mark: int | None, seen: int, fcnt: int) -> tuple[int, int]:
@@ -87,7 +91,7 @@ class NodeState:
         return mark, seen
 
     def is_committed(self, fcnt: int) -> bool:
-        return judge(self.committed, self.committed_seen, fcnt) is Freshness.DUPLICATE
+        return judge(self.committed, self.committed_seen, fcnt) is _DUPLICATE
 
     def rollback(self) -> None:
         """A commit failed: forget what was accepted since the last durable state."""

@@ -7,13 +7,16 @@ across gateways on (bn, fcnt).
 
 from __future__ import annotations
 
+import functools
+import math
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import cbor2
 
-from gateway.quantities import QUANTITIES
+from gateway.quantities import QUANTITIES, Quantity
 
 CONTENT_TYPE: Final = "application/senml+cbor"
 
@@ -96,6 +99,109 @@ def encode_pack(frames: Iterable[FrameRecord]) -> bytes:
     for fr in frames:
         pack.extend(frame_records(fr))
     return cbor2.dumps(pack)
+
+
+# -- the batcher's encoder -----------------------------------------------------------------
+# cbor2.dumps costs more per call than the few records of a frame take to write, and the batcher
+# needs each frame's size as it arrives. So each frame is written once, from byte templates, and
+# a pack is those bytes under one array head: the bytes cbor2.dumps gives for frame_records
+# (definite lengths, shortest heads, floats as doubles), pinned by tests/test_gw_perf_invariants.py.
+
+_TINY: Final = tuple(bytes((b,)) for b in range(256))
+_ARG8, _ARG16, _ARG32, _ARG64 = (struct.Struct(f) for f in (">BB", ">BH", ">BI", ">BQ"))
+_F64: Final = struct.Struct(">Bd")
+_UINT, _NINT, _TEXT, _ARRAY = 0x00, 0x20, 0x60, 0x80  # major types, shifted (RFC 8949 3.1)
+_TRUE, _FALSE = b"\xf5", b"\xf4"
+
+
+def _head(major: int, n: int) -> bytes:
+    """A CBOR head in its shortest form."""
+    if n < 24:
+        return _TINY[major | n]
+    if n < 0x100:
+        return _ARG8.pack(major | 24, n)
+    if n < 0x10000:
+        return _ARG16.pack(major | 25, n)
+    if n < 0x100000000:
+        return _ARG32.pack(major | 26, n)
+    return _ARG64.pack(major | 27, n)
+
+
+def _num(x: float) -> bytes:
+    """An int or a float as cbor2 writes it; bignums and non-finite floats go to cbor2."""
+    if type(x) is float:
+        return _F64.pack(0xFB, x) if math.isfinite(x) else cbor2.dumps(x)
+    if 0 <= x < 1 << 64:
+        return _head(_UINT, int(x))
+    if -(1 << 64) <= x < 0:
+        return _head(_NINT, -1 - int(x))
+    return cbor2.dumps(x)
+
+
+def _text(s: str) -> bytes:
+    b = s.encode()
+    return _head(_TEXT, len(b)) + b
+
+
+@functools.lru_cache(maxsize=4096)
+def _base_head(node_id: int) -> bytes:
+    """The base record up to its bt value: {bn: ..., bt: (the value follows)."""
+    return b"\xa4" + _num(BN) + _text(base_name(node_id)) + _num(BT)
+
+
+_FCNT: Final = _num(N) + _text("fcnt") + _num(V)
+_RSSI: Final = b"\xa3" + _num(N) + _text("rssi") + _num(U) + _text("dBW") + _num(V)
+_UNKNOWN_HEAD: Final = b"\xa2" + _num(N)
+
+
+_AS_BOOL, _AS_INT, _AS_SCALED = 0, 1, 2  # how a quantity's wire integer becomes its value
+
+
+def _template(q: Quantity) -> tuple[bytes, bytes, int, float, float]:
+    """(bytes before the value, bytes after it, _AS_*, scale, offset) of a quantity's record."""
+    if q.boolean:
+        return b"\xa2" + _num(N) + _text(q.senml_name) + _num(VB), b"", _AS_BOOL, 1.0, 0.0
+    unit = b"" if q.senml_unit is None else _num(U) + _text(q.senml_unit)
+    before = (b"\xa3" if unit else b"\xa2") + _num(N) + _text(q.senml_name) + _num(V)
+    kind = _AS_INT if q.scale == 1.0 and not q.offset else _AS_SCALED
+    return before, unit, kind, q.scale, q.offset
+
+
+_TEMPLATES: Final = {key: _template(q) for key, q in QUANTITIES.items()}
+
+
+def encode_frame(fr: FrameRecord) -> tuple[bytes, int]:
+    """The frame's records as they sit inside a pack, and how many records that is."""
+    out = _base_head(fr.node_id) + _num(fr.received_s) + _FCNT + _num(fr.fcnt)
+    records = 1
+    if fr.rssi_dbm is not None:
+        out += _RSSI + _num(fr.rssi_dbm - 30)
+        records += 1
+    readings = fr.readings
+    for key in sorted(readings):
+        value = readings[key]
+        t = _TEMPLATES.get(key)
+        if t is None:  # unknown to this gateway version: forwarded raw
+            out += _UNKNOWN_HEAD + _text(f"q{key}") + _num(V) + _num(int(value))
+        else:
+            before, after, kind, scale, offset = t
+            if kind == _AS_BOOL:
+                out += before + (_TRUE if value else _FALSE)
+            else:
+                out += before + _num(int(value) if kind == _AS_INT else int(value) * scale + offset) + after
+        records += 1
+    return out, records
+
+
+def frame_bytes(packed: tuple[bytes, int]) -> int:
+    """Bytes of the frame's records alone as one CBOR array (the batcher's size budget)."""
+    data, records = packed
+    return len(_head(_ARRAY, records)) + len(data)
+
+
+def join_frames(parts: Iterable[bytes], records: int) -> bytes:
+    """A pack from frames written by ``encode_frame``: one array head, then their records."""
+    return _head(_ARRAY, records) + b"".join(parts)
 
 
 @dataclass(slots=True, frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from gateway import framing
 from gateway.errors import FrameError
 from gateway.metrics import Metrics
-from gateway.protocol import T_ALARM, parse_header, verify_uplink
+from gateway.protocol import T_ALARM, header_fields, open_uplink
 from gateway.quantities import QUANTITIES
 from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
@@ -26,6 +26,8 @@ from gateway.senml import FrameRecord
 
 _log = logging.getLogger(__name__)
 _Q_ALARMS = next(k for k, q in QUANTITIES.items() if q.field == "alarms")
+# Enum members looked up once: Freshness.X costs ~0.2 us a lookup on 3.11, three per frame.
+_NEW, _LATE, _DUPLICATE = Freshness.NEW, Freshness.LATE, Freshness.DUPLICATE
 
 Reply = Callable[[bytes], None]
 """Writes an ack frame back to the node (serial only); the transport wraps it."""
@@ -50,6 +52,9 @@ class Accepted:
     kind: str
     alarm: bool
     replies: list[Reply] = field(default_factory=list)
+    # The frame's SenML records, CBOR-encoded once by the batcher, and how many records that
+    # is; None until then, and again when a duplicate's better RSSI changes the records.
+    packed: tuple[bytes, int] | None = None
 
 
 @dataclass(slots=True)
@@ -89,24 +94,23 @@ class Verifier:
 
     def _process(self, h: Heard) -> Verdict | None:
         frame = framing.unwrap(h.data) if h.wrapped else h.data
-        hdr = parse_header(frame)
-        node = self.registry.get(hdr.node_id)
+        # The tuple forms of parse_header/verify_uplink: no Header or Uplink object per frame.
+        ftype, node_id, fcnt16 = header_fields(frame)
+        node = self.registry.get(node_id)
         if node is None:
-            raise FrameError("unknown_node", f"{hdr.node_id:08x}")
-        st = self.replay.get(hdr.node_id)
-        up = verify_uplink(node.keys, frame, hdr, st.fcnt)
-        fresh = st.judge(up.fcnt)
-        if fresh is Freshness.DUPLICATE:
-            self.metrics.duplicates.inc()
-            return Duplicate(up.node_id, up.fcnt, h.rssi_dbm, h.reply)
-        if fresh is Freshness.REPLAY:
-            raise FrameError("replay", f"node {up.node_id:08x} fcnt {up.fcnt} < {st.fcnt} - {WINDOW}")
-        if fresh is Freshness.LATE:
+            raise FrameError("unknown_node", f"{node_id:08x}")
+        st = self.replay.get(node_id)
+        fcnt, readings = open_uplink(node.keys, frame, node_id, fcnt16, st.fcnt)
+        fresh = st.judge(fcnt)
+        if fresh is not _NEW:
+            if fresh is _DUPLICATE:
+                self.metrics.duplicates.inc()
+                return Duplicate(node_id, fcnt, h.rssi_dbm, h.reply)
+            if fresh is not _LATE:
+                raise FrameError("replay", f"node {node_id:08x} fcnt {fcnt} < {st.fcnt} - {WINDOW}")
             self.metrics.late_frames.inc()
-        st.accept(up.fcnt)
+        st.accept(fcnt)
         self.metrics.frames_accepted.inc(h.transport)
-        alarm = up.ftype == T_ALARM or bool(up.readings.get(_Q_ALARMS, 0))
-        rec = FrameRecord(
-            up.node_id, up.fcnt, up.ftype, up.readings, h.received_s, h.rssi_dbm, h.transport
-        )
+        alarm = ftype == T_ALARM or bool(readings.get(_Q_ALARMS, 0))
+        rec = FrameRecord(node_id, fcnt, ftype, readings, h.received_s, h.rssi_dbm, h.transport)
         return Accepted(rec, frame, node.kind, alarm, [h.reply] if h.reply else [])
