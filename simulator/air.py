@@ -202,10 +202,11 @@ class AirModel:
         self._tail_rssi = rssi[:, :n_batch][:, keep]
 
     # ------------------------------------------------------------------ gateway in the loop
-    def send_datagram(self, gi: int, address: str, rssi: float, company_id: int, payload: bytes) -> None:
+    def send_datagram(self, gi: int, address: str, rssi: float, manufacturer_data: dict[int, bytes]) -> bool:
+        """Hand one received advert to gateway ``gi``'s socket -> whether the socket took it."""
         path = self.gws[gi].sim_socket
         if path is None:
-            return
+            return False
         sock = self._socks.get(gi)
         if sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -214,10 +215,12 @@ class AirModel:
             sock.settimeout(0.2)
             self._socks[gi] = sock
         try:
-            sock.sendto(cbor2.dumps([address, round(rssi), {company_id: payload}]), path)
-            self.stats.datagrams += 1
+            sock.sendto(cbor2.dumps([address, round(rssi), manufacturer_data]), path)
         except OSError:
             self.stats.datagram_errors += 1  # gateway not listening yet, or its queue is full
+            return False
+        self.stats.datagrams += 1
+        return True
 
     def close(self) -> None:
         for s in self._socks.values():

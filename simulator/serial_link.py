@@ -135,12 +135,14 @@ class PtyLink:
         self.awaiting = False
 
     def node_write(self, node: SimNode, data: bytes) -> None:
-        for frame in self.sniffer.frames(data):
-            node.sim.register_serial_frame(node, node.t, frame, self.gw_id)
+        sent = [node.sim.register_serial_frame(node, node.t, frame, self.gw_id)
+                for frame in self.sniffer.frames(data)]
         try:
             os.write(self.master, add_noise(data, self.ber, node.rng_hw))
         except OSError:
-            return
+            return  # the truth file shows it sent but not delivered
+        for idx in sent:
+            node.sim.mark_serial_delivered(node, idx)
         self.awaiting = True
 
     def _pull(self, node: SimNode) -> None:

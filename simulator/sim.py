@@ -24,6 +24,7 @@ from simulator.devices import LIS3MDL, VL53L1X, ConstWire, Echo, LIS3MDLIntWire,
 from simulator.energy import BOARDS_DIR, CATEGORIES, CELLS, load_board
 from simulator.engine import Engine
 from simulator.firmware_loader import load_firmware
+from simulator.fw_codec import FirmwareCodec, FrameDecodeError
 from simulator.node import Console, SimNode
 from simulator.scenario import KIND_CODES, Fault, Scenario
 from simulator.serial_link import LoopbackLink, PtyLink
@@ -62,6 +63,9 @@ class Frame:
         "acked",
         "adverts",
         "company",
+        "datagram_errors",
+        "decode_error",
+        "delivered",
         "fcnt",
         "ftype",
         "heard",
@@ -81,12 +85,17 @@ class Frame:
         self.ftype = ftype
         self.t = t
         self.transport = transport
-        self.heard = 0  # bitmask of gateway indexes
+        self.heard = 0  # bitmask of gateway indexes that received it over the air
+        # bitmask of gateways in the loop that were handed it (a datagram their socket took,
+        # bytes written to their serial port): heard but not delivered = lost at the boundary
+        self.delivered = 0
+        self.datagram_errors = 0
+        self.decode_error: str | None = None  # the firmware's codec cannot open it (still sent)
         self.adverts = 0
         self.readings = readings
         self.truth = truth
         self.acked = False
-        self.company = _T_COMPANY_DEFAULT
+        self.company: int | None = _T_COMPANY_DEFAULT  # None: not manufacturer-specific data
         self.payload = b""
         self.rssi: dict[int, float] = {}
 
@@ -137,8 +146,10 @@ class Simulation:
         self.by_name: dict[str, SimNode] = {}
         self.frames: list[Frame] = []
         self._open_frames: dict[int, int] = {}  # node index -> frame idx of the last frame
-        self._keys: dict[int, NodeKeys] = {}
+        self._keys: dict[int, NodeKeys] = {}  # the loopback acker's (it stands in for a gateway)
+        self.codec = FirmwareCodec()
         self._serial_frames: dict[tuple[int, int], int] = {}
+        self._serial_payloads: dict[tuple[int, bytes], int] = {}
         self.decode_errors: Counter[str] = Counter()
         self.truth_out: IO[str] | None = None
         self.last_summary: dict[str, Any] | None = None
@@ -279,37 +290,46 @@ class Simulation:
             return {"fill_pct": round(w.fill_pct(t), 2), "distance_mm": round(w.distance_mm(t), 1)}
         return {"volume_l": round(w.volume_l(t), 3), "flow_lph": round(w.flow_lph(t), 1)}
 
-    def _decode(self, node: SimNode, frame: bytes) -> tuple[int, int, dict[int, int | bool]] | None:
+    def _decode(self, node: SimNode, frame: bytes) -> tuple[int, int, dict[int, int | bool]] | str:
+        """-> (fcnt, type, readings) by the firmware's own codec, or the reason it failed."""
         try:
-            hdr = parse_header(frame)
-            up = verify_uplink(self._keys[node.index], frame, hdr, node.last_fcnt)
-        except FrameError as exc:
+            fcnt, ftype, readings = self.codec.decode(node.key, node.node_id, frame, node.last_fcnt)
+        except FrameDecodeError as exc:
             self.decode_errors[exc.reason] += 1
-            return None
-        if hdr.node_id != node.node_id:
-            self.decode_errors["wrong_node_id"] += 1
-            return None
-        node.last_fcnt = up.fcnt
-        return up.fcnt, up.ftype, up.readings
+            return exc.reason
+        node.last_fcnt = fcnt
+        return fcnt, ftype, readings
 
-    def register_ble_frame(self, node: SimNode, t: float, adv: bytes) -> int:
-        """A gap_advertise payload -> frame index (-1 if it holds no frame of ours)."""
-        if len(adv) < 4 or adv[1] != 0xFF or adv[0] + 1 > len(adv):
-            self.decode_errors["not_manufacturer_data"] += 1
-            return -1
-        company = adv[2] | (adv[3] << 8)
-        frame = bytes(adv[4 : adv[0] + 1])
-        last = self._open_frames.get(node.index)
-        if last is not None and self.frames[last].payload == frame:
-            return last  # the same frame advertised again
-        dec = self._decode(node, frame)
-        if dec is None:
-            return -1
-        fcnt, ftype, readings = dec
-        fr = Frame(node.index, fcnt, ftype, t, "ble", readings, self._truth_at(node, t))
-        fr.company = company
+    def _new_frame(self, node: SimNode, t: float, transport: str, frame: bytes,
+                   dec: tuple[int, int, dict[int, int | bool]] | str) -> Frame:
+        if isinstance(dec, str):
+            fr = Frame(node.index, -1, -1, t, transport, {}, self._truth_at(node, t))
+            fr.decode_error = dec
+        else:
+            fcnt, ftype, readings = dec
+            fr = Frame(node.index, fcnt, ftype, t, transport, readings, self._truth_at(node, t))
         fr.payload = frame
         self.frames.append(fr)
+        return fr
+
+    def register_ble_frame(self, node: SimNode, t: float, adv: bytes) -> int:
+        """A gap_advertise payload -> frame index. Every advert goes on air; one the
+        firmware's codec cannot open is in the truth file with its ``decode_error``."""
+        last = self._open_frames.get(node.index)
+        if len(adv) < 4 or adv[1] != 0xFF or adv[0] + 1 > len(adv):
+            company, frame = None, bytes(adv)
+            dec: tuple[int, int, dict[int, int | bool]] | str = "not_manufacturer_data"
+        else:
+            company, frame = adv[2] | (adv[3] << 8), bytes(adv[4 : adv[0] + 1])
+            dec = ""
+        if last is not None and self.frames[last].payload == frame and self.frames[last].company == company:
+            return last  # the same frame advertised again
+        if company is None:
+            self.decode_errors["not_manufacturer_data"] += 1
+        else:
+            dec = self._decode(node, frame)
+        fr = self._new_frame(node, t, "ble", frame, dec)
+        fr.company = company
         idx = len(self.frames) - 1
         self._open_frames[node.index] = idx
         return idx
@@ -323,20 +343,22 @@ class Simulation:
             return None
         return up.fcnt
 
-    def register_serial_frame(self, node: SimNode, t: float, frame: bytes, gw_id: str) -> None:
-        dec = self._decode(node, frame)
-        if dec is None:
-            return
-        fcnt, ftype, readings = dec
-        key = (node.index, fcnt)
-        idx = self._serial_frames.get(key)
+    def register_serial_frame(self, node: SimNode, t: float, frame: bytes, gw_id: str) -> int:
+        """A frame the node wrote to its UART -> frame index (retransmissions count once)."""
+        key = (node.index, frame)
+        idx = self._serial_payloads.get(key)
         if idx is None:
-            fr = Frame(node.index, fcnt, ftype, t, "serial", readings, self._truth_at(node, t))
-            fr.payload = frame
-            self.frames.append(fr)
+            fr = self._new_frame(node, t, "serial", frame, self._decode(node, frame))
             idx = len(self.frames) - 1
-            self._serial_frames[key] = idx
+            self._serial_payloads[key] = idx
+            if fr.decode_error is None:
+                self._serial_frames[(node.index, fr.fcnt)] = idx
         self.frames[idx].adverts += 1  # transmissions
+        return idx
+
+    def mark_serial_delivered(self, node: SimNode, frame_idx: int) -> None:
+        """The frame's bytes went into the gateway's serial port."""
+        self.frames[frame_idx].delivered |= 1 << self.gw_index.get(node.gw_id, 0)
 
     def mark_acked(self, node: SimNode, fcnt: int) -> None:
         idx = self._serial_frames.get((node.index, fcnt))
@@ -353,7 +375,11 @@ class Simulation:
         if self.gateways[gi].sim_socket is not None:
             node = self.nodes_by_index[fr.node]
             addr = ":".join(f"{b:02X}" for b in node.ble_address_bytes())
-            self.air.send_datagram(gi, addr, rssi, fr.company, fr.payload)
+            mfr = {} if fr.company is None else {fr.company: fr.payload}
+            if self.air.send_datagram(gi, addr, rssi, mfr):
+                fr.delivered |= 1 << gi
+            else:
+                fr.datagram_errors += 1
 
     @property
     def nodes_by_index(self) -> dict[int, SimNode]:
@@ -456,28 +482,50 @@ class Simulation:
         self.truth_out = Path(path).open("w")  # noqa: SIM115 - closed by the caller / close()
 
     def frame_record(self, fr: Frame) -> dict[str, Any]:
+        """One truth line. ``readings`` are what the firmware put into the frame (its own
+        codec); ``heard_by`` the gateways that received it on air, ``delivered_to`` those in
+        the loop that were handed it, so a loss on air and a loss at the boundary differ."""
         node = self.nodes_by_index[fr.node]
-        heard = [g.gw_id for i, g in enumerate(self.gateways) if fr.heard >> i & 1]
+        gws = self.gateways
+        heard = [g.gw_id for i, g in enumerate(gws) if fr.heard >> i & 1]
+        heard_in_loop = [i for i in self._in_loop if fr.heard >> i & 1] if fr.transport == "ble" else []
         rec: dict[str, Any] = {
             "node_id": node.node_id,
             "node": node.name,
             "kind": node.kind,
-            "fcnt": fr.fcnt,
-            "ftype": TYPE_NAMES.get(fr.ftype, str(fr.ftype)),
+            "fcnt": None if fr.decode_error else fr.fcnt,
+            "ftype": None if fr.decode_error else TYPE_NAMES.get(fr.ftype, str(fr.ftype)),
             "readings": {QUANTITIES[k].field if k in QUANTITIES else str(k): v for k, v in sorted(fr.readings.items())},
             "t_sim": round(fr.t, 6),
             "transport": fr.transport,
             "heard_by": heard,
             "lost_on_air": fr.transport == "ble" and not heard,
+            "delivered_to": [g.gw_id for i, g in enumerate(gws) if fr.delivered >> i & 1],
+            "undelivered_to": [gws[i].gw_id for i in heard_in_loop if not fr.delivered >> i & 1],
+            "lost_at_gateway_boundary": self._lost_at_boundary(fr),
             "transmissions": fr.adverts,
             "truth": fr.truth,
             "frame_hex": fr.payload.hex(),
         }
+        if fr.decode_error is not None:
+            rec["decode_error"] = fr.decode_error
         if fr.transport == "serial":
             rec["acked"] = fr.acked
         else:
-            rec["rssi"] = {self.gateways[i].gw_id: round(v, 1) for i, v in sorted(fr.rssi.items())}
+            rec["rssi"] = {gws[i].gw_id: round(v, 1) for i, v in sorted(fr.rssi.items())}
+            rec["datagram_errors"] = fr.datagram_errors
         return rec
+
+    @property
+    def _in_loop(self) -> list[int]:
+        """Indexes of the gateways whose bleak backend is in the loop (a socket to feed)."""
+        return [i for i, g in enumerate(self.gateways) if g.sim_socket is not None]
+
+    def _lost_at_boundary(self, fr: Frame) -> bool:
+        """Heard on air by a gateway in the loop, yet handed to none of them."""
+        if fr.transport != "ble" or fr.delivered:
+            return False
+        return any(fr.heard >> i & 1 for i in self._in_loop)
 
     def _flush_truth(self, cut: float) -> None:
         """Write frames whose fate is known: BLE bursts over and settled; serial frames once
@@ -526,7 +574,8 @@ class Simulation:
     def summary(self, t_end: float | None = None) -> dict[str, Any]:
         t = self.engine.now if t_end is None else t_end
         return build_summary(self.scenario, self.cell, self.gateways, self.node_summaries(t),
-                             [_frame_tuple(f) for f in self.frames], self.air.stats, t,
+                             [_frame_tuple(f, self._lost_at_boundary(f)) for f in self.frames],
+                             self.air.stats, t,
                              dict(self.decode_errors))
 
 
@@ -556,8 +605,11 @@ def _world_stats(n: SimNode, t_end: float) -> dict[str, float]:
             "bursts": float(len([x for x in w.bursts if x <= t_end]))}
 
 
-def _frame_tuple(f: Frame) -> tuple[int, int, str, int, bool, dict[str, Any], dict[int, int | bool]]:
-    return (f.node, f.ftype, f.transport, f.heard, f.acked, f.truth, f.readings)
+FrameTuple = tuple[int, int, str, int, bool, dict[str, Any], dict[int, int | bool], bool]
+
+
+def _frame_tuple(f: Frame, lost_at_boundary: bool = False) -> FrameTuple:
+    return (f.node, f.ftype, f.transport, f.heard, f.acked, f.truth, f.readings, lost_at_boundary)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -573,18 +625,19 @@ def _r(x: float, nd: int = 3) -> float:
 
 
 def build_summary(sc: Scenario, cell: Any, gateways: list[Gateway], nodes: list[dict[str, Any]],
-                  frames: list[tuple[int, int, str, int, bool, dict[str, Any], dict[int, int | bool]]],
+                  frames: list[FrameTuple],
                   air: Any, t_end: float, decode_errors: dict[str, int]) -> dict[str, Any]:
     kind_of = {n["index"]: n["kind"] for n in nodes}
     kinds = sorted({n["kind"] for n in nodes})
     per_kind: dict[str, dict[str, Any]] = {}
     for k in kinds:
-        per_kind[k] = {"sent": 0, "lost_on_air": 0, "heard": 0, "serial_unacked": 0,
+        per_kind[k] = {"sent": 0, "lost_on_air": 0, "heard": 0, "serial_unacked": 0, "lost_at_gateway": 0,
                        "by_type": Counter(), "check": {"n": 0, "agree": 0, "abs_err": 0.0}}
-    for node_idx, ftype, transport, heard, acked, truth, readings in frames:
+    for node_idx, ftype, transport, heard, acked, truth, readings, boundary in frames:
         pk = per_kind[kind_of[node_idx]]
         pk["sent"] += 1
-        pk["by_type"][TYPE_NAMES.get(ftype, str(ftype))] += 1
+        pk["lost_at_gateway"] += boundary
+        pk["by_type"][TYPE_NAMES.get(ftype, str(ftype)) if ftype >= 0 else "undecodable"] += 1
         if transport == "ble":
             if heard:
                 pk["heard"] += 1
@@ -625,7 +678,7 @@ def build_summary(sc: Scenario, cell: Any, gateways: list[Gateway], nodes: list[
                                  {"frames": chk["n"], "mean_abs_error": _r(chk["abs_err"] / chk["n"], 2),
                                   "unit": "pct" if k == "bin" else "l"})
         frames_out[k] = pk
-        for f in ("sent", "lost_on_air", "heard", "serial_unacked"):
+        for f in ("sent", "lost_on_air", "heard", "serial_unacked", "lost_at_gateway"):
             tot[f] += pk[f]
     frames_out["total"] = dict(tot)
     errors: Counter[str] = Counter()

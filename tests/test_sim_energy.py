@@ -55,10 +55,10 @@ def test_one_cycle_by_hand() -> None:
     assert node.cycles == 1
     f = {k: v["value"] for k, v in FALLBACK_PROFILE.items()}
     active_ua = f["active_ma"] * 1000
-    BLE_INIT_MS_DEFAULT = f["ble_init_ms"]  # noqa: N806
+    ble_init_s = f["ble_init_ms"] / 1000
     expected = {
         "boot": f["boot_mc"] * 1000,
-        "cpu": active_ua * (sim.firmware_cpu_s + 0.010 + BLE_INIT_MS_DEFAULT / 1000 + 0.350),
+        "cpu": active_ua * (sim.firmware_cpu_s + 0.010 + ble_init_s + 0.350),
         "sensor": (active_ua + node.sensor_active_ua) * 0.020,
         # 4 advertising events in 350 ms at 100 ms (+ 0-10 ms advDelay each), 3 channels each
         "ble_tx": 4 * 3 * (pdu_airtime_s(31) + RADIO_RAMP_US * 1e-6) * f["ble_tx_ma"] * 1000,
@@ -67,7 +67,7 @@ def test_one_cycle_by_hand() -> None:
         assert node.meter.uc[cat] == pytest.approx(uc, rel=1e-9), cat
     assert pdu_airtime_s(31) == pytest.approx(376e-6)  # the FIELD-FACTS adv event
     # awake time: boot + 10 + ble init + 20 + 350 ms
-    assert node.t - t_boot == pytest.approx(f["boot_ms"] / 1000 + sim.firmware_cpu_s + 0.010 + BLE_INIT_MS_DEFAULT / 1000 + 0.020 + 0.350)
+    assert node.t - t_boot == pytest.approx(f["boot_ms"] / 1000 + sim.firmware_cpu_s + 0.010 + ble_init_s + 0.020 + 0.350)
     # then 60 s of deep sleep at the board's deep-sleep current
     t_sleep = node.t
     sim.engine.run_until(t_sleep + 59.0)

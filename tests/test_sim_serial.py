@@ -18,9 +18,14 @@ class _Books:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.acked: list[int] = []
+        self.delivered: list[int] = []
 
-    def register_serial_frame(self, node: Any, t: float, frame: bytes, gw: str) -> None:
+    def register_serial_frame(self, node: Any, t: float, frame: bytes, gw: str) -> int:
         self.sent.append(frame)
+        return len(self.sent) - 1
+
+    def mark_serial_delivered(self, node: Any, idx: int) -> None:
+        self.delivered.append(idx)
 
     def mark_acked(self, node: Any, fcnt: int) -> None:
         self.acked.append(fcnt)
@@ -36,7 +41,7 @@ def test_pty_round_trip_with_pyserial() -> None:
         link.node_write(node, framing.wrap(frame))  # type: ignore[arg-type]
         got = port.read_until(b"\x00")
         assert framing.unwrap(got[:-1]) == frame
-        assert books.sent == [frame]
+        assert books.sent == [frame] and books.delivered == [0]
         keys = NodeKeys(bytes(16))
         ack = framing.wrap(encode_ack(keys, node.node_id, 1, 5))
         port.write(ack)
