@@ -34,4 +34,11 @@ def test_bad_scenario_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "run", "--scenario", SMOKE, "--duration", "2h", "--plots", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["battery_life.png", "fill_levels.png", "occupancy.png"]
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert [p.name for p in pngs] == ["battery_life.png", "fill_levels.png", "occupancy.png"]
+    for p in pngs:  # real images with something drawn, not empty files
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", p.name
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert (width, height) == (800, 350), p.name  # figsize 8 x 3.5 in at 100 dpi
+        assert len(data) > 11_000, (p.name, len(data))  # empty axes: ~8 KB

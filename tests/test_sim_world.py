@@ -157,3 +157,66 @@ def test_water_bursts_add_their_volume() -> None:
     assert h.flow_lph(t + 1.0) == pytest.approx(1200.0)
     assert h.volume_l(t + 1800.0) - h.volume_l(t) == pytest.approx(600.0)
     assert h.flow_lph(t + 1801.0) == pytest.approx(0.0)
+
+
+def _space(**params: float) -> ParkingSpace:
+    sp = ParkingSpace(random.Random("mag"), ParkingParams(**params), 0.0, noise_rng=random.Random("noise"))
+    sp.ensure(2 * DAY_S)
+    return sp
+
+
+def _free_quiet_time(sp: ParkingSpace) -> float:
+    """A time with the space free and no passing car near it."""
+    for i, t in enumerate(sp.changes[:-1]):
+        if not sp.occ[i] and sp.changes[i + 1] - t > 600:
+            for k in range(60):
+                c = t + 5.0 + k * 5.0
+                if not sp._transients_at(c) and c < sp.changes[i + 1]:
+                    return c
+    raise AssertionError("no quiet free time")
+
+
+def test_magnetometer_noise_is_the_datasheet_rms_around_the_true_field() -> None:
+    sp = _space(passing_per_hour=0.0)
+    t = _free_quiet_time(sp)
+    truth = sp.field_gauss(t, 25.0, noisy=False)
+    samples = [sp.field_gauss(t, 25.0) for _ in range(4000)]
+    for axis in range(3):
+        xs = [s[axis] for s in samples]
+        mean = sum(xs) / len(xs)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+        assert abs(mean - truth[axis]) < 4 * 0.004 / math.sqrt(len(xs))
+        assert 0.9 * 0.004 < sd < 1.1 * 0.004
+    assert 0.35 < math.dist(truth, (0, 0, 0)) < 0.55  # the earth's field, ~0.45 gauss
+
+
+def test_magnetometer_offset_drifts_linearly_with_temperature() -> None:
+    sp = _space(passing_per_hour=0.0)
+    t = _free_quiet_time(sp)
+    at25 = sp.field_gauss(t, 25.0, noisy=False)
+    for temp in (-10.0, 5.0, 40.0):
+        f = sp.field_gauss(t, temp, noisy=False)
+        for axis in range(3):
+            assert f[axis] - at25[axis] == pytest.approx(sp.tempco[axis] * (temp - 25.0), abs=1e-12)
+    # per node, a few tenths of a milligauss per degree: a 30 C swing stays well under a car
+    assert all(abs(c) < 5 * 0.0008 for c in sp.tempco)
+
+
+def test_passing_cars_are_short_z_disturbances_at_the_traffic_rate() -> None:
+    sp = _space(passing_per_hour=30.0)
+    day = [tr for tr in sp.transients if tr[0] < DAY_S]
+    assert 0.5 * 30 * 24 < len(day) < 1.5 * 30 * 24  # the hourly profile averages to 1
+    checked = 0
+    for a, b, d in day[:50]:
+        assert 0.5 <= b - a <= 3.0 and d[0] == d[1] == 0.0 and d[2] > 0.0
+        mid = (a + b) / 2
+        if any(x[0] <= mid < x[1] for x in sp.transients if x != (a, b, d)):
+            continue  # two cars at once
+        base = sp.field_gauss(b + 0.001, 25.0, noisy=False) if not sp._transients_at(b + 0.001) else None
+        if base is None or sp.occupied(mid) != sp.occupied(b + 0.001):
+            continue
+        assert sp.field_gauss(mid, 25.0, noisy=False)[2] - base[2] == pytest.approx(d[2])
+        pts = sp.change_points(a - 1.0, b + 1.0)
+        assert a in pts and b in pts  # the wake search looks at both edges
+        checked += 1
+    assert checked > 30
