@@ -14,7 +14,7 @@ def _main():
         sleep_ms = us_node.run_cycle(us_hal_esp32.HAL())
     except Exception as exc:
         print("urbansense: cycle failed:", exc.__class__.__name__, exc)
-    machine.deepsleep(sleep_ms)
+    machine.deepsleep(int(sleep_ms))  # the port refuses a float
 
 
 _main()
