@@ -23,7 +23,8 @@ def test_demo_accounts_for_every_frame(tmp_path: Path) -> None:
     assert total["sent"] > 50
     assert total["delivered"] > 0
     assert total["duplicated"] == 0 and total["wrong"] == 0 and total["missing"] == 0
-    assert total["sent"] == total["lost_on_air"] + total["delivered"]
+    assert total["undecodable"] == 0
+    assert total["sent"] == total["lost_on_air"] + total["lost_at_gateway"] + total["delivered"]
     for kind in ("parking", "bin", "water"):
         c = summary["per_kind"][kind]
         assert set(c) >= {"sent", "lost_on_air", "delivered", "duplicated", "wrong"}
