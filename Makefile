@@ -16,7 +16,7 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
 	  command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
 	  && { command -v $$p; break; }; done)
 
-.PHONY: setup sysdeps test lint typecheck pytest demo bench clean
+.PHONY: setup sysdeps test lint typecheck pytest soak demo bench clean
 
 setup: sysdeps $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/typeshed
 
@@ -75,6 +75,10 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+# Soaks and long fuzz runs (minutes): SIGKILL loops, 20,000-example properties.
+soak: setup
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -m slow $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/urbansense demo

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.registry import NodeSpec, write_registry
 from tests.test_gw_support import KEYS, PtyNode, Subscriber, decode_ack, frame, wait_for
 
@@ -56,7 +58,19 @@ class GatewayProcess:
 
 
 async def test_sigkill_under_load_loses_nothing_acked(tmp_path: Path, mqtt_broker: Any) -> None:
-    rng = random.Random(1234)
+    await crash_loop(tmp_path, mqtt_broker, kills_wanted=6, seed=1234)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_sigkill_soak(tmp_path: Path, mqtt_broker: Any, seed: int) -> None:
+    """The same, 40 lives per seed (make soak)."""
+    await crash_loop(tmp_path, mqtt_broker, kills_wanted=40, seed=seed)
+
+
+async def crash_loop(tmp_path: Path, mqtt_broker: Any, kills_wanted: int, seed: int) -> None:
+    rng = random.Random(seed)
     write_registry(tmp_path / "nodes.jsonl", [NodeSpec(n, "water", KEYS[n]) for n in NODES])
     link = tmp_path / "by-id-node"
     node = PtyNode(link)
@@ -114,7 +128,7 @@ enabled = false
                 await asyncio.sleep(0.003)
 
         kills = 0
-        for _ in range(6):
+        for _ in range(kills_wanted):
             await gw.start()
             await load(rng.uniform(0.2, 0.8))
             rc = await gw.kill()
@@ -130,7 +144,7 @@ enabled = false
                 node.send(sent[k])
             await asyncio.sleep(0.02)
             collect_acks()
-        assert kills == 6 and len(acked) > 50
+        assert kills == kills_wanted and len(acked) > 50
         try:
             await wait_for(lambda: acked <= set(sub.keys()), timeout_s=15, what="every acked frame delivered")
         except AssertionError:
