@@ -30,7 +30,7 @@ from gateway.batcher import Batcher
 from gateway.config import GatewayConfig, check_secret_file
 from gateway.health import Health
 from gateway.metrics import Metrics
-from gateway.outbox import Outbox
+from gateway.outbox import SD_PAGE_SIZE, Outbox
 from gateway.publisher import Publisher, Traceback, first_cause
 from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry, load_registry
@@ -107,7 +107,7 @@ class Gateway:
     async def run(self) -> None:
         cfg = self.config
         self.outbox = Outbox(cfg.outbox_path, cfg.outbox.max_bytes, self.metrics, cfg.outbox.synchronous,
-                             ack_flush_s=cfg.outbox.ack_flush_s)
+                             ack_flush_s=cfg.outbox.ack_flush_s, page_size=SD_PAGE_SIZE)
         replay = ReplayTable(self.outbox.load_nodes())
         self.verifier = Verifier(self.registry, replay, self.metrics)
         self.publisher = Publisher(

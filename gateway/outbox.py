@@ -3,7 +3,11 @@
 What survives a kill -9 or a power cut is decided here:
 - a batch (an encoded SenML pack) is committed together with the replay high-water marks,
   downlink counters and replay windows of the nodes it carries, so after a crash the
-  gateway neither forgets a reading it acknowledged nor accepts a frame it already accepted;
+  gateway neither forgets a reading it acknowledged nor accepts a frame it already accepted.
+  Those node rows are appended, packed, to the ``marks`` log in that transaction; the log is
+  folded into the ``nodes`` table once it holds a few times as many rows as there are nodes
+  (inside a batch's transaction too) and at close. A batch of 100 frames from 100 nodes would
+  otherwise rewrite nearly every page of ``nodes``: 25 KB of SD card for 10 KB of readings;
 - ``synchronous=FULL`` fsyncs the WAL at every commit (one fsync per batch, not per reading).
   ``NORMAL`` survives process crashes but may lose the last commits on power loss;
 - a batch leaves only after the broker's PUBACK. Its delete rides with the next batch commit,
@@ -17,7 +21,10 @@ What survives a kill -9 or a power cut is decided here:
   same way, once per commit, before ``OutboxFull`` is raised;
 - a file SQLite cannot read is moved aside and what still reads is copied out of it: replay
   marks first (losing them would let captured old frames in again), downlinks, and batches
-  whose CRC verifies.
+  whose CRC verifies;
+- the outbox numbers batches itself (no AUTOINCREMENT: its ``sqlite_sequence`` page would be
+  one more page written per commit), and the gateway creates new files with 1 KiB pages, so a
+  lone frame's commit writes two small pages, not three of 4 KiB.
 """
 
 from __future__ import annotations
@@ -26,13 +33,14 @@ import bisect
 import itertools
 import logging
 import sqlite3
+import struct
 import time
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from gateway.errors import OutboxFull
 from gateway.metrics import Metrics
@@ -52,10 +60,22 @@ _SALVAGE_CHUNK_BYTES: Final = 4 << 20  # one transaction per 4 MiB: the WAL can 
 # payload-size and rowid varints: measured within 1 % of the file for 20 B .. 16 KiB payloads.
 _RECORD_OVERHEAD: Final = 24
 _CELL_HEADER: Final = 5
+# Pages of a new file the gateway creates: a lone frame's commit writes whole pages, and most
+# of a 4 KiB page would be empty. A 10 KB pack costs the same bytes either way.
+SD_PAGE_SIZE: Final = 1024
+# A node row in the marks log: node id, fcnt, dcnt (4 bytes in an ack too), length of the
+# replay window, then the window.
+_MARK: Final = struct.Struct("<IIIB")
+_MARK_ROW_BYTES: Final = _MARK.size + 8  # with the 8-byte window every node state has
+# The log is folded into ``nodes`` once it holds this many rows, or _FOLD_PER_NODE per node
+# row in ``nodes`` if that is more: a fold rewrites the table once for several rows a node.
+_FOLD_MIN_ROWS: Final = 4096
+_FOLD_PER_NODE: Final = 4
 
+# Files created before: ``batches`` keeps its AUTOINCREMENT (the ids given here satisfy it).
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS batches (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     priority INTEGER NOT NULL,
     frames INTEGER NOT NULL,
     created_s REAL NOT NULL,
@@ -68,11 +88,19 @@ CREATE TABLE IF NOT EXISTS nodes (
     dcnt INTEGER NOT NULL,
     seen BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS marks (
+    id INTEGER PRIMARY KEY,
+    rows BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS downlinks (
     node_id INTEGER PRIMARY KEY,
     commands TEXT NOT NULL
 );
 """
+_UPSERT_NODES: Final = (
+    "INSERT INTO nodes (node_id, fcnt, dcnt, seen) VALUES (?,?,?,?) "
+    "ON CONFLICT(node_id) DO UPDATE SET fcnt=excluded.fcnt, dcnt=excluded.dcnt, seen=excluded.seen"
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,12 +112,31 @@ class StoredBatch:
     payload: bytes
 
 
-@dataclass(slots=True, frozen=True)
-class NodeRow:
+class NodeRow(NamedTuple):
+    """A node's committed replay state (a tuple: one per node of every batch, packed as is)."""
+
     node_id: int
     fcnt: int
     dcnt: int
     seen: bytes  # the replay window below fcnt (gateway/replay.py), 8 bytes little-endian
+
+
+def _pack_marks(nodes: Iterable[NodeRow]) -> bytes:
+    return b"".join(_MARK.pack(n.node_id, n.fcnt, n.dcnt, len(n.seen)) + n.seen for n in nodes)
+
+
+def _unpack_marks(blob: object) -> Iterator[tuple[int, int, int, bytes]]:
+    """The node rows of one marks-log row; a damaged tail is ignored."""
+    if not isinstance(blob, bytes):
+        return
+    i, end = 0, len(blob)
+    while i + _MARK.size <= end:
+        node_id, fcnt, dcnt, n = _MARK.unpack_from(blob, i)
+        i += _MARK.size
+        if i + n > end:
+            return
+        yield node_id, fcnt, dcnt, blob[i:i + n]
+        i += n
 
 
 @dataclass(slots=True)
@@ -321,7 +368,9 @@ class Outbox:
         metrics: Metrics | None = None,
         synchronous: str = "full",
         ack_flush_s: float = 30.0,
+        page_size: int | None = None,
     ) -> None:
+        """``page_size``: of a new file (SQLite's 4096 when None); an existing file keeps its own."""
         self.path = path
         self.max_bytes = max_bytes
         self.ack_flush_s = ack_flush_s
@@ -333,8 +382,11 @@ class Outbox:
         self._pending = _Pending()
         self.bytes = 0  # stored_bytes of the waiting batches: what max_bytes bounds
         self._faults = RateLimitedLog(_log)  # a long outage evicts on every commit
+        self._next_id = 1
+        self._log_rows = 0  # node rows in the marks log
+        self._fold_at = _FOLD_MIN_ROWS
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db, aside = self._open(synchronous)
+        self._db, aside = self._open(synchronous, page_size)
         self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         if aside is not None:
             self._salvage(aside)
@@ -342,9 +394,9 @@ class Outbox:
 
     # -- start-up ---------------------------------------------------------------------
 
-    def _open(self, synchronous: str) -> tuple[sqlite3.Connection, Path | None]:
+    def _open(self, synchronous: str, page_size: int | None) -> tuple[sqlite3.Connection, Path | None]:
         try:
-            db = self._connect(synchronous)
+            db = self._connect(synchronous, page_size)
             try:
                 if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                     raise _QuickCheckFailed("quick_check failed")
@@ -364,13 +416,19 @@ class Outbox:
                 p = Path(str(self.path) + suffix)
                 if p.exists():
                     p.replace(Path(str(aside) + suffix))
-            return self._connect(synchronous), aside
+            return self._connect(synchronous, page_size), aside
 
-    def _connect(self, synchronous: str) -> sqlite3.Connection:
+    def _connect(self, synchronous: str, page_size: int | None) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
+            if page_size is not None:  # only a file without tables takes it, so before WAL mode
+                db.execute(f"PRAGMA page_size={int(page_size)}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+            # Debian (so Raspberry Pi OS) builds SQLite with SECURE_DELETE: each published batch's
+            # pages would be zeroed, a second write of every pack. FAST zeroes only pages a commit
+            # writes anyway; the outbox holds no secrets (keys live in the registry).
+            db.execute("PRAGMA secure_delete=FAST")
             db.executescript(_SCHEMA)
             cols = [r[1] for r in db.execute("PRAGMA table_info(nodes)")]
             if "recent" in cols:  # an outbox from before the replay window: strict marks
@@ -401,8 +459,12 @@ class Outbox:
             except sqlite3.DatabaseError as exc:
                 self._salvage_failed(exc)
                 return
-            if table.bad and not nodes:
+            logged = self._salvage_marks(old)
+            if table.bad and not nodes and not logged:
                 self._salvage_failed(sqlite3.DatabaseError("nodes table unreadable"))
+            merged = {r[0]: r for r in nodes}
+            merged.update((r[0], r) for r in logged)  # the log is newer, in commit order
+            nodes = list(merged.values())
             downlinks: list[tuple[Any, ...]] = []
             try:
                 downlinks = [r for r in _DamagedTable(old, "downlinks", "node_id, commands")
@@ -427,6 +489,17 @@ class Outbox:
             old.close()
         _log.warning("event=outbox_salvaged from=%s nodes=%d downlinks=%d batches=%d",
                      aside, s.nodes, s.downlinks, s.batches)
+
+    def _salvage_marks(self, old: sqlite3.Connection) -> list[tuple[Any, ...]]:
+        """Node rows of the old file's marks log, oldest first; none if it has no log."""
+        rows: list[tuple[Any, ...]] = []
+        try:
+            for (blob,) in _DamagedTable(old, "marks", "rows"):
+                rows.extend(r for r in _unpack_marks(blob) if _node_ok(r))
+        except sqlite3.DatabaseError as exc:  # a file from before the log, or unreadable
+            if "no such table" not in str(exc):
+                _log.error("event=outbox_salvage_marks_failed kept=%d error=%r", len(rows), exc)
+        return rows
 
     def _salvage_failed(self, exc: BaseException) -> None:
         self.salvage.failed = True
@@ -469,15 +542,27 @@ class Outbox:
 
     def _scan(self) -> None:
         bad: list[int] = []
+        last_id = 0
         for batch_id, priority, frames, crc, payload in self._db.execute(
             "SELECT id, priority, frames, crc, payload FROM batches ORDER BY id"
         ):
+            last_id = batch_id
             if not isinstance(payload, bytes) or zlib.crc32(payload) != crc:
                 bad.append(batch_id)
                 continue
             nbytes = self._stored(len(payload))
             self._pending.append(batch_id, nbytes, priority, frames)
             self.bytes += nbytes
+        # Ids keep growing, also past an AUTOINCREMENT counter of a file from before.
+        with_seq = self._db.execute(
+            "SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").fetchone()
+        if with_seq:
+            seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
+            last_id = max(last_id, int(seq[0]) if seq else 0)
+        self._next_id = last_id + 1
+        logged = self._db.execute("SELECT coalesce(sum(length(rows)), 0) FROM marks").fetchone()[0]
+        self._log_rows = int(logged) // _MARK_ROW_BYTES  # about: only the fold waits on it
+        self._set_fold_at()
         if bad:
             _log.error("event=outbox_corrupt_rows count=%d", len(bad))
             self.metrics.outbox_corrupt.inc(amount=len(bad))
@@ -487,9 +572,12 @@ class Outbox:
         self._gauges()
 
     def load_nodes(self) -> list[NodeRow]:
-        return [NodeRow(*row) for row in self._db.execute(
-            "SELECT node_id, fcnt, dcnt, seen FROM nodes"
-        )]
+        """Every node's committed state: the ``nodes`` table, then the marks log in order."""
+        rows: dict[int, tuple[Any, ...]] = {
+            r[0]: r for r in self._db.execute("SELECT node_id, fcnt, dcnt, seen FROM nodes")}
+        for (blob,) in self._db.execute("SELECT rows FROM marks ORDER BY id"):
+            rows.update((r[0], r) for r in _unpack_marks(blob))
+        return [NodeRow(*rows[n]) for n in sorted(rows)]
 
     def load_downlinks(self) -> dict[int, str]:
         return dict(self._db.execute("SELECT node_id, commands FROM downlinks").fetchall())
@@ -498,6 +586,18 @@ class Outbox:
 
     def _stored(self, payload_len: int) -> int:
         return stored_bytes(payload_len, self._page_size)
+
+    def _set_fold_at(self) -> None:
+        nodes = int(self._db.execute("SELECT count(*) FROM nodes").fetchone()[0])
+        self._fold_at = max(_FOLD_MIN_ROWS, _FOLD_PER_NODE * nodes)
+
+    def _fold(self) -> None:
+        """Inside a transaction: the latest row of each logged node into ``nodes``, log emptied."""
+        latest: dict[int, tuple[int, int, int, bytes]] = {}
+        for (blob,) in self._db.execute("SELECT rows FROM marks ORDER BY id"):
+            latest.update((r[0], r) for r in _unpack_marks(blob))
+        self._db.executemany(_UPSERT_NODES, latest.values())
+        self._db.execute("DELETE FROM marks")
 
     def _write(self, body: Callable[[], object]) -> None:
         before = _proc_wchar()
@@ -528,30 +628,29 @@ class Outbox:
         """
         created = time.time()
         size = self._stored(len(payload))
-        node_rows = [(n.node_id, n.fcnt, n.dcnt, n.seen) for n in nodes]
+        # One packed log row instead of an upsert per node (see the module docstring).
+        node_rows = list(nodes)
+        marks = _pack_marks(node_rows)
+        logged = len(node_rows)
+        fold = logged > 0 and self._log_rows + logged >= self._fold_at
         done = [(n,) for n in downlinks_done]
         excess = self.bytes + size - self.max_bytes
         evict = self._pending.oldest(excess)
         acked = sorted(self._acked)
-        batch_id = 0
+        batch_id = self._next_id
 
         def body() -> None:
-            nonlocal batch_id
             gone = [(b,) for b in evict + acked]  # first: a full disk needs their pages
             if gone:
                 self._db.executemany("DELETE FROM batches WHERE id=?", gone)
-            cur = self._db.execute(
-                "INSERT INTO batches (priority, frames, created_s, crc, payload) VALUES (?,?,?,?,?)",
-                (priority, frames, created, zlib.crc32(payload), payload),
+            self._db.execute(
+                "INSERT INTO batches (id, priority, frames, created_s, crc, payload) VALUES (?,?,?,?,?,?)",
+                (batch_id, priority, frames, created, zlib.crc32(payload), payload),
             )
-            batch_id = int(cur.lastrowid or 0)
-            if node_rows:
-                self._db.executemany(
-                    "INSERT INTO nodes (node_id, fcnt, dcnt, seen) VALUES (?,?,?,?) "
-                    "ON CONFLICT(node_id) DO UPDATE SET fcnt=excluded.fcnt, "
-                    "dcnt=excluded.dcnt, seen=excluded.seen",
-                    node_rows,
-                )
+            if marks:
+                self._db.execute("INSERT INTO marks (rows) VALUES (?)", (marks,))
+                if fold:
+                    self._fold()
             if done:
                 self._db.executemany("DELETE FROM downlinks WHERE node_id=?", done)
 
@@ -575,6 +674,12 @@ class Outbox:
                 self._disk_full(frames, 0)
                 raise OutboxFull(frames, f"disk full after evicting {len(evict)} batches") from exc2
             self._disk_full(0, len(evict))
+        self._next_id = batch_id + 1
+        if fold:
+            self._log_rows = 0
+            self._set_fold_at()
+        else:
+            self._log_rows += logged
         self._acked.difference_update(acked)
         for b in evict:
             entry = self._pending.remove(b)
@@ -685,6 +790,12 @@ class Outbox:
     def close(self) -> None:
         try:
             self.flush_acks(force=True)
+            if self._log_rows:
+                try:  # a closed file holds every mark in ``nodes``; the log would do too
+                    self._write(self._fold)
+                    self._log_rows = 0
+                except sqlite3.OperationalError as exc:
+                    _log.warning("event=outbox_marks_not_folded rows=%d error=%r", self._log_rows, exc)
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._db.close()
