@@ -56,6 +56,7 @@ class AirStats:
     datagram_errors: int = 0
 
 
+_TWOPI = 2.0 * math.pi
 FloatArr = npt.NDArray[np.float64]
 IntArr = npt.NDArray[np.int64]
 Deliver = Callable[[int, int, float, float], None]  # (frame, gateway index, t, rssi)
@@ -102,10 +103,27 @@ class AirModel:
             self._chan.extend([node.rng_air.randrange(3) for _ in times])
         else:
             self._chan.extend([-1] * len(times))
-        gauss = node.rng_air.gauss
+        # mean + rng.gauss(0, fd) per event and gateway, bit for bit (CPython's Random.gauss:
+        # Box-Muller pairs, the spare kept in gauss_next), without a call per draw.
+        rng = node.rng_air
+        random = rng.random
         fd = self.radio.fading_db
+        spare = rng.gauss_next
+        sqrt, log, cos, sin = math.sqrt, math.log, math.cos, math.sin
         for gi, mean in enumerate(node.link_db):
-            self._rssi[gi].extend([mean + gauss(0, fd) for _ in times])
+            out = []
+            for _ in times:
+                if spare is None:
+                    x2pi = random() * _TWOPI
+                    g2rad = sqrt(-2.0 * log(1.0 - random()))
+                    z = cos(x2pi) * g2rad
+                    spare = sin(x2pi) * g2rad
+                else:
+                    z = spare
+                    spare = None
+                out.append(mean + (0 + z * fd))
+            self._rssi[gi].extend(out)
+        rng.gauss_next = spare
         if airtime > self.max_air:
             self.max_air = airtime
 

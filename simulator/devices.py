@@ -9,14 +9,17 @@ from __future__ import annotations
 import errno
 import math
 import random
+import struct
 from typing import TYPE_CHECKING, Final, Protocol
 
-from simulator.world import Bin, Household, ParkingSpace
+from simulator.world import Bin, Household, ParkingSpace, ambient_temperature_c
 
 if TYPE_CHECKING:
     from simulator.node import SimNode
 
 _LIS3MDL_SENS: Final = {0: 6842.0, 1: 3421.0, 2: 2281.0, 3: 1711.0}  # LSB/gauss per FS (Table 3)
+_PACK_XYZ: Final = struct.Struct("<hhh").pack  # OUT_X_L..OUT_Z_H
+_BYTES: Final = tuple(bytes((i,)) for i in range(256))  # one-byte register reads, no allocation
 # LIS3MDL supply current by X/Y operating mode (DocID024204 Table 3: 40 uA low-power ...
 # 270 uA ultra-high-performance); a board file may override with "lis3mdl_ua".
 _LIS3MDL_OM_UA: Final = {0: 40.0, 1: 80.0, 2: 150.0, 3: 270.0}
@@ -63,6 +66,7 @@ class LIS3MDL:
         self.latch_src = 0
         self._sample: tuple[int, int, int] = (0, 0, 0)
         self._sample_t = -1.0
+        self._t_day0 = node.sim.t_day0
 
     def power_on_reset(self) -> None:
         self.__init__(self.node, self.space, self.rng, self.address)  # type: ignore[misc]
@@ -75,14 +79,25 @@ class LIS3MDL:
         return (self.regs[0x22] & 3) == 0
 
     def _lsb(self, t: float, noisy: bool) -> tuple[int, int, int]:
-        temp = self.node.temperature_c(t)
-        f = self.space.field_gauss(t, temp, noisy)
-        s = self._sens()
-        return tuple(max(-32768, min(32767, round(v * s))) for v in f)  # type: ignore[return-value]
+        x, y, z = self.space.field_gauss(t, ambient_temperature_c(t, self._t_day0), noisy)
+        s = _LIS3MDL_SENS[(self.regs[0x21] >> 5) & 3]
+        # round() then clamp to int16, as the part saturates its output registers
+        xi = round(x * s)
+        yi = round(y * s)
+        zi = round(z * s)
+        return (xi if -32768 <= xi <= 32767 else (32767 if xi > 0 else -32768),
+                yi if -32768 <= yi <= 32767 else (32767 if yi > 0 else -32768),
+                zi if -32768 <= zi <= 32767 else (32767 if zi > 0 else -32768))
 
     def read(self, reg: int, n: int) -> bytes:
         reg &= 0x7F  # MSB of the sub-address is the auto-increment flag over I2C
-        t = self.node.now_s()
+        t = self.node.t
+        if reg == 0x28 and n == 6:  # OUT_X_L..OUT_Z_H: one sample, little endian
+            smp = self._sample = self._lsb(t, True)
+            self._sample_t = t
+            return _PACK_XYZ(*smp)
+        if n == 1:
+            return _BYTES[self._read1(reg & 0x3F, t)]
         out = bytearray()
         for r in range(reg, reg + n):
             out.append(self._read1(r & 0x3F, t))

@@ -235,12 +235,21 @@ class SimI2C:
         return data
 
     def readfrom_mem_into(self, addr: int, memaddr: int, buf: Any, /, *, addrsize: int = 8) -> None:
-        data = self.readfrom_mem(addr, memaddr, len(buf), addrsize=addrsize)
+        n = self._n
+        dev = n.i2c_devices.get(addr)
+        if dev is None or not n.i2c_powered:
+            dev = self._dev(addr)  # raises the NACK
+        nbytes = len(buf)
+        n.advance((3 + (addrsize >> 3) + nbytes) * 9 / self.freq + 20e-6)
+        data = dev.read(memaddr, nbytes)
         buf[: len(data)] = data
 
     def writeto_mem(self, addr: int, memaddr: int, buf: Any, /, *, addrsize: int = 8) -> None:
-        dev = self._dev(addr)
-        self._cost(len(buf), addrsize)
+        n = self._n
+        dev = n.i2c_devices.get(addr)
+        if dev is None or not n.i2c_powered:
+            dev = self._dev(addr)  # raises the NACK
+        n.advance((3 + addrsize // 8 + len(buf)) * 9 / self.freq + 20e-6)
         dev.write(memaddr, bytes(buf))
 
     def readfrom(self, addr: int, nbytes: int, stop: bool = True, /) -> bytes:
