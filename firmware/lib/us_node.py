@@ -37,6 +37,21 @@ parse_config = us_config.parse
 _STATUS_DROP = (us_proto.Q_TEMPERATURE_CC, us_proto.Q_FW_VERSION)
 
 
+# The board.json keys the firmware reads (the rest is the simulator's power table, ~3 KB):
+# only these go into the RTC config cache. tests/test_fw_config_cache.py checks the list
+# against every board key the firmware uses.
+BOARD_KEYS = ("pins", "rtc_wake_pins", "battery_divider", "pin_wake", "ext0", "lis3mdl_addr",
+              "sensor_boot_ms", "tamper_pull")
+
+
+def _board_subset(board):
+    out = {}
+    for k in BOARD_KEYS:
+        if k in board:
+            out[k] = board[k]
+    return out
+
+
 def _read_json_file(hal, path):
     with hal.open(path, "r") as f:
         return f.read()
@@ -287,26 +302,39 @@ def run_cycle(hal):
     hal.energy("cpu")
     m = hal.machine
     wdt = m.WDT(timeout=WDT_TIMEOUT_MS)
+    rtc = m.RTC()
+    state = us_store.load_rtc(rtc)
+    cause = m.reset_cause()
+    # config.json and board.json are read and checked at every boot that is not a deep-sleep
+    # wake (provisioning resets the board: mpremote's soft reset, the reset pin, power-on);
+    # a wake from deep sleep runs on the checked copy that boot left in RTC memory.
+    cached = us_store.load_config(state) if cause == m.DEEPSLEEP_RESET else None
+    section = None
     try:
-        cfg = parse_config(_read_json_file(hal, "config.json"))
-        board = json.loads(_read_json_file(hal, "board.json"))
-        if not isinstance(board, dict):
-            raise ConfigError("board.json must hold an object")
-        kind = _kind_module(cfg["kind"])
-        check = getattr(kind, "check_config", None)
-        if check is not None:
-            check(cfg)
+        if cached is not None:
+            cfg, board = cached
+            kind = _kind_module(cfg["kind"])
+        else:
+            cfg = parse_config(_read_json_file(hal, "config.json"))
+            board = json.loads(_read_json_file(hal, "board.json"))
+            if not isinstance(board, dict):
+                raise ConfigError("board.json must hold an object")
+            kind = _kind_module(cfg["kind"])
+            check = getattr(kind, "check_config", None)
+            if check is not None:
+                check(cfg)
+            board = _board_subset(board)  # what every later wake sees, from the cache
+            section = us_store.config_section(cfg, board)
     except (OSError, ValueError) as exc:
+        if state is not None and us_store.CONFIG_CACHE in state:
+            us_store.drop_config_cache(rtc)  # the next deep-sleep wake must not run the old one
         if isinstance(exc, ConfigError):
             return _safe_mode(str(exc))
         return _safe_mode(exc.__class__.__name__ + " reading config.json/board.json")
     wdt.feed()
 
-    rtc = m.RTC()
     nvs = hal.esp32.NVS(us_store.NVS_NAMESPACE)
-    state = us_store.load_rtc(rtc)
     cold = state is None or state.get("kd") != cfg["kind"]
-    cause = m.reset_cause()
     if cold or cause != m.DEEPSLEEP_RESET:
         # Downlink state: flash holds the last change. A reset (not a deep sleep) may have
         # come before the cycle saved RTC memory: the newer of the two wins.
@@ -316,6 +344,8 @@ def run_cycle(hal):
         if isinstance(down, dict) and down.get("d", 0) > state.get("dc", 0):
             state["dn"] = down.get("c") or {}
             state["dc"] = down.get("d", 0)
+    if section is not None:
+        state[us_store.CONFIG_CACHE] = section
     # RTC memory survives a watchdog reset: count them, and persist the count before
     # anything that could hang again.
     backoff_s = 0

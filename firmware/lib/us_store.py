@@ -6,6 +6,10 @@
 # wake and encoded once per cycle (before anything goes on air), it costs a fraction of the
 # pure-Python CBOR codec. The two fields JSON cannot hold are mapped on the way: the serial
 # backlog's frames (bytes <-> hex text) and the downlink overrides (int keys <-> text keys).
+# After the state body, an optional config section: "C"(1) length(2 LE) crc(4 LE) | JSON
+# [config, board subset], validated at the last boot that was not a deep-sleep wake (see
+# us_node.run_cycle). It is kept as the bytes that were read and written back unchanged, so a
+# wake neither re-reads and re-validates config.json/board.json nor re-encodes the cache.
 # The CRC is binascii.crc32 (C, present on the ESP32 port and the WebAssembly VM); a port
 # without it falls back to the pure-Python CRC-16 and says so in the header, so a blob is
 # never checked with the wrong polynomial. The header makes a torn or foreign blob read as
@@ -27,6 +31,13 @@ _MAGIC1 = const(0x53)  # "S"
 STATE_VERSION = const(2)
 _HDR_LEN = const(10)
 RTC_MAX_BYTES = const(2048)
+# The config cache goes in only while the whole blob stays under this (a serial node with a
+# full backlog then re-reads its files at every wake instead): RTC slow memory is shared.
+RTC_CACHE_MAX_BYTES = const(1536)
+_CFG_TAG = const(0x43)  # "C"
+_CFG_HDR_LEN = const(7)
+CONFIG_CACHE = "_c"  # state key of the cached config section (bytes, not in the JSON body)
+_SECTIONS = ("intervals", "thresholds", "calibration", "ble", "serial")  # us_config.SECTIONS
 _CRC32 = getattr(binascii, "crc32", None)
 _CRC_KIND = 1 if _CRC32 is not None else 0  # 1: crc32, 0: crc16
 
@@ -65,6 +76,9 @@ def load_rtc(rtc):
         return None
     if not isinstance(state, dict):
         return None
+    tail = raw[_HDR_LEN + n:]
+    if len(tail) > _CFG_HDR_LEN and tail[0] == _CFG_TAG:
+        state[CONFIG_CACHE] = bytes(tail)
     try:
         dn = state.get("dn")
         if dn:
@@ -80,8 +94,11 @@ def load_rtc(rtc):
 def save_rtc(rtc, state):
     dn = state.get("dn")
     bl = state.get("bl")
-    if dn or bl:  # only serial nodes and nodes with downlink overrides pay for the mapping
+    cache = state.get(CONFIG_CACHE)
+    if dn or bl or cache is not None:  # only then is the state mapped on a copy
         state = dict(state)
+        if cache is not None:
+            del state[CONFIG_CACHE]
         if dn:
             state["dn"] = {str(k): v for k, v in dn.items()}
         if bl:
@@ -102,7 +119,59 @@ def save_rtc(rtc, state):
     blob[8] = (c >> 16) & 0xFF
     blob[9] = (c >> 24) & 0xFF
     blob.extend(body)
+    if cache is not None and len(blob) + len(cache) <= RTC_CACHE_MAX_BYTES:
+        blob.extend(cache)
     rtc.memory(blob)
+
+
+def drop_config_cache(rtc):
+    """Forget the cached config (a boot found config.json/board.json bad: the next wake
+    from deep sleep must not run on the old one)."""
+    try:
+        raw = rtc.memory()
+    except Exception:
+        return
+    if raw is None or len(raw) < _HDR_LEN:
+        return
+    end = _HDR_LEN + (raw[4] | (raw[5] << 8))
+    if len(raw) > end:
+        rtc.memory(raw[:end])
+
+
+def config_section(cfg, board):
+    """-> the config cache section for a checked config (without the key's bytes and empty
+    sections, which load_config restores) and the board keys the firmware reads."""
+    c = {}
+    for k in cfg:
+        v = cfg[k]
+        if k != "key_bytes" and not (k in _SECTIONS and not v):
+            c[k] = v
+    body = json.dumps([c, board], separators=(",", ":")).encode()
+    crc = _crc(body)
+    return bytes((_CFG_TAG, len(body) & 0xFF, len(body) >> 8, crc & 0xFF, (crc >> 8) & 0xFF,
+                  (crc >> 16) & 0xFF, (crc >> 24) & 0xFF)) + body
+
+
+def load_config(state):
+    """-> (config, board) from the state's config cache, or None (absent, torn, foreign)."""
+    sec = state.get(CONFIG_CACHE) if state is not None else None
+    if not sec:
+        return None
+    n = sec[1] | (sec[2] << 8)
+    body = sec[_CFG_HDR_LEN:_CFG_HDR_LEN + n]
+    if len(body) != n or _crc(body) != sec[3] | (sec[4] << 8) | (sec[5] << 16) | (sec[6] << 24):
+        return None
+    try:
+        cfg, board = json.loads(body)
+        cfg["key_bytes"] = binascii.unhexlify(cfg["key"])
+        for k in _SECTIONS:
+            if k not in cfg:
+                cfg[k] = {}
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(board, dict):
+        return None
+    return cfg, board
 
 
 def nvs_get_int(nvs, key, default=0):
