@@ -21,14 +21,19 @@ def derive_keys(root_key):
     return (c.encrypt(b"\x01" + bytes(15)), c.encrypt(b"\x02" + bytes(15)))
 
 
+# HMAC's pads as 512-bit integers: one XOR of the padded key instead of a byte loop each.
+_IPAD = int.from_bytes(b"\x36" * 64, "big")
+_OPAD = int.from_bytes(b"\x5c" * 64, "big")
+
+
 def hmac_sha256(key, msg):
     # micropython-lib's hmac defaults to md5 and is not always frozen in: do it by hand.
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
-    k = bytes(key) + bytes(64 - len(key))
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in k))
+    k = int.from_bytes(bytes(key) + bytes(64 - len(key)), "big")
+    inner = hashlib.sha256((k ^ _IPAD).to_bytes(64, "big"))
     inner.update(msg)
-    outer = hashlib.sha256(bytes(b ^ 0x5C for b in k))
+    outer = hashlib.sha256((k ^ _OPAD).to_bytes(64, "big"))
     outer.update(inner.digest())
     return outer.digest()
 
