@@ -62,12 +62,12 @@ def test_a_firmware_exception_ends_in_main_py_s_600_s_deep_sleep() -> None:
     assert node.errors["ZeroDivisionError: division by zero"] == 2 and not node.hung
 
 
-def test_a_float_sleep_escapes_main_py_like_on_the_port() -> None:
-    """machine.deepsleep(60000.0) raises TypeError on the ESP32 port (an MP_ARG_INT): outside
-    main.py's try, the board sits at the REPL until the watchdog resets it."""
-    def run_cycle(hal: Any) -> float:
+def test_an_escape_from_main_py_idles_at_the_repl_until_the_watchdog() -> None:
+    """A run_cycle that returns no number makes main.py's deepsleep(int(...)) raise outside
+    its try: the board sits at the REPL until the watchdog resets it, as on the port."""
+    def run_cycle(hal: Any) -> None:
         hal.machine.WDT(timeout=30_000)
-        return 60_000.0
+        return None
 
     sim = Simulation(SCENARIO, firmware=_firmware(run_cycle))
     node = sim.nodes[0]
@@ -75,6 +75,30 @@ def test_a_float_sleep_escapes_main_py_like_on_the_port() -> None:
     t0 = sim.engine.next_time()
     assert t0 is not None
     sim.engine.run_until(t0 + 40.0)
-    assert node.errors == {"main.py: TypeError: can't convert float to int": 2}  # and after the reset
+    assert list(node.errors.values()) == [2]  # and again after the reset
+    assert next(iter(node.errors)).startswith("main.py: TypeError")
     assert boots[1][1:] == (WDT_RESET, 0)
     assert boots[1][0] == pytest.approx(t0 + FALLBACK_PROFILE["boot_ms"]["value"] / 1000 + sim.firmware_cpu_s + 30.0)
+
+
+def test_a_float_sleep_is_refused_by_machine_deepsleep_like_the_port() -> None:
+    """machine.deepsleep(60000.0) raises TypeError on the ESP32 port (an MP_ARG_INT); main.py
+    converts, so a float from config arithmetic still sleeps."""
+    seen: list[str] = []
+
+    def run_cycle(hal: Any) -> float:
+        hal.machine.WDT(timeout=30_000)
+        try:
+            hal.machine.deepsleep(1.5)
+        except TypeError as exc:
+            seen.append(str(exc))
+        return 60_000.0
+
+    sim = Simulation(SCENARIO, firmware=_firmware(run_cycle))
+    node = sim.nodes[0]
+    boots = _boots(sim)
+    t0 = sim.engine.next_time()
+    assert t0 is not None
+    sim.engine.run_until(t0 + 70.0)
+    assert seen and "float" in seen[0]
+    assert not node.errors and boots[1][1:] == (DEEPSLEEP_RESET, TIMER_WAKE)
