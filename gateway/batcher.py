@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import time
-from collections import Counter
 from typing import Any, Final
 
 from gateway import framing
@@ -29,7 +28,7 @@ from gateway.protocol import NodeKeys, encode_ack
 from gateway.quantities import COMMANDS
 from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
-from gateway.replay import ReplayTable
+from gateway.replay import NodeState, ReplayTable
 from gateway.senml import encode_frame, frame_bytes, join_frames
 from gateway.verify import Accepted, Duplicate, Verdict
 
@@ -187,24 +186,33 @@ class Batcher:
         self._bytes = 1
         self._ack_deadline_s = None
 
+        # One pass over the frames: the pack's bytes, counters per node, frames per transport.
         parts: list[bytes] = []
         records = 0
+        alarm = False
+        fcnts: dict[int, list[int]] = {}
+        by_transport: dict[str, int] = {}
+        waiting: list[Accepted] = []  # frames a serial node waits to see acked
         for acc in batch:
-            data, n = acc.packed or encode_frame(acc.record)  # None: a better RSSI merged in
+            rec = acc.record
+            data, n = acc.packed or encode_frame(rec)  # None: a better RSSI merged in
             parts.append(data)
             records += n
+            alarm = alarm or acc.alarm
+            fs = fcnts.get(rec.node_id)
+            if fs is None:
+                fcnts[rec.node_id] = [rec.fcnt]
+            else:
+                fs.append(rec.fcnt)
+            by_transport[rec.transport] = by_transport.get(rec.transport, 0) + 1
+            if acc.replies:
+                waiting.append(acc)
         payload = join_frames(parts, records)
-        priority = PRIORITY_ALARM if any(a.alarm for a in batch) else PRIORITY_ORDINARY
-        fcnts: dict[int, list[int]] = {}
-        for acc in batch:
-            fcnts.setdefault(acc.record.node_id, []).append(acc.record.fcnt)
-        by_transport = Counter(acc.record.transport for acc in batch)
+        priority = PRIORITY_ALARM if alarm else PRIORITY_ORDINARY
         # Allocate downlink counters before the commit so they are persisted with it.
         acks: list[tuple[Accepted, bytes]] = []
         commands_sent: list[int] = []
-        for acc in batch:
-            if not acc.replies:
-                continue
+        for acc in waiting:
             node_id = acc.record.node_id
             node = self.registry.get(node_id)
             if node is None:
@@ -215,13 +223,13 @@ class Batcher:
             if cmds:
                 commands_sent.append(node_id)
             acks.append((acc, encode_ack(node.keys, node_id, st.dcnt, acc.record.fcnt, cmds)))
-        marks: dict[int, tuple[int, int]] = {}
+        advanced: list[tuple[NodeState, int, int]] = []  # applied once the commit returns
         rows: list[NodeRow] = []
         for node_id, fs in fcnts.items():
             st = self.replay.get(node_id)
             mark, seen = st.commit(fs)
             assert mark is not None  # fs is not empty
-            marks[node_id] = (mark, seen)
+            advanced.append((st, mark, seen))
             rows.append(st.row(node_id, mark, seen, st.dcnt))
         try:
             batch_id = self.outbox.commit_batch(payload, len(batch), priority, rows, commands_sent)
@@ -236,11 +244,10 @@ class Batcher:
             else:
                 self._faults.log(f"commit/{type(exc).__name__}",
                                  "event=outbox_commit_failed frames=%d error=%r", len(batch), exc)
-            for node_id in fcnts:
-                self.replay.get(node_id).rollback()
+            for st, _, _ in advanced:
+                st.rollback()
             return
-        for node_id, (mark, seen) in marks.items():
-            st = self.replay.get(node_id)
+        for st, mark, seen in advanced:
             st.committed, st.committed_seen = mark, seen
         for node_id in commands_sent:
             self.commands.pop(node_id, None)
@@ -248,7 +255,7 @@ class Batcher:
         self.metrics.batch_records.observe(len(batch))
         self.metrics.batch_bytes.observe(len(payload))
         ledger = self.metrics.frames_out_ledger
-        ledger.committed(batch_id, dict(by_transport))
+        ledger.committed(batch_id, by_transport)
         depth = self.outbox.depth
         if len(ledger) > depth + max(_LEDGER_SLACK_MIN, depth // _LEDGER_SLACK_DIV):
             ledger.retain(set(self.outbox.pending_ids()))  # the outbox dropped some when full
@@ -256,8 +263,9 @@ class Batcher:
             self.replay.get(acc.record.node_id).remember_ack(acc.record.fcnt, ack)
             for reply in acc.replies:
                 self._reply(reply, ack)
+        observe = self.health.observe
         for acc in batch:
-            self.health.observe(acc.record, acc.kind)
+            observe(acc.record, acc.kind)
         self.metrics.nodes_heard.set(self.health.heard)
 
     def _reply(self, reply: Any, ack: bytes) -> None:

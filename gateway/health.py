@@ -25,7 +25,7 @@ from gateway.senml import FrameRecord
 _Q_ALARMS = BY_FIELD["alarms"].key
 _Q_FLAGS = BY_FIELD["flags"].key
 _Q_BATTERY = BY_FIELD["battery_mv"].key
-_FIELDS = {key: q.field for key, q in QUANTITIES.items()}  # one lookup per reading, per frame
+_FIELDS = {key: q.field for key, q in QUANTITIES.items()}
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -43,7 +43,8 @@ class NodeHealth:
     alarms: int = 0
     low_battery: bool = False
     silent: bool = False
-    readings: dict[str, int | bool] = field(default_factory=dict)
+    # The latest value of each quantity, by key: named only when the status page asks.
+    readings: dict[int, int | bool] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -59,7 +60,7 @@ class NodeHealth:
             "alarms": [name for bit, name in ALARM_NAMES.items() if self.alarms & bit],
             "low_battery": self.low_battery,
             "silent": self.silent,
-            "readings": self.readings,
+            "readings": {_FIELDS.get(k) or f"q{k}": v for k, v in self.readings.items()},
         }
 
 
@@ -92,9 +93,7 @@ class Health:
             h.silent = False
             self._emit("back", h)
         readings = rec.readings
-        known = h.readings
-        for key, value in readings.items():
-            known[_FIELDS.get(key) or f"q{key}"] = value
+        h.readings.update(readings)
         if _Q_BATTERY in readings:
             h.battery_mv = int(readings[_Q_BATTERY])
         low = bool(int(readings.get(_Q_FLAGS, 0)) & FLAG_LOW_BATTERY) or (
@@ -105,9 +104,10 @@ class Health:
         h.low_battery = low
         if _Q_ALARMS in readings:
             alarms = int(readings[_Q_ALARMS])
-            for bit, name in ALARM_NAMES.items():
-                if alarms & bit and not h.alarms & bit:
-                    self._emit("alarm", h, alarm=name, fcnt=rec.fcnt)
+            if alarms & ~h.alarms:  # a bit newly raised (rare): which ones
+                for bit, name in ALARM_NAMES.items():
+                    if alarms & bit and not h.alarms & bit:
+                        self._emit("alarm", h, alarm=name, fcnt=rec.fcnt)
             h.alarms = alarms
 
     def check_silent(self, now_s: float | None = None) -> None:

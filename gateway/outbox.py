@@ -63,10 +63,9 @@ _CELL_HEADER: Final = 5
 # Pages of a new file the gateway creates: a lone frame's commit writes whole pages, and most
 # of a 4 KiB page would be empty. A 10 KB pack costs the same bytes either way.
 SD_PAGE_SIZE: Final = 1024
-# A node row in the marks log: node id, fcnt, dcnt (4 bytes in an ack too), length of the
-# replay window, then the window.
-_MARK: Final = struct.Struct("<IIIB")
-_MARK_ROW_BYTES: Final = _MARK.size + 8  # with the 8-byte window every node state has
+# A node row in the marks log: node id, fcnt, dcnt (4 bytes in an ack too), the replay
+# window's length and the window, zero-padded to 8 bytes (fixed size: unpacked in C).
+_MARK: Final = struct.Struct("<IIIB8s")
 # The log is folded into ``nodes`` once it holds this many rows, or _FOLD_PER_NODE per node
 # row in ``nodes`` if that is more: a fold rewrites the table once for several rows a node.
 _FOLD_MIN_ROWS: Final = 4096
@@ -122,21 +121,15 @@ class NodeRow(NamedTuple):
 
 
 def _pack_marks(nodes: Iterable[NodeRow]) -> bytes:
-    return b"".join(_MARK.pack(n.node_id, n.fcnt, n.dcnt, len(n.seen)) + n.seen for n in nodes)
+    return b"".join([_MARK.pack(n.node_id, n.fcnt, n.dcnt, len(n.seen), n.seen) for n in nodes])
 
 
-def _unpack_marks(blob: object) -> Iterator[tuple[int, int, int, bytes]]:
+def _unpack_marks(blob: object) -> list[tuple[int, int, int, bytes]]:
     """The node rows of one marks-log row; a damaged tail is ignored."""
     if not isinstance(blob, bytes):
-        return
-    i, end = 0, len(blob)
-    while i + _MARK.size <= end:
-        node_id, fcnt, dcnt, n = _MARK.unpack_from(blob, i)
-        i += _MARK.size
-        if i + n > end:
-            return
-        yield node_id, fcnt, dcnt, blob[i:i + n]
-        i += n
+        return []
+    whole = blob[: len(blob) - len(blob) % _MARK.size]
+    return [(node_id, fcnt, dcnt, seen[:n]) for node_id, fcnt, dcnt, n, seen in _MARK.iter_unpack(whole)]
 
 
 @dataclass(slots=True)
@@ -561,7 +554,7 @@ class Outbox:
             last_id = max(last_id, int(seq[0]) if seq else 0)
         self._next_id = last_id + 1
         logged = self._db.execute("SELECT coalesce(sum(length(rows)), 0) FROM marks").fetchone()[0]
-        self._log_rows = int(logged) // _MARK_ROW_BYTES  # about: only the fold waits on it
+        self._log_rows = int(logged) // _MARK.size
         self._set_fold_at()
         if bad:
             _log.error("event=outbox_corrupt_rows count=%d", len(bad))

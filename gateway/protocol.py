@@ -169,7 +169,6 @@ def verify_uplink(
     return Uplink(header.node_id, fcnt, header.ftype, readings, frame)
 
 
-_KEY_TYPES: Final = frozenset({int})
 _VALUE_TYPES: Final = frozenset({int, bool})
 
 
@@ -196,10 +195,11 @@ def open_uplink(
         readings = cbor2.loads(body)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise FrameError("malformed_body", type(exc).__name__) from None
-    # Type sets compared in C rather than a generator over the items: same rule, less per frame.
-    if not (isinstance(readings, dict) and _KEY_TYPES.issuperset(map(type, readings))
-            and _VALUE_TYPES.issuperset(map(type, readings.values()))):
+    if not isinstance(readings, dict):
         raise FrameError("malformed_body", "not a map of int -> int|bool")
+    for k, v in readings.items():  # a plain loop: faster than all() over a generator here
+        if type(k) is not int or type(v) not in _VALUE_TYPES:
+            raise FrameError("malformed_body", "not a map of int -> int|bool")
     return fcnt, readings
 
 

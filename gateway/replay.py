@@ -83,6 +83,14 @@ class NodeState:
     def accept(self, fcnt: int) -> None:
         self.fcnt, self.seen = mark_seen(self.fcnt, self.seen, fcnt)
 
+    def admit(self, fcnt: int) -> Freshness:
+        """judge, then accept a new or late counter: one call per frame for the verify stage."""
+        mark = self.fcnt
+        fresh = _NEW if mark is None or fcnt > mark else judge(mark, self.seen, fcnt)
+        if fresh is _NEW or fresh is _LATE:
+            self.fcnt, self.seen = mark_seen(mark, self.seen, fcnt)
+        return fresh
+
     def commit(self, fcnts: list[int]) -> tuple[int | None, int]:
         """The committed pair once a batch holding these counters is on disk (not applied)."""
         mark, seen = self.committed, self.committed_seen

@@ -131,6 +131,8 @@ def _num(x: float) -> bytes:
     """An int or a float as cbor2 writes it; bignums and non-finite floats go to cbor2."""
     if type(x) is float:
         return _F64.pack(0xFB, x) if math.isfinite(x) else cbor2.dumps(x)
+    if 0 <= x < 24:  # most counts and flags: one byte, no call
+        return _TINY[int(x)]
     if 0 <= x < 1 << 64:
         return _head(_UINT, int(x))
     if -(1 << 64) <= x < 0:

@@ -101,7 +101,7 @@ class Verifier:
             raise FrameError("unknown_node", f"{node_id:08x}")
         st = self.replay.get(node_id)
         fcnt, readings = open_uplink(node.keys, frame, node_id, fcnt16, st.fcnt)
-        fresh = st.judge(fcnt)
+        fresh = st.admit(fcnt)  # a new or late counter is accepted, the others change nothing
         if fresh is not _NEW:
             if fresh is _DUPLICATE:
                 self.metrics.duplicates.inc()
@@ -109,7 +109,6 @@ class Verifier:
             if fresh is not _LATE:
                 raise FrameError("replay", f"node {node_id:08x} fcnt {fcnt} < {st.fcnt} - {WINDOW}")
             self.metrics.late_frames.inc()
-        st.accept(fcnt)
         self.metrics.frames_accepted.inc(h.transport)
         alarm = ftype == T_ALARM or bool(readings.get(_Q_ALARMS, 0))
         rec = FrameRecord(node_id, fcnt, ftype, readings, h.received_s, h.rssi_dbm, h.transport)
