@@ -219,20 +219,21 @@ class Gateway:
     async def _verify_loop(self) -> None:
         assert self.verifier is not None
         process = self.verifier.process
+        ingress, verdicts = self.ingress, self.verdicts
+        take, give = ingress.get_nowait, verdicts.put_nowait
         while True:
             if self._held is None:
-                self._held = process(await self.ingress.get())
+                self._held = process(await ingress.get())
             if self._held is not None:
                 # Held until queued: a cancel while the queue is full must not drop a verdict.
-                await self.verdicts.put(self._held)
+                await verdicts.put(self._held)
                 self._held = None
             # Drain what is queued without a scheduler round trip per frame (throughput); the
             # counts are taken once, as nothing else runs until this loop yields.
-            room = self.verdicts.maxsize - self.verdicts.qsize()
-            for _ in range(min(self.ingress.qsize(), room)):
-                v = process(self.ingress.get_nowait())
+            for _ in range(min(ingress.qsize(), verdicts.maxsize - verdicts.qsize())):
+                v = process(take())
                 if v is not None:
-                    self.verdicts.put_nowait(v)
+                    give(v)
 
     async def _chores(self) -> None:
         assert self.outbox is not None and self.health is not None

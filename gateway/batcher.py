@@ -292,6 +292,7 @@ class Batcher:
                         self.add(v)
             # Drain what is already queued without yielding per item (throughput); nothing
             # else runs until this loop yields, so the count is taken once.
+            add, take = self.add, queue.get_nowait
             for _ in range(queue.qsize()):
-                self.add(queue.get_nowait())
+                add(take())
             self.tick()
