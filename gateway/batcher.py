@@ -25,7 +25,7 @@ from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox
 from gateway.protocol import NodeKeys, encode_ack
-from gateway.quantities import COMMANDS
+from gateway.quantities import COMMAND_RANGES, COMMANDS
 from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
 from gateway.replay import NodeState, ReplayTable
@@ -56,12 +56,13 @@ def commands_from_json(obj: Any) -> dict[int, object]:
         key = COMMANDS.get(name)
         if key is None:
             raise ValueError(f"unknown command {name!r}")
+        lo, hi = COMMAND_RANGES[name]
         if name == "thresholds":
-            if (not isinstance(value, list) or len(value) > MAX_THRESHOLDS
-                    or not all(type(v) is int and 0 <= v <= 100 for v in value)):
-                raise ValueError(f"thresholds must be a list of at most {MAX_THRESHOLDS} integers 0..100")
-        elif type(value) is not int or not 0 <= value <= _UINT32_MAX:
-            raise ValueError(f"{name} must be an integer 0..{_UINT32_MAX}")
+            if (not isinstance(value, list) or not 1 <= len(value) <= MAX_THRESHOLDS
+                    or not all(type(v) is int and lo <= v <= hi for v in value)):
+                raise ValueError(f"thresholds must be a list of 1..{MAX_THRESHOLDS} integers {lo}..{hi}")
+        elif type(value) is not int or not lo <= value <= hi:
+            raise ValueError(f"{name} must be an integer {lo}..{hi}")
         out[key] = value
     return out
 

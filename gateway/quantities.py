@@ -63,6 +63,17 @@ CMD_THRESHOLDS: Final = 3
 CMD_TIME_S: Final = 4
 CMD_BURST_LPH: Final = 5
 CMD_MAG_THRESHOLD_UT: Final = 6
+# What a node accepts (firmware/lib/us_serial.py ``_command``; docs/PROTOCOL.md section 5): a
+# gateway refuses anything else rather than report "sent" for a command the node ignores.
+# time_s has no node-side use yet and takes any uint32.
+COMMAND_RANGES: Final[dict[str, tuple[int, int]]] = {
+    "report_interval_s": (60, 86400),
+    "heartbeat_s": (60, 86400),
+    "thresholds": (1, 100),  # each of at most 8 values
+    "time_s": (0, 2**32 - 1),
+    "burst_lph": (1, 100000),
+    "mag_threshold_ut": (2, 400),
+}
 COMMANDS: Final[dict[str, int]] = {
     "report_interval_s": CMD_REPORT_INTERVAL_S,
     "heartbeat_s": CMD_HEARTBEAT_S,

@@ -206,21 +206,40 @@ async def test_chores_go_on_when_deleting_published_batches_fails(
 
 
 def test_commands_are_bounded() -> None:
-    ok = {"report_interval_s": 0xFFFFFFFF, "thresholds": [0] * (MAX_THRESHOLDS - 1) + [100]}
-    assert commands_from_json(ok) == {1: 0xFFFFFFFF, 3: [0] * 7 + [100]}
+    ok = {"report_interval_s": 86400, "thresholds": [1] * (MAX_THRESHOLDS - 1) + [100]}
+    assert commands_from_json(ok) == {1: 86400, 3: [1] * 7 + [100]}
     for bad in ({"report_interval_s": 1 << 32}, {"heartbeat_s": -1}, {"time_s": True},
-                {"burst_lph": 1.5}, {"thresholds": list(range(9))}, {"thresholds": [101]},
-                {"thresholds": [-1]}, {"thresholds": [[50]]}, {"thresholds": 50}):
+                {"burst_lph": 1.5}, {"thresholds": list(range(1, 10))}, {"thresholds": [101]},
+                {"thresholds": [-1]}, {"thresholds": [[50]]}, {"thresholds": 50}, {"thresholds": []},
+                {"report_interval_s": 59}, {"mag_threshold_ut": 401}):
         with pytest.raises(ValueError):
             commands_from_json(bad)
+
+
+def test_gateway_command_bounds_are_the_nodes() -> None:
+    """Whatever the gateway queues, the node applies; just outside, both refuse (no silent 'sent')."""
+    from gateway.quantities import COMMAND_RANGES, COMMANDS
+
+    for name, (lo, hi) in COMMAND_RANGES.items():
+        if name == "time_s":
+            continue  # the node keeps no calendar yet: accepted by the gateway, ignored by the node
+        key = COMMANDS[name]
+        wrap = (lambda v: [v]) if name == "thresholds" else (lambda v: v)
+        for v in (lo, hi):
+            assert commands_from_json({name: wrap(v)}) == {key: wrap(v)}
+            assert us_serial._command(key, wrap(v)) == wrap(v), (name, v)
+        for v in (lo - 1, hi + 1):
+            with pytest.raises(ValueError):
+                commands_from_json({name: wrap(v)})
+            assert us_serial._command(key, wrap(v)) in (None, []), (name, v)
 
 
 def test_the_largest_accepted_commands_fit_the_node_receive_buffer() -> None:
     """The gateway's bound is the firmware's buffer, and every command set JSON can carry fits."""
     assert us_serial._RX_MAX == MAX_ACK_PACKET_LEN
     biggest = commands_from_json({
-        "report_interval_s": 0xFFFFFFFF, "heartbeat_s": 0xFFFFFFFF, "time_s": 0xFFFFFFFF,
-        "burst_lph": 0xFFFFFFFF, "mag_threshold_ut": 0xFFFFFFFF, "thresholds": [100] * 8,
+        "report_interval_s": 86400, "heartbeat_s": 86400, "time_s": 0xFFFFFFFF,
+        "burst_lph": 100000, "mag_threshold_ut": 400, "thresholds": [100] * 8,
     })
     assert ack_packet_len(NodeKeys(KEYS[1]), 1, biggest) <= MAX_ACK_PACKET_LEN
 
