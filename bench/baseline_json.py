@@ -2,6 +2,10 @@
 
 Each verified frame becomes one JSON telemetry message (ThingsBoard gateway format,
 topic ``v1/gateway/telemetry``) published at QoS 1 with paho-mqtt, no batching, no outbox.
+At most ``inflight`` messages wait for their PUBACK: the producer waits for a slot, as our
+publisher does. Left to paho's own queue beyond max_inflight, with publish() on this thread
+and the network loop on paho's, ~15 % of the PUBACK callbacks never came once verify got
+faster (paho-mqtt 2.2), and the run hung.
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ def run(host: str, port: int, work: Workload, inflight: int = 100) -> dict[str, 
     acked = 0
     total = len(work.frames)
 
+    window = threading.BoundedSemaphore(inflight)
+
     def on_publish(client: mqtt.Client, userdata: object, mid: int, rc: object, props: object) -> None:
         nonlocal acked
         acked += 1
+        window.release()
         if acked == total:
             done.set()
 
@@ -55,6 +62,8 @@ def run(host: str, port: int, work: Workload, inflight: int = 100) -> dict[str, 
             values[q.field] = v
         payload = json.dumps({f"node-{up.node_id:08x}": [{"ts": int(time.time() * 1000), "values": values}]})
         payload_bytes += len(payload) + len(TOPIC) + 2 + 2 + 2  # + MQTT fixed/var header estimate
+        if not window.acquire(timeout=60):
+            raise RuntimeError(f"baseline: no PUBACK for 60 s ({acked}/{total})")
         client.publish(TOPIC, payload, qos=1)
     if not done.wait(300):
         raise RuntimeError(f"baseline: only {acked}/{total} PUBACKs")
