@@ -254,9 +254,27 @@ def read_pack(data: bytes | Sequence[dict[Any, Any]]) -> list[Resolved]:
 
 
 def frames_from_pack(data: bytes) -> list[tuple[int, int, dict[str, float | int | bool]]]:
-    """(node_id, fcnt, {senml name: value}) per frame in one of our packs; for consumers."""
+    """(node_id, fcnt, {senml name: value}) per frame in one of our packs; for consumers.
+
+    A pack that is not one of ours (bytes off the broker are outside bytes for a consumer)
+    raises ValueError, whatever is wrong with it."""
+    try:
+        return _frames_from_pack(data)
+    except ValueError:
+        raise
+    except (cbor2.CBORError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
+            RecursionError) as exc:
+        raise ValueError(f"not an urbansense SenML pack: {type(exc).__name__}: {exc}") from None
+
+
+def _frames_from_pack(data: bytes) -> list[tuple[int, int, dict[str, float | int | bool]]]:
     frames: list[tuple[int, int, dict[str, float | int | bool]]] = []
-    for raw in cbor2.loads(data):
+    pack = cbor2.loads(data)
+    if not isinstance(pack, list):
+        raise ValueError("a SenML pack is an array")
+    for raw in pack:
+        if not isinstance(raw, dict):
+            raise ValueError("a SenML record is a map")
         if BN in raw:
             frames.append((node_id_from_base_name(raw[BN]), int(raw[V]), {}))
         elif frames:

@@ -307,3 +307,18 @@ def test_protocol_md_quantity_table_matches_code() -> None:
     for key, q in QUANTITIES.items():
         assert table[key] == (q.field, q.senml_name, q.senml_unit or "-"), key
         assert getattr(us_proto, "Q_" + q.field.upper()) == key
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=256),
+                 st.builds(cbor2.dumps, st.recursive(
+                     st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.binary(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                         st.integers(-8, 8) | st.text(max_size=4), inner, max_size=4),
+                     max_leaves=12))))
+def test_senml_reader_turns_any_garbage_into_value_error(data: bytes) -> None:
+    """A consumer reads packs off the broker: a broken one is one ValueError, never a crash."""
+    try:
+        senml.frames_from_pack(data)
+    except ValueError:
+        pass

@@ -86,6 +86,7 @@ class Received:
     )
     messages: int = 0
     bytes: int = 0
+    bad_packs: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -106,7 +107,12 @@ async def _subscribe(host: str, port: int, rx: Received) -> None:
                     gw_id = str(msg.topic).split("/")[3]
                     rx.messages += 1
                     rx.bytes += len(msg.payload)
-                    for node_id, fcnt, values in frames_from_pack(msg.payload):
+                    try:
+                        frames = frames_from_pack(msg.payload)
+                    except ValueError:  # not one of our packs: counted, never fatal
+                        rx.bad_packs += 1
+                        continue
+                    for node_id, fcnt, values in frames:
                         rx.frames[(node_id, fcnt)].append((gw_id, values))
         except aiomqtt.MqttError:
             rx.ready.clear()
@@ -216,7 +222,7 @@ async def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             }
             for gw in gateways
         }
-        summary["broker"] = {"messages": rx.messages, "bytes": rx.bytes}
+        summary["broker"] = {"messages": rx.messages, "bytes": rx.bytes, "bad_packs": rx.bad_packs}
         summary["files"] = {"truth": str(truth_path), "gateway_log": str(log_path), "plots": plots}
         summary["wall_s"] = round(time.monotonic() - t_start, 1)
         (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
