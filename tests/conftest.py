@@ -6,8 +6,9 @@ which case tests that need them are skipped with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,23 @@ def mqtt_broker_tls(mqtt_broker_factory: BrokerFactory, tls_material: TlsMateria
 def mqtt_broker_auth(mqtt_broker_factory: BrokerFactory) -> Broker:
     """Plain MQTT, anonymous refused; ``.username`` / ``.password`` are valid credentials."""
     return mqtt_broker_factory(users={MQTT_USER: MQTT_PASSWORD})
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Callable[..., Any]]:
+    """start(cfg or Gateway) -> the Gateway, running in a task; all stopped at teardown."""
+    from gateway.app import Gateway
+
+    gws: list[tuple[Gateway, asyncio.Task[None]]] = []
+
+    async def start(what: Any) -> Gateway:
+        gw = what if isinstance(what, Gateway) else Gateway(what)
+        task = asyncio.create_task(gw.run())
+        await asyncio.wait_for(gw.started.wait(), 10)
+        gws.append((gw, task))
+        return gw
+
+    yield start
+    for gw, task in gws:
+        await asyncio.wait_for(gw.stop(), 10)
+        await task

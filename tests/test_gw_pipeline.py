@@ -12,8 +12,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.app import Gateway
-from gateway.config import BrokerAddress, GatewayConfig
+from gateway.config import BrokerAddress
 from simulator.bleak_backend import send_advert
 from tests.test_gw_support import (
     KEYS,
@@ -24,24 +23,6 @@ from tests.test_gw_support import (
     make_config,
     wait_for,
 )
-
-
-@pytest.fixture
-async def running() -> AsyncIterator[Any]:
-    """start(cfg) -> Gateway running in a task; all stopped at teardown."""
-    gws: list[tuple[Gateway, asyncio.Task[None]]] = []
-
-    async def start(cfg: GatewayConfig) -> Gateway:
-        gw = Gateway(cfg)
-        task = asyncio.create_task(gw.run())
-        await asyncio.wait_for(gw.started.wait(), 10)
-        gws.append((gw, task))
-        return gw
-
-    yield start
-    for gw, task in gws:
-        await asyncio.wait_for(gw.stop(), 10)
-        await task
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import asyncio
 import json
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,7 +27,7 @@ from gateway.batcher import (
     ack_packet_len,
     commands_from_json,
 )
-from gateway.config import BatchConfig, GatewayConfig, HealthConfig
+from gateway.config import BatchConfig, HealthConfig
 from gateway.health import Health
 from gateway.metrics import Counter, Metrics, TransportLedger
 from gateway.outbox import Outbox
@@ -47,22 +47,6 @@ DOWN = "urbansense/v1/test-site/gw-1/down"
 EVENT = "urbansense/v1/test-site/gw-1/event"
 
 
-@pytest.fixture
-async def running() -> AsyncIterator[Callable[..., Any]]:
-    """start(cfg or Gateway) -> the Gateway, running in a task; all stopped at teardown."""
-    gws: list[tuple[Gateway, asyncio.Task[None]]] = []
-
-    async def start(what: GatewayConfig | Gateway) -> Gateway:
-        gw = what if isinstance(what, Gateway) else Gateway(what)
-        task = asyncio.create_task(gw.run())
-        await asyncio.wait_for(gw.started.wait(), 10)
-        gws.append((gw, task))
-        return gw
-
-    yield start
-    for gw, task in gws:
-        await asyncio.wait_for(gw.stop(), 10)
-        await task
 
 
 async def _connected(gw: Gateway) -> None:
