@@ -10,15 +10,19 @@ import errno
 import math
 import random
 import struct
+from math import cos as _cos
+from math import pi as _PI
 from typing import TYPE_CHECKING, Final, Protocol
 
-from simulator.world import Bin, Household, ParkingSpace, ambient_temperature_c
+from simulator.world import DAY_S as _DAY_S
+from simulator.world import Bin, Household, ParkingSpace, _gauss
 
 if TYPE_CHECKING:
     from simulator.node import SimNode
 
 _LIS3MDL_SENS: Final = {0: 6842.0, 1: 3421.0, 2: 2281.0, 3: 1711.0}  # LSB/gauss per FS (Table 3)
 _PACK_XYZ: Final = struct.Struct("<hhh").pack  # OUT_X_L..OUT_Z_H
+_PACK_SXYZ: Final = struct.Struct("<Bhhh").pack  # STATUS_REG, OUT_X_L..OUT_Z_H
 _BYTES: Final = tuple(bytes((i,)) for i in range(256))  # one-byte register reads, no allocation
 # LIS3MDL supply current by X/Y operating mode (DocID024204 Table 3: 40 uA low-power ...
 # 270 uA ultra-high-performance); a board file may override with "lis3mdl_ua".
@@ -67,6 +71,7 @@ class LIS3MDL:
         self._sample: tuple[int, int, int] = (0, 0, 0)
         self._sample_t = -1.0
         self._t_day0 = node.sim.t_day0
+        self._field = space.field_gauss
 
     def power_on_reset(self) -> None:
         self.__init__(self.node, self.space, self.rng, self.address)  # type: ignore[misc]
@@ -79,12 +84,16 @@ class LIS3MDL:
         return (self.regs[0x22] & 3) == 0
 
     def _lsb(self, t: float, noisy: bool) -> tuple[int, int, int]:
-        x, y, z = self.space.field_gauss(t, ambient_temperature_c(t, self._t_day0), noisy)
+        # ambient_temperature_c(t, t_day0), inlined (the same expression, bit for bit)
+        temp_c = 12.0 - 6.0 * _cos(((((t + self._t_day0) % _DAY_S) / 3600.0) - 5.0) / 24.0 * 2 * _PI)
+        x, y, z = self._field(t, temp_c, noisy)
         s = _LIS3MDL_SENS[(self.regs[0x21] >> 5) & 3]
         # round() then clamp to int16, as the part saturates its output registers
         xi = round(x * s)
         yi = round(y * s)
         zi = round(z * s)
+        if -32768 <= xi <= 32767 and -32768 <= yi <= 32767 and -32768 <= zi <= 32767:
+            return (xi, yi, zi)
         return (xi if -32768 <= xi <= 32767 else (32767 if xi > 0 else -32768),
                 yi if -32768 <= yi <= 32767 else (32767 if yi > 0 else -32768),
                 zi if -32768 <= zi <= 32767 else (32767 if zi > 0 else -32768))
@@ -96,6 +105,12 @@ class LIS3MDL:
             smp = self._sample = self._lsb(t, True)
             self._sample_t = t
             return _PACK_XYZ(*smp)
+        if reg == 0x27 and n == 7:  # STATUS, then OUT_X_L..OUT_Z_H from the same sample
+            if (self.regs[0x22] & 3) == 3:
+                return _PACK_SXYZ(0, *self._sample)  # power-down: no new data, registers hold
+            smp = self._sample = self._lsb(t, True)
+            self._sample_t = t
+            return _PACK_SXYZ(0x0F, *smp)
         if n == 1:
             return _BYTES[self._read1(reg & 0x3F, t)]
         out = bytearray()
@@ -128,28 +143,43 @@ class LIS3MDL:
 
     def write(self, reg: int, data: bytes) -> None:
         reg &= 0x7F
+        regs = self.regs
+        r = reg & 0x3F
+        if len(data) == 1 and ((0x20 <= r <= 0x24 and r != 0x21) or r == 0x30):  # CTRL1/3/4/5, INT_CFG
+            regs[r] = data[0]
+            return
         for i, b in enumerate(data):
             r = (reg + i) & 0x3F
             if r == 0x0F or r == 0x27 or 0x28 <= r <= 0x2F or r == 0x31:
                 continue  # read-only
             if r == 0x21 and b & 0x04:  # SOFT_RST
                 b &= ~0x04
-            self.regs[r] = b
+            regs[r] = b
 
     # -- interrupt generator (INT_CFG 0x30, INT_THS 0x32/0x33)
     def _int_src(self, t: float, noisy: bool = True) -> int:
-        cfg = self.regs[0x30]
-        if not (cfg & 1) or not self._continuous():
+        regs = self.regs
+        cfg = regs[0x30]
+        if not (cfg & 1) or (regs[0x22] & 3) != 0:
             return 0
-        ths = (self.regs[0x32] | (self.regs[0x33] << 8)) & 0x7FFF
+        ths = (regs[0x32] | (regs[0x33] << 8)) & 0x7FFF
         x, y, z = self._lsb(t, noisy)
         src = 0
-        for enable, v, pth, nth in ((0x80, x, 0x80, 0x10), (0x40, y, 0x40, 0x08), (0x20, z, 0x20, 0x04)):
-            if cfg & enable:
-                if v > ths:
-                    src |= pth
-                elif v < -ths:
-                    src |= nth
+        if cfg & 0x80:
+            if x > ths:
+                src |= 0x80
+            elif x < -ths:
+                src |= 0x10
+        if cfg & 0x40:
+            if y > ths:
+                src |= 0x40
+            elif y < -ths:
+                src |= 0x08
+        if cfg & 0x20:
+            if z > ths:
+                src |= 0x20
+            elif z < -ths:
+                src |= 0x04
         return src
 
     def int_active(self, t: float) -> bool:
@@ -168,7 +198,11 @@ class LIS3MDL:
             return t0
         if not self.node.i2c_powered:
             return None
-        latch = bool(self.regs[0x30] & 0x02)
+        cfg = self.regs[0x30]
+        if not (cfg & 1) or (self.regs[0x22] & 3) != 0:
+            return None  # no interrupt generator running: the line stays where it is
+        latch = bool(cfg & 0x02)
+        want_active = level == int(bool(cfg & 0x04))
         # The field changes at world events and drifts with temperature: check both.
         pts = self.space.change_points(t0, t_limit)
         h = math.floor(t0 / 900.0) + 1
@@ -181,7 +215,7 @@ class LIS3MDL:
             if src and latch:
                 self.latched = True
                 self.latch_src = src
-            if self.int_level(t) == level:
+            if (self.latched or src != 0) == want_active:
                 return t
         return None
 
@@ -206,6 +240,14 @@ class LIS3MDLIntWire:
         return self.dev.time_at_level(t0, level, t_limit)
 
 
+# VL53L1X power-on register values the model reads: firmware booted (0xE5), model id
+# 0xEACC and module type (0x010F-0x0111), GPIO_HV_MUX__CTRL, and a 0x01CC macro period.
+_VL53L1X_POR: Final = bytearray(0x0200)
+for _reg, _value in ((0x00E5, 0x03), (0x010F, 0xEA), (0x0110, 0xCC), (0x0111, 0x10), (0x0030, 0x01),
+                     (0x005E, 0x01), (0x005F, 0xCC)):
+    _VL53L1X_POR[_reg] = _value
+
+
 class VL53L1X:
     """ST VL53L1X ToF ranger, 16-bit register addresses as ST's ULD uses them."""
 
@@ -217,13 +259,17 @@ class VL53L1X:
         0x00AD: 50.0, 0x02E1: 100.0, 0x01CC: 100.0, 0x03E1: 200.0, 0x02D9: 200.0,
         0x0591: 500.0, 0x048F: 500.0,
     }
+    # Indices 0x0000.._NREG-1 (the ULD's whole map: configuration block, results, model id)
+    # live in a bytearray; any other index in a dict.
+    _NREG: Final = len(_VL53L1X_POR)
 
     def __init__(self, node: SimNode, bin_: Bin, rng: random.Random, address: int = 0x29) -> None:
         self.node = node
         self.bin = bin_
         self.rng = rng
         self.address = address
-        self.regs: dict[int, int] = {0x00E5: 0x03, 0x010F: 0xEA, 0x0110: 0xCC, 0x0111: 0x10, 0x0030: 0x01}
+        self.regs = bytearray(_VL53L1X_POR)
+        self.far: dict[int, int] = {}
         self.ranging = False
         self.ready_at: float | None = None
         self.noise_mm = 5.0
@@ -233,44 +279,54 @@ class VL53L1X:
         self.__init__(self.node, self.bin, self.rng, self.address)  # type: ignore[misc]
 
     def ranging_s(self) -> float:
-        macrop = (self.regs.get(0x005E, 0x01) << 8) | self.regs.get(0x005F, 0xCC)
+        macrop = (self.regs[0x005E] << 8) | self.regs[0x005F]
         return self.TIMING_BUDGET_MS.get(macrop, 100.0) / 1000.0
 
     def _polarity(self) -> int:
-        return 0 if self.regs.get(0x0030, 0) & 0x10 else 1
+        return 0 if self.regs[0x0030] & 0x10 else 1
 
     def _result(self) -> None:
-        mm = self.bin.distance_mm(self.node.now_s()) + self.rng.gauss(0, self.noise_mm)
+        mm = self.bin.distance_mm(self.node.t) + _gauss(self.rng, self.noise_mm)
         status = 9 if self.rng.random() >= self.fail_p else self.rng.choice((4, 5, 7))
         mm_i = max(0, min(0xFFFF, int(mm)))
-        self.regs[0x0089] = status
-        self.regs[0x0096] = mm_i >> 8
-        self.regs[0x0097] = mm_i & 0xFF
+        regs = self.regs
+        regs[0x0089] = status
+        regs[0x0096] = mm_i >> 8
+        regs[0x0097] = mm_i & 0xFF
 
     def read(self, reg: int, n: int) -> bytes:
         regs = self.regs
         if self.ranging and self.ready_at is not None and self.node.t >= self.ready_at:
-            pol = self._polarity()
-            if regs.get(0x0031, 0) & 1 != pol:
+            pol = 0 if regs[0x0030] & 0x10 else 1
+            if regs[0x0031] & 1 != pol:
                 self._result()
                 regs[0x0031] = pol
-        if n == 1:
-            return bytes((regs.get(reg, 0),))
-        return bytes(regs.get(reg + i, 0) & 0xFF for i in range(n))
+        end = reg + n
+        if end <= self._NREG:
+            return _BYTES[regs[reg]] if n == 1 else bytes(regs[reg:end])
+        far = self.far
+        return bytes(regs[r] if r < self._NREG else far.get(r, 0) for r in range(reg, end))
 
     def write(self, reg: int, data: bytes) -> None:
-        for i, b in enumerate(data):
-            self.regs[reg + i] = b
-        now = self.node.now_s()
-        if reg <= 0x0087 < reg + len(data):
-            mode = self.regs[0x0087]
+        regs = self.regs
+        end = reg + len(data)
+        if end <= self._NREG:
+            regs[reg:end] = data
+        else:
+            for i, b in enumerate(data):
+                if reg + i < self._NREG:
+                    regs[reg + i] = b
+                else:
+                    self.far[reg + i] = b
+        if reg <= 0x0087 < end:
+            mode = regs[0x0087]
             self.ranging = mode in (0x40, 0x10)
-            self.ready_at = now + self.ranging_s() if self.ranging else None
-            self.regs[0x0031] = 1 - self._polarity()
-        if reg <= 0x0086 < reg + len(data) and self.regs[0x0086] & 1:
-            self.regs[0x0031] = 1 - self._polarity()
+            self.ready_at = self.node.t + self.ranging_s() if self.ranging else None
+            regs[0x0031] = 1 - self._polarity()
+        if reg <= 0x0086 < end and regs[0x0086] & 1:
+            regs[0x0031] = 1 - self._polarity()
             if self.ranging:
-                self.ready_at = now + self.ranging_s()
+                self.ready_at = self.node.t + self.ranging_s()
 
     def sleep_current_ua(self) -> float:
         # Software standby between measurements (VL53L1X datasheet: ~5 uA HW standby class).

@@ -121,15 +121,19 @@ class SimPin:
         self.id = id
         self.mode = mode
         self.pull = pull
-        self._out = 0 if value is None else int(bool(value))
         self.handler: Callable[[SimPin], None] | None = None
+        if value is None and hold is None:
+            self._out = 0
+            return
+        self._out = 0 if value is None else int(bool(value))
         # ESP32 port: a hold is released before the pin is reconfigured, set again after.
+        held = node.held
         if hold is not None:
-            node.held.pop(id, None)
-        if value is not None and id not in node.held:
+            held.pop(id, None)
+        if value is not None and id not in held:
             node.set_pin_out(id, self._out)
         if hold:
-            node.held[id] = node.pin_out.get(id, 0)
+            held[id] = node.pin_out.get(id, 0)
 
     def init(self, mode: int = -1, pull: int = -1, *, value: Any = None, drive: int = -1, alt: int = -1,
              hold: bool | None = None) -> None:
@@ -191,7 +195,9 @@ class _PinFactory:
 
     def __call__(self, id: int, mode: int = -1, pull: int = -1, *, value: Any = None,
                  drive: int = -1, alt: int = -1, hold: bool | None = None) -> SimPin:
-        return SimPin(self._n, id, mode, pull, value=value, drive=drive, alt=alt, hold=hold)
+        if value is None and hold is None:
+            return SimPin(self._n, id, mode, pull)
+        return SimPin(self._n, id, mode, pull, value=value, hold=hold)  # drive, alt: no effect here
 
 
 def _pin_id(p: Any) -> int:

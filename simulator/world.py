@@ -16,6 +16,8 @@ import random
 from dataclasses import dataclass
 from typing import Final
 
+from urbansense.compat import DATACLASS_SLOTS
+
 DAY_S: Final = 86400.0
 _TWOPI: Final = 2.0 * math.pi
 # Seed of the noise stream of a model built without one (tests); the simulator passes its own.
@@ -53,6 +55,26 @@ def _gauss(rng: random.Random, sigma: float) -> float:
     return 0 + z * sigma
 
 
+def _gauss3(rng: random.Random, sigma: float) -> tuple[float, float, float]:
+    """Three rng.gauss(0, sigma) draws in one call, bit for bit (the same pairs, the same spare
+    left in gauss_next): a magnetometer sample's three axes."""
+    rnd = rng.random
+    z: float | None = rng.gauss_next  # type: ignore[attr-defined]  # CPython's Random keeps the spare here
+    if z is None:
+        x2pi = rnd() * _TWOPI
+        g2rad = math.sqrt(-2.0 * math.log(1.0 - rnd()))
+        a = math.cos(x2pi) * g2rad
+        b = math.sin(x2pi) * g2rad
+        x2pi = rnd() * _TWOPI
+        g2rad = math.sqrt(-2.0 * math.log(1.0 - rnd()))
+        rng.gauss_next = math.sin(x2pi) * g2rad  # type: ignore[attr-defined]
+        return (0 + a * sigma, 0 + b * sigma, 0 + math.cos(x2pi) * g2rad * sigma)
+    x2pi = rnd() * _TWOPI
+    g2rad = math.sqrt(-2.0 * math.log(1.0 - rnd()))
+    rng.gauss_next = None  # type: ignore[attr-defined]
+    return (0 + z * sigma, 0 + math.cos(x2pi) * g2rad * sigma, 0 + math.sin(x2pi) * g2rad * sigma)
+
+
 def _hour(t: float, t_day0: float) -> int:
     return int(((t + t_day0) % DAY_S) // 3600)
 
@@ -87,7 +109,7 @@ def ambient_temperature_c(t: float, t_day0: float, mean_c: float = 12.0, swing_c
 # ---------------------------------------------------------------------------- parking
 
 
-@dataclass(slots=True)
+@dataclass(**DATACLASS_SLOTS)
 class ParkingParams:
     arrivals_per_day: float = 10.0
     mean_stay_s: float = 3600.0  # daytime stays; overnight stays last until morning
@@ -118,6 +140,12 @@ class ParkingSpace:
         self.vehicle: list[tuple[float, float, float]] = [self._signature()]
         self.transients: list[tuple[float, float, tuple[float, float, float]]] = []
         self._gen_until = 0.0
+        # The field without its temperature term is a step function: field_gauss keeps the
+        # step it last looked up, valid on [_seg_lo, _seg_hi) (a wake's reads share it).
+        self._seg_lo = math.inf
+        self._seg_hi = -math.inf
+        self._seg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self._seg_tr: tuple[float, ...] = ()  # z of the passing cars then, newest first
         # The arrival rate while free is chosen so a space sees ~arrivals_per_day a day.
         free_share = max(0.05, 1.0 - params.arrivals_per_day * params.mean_stay_s / DAY_S)
         self.rate_free_per_s = params.arrivals_per_day / (DAY_S * free_share)
@@ -164,31 +192,53 @@ class ParkingSpace:
         self.ensure(t)
         return self.occ[bisect.bisect_right(self.changes, t) - 1]
 
-    def field_gauss(self, t: float, temp_c: float, noisy: bool = True) -> tuple[float, float, float]:
+    def _segment(self, t: float) -> None:
+        """Look up the step of the field that holds at t: earth + vehicle, the passing cars
+        over the sensor, and until when neither changes."""
         if self._gen_until <= t + 60.0:
             self.ensure(t)
-        i = bisect.bisect_right(self.changes, t) - 1
-        dt = temp_c - 25.0
+        ch = self.changes
+        i = bisect.bisect_right(ch, t) - 1
+        # The next change is drawn already (a day runs until its last change passes its end);
+        # a day not drawn yet can only add passing cars from _gen_until on.
+        hi = ch[i + 1] if i + 1 < len(ch) else self._gen_until
+        if hi > self._gen_until:
+            hi = self._gen_until
         e = self.earth
-        tc = self.tempco
         if self.occ[i]:
             v = self.vehicle[i]
-            x = e[0] + v[0] + tc[0] * dt
-            y = e[1] + v[1] + tc[1] * dt
-            z = e[2] + v[2] + tc[2] * dt
+            self._seg = (e[0] + v[0], e[1] + v[1], e[2] + v[2])
         else:  # the same sums as with a (0, 0, 0) signature, bit for bit
-            x = e[0] + 0.0 + tc[0] * dt
-            y = e[1] + 0.0 + tc[1] * dt
-            z = e[2] + 0.0 + tc[2] * dt
+            self._seg = (e[0] + 0.0, e[1] + 0.0, e[2] + 0.0)
         tr = self.transients
         j = bisect.bisect_right(tr, (t, math.inf)) - 1
+        if j + 1 < len(tr) and tr[j + 1][0] < hi:
+            hi = tr[j + 1][0]
+        zs: list[float] = []
         while j >= 0 and tr[j][0] > t - 5.0:  # newest first, as _transients_at lists them
             if t < tr[j][1]:
-                z += tr[j][2][2]
+                zs.append(tr[j][2][2])
+                if tr[j][1] < hi:
+                    hi = tr[j][1]
             j -= 1
+        self._seg_tr = tuple(zs)
+        self._seg_lo = t
+        self._seg_hi = hi
+
+    def field_gauss(self, t: float, temp_c: float, noisy: bool = True) -> tuple[float, float, float]:
+        if not self._seg_lo <= t < self._seg_hi:
+            self._segment(t)
+        dt = temp_c - 25.0
+        c = self._seg
+        tc = self.tempco
+        x = c[0] + tc[0] * dt
+        y = c[1] + tc[1] * dt
+        z = c[2] + tc[2] * dt
+        for dz in self._seg_tr:
+            z += dz
         if noisy:
-            n = self.p.noise_gauss
-            return (x + _gauss(self.noise_rng, n), y + _gauss(self.noise_rng, n), z + _gauss(self.noise_rng, n))
+            nx, ny, nz = _gauss3(self.noise_rng, self.p.noise_gauss)
+            return (x + nx, y + ny, z + nz)
         return (x, y, z)
 
     def _transients_at(self, t: float) -> list[tuple[float, float, tuple[float, float, float]]]:
@@ -204,15 +254,23 @@ class ParkingSpace:
     def change_points(self, t0: float, t1: float) -> list[float]:
         """Times in (t0, t1] at which the field may change (arrivals, departures, transients)."""
         self.ensure(t1)
-        pts = [c for c in self.changes[bisect.bisect_right(self.changes, t0):bisect.bisect_right(self.changes, t1)]]
-        lo = bisect.bisect_right(self.transients, (t0, math.inf))
-        for a, b, _ in self.transients[lo:]:
+        ch = self.changes
+        pts = ch[bisect.bisect_right(ch, t0):bisect.bisect_right(ch, t1)]
+        tr = self.transients
+        n = len(tr)
+        k = bisect.bisect_right(tr, (t0, math.inf))
+        added = False
+        while k < n:
+            a, b, _ = tr[k]
             if a > t1:
                 break
             pts.append(a)
             if b <= t1:
                 pts.append(b)
-        pts.sort()
+            added = True
+            k += 1
+        if added:
+            pts.sort()
         return pts
 
     def arrivals_between(self, t0: float, t1: float) -> int:
@@ -225,7 +283,7 @@ class ParkingSpace:
 # ---------------------------------------------------------------------------- bins
 
 
-@dataclass(slots=True)
+@dataclass(**DATACLASS_SLOTS)
 class BinParams:
     empty_mm: int = 1200  # sensor to bin floor
     full_mm: int = 250  # sensor to the fill line (100 %)
@@ -255,6 +313,11 @@ class Bin:
         self.collections: list[float] = []
         self._gen_until = 0.0
         self._carry: list[tuple[float, float | None]] = []  # events past the last day drawn
+        # The fill step fill_pct last looked up, valid on [_seg_lo, _seg_hi).
+        self._seg_lo = math.inf
+        self._seg_hi = -math.inf
+        self._seg_fill = 0.0
+        self._seg_mm = 0.0
         # First collection at the next collection hour, staggered across bins by day.
         first_day = rng.randrange(max(1, round(params.collection_every_days)))
         start = params.collection_hour * 3600 - t_day0 % DAY_S
@@ -290,14 +353,27 @@ class Bin:
             self.fill.append(level)
         self._gen_until = t1
 
-    def fill_pct(self, t: float) -> float:
+    def _segment(self, t: float) -> None:
         self.ensure(t)
-        return self.fill[bisect.bisect_right(self.times, t) - 1]
+        times = self.times
+        i = bisect.bisect_right(times, t) - 1
+        # Later days only add steps from _gen_until on (a late round is carried, not inserted).
+        self._seg_lo = times[i]
+        self._seg_hi = times[i + 1] if i + 1 < len(times) else self._gen_until
+        f = self._seg_fill = self.fill[i]
+        span = self.p.empty_mm - self.p.full_mm
+        self._seg_mm = max(30.0, self.p.empty_mm - span * f / 100.0)
+
+    def fill_pct(self, t: float) -> float:
+        if not self._seg_lo <= t < self._seg_hi:
+            self._segment(t)
+        return self._seg_fill
 
     def distance_mm(self, t: float) -> float:
         """True distance from the sensor to the waste surface."""
-        span = self.p.empty_mm - self.p.full_mm
-        return max(30.0, self.p.empty_mm - span * self.fill_pct(t) / 100.0)
+        if not self._seg_lo <= t < self._seg_hi:
+            self._segment(t)
+        return self._seg_mm
 
     def measured_mm(self, t: float) -> float | None:
         """One ultrasonic ping: noise, occasional false echoes, occasional no echo (None)."""
@@ -307,13 +383,13 @@ class Bin:
             return None
         if r < self.p.no_echo_p + self.p.false_echo_p:
             return rng.uniform(150.0, self.p.empty_mm * 0.6)
-        return max(20.0, self.distance_mm(t) + rng.gauss(0, self.p.noise_mm))
+        return max(20.0, self.distance_mm(t) + _gauss(rng, self.p.noise_mm))
 
 
 # ---------------------------------------------------------------------------- water
 
 
-@dataclass(slots=True)
+@dataclass(**DATACLASS_SLOTS)
 class WaterParams:
     litres_per_day: float = 150.0
     leak_p: float = 0.02  # share of meters that start a leak during a day

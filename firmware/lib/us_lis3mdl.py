@@ -7,6 +7,8 @@ except ImportError:
     def const(x):  # type: ignore[misc]  # CPython stand-in for micropython.const
         return x
 
+import struct
+
 ADDR_SA1_LOW = const(0x1C)
 ADDR_SA1_HIGH = const(0x1E)
 WHO_AM_I_VALUE = const(0x3D)
@@ -43,6 +45,7 @@ ODR_80_HZ = const(7)
 _LSB_PER_GAUSS = const(6842)
 _NT_PER_GAUSS = const(100000)
 _STATUS_ZYXDA = const(0x08)
+INT_OFF = const(0x0C)  # INT_CFG with IEN = 0: _INT_CFG_FIXED | _INT_CFG_IEA_HIGH
 
 
 def lsb_to_nt(lsb):
@@ -58,17 +61,38 @@ def _s16(lo, hi):
     return v - 0x10000 if v & 0x8000 else v
 
 
+def interrupt_setting(axes_mask, threshold_nt):
+    """-> (INT_CFG, INT_THS) for a latched, active-high INT when |axis| > threshold on any axis
+    in axes_mask (x=4 y=2 z=1).
+
+    The comparison is on the absolute value of each axis (the part has no offset
+    registers), so the caller picks the threshold from the baseline.
+    """
+    ths = nt_to_lsb(threshold_nt)
+    if ths < 0:
+        ths = 0
+    if ths > 0x7FFF:
+        ths = 0x7FFF
+    return (((axes_mask & 7) << 5) | _INT_CFG_FIXED | _INT_CFG_IEA_HIGH | _INT_CFG_LIR | _INT_CFG_IEN), ths
+
+
 class LIS3MDL:
     def __init__(self, i2c, addr=ADDR_SA1_LOW):
         self._i2c = i2c
         self._addr = addr
-        self._buf6 = bytearray(6)
+        self._b1 = bytearray(1)  # one-register transfers: no allocation per access
+        self._b2 = bytearray(2)
+        self._b7 = bytearray(7)
 
     def _w(self, reg, value):
-        self._i2c.writeto_mem(self._addr, reg, bytes((value,)))
+        b = self._b1
+        b[0] = value
+        self._i2c.writeto_mem(self._addr, reg, b)
 
     def _r(self, reg):
-        return self._i2c.readfrom_mem(self._addr, reg, 1)[0]
+        b = self._b1
+        self._i2c.readfrom_mem_into(self._addr, reg, b)
+        return b[0]
 
     def check(self):
         """OSError if absent, ValueError if something else answers at the address."""
@@ -96,9 +120,24 @@ class LIS3MDL:
 
     def read_raw(self):
         """(x, y, z) in LSB; reading OUT_Z_H releases the data-ready flag."""
-        self._i2c.readfrom_mem_into(self._addr, _OUT_X_L | _AUTO_INC, self._buf6)
-        b = self._buf6
-        return (_s16(b[0], b[1]), _s16(b[2], b[3]), _s16(b[4], b[5]))
+        b = self._b7
+        self._i2c.readfrom_mem_into(self._addr, _STATUS | _AUTO_INC, b)
+        return struct.unpack_from("<hhh", b, 1)
+
+    def read_raw_if_ready(self):
+        """(x, y, z) in LSB of a new sample, or None when STATUS has none (ZYXDA = 0).
+
+        One auto-increment burst from STATUS_REG (0x27) through OUT_Z_H (0x2D): SUB(7) = 1
+        (section 5.1.1) and the registers are contiguous. The part wraps its address from
+        OUT_Z_H back to OUT_X_L (PX4-Autopilot#12514), which a burst ending at 0x2D never
+        reaches. BDU keeps each axis' bytes from one sample; a stale block (ZYXDA = 0) is
+        dropped, and the caller polls again.
+        """
+        b = self._b7
+        self._i2c.readfrom_mem_into(self._addr, _STATUS | _AUTO_INC, b)
+        if not b[0] & _STATUS_ZYXDA:
+            return None
+        return struct.unpack_from("<hhh", b, 1)  # little endian (CTRL_REG4 BLE = 0)
 
     def read_nt(self):
         x, y, z = self.read_raw()
@@ -106,31 +145,41 @@ class LIS3MDL:
 
     def read_temperature_cc(self):
         # 8 LSB/degC (Table 4); 0 LSB taken as 25 degC, as ST's drivers do.
-        b = self._i2c.readfrom_mem(self._addr, _TEMP_OUT_L | _AUTO_INC, 2)
+        b = self._b2
+        self._i2c.readfrom_mem_into(self._addr, _TEMP_OUT_L | _AUTO_INC, b)
         return 2500 + _s16(b[0], b[1]) * 100 // 8
 
     def set_threshold_interrupt(self, axes_mask, threshold_nt):
-        """Latched, active-high INT when |axis| > threshold on any axis in axes_mask (x=4 y=2 z=1).
+        """Latched, active-high INT when |axis| > threshold on any axis in axes_mask (x=4 y=2 z=1)."""
+        cfg, ths = interrupt_setting(axes_mask, threshold_nt)
+        self.program_interrupt(cfg, ths)
 
-        The comparison is on the absolute value of each axis (the part has no offset
-        registers), so the caller picks the threshold from the baseline.
+    def program_interrupt(self, cfg, ths, held=None):
+        """Write INT_THS (ths None: leave it) and INT_CFG, then read INT_SRC. -> [cfg, ths]
+        the part now holds (ths -1: unknown), for `held` at the next call.
+
+        held: what the last call returned, when the part has been powered since and nothing
+        else wrote these registers; a register that already holds its value is not written.
+        The INT_SRC read always comes: it drops an event latched under the old configuration
+        (it would hold INT active now; one the new configuration still sees comes back at the
+        next sample) and the one that woke us.
         """
-        ths = nt_to_lsb(threshold_nt)
-        if ths < 0:
-            ths = 0
-        if ths > 0x7FFF:
-            ths = 0x7FFF
-        self._i2c.writeto_mem(self._addr, _INT_THS_L | _AUTO_INC, bytes((ths & 0xFF, ths >> 8)))
-        self._w(_INT_CFG, ((axes_mask & 7) << 5) | _INT_CFG_FIXED | _INT_CFG_IEA_HIGH | _INT_CFG_LIR
-                | _INT_CFG_IEN)
-        # Drop an event latched under the old configuration: it would hold INT active now.
-        # One the new configuration still sees comes back at the next sample.
+        if ths is not None and (held is None or held[1] != ths):
+            b = self._b2
+            b[0] = ths & 0xFF
+            b[1] = ths >> 8
+            self._i2c.writeto_mem(self._addr, _INT_THS_L | _AUTO_INC, b)
+        if held is None or held[0] != cfg:
+            self._w(_INT_CFG, cfg)
         self.int_source()
+        if ths is None:
+            ths = held[1] if held is not None else -1
+        return [cfg, ths]
 
     def disable_interrupt(self):
         # IEN = 0, polarity kept active high: the idle line stays low, not at the inactive
         # level of an active-low INT (high), which a wake armed on high would take for an event.
-        self._w(_INT_CFG, _INT_CFG_FIXED | _INT_CFG_IEA_HIGH)
+        self._w(_INT_CFG, INT_OFF)
 
     def int_source(self):
         """INT_SRC; reading it clears a latched interrupt."""

@@ -10,6 +10,7 @@ except ImportError:
     def const(x):  # type: ignore[misc]  # CPython stand-in for micropython.const
         return x
 
+import us_lis3mdl
 import us_proto
 import us_store
 
@@ -23,6 +24,8 @@ DRIFT_SHIFT = const(5)  # baseline follows 1/32 of the error per free reading
 INSTALL_SAMPLES = const(8)
 MAG_BOOT_MS = const(5)  # LIS3MDL after power-up: boot (memory content load) before I2C setup
 BASE_SAVE_MIN_S = const(3600)  # at most one baseline write an hour, however noisy the field
+# RTC state "mi": [INT_CFG, INT_THS] the part holds, what the last cycle programmed.
+_ST_INT = "mi"
 # NVS "mag_base": [x, y, z] nT, or [x, y, z, cx, cy, cz] when re-learned from config.json's
 # calibration.baseline_nt c (so a changed config baseline still wins after a reboot).
 _NVS_BASE = "mag_base"
@@ -103,18 +106,22 @@ class Detector:
 
 
 def _sample(mag, hal, n=4):
-    acc = [0, 0, 0]
+    """Mean of n samples in nT (the sum converted once: no per-sample rounding)."""
+    sx = sy = sz = 0
     for _ in range(n):
         waited = 0
-        while not mag.data_ready():
+        s = mag.read_raw_if_ready()
+        while s is None:
             if waited > 200:
                 raise OSError(116)
             hal.time.sleep_ms(2)
             waited += 2
-        s = mag.read_nt()
-        for i in range(3):
-            acc[i] += s[i]
-    return [v // n for v in acc]
+            s = mag.read_raw_if_ready()
+        sx += s[0]
+        sy += s[1]
+        sz += s[2]
+    lsb_to_nt = us_lis3mdl.lsb_to_nt
+    return [lsb_to_nt(sx) // n, lsb_to_nt(sy) // n, lsb_to_nt(sz) // n]
 
 
 def check_config(cfg):
@@ -154,8 +161,6 @@ def _save_base(node, st, off_nt):
 
 
 def run(node):
-    import us_lis3mdl
-
     hal = node.hal
     st = node.kst
     on_nt = node.setting("thresholds", "mag_threshold_ut", DEFAULT_ON_UT, us_proto.C_MAG_THRESHOLD_UT) * 1000
@@ -171,10 +176,17 @@ def run(node):
     if powered_up:
         hal.time.sleep_ms(MAG_BOOT_MS)
     mag = us_lis3mdl.LIS3MDL(node.i2c(), node.board.get("lis3mdl_addr", us_lis3mdl.ADDR_SA1_LOW))
+    m = hal.machine
+    # The interrupt registers hold what the last cycle wrote when the part stayed powered and
+    # that cycle ran to its deep sleep (it saved the state after programming them).
+    held = st.pop(_ST_INT, None)
     if node.cold or powered_up:
+        held = None
         mag.init(us_lis3mdl.ODR_80_HZ)
     else:
-        mag.int_source()  # clear the latched interrupt that woke us
+        if m.reset_cause() != m.DEEPSLEEP_RESET:
+            held = None
+        # The latched event that woke us is cleared with the INT_SRC read below.
         mag.set_odr(us_lis3mdl.ODR_80_HZ)
     if "b" not in st:
         base = _load_base(node)
@@ -194,9 +206,10 @@ def run(node):
 
     plan = None if det.pending() else det.interrupt_plan(on_nt)
     if plan is None:
-        mag.disable_interrupt()
+        cfg, ths = us_lis3mdl.INT_OFF, None
     else:
-        mag.set_threshold_interrupt(plan[0], plan[1])
+        cfg, ths = us_lis3mdl.interrupt_setting(plan[0], plan[1])
+    st[_ST_INT] = mag.program_interrupt(cfg, ths, held)
     mag.set_odr(us_lis3mdl.ODR_1_25_HZ)  # slow continuous conversion while we sleep
     node.energy("cpu")
 

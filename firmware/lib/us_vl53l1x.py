@@ -48,15 +48,22 @@ class VL53L1X:
         self._addr = addr
         self._timeout_ms = timeout_ms
         self._active_high = None
+        self._b1 = bytearray(1)  # one- and two-register transfers: no allocation per access
+        self._b2 = bytearray(2)
 
     def _w8(self, reg, value):
-        self._i2c.writeto_mem(self._addr, reg, bytes((value,)), addrsize=16)
+        b = self._b1
+        b[0] = value
+        self._i2c.writeto_mem(self._addr, reg, b, addrsize=16)
 
     def _r8(self, reg):
-        return self._i2c.readfrom_mem(self._addr, reg, 1, addrsize=16)[0]
+        b = self._b1
+        self._i2c.readfrom_mem_into(self._addr, reg, b, addrsize=16)
+        return b[0]
 
     def _r16(self, reg):
-        b = self._i2c.readfrom_mem(self._addr, reg, 2, addrsize=16)
+        b = self._b2
+        self._i2c.readfrom_mem_into(self._addr, reg, b, addrsize=16)
         return (b[0] << 8) | b[1]
 
     def model_id(self):
@@ -80,6 +87,8 @@ class VL53L1X:
         if self.model_id() != MODEL_ID_VALUE:
             raise ValueError("vl53l1x: bad model id")
         self._i2c.writeto_mem(self._addr, _CONFIG_START, DEFAULT_CONFIGURATION, addrsize=16)
+        # GPIO_HV_MUX__CTRL is in the block just written: its polarity bit needs no read-back.
+        self._active_high = 0 if DEFAULT_CONFIGURATION[_GPIO_HV_MUX__CTRL - _CONFIG_START] & 0x10 else 1
         self.start()
         self._wait(self.data_ready, TIMING_BUDGET_MS)
         self.clear_interrupt()
@@ -98,7 +107,7 @@ class VL53L1X:
 
     def data_ready(self):
         # GPIO_HV_MUX__CTRL bit 4 = 1 means active-low interrupt (ULD GetInterruptPolarity);
-        # the configuration does not change it, so it is read once per driver instance.
+        # nothing changes it after init() (which knows it), so it is read at most once.
         if self._active_high is None:
             self._active_high = 0 if self._r8(_GPIO_HV_MUX__CTRL) & 0x10 else 1
         return (self._r8(_GPIO__TIO_HV_STATUS) & 1) == self._active_high
