@@ -157,6 +157,14 @@ _UNKNOWN_HEAD: Final = b"\xa2" + _num(N)
 
 
 _AS_BOOL, _AS_INT, _AS_SCALED = 0, 1, 2  # how a quantity's wire integer becomes its value
+# Values written without a call: CBOR unsigned integers 0..255 (counts, flags, percentages)
+# and the whole RSSI record for the RSSIs a radio reports.
+_UINT8: Final = tuple(_num(i) for i in range(0x100))
+_RSSI_RECORDS: Final = {dbm: _RSSI + _num(dbm - 30) for dbm in range(-160, 40)}
+_F64_PACK: Final = _F64.pack
+_U16_PACK: Final = _ARG16.pack
+_U32_PACK: Final = _ARG32.pack
+_isfinite: Final = math.isfinite
 
 
 def _template(q: Quantity) -> tuple[bytes, bytes, int, float, float]:
@@ -173,26 +181,42 @@ _TEMPLATES: Final = {key: _template(q) for key, q in QUANTITIES.items()}
 
 
 def encode_frame(fr: FrameRecord) -> tuple[bytes, int]:
-    """The frame's records as they sit inside a pack, and how many records that is."""
-    out = _base_head(fr.node_id) + _num(fr.received_s) + _FCNT + _num(fr.fcnt)
+    """The frame's records as they sit inside a pack, and how many records that is.
+
+    Per frame and per reading (the batcher's hot path), the common values are written inline
+    (no ``_num`` call): a finite float time, a 32-bit counter, a table RSSI, a scaled reading
+    (a float from an int: always finite below 2**1024), an unsigned byte; anything else goes
+    through ``_num``, which defers to cbor2.
+    """
+    t = fr.received_s
+    fcnt = fr.fcnt
+    out = _base_head(fr.node_id) + (
+        _F64_PACK(0xFB, t) if type(t) is float and _isfinite(t) else _num(t)
+    ) + _FCNT + (
+        _UINT8[fcnt] if 0 <= fcnt < 0x100 else _U16_PACK(0x19, fcnt) if 0 <= fcnt < 0x10000
+        else _U32_PACK(0x1A, fcnt) if 0 <= fcnt <= 0xFFFFFFFF else _num(fcnt)
+    )
     records = 1
-    if fr.rssi_dbm is not None:
-        out += _RSSI + _num(fr.rssi_dbm - 30)
-        records += 1
+    rssi = fr.rssi_dbm
+    if rssi is not None:
+        out += _RSSI_RECORDS.get(rssi) or _RSSI + _num(rssi - 30)
+        records = 2
     readings = fr.readings
     for key in sorted(readings):
         value = readings[key]
-        t = _TEMPLATES.get(key)
-        if t is None:  # unknown to this gateway version: forwarded raw
+        tpl = _TEMPLATES.get(key)
+        if tpl is None:  # unknown to this gateway version: forwarded raw
             out += _UNKNOWN_HEAD + _text(f"q{key}") + _num(V) + _num(int(value))
+            continue
+        before, after, kind, scale, offset = tpl
+        if kind == _AS_SCALED:  # int(value): a bool multiplies the same, an int stays exact
+            x = int(value) * scale + offset
+            out += before + (_F64_PACK(0xFB, x) if _isfinite(x) else _num(x)) + after
+        elif kind == _AS_BOOL:
+            out += before + (_TRUE if value else _FALSE)
         else:
-            before, after, kind, scale, offset = t
-            if kind == _AS_BOOL:
-                out += before + (_TRUE if value else _FALSE)
-            else:
-                out += before + _num(int(value) if kind == _AS_INT else int(value) * scale + offset) + after
-        records += 1
-    return out, records
+            out += before + (_UINT8[value] if 0 <= value < 0x100 else _num(int(value))) + after
+    return out, records + len(readings)
 
 
 def frame_bytes(packed: tuple[bytes, int]) -> int:
