@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Final
 
 from gateway import framing
@@ -23,7 +24,7 @@ from gateway.dedup import DedupIndex
 from gateway.errors import OutboxFull
 from gateway.health import Health
 from gateway.metrics import Metrics
-from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox
+from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, Commit, NodeRow, Outbox
 from gateway.protocol import NodeKeys, encode_ack
 from gateway.quantities import COMMAND_RANGES, COMMANDS
 from gateway.ratelog import RateLimitedLog
@@ -72,6 +73,19 @@ def ack_packet_len(keys: NodeKeys, node_id: int, commands: dict[int, object]) ->
     return len(framing.wrap(encode_ack(keys, node_id, _UINT32_MAX, _UINT32_MAX, commands)))
 
 
+@dataclass(slots=True, eq=False)
+class _Closed:
+    """A closed batch between its commit's start and its settling."""
+
+    batch: list[Accepted]
+    acks: list[tuple[Accepted, bytes]]
+    advanced: list[tuple[NodeState, int, int]]  # (state, committed mark, window) once on disk
+    commands_sent: dict[int, dict[int, object]]
+    by_transport: dict[str, int]
+    payload_len: int
+    commit: Commit | None = None
+
+
 class Batcher:
     def __init__(
         self,
@@ -94,6 +108,9 @@ class Batcher:
         self._bytes = 1
         self._opened_s = 0.0
         self._ack_deadline_s: float | None = None
+        self._closed: _Closed | None = None  # its commit begun, not yet settled
+        self._loop: asyncio.AbstractEventLoop | None = None  # set while run() runs
+        self._commit_returned = asyncio.Event()
         self.commands: dict[int, dict[int, object]] = {}
         for node_id, text in outbox.load_downlinks().items():
             try:
@@ -147,7 +164,7 @@ class Batcher:
         v.packed = packed = encode_frame(v.record)
         size = frame_bytes(packed)
         if self._open and self._bytes + size > self.cfg.max_bytes:
-            self.flush()
+            self._close()
             self._index.add(v)  # flush cleared the index; v opens the next batch
         if not self._open:
             self._opened_s = time.monotonic()
@@ -156,7 +173,7 @@ class Batcher:
         if v.replies and self._ack_deadline_s is None:
             self._ack_deadline_s = time.monotonic() + self.cfg.ack_max_delay_ms / 1000
         if len(self._open) >= self.cfg.max_records:
-            self.flush()
+            self._close()
 
     def _duplicate(self, d: Duplicate) -> None:
         if self._index.merge(d):
@@ -175,13 +192,26 @@ class Batcher:
     def tick(self) -> None:
         deadline = self.deadline_s()
         if deadline is not None and time.monotonic() >= deadline:
-            self.flush()
+            self._close()
 
     def flush(self) -> None:
-        """Close the open batch: one commit, then the acks."""
+        """Close the open batch and wait for its commit: on return every batch closed so far
+        is on disk or refused, and its acks are written."""
+        self._close()
+        self._settle()
+
+    def _close(self) -> None:
+        """Close the open batch: one commit, then the acks.
+
+        Inside ``run`` the commit goes on in the outbox's writer thread while this stage
+        batches the next frames; the acks, marks and health follow in ``_settle``, when the
+        commit has returned (a done-callback, or the next close, which waits for it first: the
+        next batch's marks are computed from this one's committed ones).
+        """
         batch = self._open
         if not batch:
             return
+        self._settle()
         self._open = []
         self._index.clear()
         self._bytes = 1
@@ -212,7 +242,7 @@ class Batcher:
         priority = PRIORITY_ALARM if alarm else PRIORITY_ORDINARY
         # Allocate downlink counters before the commit so they are persisted with it.
         acks: list[tuple[Accepted, bytes]] = []
-        commands_sent: list[int] = []
+        commands_sent: dict[int, dict[int, object]] = {}
         for acc in waiting:
             node_id = acc.record.node_id
             node = self.registry.get(node_id)
@@ -222,7 +252,7 @@ class Batcher:
             st.dcnt += 1
             cmds = self.commands.get(node_id) if node_id not in commands_sent else None
             if cmds:
-                commands_sent.append(node_id)
+                commands_sent[node_id] = cmds
             acks.append((acc, encode_ack(node.keys, node_id, st.dcnt, acc.record.fcnt, cmds)))
         advanced: list[tuple[NodeState, int, int]] = []  # applied once the commit returns
         rows: list[NodeRow] = []
@@ -232,35 +262,53 @@ class Batcher:
             assert mark is not None  # fs is not empty
             advanced.append((st, mark, seen))
             rows.append(st.row(node_id, mark, seen, st.dcnt))
+        closed = _Closed(batch, acks, advanced, commands_sent, by_transport, len(payload))
         try:
-            batch_id = self.outbox.commit_batch(payload, len(batch), priority, rows, commands_sent)
+            closed.commit = self.outbox.begin_batch(payload, len(batch), priority, rows,
+                                                   commands_sent, background=self._loop is not None)
         except Exception as exc:
-            # Disk full (after the outbox evicted what it could) or an I/O error: nothing was
-            # acked, so serial nodes keep these frames and retransmit; BLE frames are lost to
-            # this gateway, counted. Roll the in-memory marks back.
-            self.metrics.commit_failed_readings.inc(amount=len(batch))
-            if isinstance(exc, OutboxFull):
-                self._faults.log("outbox_full_disk", "event=outbox_commit_failed reason=disk_full frames=%d",
-                                 len(batch))
-            else:
-                self._faults.log(f"commit/{type(exc).__name__}",
-                                 "event=outbox_commit_failed frames=%d error=%r", len(batch), exc)
-            for st, _, _ in advanced:
-                st.rollback()
+            self._refused(closed, exc)
             return
-        for st, mark, seen in advanced:
+        self._closed = closed
+        if self._loop is None:
+            self._settle()
+        else:
+            closed.commit.done_callback(self._wake)
+
+    def _wake(self) -> None:
+        """From the writer thread: tell the stage (if it waits for nothing else) to settle."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: shutdown settles it
+                loop.call_soon_threadsafe(self._commit_returned.set)
+
+    def _settle(self) -> None:
+        """The closed batch's commit has returned (waited for here): acks, marks, health."""
+        closed = self._closed
+        if closed is None:
+            return
+        self._closed = None
+        assert closed.commit is not None
+        try:
+            batch_id = self.outbox.finish_batch(closed.commit)
+        except Exception as exc:
+            self._refused(closed, exc)
+            return
+        batch = closed.batch
+        for st, mark, seen in closed.advanced:
             st.committed, st.committed_seen = mark, seen
-        for node_id in commands_sent:
-            self.commands.pop(node_id, None)
+        for node_id, cmds in closed.commands_sent.items():
+            if self.commands.get(node_id) is cmds:  # not replaced by newer ones meanwhile
+                del self.commands[node_id]
             self.metrics.downlinks.inc("sent")
         self.metrics.batch_records.observe(len(batch))
-        self.metrics.batch_bytes.observe(len(payload))
+        self.metrics.batch_bytes.observe(closed.payload_len)
         ledger = self.metrics.frames_out_ledger
-        ledger.committed(batch_id, by_transport)
+        ledger.committed(batch_id, closed.by_transport)
         depth = self.outbox.depth
         if len(ledger) > depth + max(_LEDGER_SLACK_MIN, depth // _LEDGER_SLACK_DIV):
             ledger.retain(set(self.outbox.pending_ids()))  # the outbox dropped some when full
-        for acc, ack in acks:
+        for acc, ack in closed.acks:
             self.replay.get(acc.record.node_id).remember_ack(acc.record.fcnt, ack)
             for reply in acc.replies:
                 self._reply(reply, ack)
@@ -268,6 +316,20 @@ class Batcher:
         for acc in batch:
             observe(acc.record, acc.kind)
         self.metrics.nodes_heard.set(self.health.heard)
+
+    def _refused(self, closed: _Closed, exc: Exception) -> None:
+        """Disk full (after the outbox evicted what it could) or an I/O error: nothing was
+        acked, so serial nodes keep these frames and retransmit; BLE frames are lost to this
+        gateway, counted. The in-memory marks go back to the committed ones."""
+        n = len(closed.batch)
+        self.metrics.commit_failed_readings.inc(amount=n)
+        if isinstance(exc, OutboxFull):
+            self._faults.log("outbox_full_disk", "event=outbox_commit_failed reason=disk_full frames=%d", n)
+        else:
+            self._faults.log(f"commit/{type(exc).__name__}",
+                             "event=outbox_commit_failed frames=%d error=%r", n, exc)
+        for st, _, _ in closed.advanced:
+            st.rollback()
 
     def _reply(self, reply: Any, ack: bytes) -> None:
         try:
@@ -277,8 +339,26 @@ class Batcher:
             _log.info("event=ack_write_failed error=%r", exc)
 
     async def run(self, queue: asyncio.Queue[Verdict]) -> None:
-        """Consume verdicts until cancelled; the caller flushes on shutdown."""
+        """Consume verdicts until cancelled; the caller flushes on shutdown.
+
+        While it runs, commits go on in the outbox's writer thread (see ``_close``)."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self._consume(queue)
+        finally:
+            self._loop = None  # what follows (the shutdown's flush) waits for each commit
+
+    async def _consume(self, queue: asyncio.Queue[Verdict]) -> None:
         while True:
+            closed = self._closed
+            if closed is not None and queue.empty():
+                # Nothing to batch: settle the commit (acks) as soon as it returns. In this
+                # task, so a bug settling it restarts the stage like any other.
+                assert closed.commit is not None
+                self._commit_returned.clear()
+                if not closed.commit.committed():
+                    await self._commit_returned.wait()
+                self._settle()
             deadline = self.deadline_s()
             if deadline is None:
                 self.add(await queue.get())
@@ -297,3 +377,6 @@ class Batcher:
             for _ in range(queue.qsize()):
                 add(take())
             self.tick()
+            closed = self._closed
+            if closed is not None and closed.commit is not None and closed.commit.committed():
+                self._settle()

@@ -457,15 +457,15 @@ async def test_a_batch_the_full_disk_refuses_is_counted_and_the_next_one_lands(
 
     gw = await running(make_config(tmp_path, mqtt_broker))
     assert gw.outbox is not None
-    real_commit = gw.outbox.commit_batch
+    real_commit = gw.outbox.begin_batch
 
-    def full(payload: bytes, frames: int, *args: Any, **kw: Any) -> int:
+    def full(payload: bytes, frames: int, *args: Any, **kw: Any) -> Any:
         raise OutboxFull(frames)
 
-    gw.outbox.commit_batch = full  # type: ignore[method-assign]
+    gw.outbox.begin_batch = full  # type: ignore[method-assign]
     gw.feed(frame(1, 1), "test")
     await wait_for(lambda: gw.metrics.commit_failed_readings.total() == 1, what="counted loss")
-    gw.outbox.commit_batch = real_commit  # type: ignore[method-assign]
+    gw.outbox.begin_batch = real_commit  # type: ignore[method-assign]
     # The marks were rolled back: the same counter is new again, not a replay.
     gw.feed(frame(1, 1), "test")
     await wait_for(lambda: gw.metrics.published_readings.total() == 1, what="retransmission lands")
