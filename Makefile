@@ -8,8 +8,10 @@ PY      := $(VENV)/bin/python
 STAMPS  := build/.stamps
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
-# System packages: the test broker, its certificates, the browser for the status-page test.
-APT_PKGS := mosquitto openssl chromium
+# System packages: the test broker, its certificates, the browser for the status-page test,
+# PyPy for the simulator's shard workers (bench/bench_sim.py; tests/test_sim_pypy.py).
+APT_PKGS := mosquitto openssl chromium pypy3 pypy3-venv
+PYPY_VENV := .venv-pypy
 
 # First python3.11+ found (override: make PYTHON=python3.12 setup).
 PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
@@ -18,7 +20,7 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
 
 .PHONY: setup sysdeps test lint typecheck pytest soak demo bench clean
 
-setup: sysdeps $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/typeshed
+setup: sysdeps $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/typeshed $(STAMPS)/pypy
 
 # Debian packages: installed only when missing, and only as root (else a hint).
 sysdeps:
@@ -56,6 +58,20 @@ $(STAMPS)/npm: package.json package-lock.json
 	@npm ci --no-audit --no-fund --loglevel=error >/dev/null
 	@mkdir -p $(STAMPS) && touch $@
 
+# The simulator's shard workers on PyPy (Debian's pypy3, Python 3.9): numpy, cbor2,
+# cryptography and tomli as binary wheels. The package itself is not installed there (it
+# needs 3.11); the shards run from the tree (simulator.sim._run_shards_in sets PYTHONPATH).
+$(STAMPS)/pypy: tools/pypy-requirements.txt
+	@if command -v pypy3 >/dev/null; then \
+	  echo "setup: $(PYPY_VENV) (pypy3) for the simulator's shards"; \
+	  [ -x $(PYPY_VENV)/bin/python ] || pypy3 -m venv $(PYPY_VENV); \
+	  $(PYPY_VENV)/bin/python -m pip install -q --disable-pip-version-check --only-binary=:all: \
+	    -r tools/pypy-requirements.txt; \
+	else \
+	  echo "setup: no pypy3: simulator shards run on CPython (bench/bench_sim.py is ~2x slower)"; \
+	fi
+	@mkdir -p $(STAMPS) && touch $@
+
 # MicroPython/ESP32 typeshed for tools/mypy-firmware.ini (rebuilt when the stubs change).
 $(STAMPS)/typeshed: $(STAMPS)/venv tools/mpy_typeshed.py
 	@$(PY) tools/mpy_typeshed.py >/dev/null
@@ -87,4 +103,4 @@ bench: setup
 	$(VENV)/bin/urbansense bench
 
 clean:
-	rm -rf build $(STAMPS) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf build $(STAMPS) $(PYPY_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -17,6 +17,7 @@ import cbor2
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from gateway.errors import FrameError
+from urbansense.compat import DATACLASS_SLOTS
 
 VERSION: Final = 1
 T_REPORT: Final = 0
@@ -103,7 +104,7 @@ class NodeKeys:
         ).to_bytes(n, "big")
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True, **DATACLASS_SLOTS)
 class Header:
     version: int
     ftype: int
@@ -111,7 +112,7 @@ class Header:
     fcnt16: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True, **DATACLASS_SLOTS)
 class Uplink:
     """A verified, decrypted uplink."""
 

@@ -21,8 +21,10 @@ import cbor2
 import numpy as np
 import numpy.typing as npt
 
+from urbansense.compat import DATACLASS_SLOTS
 
-@dataclass(slots=True)
+
+@dataclass(**DATACLASS_SLOTS)
 class Gateway:
     gw_id: str
     x: float
@@ -31,7 +33,7 @@ class Gateway:
     out_of_range: list[tuple[float, float]] = field(default_factory=list)
 
 
-@dataclass(slots=True)
+@dataclass(**DATACLASS_SLOTS)
 class RadioParams:
     tx_dbm: float = 0.0
     pl_1m_db: float = 40.0  # free space at 2.4 GHz, 1 m
@@ -45,7 +47,7 @@ class RadioParams:
     channel_model: str = "sequential"
 
 
-@dataclass(slots=True)
+@dataclass(**DATACLASS_SLOTS)
 class AirStats:
     events: int = 0
     received: dict[str, int] = field(default_factory=dict)

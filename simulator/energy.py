@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from urbansense.compat import DATACLASS_SLOTS
+
 HOURS_PER_YEAR: Final = 8766.0
 ROOT: Final = Path(__file__).resolve().parents[1]
 BOARDS_DIR: Final = ROOT / "boards"
@@ -77,7 +79,7 @@ _UNIT_TO_BASE: Final = {
 _DEVICE_PREFIXES: Final = ("lis3mdl_", "vl53l1x_", "jsnsr04t_", "chip_", "ble_", "uart_")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **DATACLASS_SLOTS)
 class PowerProfile:
     """A board's power figures in base units: currents uA, times ms, charges uC."""
 
@@ -169,7 +171,7 @@ def load_board(name: str, boards_dir: Path = BOARDS_DIR) -> tuple[dict[str, Any]
     return data, profile_from_power(name, {}, fallback=True)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **DATACLASS_SLOTS)
 class Cell:
     """A primary cell. Figures from the manufacturers' datasheets (check there)."""
 

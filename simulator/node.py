@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import random
 import sys
 from collections import Counter
 from types import ModuleType
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 from simulator.devices import ConstWire, Echo, Wire
 from simulator.energy import Cell, Meter, PowerProfile
 from simulator.hal import DeepSleep, SimHAL, SoftReset, WatchdogReset
+from simulator.rng import stream
 from simulator.world import ambient_temperature_c
 
 if TYPE_CHECKING:
@@ -86,9 +86,9 @@ class SimNode:
         self.position = position
         self.fw = firmware
         base = f"{seed}:{node_id}"
-        self.rng_hw = random.Random(base + ":hw")
-        self.rng_air = random.Random(base + ":air")
-        self.rng_world = random.Random(base + ":world")
+        self.rng_hw = stream(base + ":hw")
+        self.rng_air = stream(base + ":air")
+        self.rng_world = stream(base + ":world")
         self.files: dict[str, bytes] = {}
         self.nvs: dict[tuple[str, str], Any] = {}
         self.nvs_pending: dict[tuple[str, str], Any] = {}

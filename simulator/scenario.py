@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import calendar
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from urbansense.compat import DATACLASS_SLOTS, tomllib
 from urbansense.durations import parse_duration_s
 
 KIND_CODES = {"parking": 1, "bin": 2, "water": 3}
 
 
-@dataclass(slots=True)
+@dataclass(**DATACLASS_SLOTS)
 class Group:
     kind: str
     count: int
@@ -29,7 +29,7 @@ class Group:
     initial_used_fraction: float = 0.0
 
 
-@dataclass(slots=True)
+@dataclass(**DATACLASS_SLOTS)
 class Fault:
     kind: str  # reboot | brownout | power_loss | clock_jump | gateway_out_of_range
     at_s: float
@@ -41,7 +41,7 @@ class Fault:
     until_s: float | None = None
 
 
-@dataclass(slots=True)
+@dataclass(**DATACLASS_SLOTS)
 class Scenario:
     name: str
     seed: int = 1
@@ -62,7 +62,7 @@ class Scenario:
 
 
 def _dur(v: Any) -> float:
-    return float(v) if isinstance(v, int | float) else parse_duration_s(str(v))
+    return float(v) if isinstance(v, (int, float)) else parse_duration_s(str(v))
 
 
 def _epoch(v: Any) -> int:

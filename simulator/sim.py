@@ -6,13 +6,19 @@ import hashlib
 import json
 import math
 import multiprocessing
+import os
+import pickle
 import random
+import subprocess
+import tempfile
 import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Union
+
+import numpy as np
 
 from gateway.errors import FrameError
 from gateway.protocol import TYPE_NAMES, NodeKeys, parse_header, verify_uplink
@@ -26,10 +32,13 @@ from simulator.engine import Engine
 from simulator.firmware_loader import load_firmware
 from simulator.fw_codec import FirmwareCodec, FrameDecodeError
 from simulator.node import Console, SimNode
+from simulator.rng import stream
 from simulator.scenario import KIND_CODES, Fault, Scenario
 from simulator.serial_link import LoopbackLink, PtyLink
 from simulator.world import Bin, BinParams, Household, ParkingParams, ParkingSpace, WaterParams
+from urbansense.compat import DATACLASS_SLOTS
 
+ROOT: Final = Path(__file__).resolve().parents[1]
 DEFAULT_BOARD: Final = "city-wroom32e"
 SETTLE_EVERY_S: Final = 600.0  # bounds the memory of pending air events in fast runs
 REALTIME_TICK_S: Final = 0.25  # in realtime runs adverts reach the gateway this often
@@ -39,7 +48,7 @@ TRUTH_MARGIN_S: Final = 10.0
 HORIZON_MARGIN_S: Final = 86400.0  # pin wakes are searched this far past the end of a run
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **DATACLASS_SLOTS)
 class NodeInfo:
     """A node as the gateway needs it (registry entry)."""
 
@@ -184,7 +193,7 @@ class Simulation:
 
     def _add_node(self, index: int, gi: int, grp: scenario_mod.Group, node_id: int, name: str) -> None:
         board, profile = self._board(grp.board)
-        place = random.Random(f"{self.seed}:{node_id}:place")
+        place = stream(f"{self.seed}:{node_id}:place")
         x0, y0, x1, y1 = grp.area
         pos = (place.uniform(x0, x1), place.uniform(y0, y1))
         key = node_key(self.seed, node_id)
@@ -260,7 +269,7 @@ class Simulation:
         self.engine.at(node.rng_hw.uniform(0.0, 60.0), node._event(1, 0))
 
     def _schedule_faults(self) -> None:
-        rng = random.Random(f"{self.seed}:faults")
+        rng = stream(f"{self.seed}:faults")
         total = self.scenario.node_count()
         for f in self.scenario.faults:
             if f.kind == "gateway_out_of_range":
@@ -417,7 +426,10 @@ class Simulation:
         """Advance the virtual clock to ``t_sim`` seconds (events up to it have run)."""
         if math.isfinite(t_sim):  # pin wakes are searched to the horizon: past the run's end
             self.horizon_s = max(self.horizon_s, t_sim + HORIZON_MARGIN_S)
-        self.engine.run_until(t_sim)
+        try:
+            self.engine.run_until(t_sim)
+        finally:
+            self.board_main.unbind()
         self.settle(t_sim - self.air.max_air - 0.5)
 
     def run(self, duration_s: float | None = None) -> dict[str, Any]:
@@ -605,7 +617,7 @@ def _world_stats(n: SimNode, t_end: float) -> dict[str, float]:
             "bursts": float(len([x for x in w.bursts if x <= t_end]))}
 
 
-FrameTuple = tuple[int, int, str, int, bool, dict[str, Any], dict[int, int | bool], bool]
+FrameTuple = tuple[int, int, str, int, bool, dict[str, Any], dict[int, Union[int, bool]], bool]  # noqa: UP007 - evaluated at run time on PyPy 3.9
 
 
 def _frame_tuple(f: Frame, lost_at_boundary: bool = False) -> FrameTuple:
@@ -709,7 +721,7 @@ def build_summary(sc: Scenario, cell: Any, gateways: list[Gateway], nodes: list[
         "assumptions": {
             "firmware_cpu_ms_per_cycle": sc.firmware_cpu_ms,
             "ble_init_ms": {n["board"]: n["ble_init_ms"] for n in sorted(nodes, key=lambda n: n["board"])},
-            "radio": {k: getattr(RadioParams(**sc.radio), k) for k in RadioParams.__slots__},
+            "radio": {k: getattr(RadioParams(**sc.radio), k) for k in RadioParams.__dataclass_fields__},
             "boards": sorted({n["board"] for n in nodes}),
         },
         "world": world,
@@ -738,25 +750,75 @@ def _check(kind: str, chk: dict[str, Any], truth: dict[str, Any], readings: dict
 
 
 def _shard_worker(args: tuple[Any, int, int, int | None, float, Path]) -> dict[str, Any]:
+    """One shard's run; the result holds plain Python values and bytes only, so that a
+    shard run by another interpreter (PyPy, numpy 1.x) pickles back to this one."""
     sc, k, n, seed, duration, boards_dir = args
     sim = Simulation(sc, seed=seed, shard=(k, n), boards_dir=boards_dir)
     sim.run_until(duration)
     for node in sim.nodes:
         node.ble_stop_adv()
     t, air, frame, rssi = sim.air.export_pending()
+    arrays = (t, air, frame, rssi, sim.air.pending_channels())
     return {
         "nodes": sim.node_summaries(duration),
         "frames": [_frame_tuple(f) for f in sim.frames],
-        "air": (t, air, frame, rssi, sim.air.pending_channels()),
+        "air": [(a.tobytes(), a.dtype.str, a.shape) for a in arrays],
         "decode_errors": dict(sim.decode_errors),
         "cycles": sum(nd.cycles for nd in sim.nodes),
     }
 
 
+def _air_arrays(packed: list[tuple[bytes, str, tuple[int, ...]]]) -> list[Any]:
+    return [np.frombuffer(b, dtype=np.dtype(dt)).reshape(shape) for b, dt, shape in packed]
+
+
+def sim_python() -> str | None:
+    """The interpreter for shard workers: $URBANSENSE_SIM_PYTHON, else the PyPy environment
+    ``make setup`` builds (.venv-pypy), else None (this interpreter, forked)."""
+    env = os.environ.get("URBANSENSE_SIM_PYTHON")
+    if env:
+        return None if env == "self" else env
+    pypy = ROOT / ".venv-pypy" / "bin" / "python"
+    return str(pypy) if pypy.exists() else None
+
+
+def _run_shards_in(python: str, jobs: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Each shard in a child ``python -m simulator.shard IN OUT``: pickled arguments in, the
+    pickled result out (files, since the firmware's console may print to stdout)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
+    with tempfile.TemporaryDirectory(prefix="urbansense-shards-") as tmp:
+        procs = []
+        for i, job in enumerate(jobs):
+            src, dst = Path(tmp) / f"in-{i}.pickle", Path(tmp) / f"out-{i}.pickle"
+            src.write_bytes(pickle.dumps(job, protocol=4))
+            err = (Path(tmp) / f"err-{i}.txt").open("wb")
+            procs.append((subprocess.Popen([python, "-m", "simulator.shard", str(src), str(dst)],
+                                           cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                           stdout=subprocess.DEVNULL, stderr=err), dst, err))
+        failed: str | None = None
+        for proc, dst, err in procs:
+            if failed is not None:
+                proc.kill()  # one shard failed: the run has no result
+            rc = proc.wait()
+            err.close()
+            if failed is None and (rc != 0 or not dst.exists()):
+                tail = Path(err.name).read_text(errors="replace")[-2000:]
+                failed = f"simulator shard under {python} failed (exit {rc}):\n{tail}"
+        if failed is not None:
+            raise RuntimeError(failed)
+        out = [pickle.loads(dst.read_bytes()) for _, dst, _ in procs]
+    return out
+
+
 def run_parallel(scenario: str | Path | dict[str, Any] | Scenario, *, seed: int | None = None,
                  nodes: int | None = None, duration_s: float | None = None,
-                 processes: int = 2, boards_dir: Path = BOARDS_DIR) -> dict[str, Any]:
-    """Shard nodes across processes; the air is merged and settled here. No truth file."""
+                 processes: int = 2, boards_dir: Path = BOARDS_DIR,
+                 python: str | None = None) -> dict[str, Any]:
+    """Shard nodes across processes; the air is merged and settled here. No truth file.
+
+    python: run the shards under that interpreter (e.g. sim_python()'s PyPy) instead of
+    forking this one; the result is the same bit for bit (tests/test_sim_pypy.py).
+    """
     if isinstance(scenario, Scenario):
         sc = scenario
     elif isinstance(scenario, dict):
@@ -768,9 +830,13 @@ def run_parallel(scenario: str | Path | dict[str, Any] | Scenario, *, seed: int 
     if nodes is not None:
         _scale(sc, nodes)
     d = sc.duration_s if duration_s is None else duration_s
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(processes) as pool:
-        parts = pool.map(_shard_worker, [(sc, k, processes, None, d, boards_dir) for k in range(processes)])
+    jobs = [(sc, k, processes, None, d, boards_dir) for k in range(processes)]
+    if python is not None:
+        parts = _run_shards_in(python, jobs)
+    else:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(processes) as pool:
+            parts = pool.map(_shard_worker, jobs)
     gateways = [Gateway(str(g.get("id", f"gw-{i + 1}")), float(g.get("x", 0.0)), float(g.get("y", 0.0)))
                 for i, g in enumerate(sc.gateways)]
     gw_index = {g.gw_id: i for i, g in enumerate(gateways)}
@@ -785,7 +851,7 @@ def run_parallel(scenario: str | Path | dict[str, Any] | Scenario, *, seed: int 
     for p in parts:
         base = len(frames)
         frames.extend(list(f) for f in p["frames"])
-        t, a, fr, rs, ch = p["air"]
+        t, a, fr, rs, ch = _air_arrays(p["air"])
         air.add_arrays(t, a, fr + base, rs, ch)
         all_nodes.extend(p["nodes"])
         dec.update(p["decode_errors"])
