@@ -310,6 +310,12 @@ class VL53L1X:
     def write(self, reg: int, data: bytes) -> None:
         regs = self.regs
         end = reg + len(data)
+        if end == reg + 1 and reg != 0x0086 and reg != 0x0087:  # a plain register
+            if reg < self._NREG:
+                regs[reg] = data[0]
+            else:
+                self.far[reg] = data[0]
+            return
         if end <= self._NREG:
             regs[reg:end] = data
         else:

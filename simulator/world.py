@@ -139,6 +139,7 @@ class ParkingSpace:
         self.occ: list[bool] = [rng.random() < params.occupied_at_install_p]
         self.vehicle: list[tuple[float, float, float]] = [self._signature()]
         self.transients: list[tuple[float, float, tuple[float, float, float]]] = []
+        self._tr_t0: list[float] = []  # the transients' start times, for bisect
         self._gen_until = 0.0
         # The field without its temperature term is a step function: field_gauss keeps the
         # step it last looked up, valid on [_seg_lo, _seg_hi) (a wake's reads share it).
@@ -186,6 +187,7 @@ class ParkingSpace:
         for tp in _nhpp(rng, t0, t1, self.p.passing_per_hour / 3600.0, PARKING_PROFILE, self.t_day0):
             s = 0.08 * rng.lognormvariate(0, 0.5)
             self.transients.append((tp, tp + rng.uniform(0.5, 3.0), (0.0, 0.0, s)))
+            self._tr_t0.append(tp)
         self._gen_until = t1
 
     def occupied(self, t: float) -> bool:
@@ -211,7 +213,7 @@ class ParkingSpace:
         else:  # the same sums as with a (0, 0, 0) signature, bit for bit
             self._seg = (e[0] + 0.0, e[1] + 0.0, e[2] + 0.0)
         tr = self.transients
-        j = bisect.bisect_right(tr, (t, math.inf)) - 1
+        j = bisect.bisect_right(self._tr_t0, t) - 1
         if j + 1 < len(tr) and tr[j + 1][0] < hi:
             hi = tr[j + 1][0]
         zs: list[float] = []
@@ -258,7 +260,7 @@ class ParkingSpace:
         pts = ch[bisect.bisect_right(ch, t0):bisect.bisect_right(ch, t1)]
         tr = self.transients
         n = len(tr)
-        k = bisect.bisect_right(tr, (t0, math.inf))
+        k = bisect.bisect_right(self._tr_t0, t0)
         added = False
         while k < n:
             a, b, _ = tr[k]
