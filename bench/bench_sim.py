@@ -1,6 +1,10 @@
 """Simulator benchmark: N nodes x 1 simulated day, sharded over processes, no gateway.
 
-    python bench/bench_sim.py [--nodes 10000] [--processes 2] [--duration 1d]
+    python bench/bench_sim.py [--nodes 10000] [--processes 2] [--duration 1d] [--python auto|self|PATH]
+
+The shards run on PyPy when make setup built .venv-pypy (about twice as fast as CPython,
+the same result bit for bit: tests/test_sim_pypy.py); a shorter forked-CPython run is timed
+beside it for comparison.
 
 Prints one JSON object: wall time, node-wake-cycles, cycles per second, and the run's
 energy/battery figures per node kind.
@@ -12,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simulator.sim import Simulation, run_parallel  # noqa: E402
+from simulator.sim import Simulation, run_parallel, sim_python  # noqa: E402
 from urbansense.durations import parse_duration_s  # noqa: E402
 
 
@@ -45,6 +50,13 @@ def energy_per_board(duration_s: float) -> dict[str, object]:
     return out
 
 
+def _interpreter(python: str) -> str:
+    """e.g. "PyPy 3.9.16" or "CPython 3.11.7": what ran the shards."""
+    out = subprocess.run([python, "-c", "import platform; print(platform.python_implementation(), "
+                          "platform.python_version())"], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default=str(ROOT / "scenarios" / "city-10k.toml"))
@@ -53,12 +65,28 @@ def main() -> int:
     ap.add_argument("--duration", default="1d")
     ap.add_argument("--no-boards", action="store_true",
                     help="skip the per-board energy runs (smoke scenario x every boards/*.json)")
+    ap.add_argument("--python", default="auto",
+                    help="shard interpreter: auto (PyPy from make setup when present), self (fork this "
+                         "CPython), or a path")
+    ap.add_argument("--cpython-duration", default="6h",
+                    help="also time forked CPython shards over this much of the day when the shards run "
+                         "elsewhere (0 skips)")
     args = ap.parse_args()
     duration_s = parse_duration_s(args.duration)
+    python = sim_python() if args.python == "auto" else None if args.python == "self" else args.python
     t0 = time.monotonic()
     summary = run_parallel(args.scenario, nodes=args.nodes, duration_s=duration_s,
-                           processes=args.processes)
+                           processes=args.processes, python=python)
     wall_s = time.monotonic() - t0
+    cpython: dict[str, object] = {}
+    cpy_s = parse_duration_s(args.cpython_duration)
+    if python is not None and cpy_s > 0:
+        t1 = time.monotonic()
+        part = run_parallel(args.scenario, nodes=args.nodes, duration_s=cpy_s, processes=args.processes)
+        cpy_wall = time.monotonic() - t1
+        cpython = {"interpreter": _interpreter(sys.executable), "simulated_s": cpy_s, "wall_s": round(cpy_wall, 2),
+                   "wake_cycles": part["wake_cycles"],
+                   "wake_cycles_per_s": round(part["wake_cycles"] / cpy_wall, 1)}
     cycles = summary["wake_cycles"]
     per_board = {} if args.no_boards else energy_per_board(duration_s)
     print(json.dumps({
@@ -70,6 +98,8 @@ def main() -> int:
         "nodes_by_kind": summary["nodes"],
         "simulated_s": duration_s,
         "processes": args.processes,
+        "interpreter": _interpreter(python or sys.executable),
+        "cpython_comparison": cpython,
         "wall_s": round(wall_s, 2),
         "wake_cycles": cycles,
         "wake_cycles_per_s": round(cycles / wall_s, 1),

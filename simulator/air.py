@@ -11,6 +11,7 @@ PDU air time apart.
 
 from __future__ import annotations
 
+import array
 import math
 import socket
 from collections.abc import Callable
@@ -149,6 +150,20 @@ class AirModel:
         rssi = np.asarray(self._rssi, dtype=np.float64).reshape(len(self.gws), len(self._t))
         return t, air, frame, rssi
 
+    def export_packed(self) -> list[tuple[bytes, str, tuple[int, ...]]]:
+        """The pending events as (bytes, numpy dtype, shape) of t, air, frame, rssi, channel:
+        what a shard sends its parent (array.array packs a list fast on PyPy too, where
+        numpy's asarray of a long list is slow)."""
+        n = len(self._t)
+        rssi = array.array("d")
+        for col in self._rssi:
+            rssi.extend(col)
+        return [(array.array("d", self._t).tobytes(), "=f8", (n,)),
+                (array.array("d", self._air).tobytes(), "=f8", (n,)),
+                (array.array("q", self._frame).tobytes(), "=i8", (n,)),
+                (rssi.tobytes(), "=f8", (len(self._rssi), n)),
+                (array.array("q", self._chan).tobytes(), "=i8", (n,))]
+
     def pending_channels(self) -> IntArr:
         return np.asarray(self._chan, dtype=np.int64)
 
@@ -182,24 +197,58 @@ class AirModel:
         crssi = np.concatenate([self._tail_rssi, rssi[:, :n_after]], axis=1)
         lo, hi = n_tail, n_tail + n_batch
         self.stats.events += n_batch
+        self._decide(ct, cair, cchan, crssi, lo, hi, t[:n_batch], frame, deliver)
+        # new tail: batch events within max_air of the cut
+        keep = t[:n_batch] >= cut - self.max_air
+        self._tail_t = t[:n_batch][keep]
+        self._tail_air = air[:n_batch][keep]
+        self._tail_chan = chan[:n_batch][keep]
+        self._tail_rssi = rssi[:, :n_batch][:, keep]
+
+    def settle_all(self, t: FloatArr, air: FloatArr, frame: IntArr, rssi: FloatArr, chan: IntArr,
+                   deliver: Deliver) -> None:
+        """Decide a whole run's events at once (run_parallel's merged shards), without the
+        round trip through the pending lists; nothing may be pending."""
+        assert not self._t and not len(self._tail_t), "settle_all on an air model with pending events"
+        if not len(t):
+            return
+        order = np.lexsort((frame, t))
+        t, air, frame, rssi, chan = t[order], air[order], frame[order], rssi[:, order], chan[order]
+        self.max_air = max(self.max_air, float(air.max()))
+        self.stats.events += len(t)
+        self._decide(t, air, chan, rssi, 0, len(t), t, frame, deliver)
+
+    def _decide(self, ct: FloatArr, cair: FloatArr, cchan: IntArr, crssi: FloatArr, lo: int, hi: int,
+                bt: FloatArr, frame: IntArr, deliver: Deliver) -> None:
+        """Events [lo, hi) of the time-sorted context (ct, ...): collided, heard or not, per gateway."""
         r = self.radio
-        bt = t[:n_batch]
+        n_batch = hi - lo
+        # Pairs (i, i + k) that overlap in time and share a channel, whatever the gateway:
+        # sorted by start, no pair at distance k overlapping means none further apart does.
+        pi: list[Any] = []
+        pj: list[Any] = []
+        k = 1
+        while k < len(ct):
+            overlap = (ct[k:] - ct[:-k]) < cair[:-k]
+            if not overlap.any():
+                break
+            ca, cb = cchan[:-k], cchan[k:]
+            overlap &= (ca < 0) | (cb < 0) | (ca == cb)
+            i = np.flatnonzero(overlap)
+            pi.append(i)
+            pj.append(i + k)
+            k += 1
+        pa = np.concatenate(pi) if pi else np.zeros(0, dtype=np.int64)
+        pb = np.concatenate(pj) if pj else np.zeros(0, dtype=np.int64)
         for gi, g in enumerate(self.gws):
             rs = crssi[gi]
             collided = np.zeros(len(ct), dtype=bool)
-            k = 1
-            while k < len(ct):
-                overlap = (ct[k:] - ct[:-k]) < cair[:-k]
-                if not overlap.any():
-                    break
-                ca, cb = cchan[:-k], cchan[k:]
-                overlap &= (ca < 0) | (cb < 0) | (ca == cb)
-                a = rs[:-k]
-                b = rs[k:]
+            if len(pa):
+                a = rs[pa]
+                b = rs[pb]
                 # the later packet b ruins a unless a is capture_db stronger, and vice versa
-                collided[:-k] |= overlap & (b > a - r.capture_db)
-                collided[k:] |= overlap & (a > b - r.capture_db)
-                k += 1
+                collided[pa[b > a - r.capture_db]] = True
+                collided[pb[a > b - r.capture_db]] = True
             own = rs[lo:hi]
             audible = own >= r.sensitivity_dbm
             online = np.ones(n_batch, dtype=bool)
@@ -212,14 +261,11 @@ class AirModel:
             st.out_of_range[g.gw_id] += int((audible & ~online).sum())
             st.collided[g.gw_id] += int((audible & online & coll).sum())
             st.received[g.gw_id] += int(ok.sum())
-            for i in np.flatnonzero(ok).tolist():
-                deliver(int(frame[i]), gi, float(bt[i]), float(own[i]))
-        # new tail: batch events within max_air of the cut
-        keep = t[:n_batch] >= cut - self.max_air
-        self._tail_t = t[:n_batch][keep]
-        self._tail_air = air[:n_batch][keep]
-        self._tail_chan = chan[:n_batch][keep]
-        self._tail_rssi = rssi[:, :n_batch][:, keep]
+            fr = frame[:n_batch][ok].tolist()
+            ts = bt[ok].tolist()
+            rv = own[ok].tolist()
+            for n in range(len(fr)):
+                deliver(fr[n], gi, ts[n], rv[n])
 
     # ------------------------------------------------------------------ gateway in the loop
     def send_datagram(self, gi: int, address: str, rssi: float, manufacturer_data: dict[int, bytes]) -> bool:

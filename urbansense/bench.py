@@ -204,11 +204,17 @@ def _sim_section(d: dict[str, Any] | None) -> list[str]:
         return lines
     lines += [
         f"{_fmt(d.get('nodes'))} nodes x {_fmt((d.get('simulated_s') or 0) / 3600, 0)} h simulated in "
-        f"{_fmt(d.get('wall_s'))} s of wall time on {d.get('processes')} processes (target: 10,000 x 1 day < 60 s, "
-        f"{'met' if (d.get('wall_s') or 1e9) < 60 else 'NOT met'}): "
+        f"{_fmt(d.get('wall_s'))} s of wall time on {d.get('processes')} processes of {d.get('interpreter', 'CPython')} "
+        f"(target: 10,000 x 1 day < 60 s, {'met' if (d.get('wall_s') or 1e9) < 60 else 'NOT met'}): "
         f"{_fmt(d.get('wake_cycles_per_s'), 0)} node-wake-cycles/s, {_fmt(d.get('frames_sent'))} frames sent.",
         "",
     ]
+    cpy = d.get("cpython_comparison") or {}
+    if cpy:
+        day = (d.get("wake_cycles") or 0) / (cpy.get("wake_cycles_per_s") or 1)
+        lines += [f"The same shards forked on {cpy.get('interpreter')}: {_fmt((cpy.get('simulated_s') or 0) / 3600, 0)} h "
+                  f"of the day in {_fmt(cpy.get('wall_s'))} s, {_fmt(cpy.get('wake_cycles_per_s'), 0)} "
+                  f"node-wake-cycles/s (the whole day's cycles would take about {_fmt(day, 0)} s).", ""]
     boards = d.get("energy_per_board") or {}
     if boards:
         lines += ["Energy per node kind and board (realistic rates: parking 10 arrivals + 10 departures a day and an "
