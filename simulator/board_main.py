@@ -8,7 +8,9 @@ bound to the node: ``machine``, ``esp32`` and ``bluetooth`` to the node's HAL,
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import CodeType, ModuleType
 from typing import TYPE_CHECKING, Any, Final
@@ -70,9 +72,9 @@ class BoardMain:
     """One compiled main.py for a simulation; ``run(node)`` is one boot of one node.
 
     main.py's imports are bound through ``sys.modules`` (CPython and PyPy both look there
-    first; PyPy ignores an ``__import__`` in a custom builtins). The HAL modules stay bound
-    between boots and are removed by ``unbind()`` when the run stops: taking a key out of
-    sys.modules at every boot costs PyPy its import caches (a run 6x slower).
+    first; PyPy ignores an ``__import__`` in a custom builtins) and taken out after the
+    boot, or, inside ``batch()`` (a simulation's run), when the batch ends: taking a key
+    out of sys.modules at every boot costs PyPy its import caches (a run 6x slower).
     """
 
     def __init__(self, firmware: ModuleType, path: Path = MAIN_PY) -> None:
@@ -83,6 +85,7 @@ class BoardMain:
         self._node_shim = _NodeModule(self)
         self._modules: dict[str, ModuleType] = {n: _HalProxy(self, n) for n in _HAL_MODULES}
         self._modules["us_hal_esp32"] = self._hal_shim
+        self._batch = 0  # inside batch(): the HAL modules stay bound from boot to boot
 
     def current(self) -> SimNode:
         assert self._node is not None, "main.py runs only inside BoardMain.run"
@@ -101,6 +104,19 @@ class BoardMain:
         finally:
             self._node = None
             mods["us_node"] = real if real is not None else self.firmware
+            if not self._batch:
+                self.unbind()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Boots inside keep main.py's modules bound; they leave sys.modules at the end."""
+        self._batch += 1
+        try:
+            yield
+        finally:
+            self._batch -= 1
+            if not self._batch:
+                self.unbind()
 
     def unbind(self) -> None:
         """Take the simulated HAL modules out of sys.modules."""

@@ -17,29 +17,41 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 
 FIRMWARE_LIB: Final = Path(__file__).resolve().parents[1] / "firmware" / "lib"
 MODE_ECB: Final = 1
-_CACHE: dict[bytes, CipherContext] = {}
+_CACHE: dict[bytes, tuple[CipherContext, dict[bytes, bytes]]] = {}
 _CACHE_MAX: Final = 200_000
+_MEMO_BLOCKS: Final = 4
 
 
 class aes:
-    """cryptolib.aes(key, 1): ECB only, the one mode the firmware uses."""
+    """cryptolib.aes(key, 1): ECB only, the one mode the firmware uses.
 
-    __slots__ = ("_ctx",)
+    Like the engine, a pure function of key and block: the first few blocks each key
+    encrypts are remembered (a node derives its keys from the same two blocks at every
+    wake; its counter blocks never repeat and are not kept).
+    """
+
+    __slots__ = ("_ctx", "_memo")
 
     def __init__(self, key: bytes, mode: int, iv: bytes | None = None) -> None:
         if mode != MODE_ECB:
             raise ValueError("simulator cryptolib: only ECB (mode 1)")
         k = bytes(key)
-        ctx = _CACHE.get(k)
-        if ctx is None:
+        entry = _CACHE.get(k)
+        if entry is None:
             if len(_CACHE) >= _CACHE_MAX:
                 _CACHE.clear()
-            ctx = Cipher(algorithms.AES(k), modes.ECB()).encryptor()
-            _CACHE[k] = ctx
-        self._ctx = ctx
+            entry = (Cipher(algorithms.AES(k), modes.ECB()).encryptor(), {})
+            _CACHE[k] = entry
+        self._ctx, self._memo = entry
 
     def encrypt(self, data: bytes, out: bytearray | None = None) -> bytes:
-        b = self._ctx.update(bytes(data))
+        block = bytes(data)
+        memo = self._memo
+        b = memo.get(block)
+        if b is None:
+            b = self._ctx.update(block)
+            if len(memo) < _MEMO_BLOCKS:
+                memo[block] = b
         if out is not None:
             out[: len(b)] = b
         return b

@@ -426,10 +426,8 @@ class Simulation:
         """Advance the virtual clock to ``t_sim`` seconds (events up to it have run)."""
         if math.isfinite(t_sim):  # pin wakes are searched to the horizon: past the run's end
             self.horizon_s = max(self.horizon_s, t_sim + HORIZON_MARGIN_S)
-        try:
+        with self.board_main.batch():
             self.engine.run_until(t_sim)
-        finally:
-            self.board_main.unbind()
         self.settle(t_sim - self.air.max_air - 0.5)
 
     def run(self, duration_s: float | None = None) -> dict[str, Any]:

@@ -102,3 +102,28 @@ def test_a_float_sleep_is_refused_by_machine_deepsleep_like_the_port() -> None:
     sim.engine.run_until(t0 + 70.0)
     assert seen and "float" in seen[0]
     assert not node.errors and boots[1][1:] == (DEEPSLEEP_RESET, TIMER_WAKE)
+
+
+def test_main_py_s_imports_leave_sys_modules_after_a_boot_and_after_a_run() -> None:
+    import sys
+
+    seen: list[tuple[str, ...]] = []
+
+    def run_cycle(hal: Any) -> int:
+        seen.append(tuple(n for n in ("machine", "esp32", "bluetooth", "us_hal_esp32") if n in sys.modules))
+        return 60_000
+
+    sim = Simulation(SCENARIO, firmware=_firmware(run_cycle))
+    t0 = sim.engine.next_time()
+    assert t0 is not None
+    sim.engine.run_until(t0)  # one boot outside a run: bound for main.py, then gone
+    assert seen == [("machine", "esp32", "bluetooth", "us_hal_esp32")]
+    assert not {"machine", "esp32", "bluetooth", "us_hal_esp32"} & set(sys.modules)
+    sim.run_until(t0 + 600.0)  # a run: bound from boot to boot, gone at its end
+    assert len(seen) > 2
+    assert not {"machine", "esp32", "bluetooth", "us_hal_esp32"} & set(sys.modules)
+    with pytest.raises(ImportError):
+        import machine  # noqa: F401
+    import us_node  # the firmware module again, not main.py's shim
+
+    assert hasattr(us_node, "Node")

@@ -34,16 +34,3 @@ def test_this_interpreter_as_a_child_gives_the_forked_summary() -> None:
 def test_a_failing_shard_interpreter_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match=r"simulator shard under /bin/false failed \(exit 1\)"):
         run_parallel(SMOKE, seed=6, duration_s=600.0, processes=2, python="/bin/false")
-
-
-def test_hal_modules_leave_sys_modules_when_a_run_stops() -> None:
-    from simulator.sim import Simulation
-
-    sim = Simulation(SMOKE, seed=3)
-    sim.run_until(1800.0)
-    assert sim.summary()["wake_cycles"] > 0
-    for name in ("machine", "esp32", "bluetooth", "us_hal_esp32"):
-        assert name not in sys.modules
-    import us_node  # the firmware module again, not main.py's shim
-
-    assert hasattr(us_node, "Node")

@@ -71,8 +71,8 @@ def load_rtc(rtc):
     if _crc(body) != raw[6] | (raw[7] << 8) | (raw[8] << 16) | (raw[9] << 24):
         return None
     try:
-        state = json.loads(body)
-    except ValueError:
+        state = json.loads(body.decode())  # str: CPython's loads would sniff a bytes' encoding
+    except ValueError:  # a UnicodeError is one
         return None
     if not isinstance(state, dict):
         return None
@@ -95,15 +95,20 @@ def save_rtc(rtc, state):
     dn = state.get("dn")
     bl = state.get("bl")
     cache = state.get(CONFIG_CACHE)
-    if dn or bl or cache is not None:  # only then is the state mapped on a copy
+    if dn or bl:  # only then is the state mapped on a copy
         state = dict(state)
-        if cache is not None:
-            del state[CONFIG_CACHE]
         if dn:
             state["dn"] = {str(k): v for k, v in dn.items()}
         if bl:
             state["bl"] = [[e[0], binascii.hexlify(e[1]).decode()] for e in bl]
-    body = json.dumps(state, separators=(",", ":")).encode()
+    if cache is not None:  # kept out of the JSON body for the dump (no copy of the state)
+        del state[CONFIG_CACHE]
+        try:
+            body = json.dumps(state, separators=(",", ":")).encode()
+        finally:
+            state[CONFIG_CACHE] = cache
+    else:
+        body = json.dumps(state, separators=(",", ":")).encode()
     if _HDR_LEN + len(body) > RTC_MAX_BYTES:
         raise ValueError("rtc state too large")
     c = _crc(body)
@@ -162,7 +167,7 @@ def load_config(state):
     if len(body) != n or _crc(body) != sec[3] | (sec[4] << 8) | (sec[5] << 16) | (sec[6] << 24):
         return None
     try:
-        cfg, board = json.loads(body)
+        cfg, board = json.loads(body.decode())
         cfg["key_bytes"] = binascii.unhexlify(cfg["key"])
         for k in _SECTIONS:
             if k not in cfg:
