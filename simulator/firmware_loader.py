@@ -1,17 +1,27 @@
-"""Import the real firmware (firmware/lib) on CPython, with the ESP32's hardware AES.
+"""Import the real firmware (firmware/lib) on CPython or PyPy, with the port's C modules.
 
 ``cryptolib`` on an ESP32 is backed by the chip's AES engine; here the same
 ``aes(key, 1).encrypt(block)`` is backed by the ``cryptography`` package. It is installed
 in ``sys.modules`` before the firmware imports, so us_crypto takes its fast path as on a board.
+
+``json`` and ``binascii`` are C modules of the MicroPython port too; the firmware modules get
+their MicroPython API (json.dumps(obj, separators=None) with no circular-reference check,
+binascii.crc32 and friends) in place of the interpreter's, which also spares PyPy its
+pure-Python encoder checks and byte-wise CRC (a district runs ~10 % faster there). One
+difference is kept: non-ASCII text is \\u-escaped (MicroPython writes UTF-8); the firmware's
+state and config are ASCII.
 """
 
 from __future__ import annotations
 
+import binascii
 import importlib
+import json
 import sys
+import zlib
 from pathlib import Path
 from types import ModuleType
-from typing import Final
+from typing import Any, Final
 
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
@@ -60,6 +70,61 @@ class aes:
         raise ValueError("simulator cryptolib: decrypt is not used by the firmware")
 
 
+class _PortJson(ModuleType):
+    """MicroPython's ``json``: loads, load, dumps and dump with ``separators`` only."""
+
+    def __init__(self) -> None:
+        super().__init__("json")
+        self._encoders: dict[Any, json.JSONEncoder] = {}
+
+    def dumps(self, obj: Any, separators: tuple[str, str] | None = None) -> str:
+        enc = self._encoders.get(separators)
+        if enc is None:
+            enc = json.JSONEncoder(check_circular=False, separators=separators)
+            self._encoders[separators] = enc
+        return enc.encode(obj)
+
+    def dump(self, obj: Any, stream: Any, separators: tuple[str, str] | None = None) -> None:
+        stream.write(self.dumps(obj, separators))
+
+    @staticmethod
+    def loads(s: str | bytes | bytearray) -> Any:
+        return json.loads(s)
+
+    @staticmethod
+    def load(stream: Any) -> Any:
+        return json.loads(stream.read())
+
+
+class _PortBinascii(ModuleType):
+    """MicroPython's ``binascii`` (crc32 is zlib's: the same CRC, C on PyPy as well)."""
+
+    hexlify = staticmethod(binascii.hexlify)
+    unhexlify = staticmethod(binascii.unhexlify)
+    a2b_base64 = staticmethod(binascii.a2b_base64)
+    b2a_base64 = staticmethod(binascii.b2a_base64)
+    crc32 = staticmethod(zlib.crc32)
+
+    def __init__(self) -> None:
+        super().__init__("binascii")
+
+
+_PORT_MODULES: Final[dict[str, tuple[ModuleType, ModuleType]]] = {
+    "json": (json, _PortJson()), "binascii": (binascii, _PortBinascii())}
+
+
+def bind_port_modules(lib: Path = FIRMWARE_LIB) -> None:
+    """Point every loaded firmware module's ``json``/``binascii`` at the port's modules."""
+    root = str(lib)
+    for mod in list(sys.modules.values()):
+        if not str(getattr(mod, "__file__", "") or "").startswith(root):
+            continue
+        ns = vars(mod)
+        for name, (stdlib, port) in _PORT_MODULES.items():
+            if ns.get(name) is stdlib:
+                ns[name] = port
+
+
 def install_cryptolib() -> None:
     mod = sys.modules.get("cryptolib")
     if mod is not None and getattr(mod, "__simulator__", False):
@@ -82,8 +147,10 @@ def load_firmware(lib: Path = FIRMWARE_LIB) -> ModuleType:
     if str(lib) not in sys.path:
         sys.path.insert(0, str(lib))
     try:
-        return importlib.import_module("us_node")
+        node = importlib.import_module("us_node")
     except ModuleNotFoundError as exc:
         if exc.name == "us_node":
             raise ImportError(f"no firmware: {lib}/us_node.py not found") from None
         raise
+    bind_port_modules(lib)
+    return node

@@ -172,3 +172,23 @@ def test_esp32c3_board_wakes_on_gpio_like_the_port() -> None:
     assert summary["frames"]["parking"]["sent"] > 3 * 24  # heartbeats plus the state changes
     # A pin wake on the classic ESP32 is reason 2/3; none of those on the C3.
     assert all(n.wakes[2] == n.wakes[3] == 0 for n in sim.nodes)
+
+
+def test_firmware_modules_get_the_port_s_json_and_binascii() -> None:
+    import binascii
+    import json
+
+    import us_store
+
+    load_firmware()
+    pj, pb = us_store.json, us_store.binascii
+    assert pj is not json and pb is not binascii
+    state = {"kd": "water", "k": {"hb": [0, 1, 2]}, "n": None}
+    assert pj.dumps(state, (",", ":")) == json.dumps(state, separators=(",", ":"))
+    assert pj.dumps([1, 2]) == "[1, 2]"  # MicroPython's default separators
+    with pytest.raises(TypeError):
+        pj.dumps(state, indent=2)  # not in MicroPython's json
+    assert pj.loads(b'{"a":[1]}') == {"a": [1]}
+    blob = bytes(range(256)) * 3
+    assert pb.crc32(blob) == binascii.crc32(blob)
+    assert pb.unhexlify(pb.hexlify(blob)) == blob

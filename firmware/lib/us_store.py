@@ -38,13 +38,12 @@ _CFG_TAG = const(0x43)  # "C"
 _CFG_HDR_LEN = const(7)
 CONFIG_CACHE = "_c"  # state key of the cached config section (bytes, not in the JSON body)
 _SECTIONS = ("intervals", "thresholds", "calibration", "ble", "serial")  # us_config.SECTIONS
-_CRC32 = getattr(binascii, "crc32", None)
-_CRC_KIND = 1 if _CRC32 is not None else 0  # 1: crc32, 0: crc16
+_CRC_KIND = 1 if hasattr(binascii, "crc32") else 0  # 1: crc32, 0: crc16
 
 
 def _crc(body):
-    if _CRC32 is not None:
-        return _CRC32(body) & 0xFFFFFFFF
+    if _CRC_KIND:
+        return binascii.crc32(body) & 0xFFFFFFFF
     return crc16(body)
 
 
