@@ -14,13 +14,17 @@ _MIN_SLEEP_S: Final = 0.002
 
 
 class Engine:
-    """Events run in (time, insertion order): the same schedule always runs the same way."""
+    """Events run in (time, insertion order): the same schedule always runs the same way.
 
-    __slots__ = ("_heap", "_seq", "_sim0", "_wall0", "events_run", "now", "realtime_speed", "stop_requested")
+    The heap holds bare times (float compares, C-speed on both CPython and PyPy); the
+    actions due at a time wait in insertion order in ``_due``.
+    """
+
+    __slots__ = ("_due", "_heap", "_sim0", "_wall0", "events_run", "now", "realtime_speed", "stop_requested")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Action]] = []
-        self._seq = 0
+        self._heap: list[float] = []
+        self._due: dict[float, list[Action]] = {}
         self.now = 0.0
         self.events_run = 0
         self.realtime_speed: float | None = None
@@ -30,8 +34,14 @@ class Engine:
 
     def at(self, t: float, action: Action) -> None:
         """Schedule ``action(t)`` at simulated time ``t`` (never in the past)."""
-        self._seq += 1
-        heapq.heappush(self._heap, (max(t, self.now), self._seq, action))
+        if t < self.now:
+            t = self.now
+        due = self._due.get(t)
+        if due is None:
+            self._due[t] = [action]
+            heapq.heappush(self._heap, t)
+        else:
+            due.append(action)
 
     def set_realtime(self, speed: float | None) -> None:
         """Pace the run at ``speed`` x wall time from now on (None: as fast as possible)."""
@@ -52,11 +62,17 @@ class Engine:
 
     def run_until(self, t_end: float) -> None:
         heap = self._heap
+        due = self._due
         pop = heapq.heappop
-        while heap and heap[0][0] <= t_end:
+        while heap and heap[0] <= t_end:
             if self.stop_requested:
                 return
-            t, _, action = pop(heap)
+            t = heap[0]
+            actions = due[t]
+            action = actions.pop(0)
+            if not actions:
+                pop(heap)
+                del due[t]
             if self.realtime_speed is not None:
                 self._pace(t)
             self.now = t
@@ -80,4 +96,4 @@ class Engine:
             time.sleep(min(delay, 0.1))
 
     def next_time(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
+        return self._heap[0] if self._heap else None

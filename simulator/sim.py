@@ -868,5 +868,6 @@ def _merge_shards(sc: Scenario, parts: list[dict[str, Any]], d: float) -> dict[s
                        np.concatenate(cols[3], axis=1), np.concatenate(cols[4]), deliver)
     all_nodes.sort(key=lambda n: n["index"])
     cell = CELLS[sc.cell]
-    return build_summary(sc, cell, gateways, all_nodes, [tuple(f) for f in frames],  # type: ignore[misc]
+    # build_summary only unpacks each frame: the mutable rows serve as they are
+    return build_summary(sc, cell, gateways, all_nodes, frames,  # type: ignore[arg-type]
                          air.stats, d, dict(dec))
