@@ -206,9 +206,10 @@ class AirModel:
         self._tail_rssi = rssi[:, :n_batch][:, keep]
 
     def settle_all(self, t: FloatArr, air: FloatArr, frame: IntArr, rssi: FloatArr, chan: IntArr,
-                   deliver: Deliver) -> None:
+                   deliver: Deliver | IntArr) -> None:
         """Decide a whole run's events at once (run_parallel's merged shards), without the
-        round trip through the pending lists; nothing may be pending."""
+        round trip through the pending lists; nothing may be pending. ``deliver`` may be an
+        int64 array of per-frame "heard by" bitmasks, OR-ed in place (no call per event)."""
         assert not self._t and not len(self._tail_t), "settle_all on an air model with pending events"
         if not len(t):
             return
@@ -219,7 +220,7 @@ class AirModel:
         self._decide(t, air, chan, rssi, 0, len(t), t, frame, deliver)
 
     def _decide(self, ct: FloatArr, cair: FloatArr, cchan: IntArr, crssi: FloatArr, lo: int, hi: int,
-                bt: FloatArr, frame: IntArr, deliver: Deliver) -> None:
+                bt: FloatArr, frame: IntArr, deliver: Deliver | IntArr) -> None:
         """Events [lo, hi) of the time-sorted context (ct, ...): collided, heard or not, per gateway."""
         r = self.radio
         n_batch = hi - lo
@@ -261,6 +262,9 @@ class AirModel:
             st.out_of_range[g.gw_id] += int((audible & ~online).sum())
             st.collided[g.gw_id] += int((audible & online & coll).sum())
             st.received[g.gw_id] += int(ok.sum())
+            if isinstance(deliver, np.ndarray):
+                np.bitwise_or.at(deliver, frame[:n_batch][ok], np.int64(1) << gi)
+                continue
             fr = frame[:n_batch][ok].tolist()
             ts = bt[ok].tolist()
             rv = own[ok].tolist()

@@ -848,26 +848,25 @@ def _merge_shards(sc: Scenario, parts: list[dict[str, Any]], d: float) -> dict[s
                 (f.at_s, f.until_s if f.until_s is not None else math.inf))
     air = AirModel(gateways, RadioParams(**sc.radio))
     all_nodes: list[dict[str, Any]] = []
-    frames: list[list[Any]] = []
+    frames: list[Any] = []
     dec: Counter[str] = Counter()
     cols: list[list[Any]] = [[], [], [], [], []]
     for p in parts:
         base = len(frames)
-        frames.extend(list(f) for f in p["frames"])
+        frames.extend(p["frames"])
         t, a, fr, rs, ch = _air_arrays(p["air"])
         for c, v in zip(cols, (t, a, fr + base, rs, ch)):  # noqa: B905 - 3.9: no strict=
             c.append(v)
         all_nodes.extend(p["nodes"])
         dec.update(p["decode_errors"])
 
-    def deliver(frame_idx: int, gi: int, t: float, rssi: float) -> None:
-        frames[frame_idx][3] |= 1 << gi
-
+    if len(gateways) > 62:
+        raise ValueError("run_parallel: at most 62 gateways (heard-by bitmasks are int64)")
+    heard = np.array([f[3] for f in frames], dtype=np.int64)
     if cols[0]:
         air.settle_all(np.concatenate(cols[0]), np.concatenate(cols[1]), np.concatenate(cols[2]),
-                       np.concatenate(cols[3], axis=1), np.concatenate(cols[4]), deliver)
+                       np.concatenate(cols[3], axis=1), np.concatenate(cols[4]), heard)
+    frames = [(*f[:3], h, *f[4:]) for f, h in zip(frames, heard.tolist())]  # noqa: B905 - 3.9
     all_nodes.sort(key=lambda n: n["index"])
     cell = CELLS[sc.cell]
-    # build_summary only unpacks each frame: the mutable rows serve as they are
-    return build_summary(sc, cell, gateways, all_nodes, frames,  # type: ignore[arg-type]
-                         air.stats, d, dict(dec))
+    return build_summary(sc, cell, gateways, all_nodes, frames, air.stats, d, dict(dec))
