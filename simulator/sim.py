@@ -155,7 +155,8 @@ class Simulation:
         self.by_name: dict[str, SimNode] = {}
         self.frames: list[Frame] = []
         self._open_frames: dict[int, int] = {}  # node index -> frame idx of the last frame
-        self._keys: dict[int, NodeKeys] = {}  # the loopback acker's (it stands in for a gateway)
+        self._keys: dict[int, NodeKeys] = {}
+        self._board_json: dict[str, bytes] = {}  # the loopback acker's (it stands in for a gateway)
         self.codec = FirmwareCodec()
         self._serial_frames: dict[tuple[int, int], int] = {}
         self._serial_payloads: dict[tuple[int, bytes], int] = {}
@@ -253,7 +254,10 @@ class Simulation:
             div = board.get("battery_divider", {})
             node.battery_ratio = (div.get("r_top_ohm", 1) + div.get("r_bottom_ohm", 1)) / div.get("r_bottom_ohm", 1)
         node.files["config.json"] = json.dumps(cfg).encode()
-        node.files["board.json"] = json.dumps(board).encode()
+        bj = self._board_json.get(grp.board)
+        if bj is None:  # the same file on every node of a board
+            bj = self._board_json[grp.board] = json.dumps(board).encode()
+        node.files["board.json"] = bj
         node.initial_used_uah = grp.initial_used_fraction * self.cell.nominal_ah * 1e6
         gw = grp.gateway or self.gateways[0].gw_id
         node.gw_id = gw
@@ -262,7 +266,6 @@ class Simulation:
                 node.serial = PtyLink(node, gw, grp.line_noise_ber, self.serial_wall_factor)
             else:
                 node.serial = LoopbackLink(node, gw, grp.line_noise_ber)
-        self._keys[node.index] = NodeKeys(key)
         self.nodes.append(node)
         self.by_name[name] = node
         # Installation: nodes power up spread over the first minute.
@@ -347,7 +350,10 @@ class Simulation:
         """What a gateway would infer as the full counter (for the loopback acker)."""
         try:
             hdr = parse_header(frame)
-            up = verify_uplink(self._keys[node.index], frame, hdr, node.last_fcnt)
+            keys = self._keys.get(node.index)
+            if keys is None:  # serial nodes only: derived on first use
+                keys = self._keys[node.index] = NodeKeys(node.key)
+            up = verify_uplink(keys, frame, hdr, node.last_fcnt)
         except FrameError:
             return None
         return up.fcnt
