@@ -204,7 +204,7 @@ async def wait_until(pred: Any, timeout_s: float, what: str, poll_s: float = 0.0
 
 async def settle_and_flush(gw: Any, accepted: int) -> None:
     """Close the last partial batch now instead of after max_age_s (time compression only)."""
-    await wait_until(lambda: gw.metrics.frames_accepted.total() >= accepted and gw.ingress.empty(),
+    await wait_until(lambda: gw.metrics.frames_accepted.total() >= accepted and gw.verdicts.empty(),
                      120, "verify to catch up")
     gw.batcher.flush()
 

@@ -1,13 +1,13 @@
 """The gateway: stages wired with bounded queues.
 
-    transports --ingress--> verify + batch -> outbox (commit, then acks) -> publisher
+    transports --ingress--> verify --verdicts--> batch -> outbox (commit, then acks) -> publisher
 
 In-process use (demo, bench, tests)::
 
     gw = Gateway(load_config("gateway.toml"))
     task = asyncio.create_task(gw.run())
     await gw.started.wait()
-    gw.feed(frame_bytes, transport="bench")     # into ingress, before verify
+    gw.feed(frame_bytes, transport="bench")     # straight into verify
     await gw.stop()
 
 Each long-running stage runs under a supervisor: one that ends with an unexpected error (a
@@ -37,7 +37,7 @@ from gateway.registry import Registry, load_registry
 from gateway.replay import ReplayTable
 from gateway.transports.ble import BleTransport
 from gateway.transports.serial import SerialPort
-from gateway.verify import Heard, Verifier
+from gateway.verify import Heard, Verdict, Verifier
 
 _log = logging.getLogger(__name__)
 HISTORY_LEN = 300  # samples for the status page charts
@@ -57,6 +57,7 @@ class Gateway:
         self.started = asyncio.Event()
         self.stopped = asyncio.Event()
         self.ingress: asyncio.Queue[Heard] = asyncio.Queue(config.queue_size)
+        self.verdicts: asyncio.Queue[Verdict] = asyncio.Queue(config.queue_size)
         self.history: deque[dict[str, float]] = deque(maxlen=HISTORY_LEN)
         self.serial_ports = [
             SerialPort(p, config.serial.baudrate, self.ingress, self.metrics,
@@ -72,6 +73,8 @@ class Gateway:
         self.http_port = 0
         self._stop = asyncio.Event()
         self._faults = RateLimitedLog(_log)
+        # A verdict the verify loop holds while the verdicts queue is full: shutdown keeps it.
+        self._held: Verdict | None = None
         # Built in run(): they open files.
         self.outbox: Outbox | None = None
         self.batcher: Batcher | None = None
@@ -121,11 +124,12 @@ class Gateway:
 
             server = await start_http(self, cfg.http.listen, cfg.http.port)
             self.http_port = server.sockets[0].getsockname()[1]
-        batcher, publisher, verifier = self.batcher, self.publisher, self.verifier
+        batcher, publisher = self.batcher, self.publisher
         transports = [self._spawn("serial", p.run, p.path) for p in self.serial_ports]
         if self.ble is not None:
             transports.append(self._spawn("ble", self.ble.run))
-        batch_task = self._spawn("batch", lambda: batcher.run(self.ingress, verifier.process))
+        verify_task = self._spawn("verify", self._verify_loop)
+        batch_task = self._spawn("batch", lambda: batcher.run(self.verdicts))
         publish_task = self._spawn("publish", publisher.run)
         chores = self._spawn("chores", self._chores)
         _log.info("event=gateway_started site=%s gateway=%s nodes=%d http_port=%d",
@@ -139,9 +143,9 @@ class Gateway:
                 for t in transports:
                     t.cancel()
                 await asyncio.gather(*transports, return_exceptions=True)
-                for t in (batch_task, chores):
+                for t in (verify_task, batch_task, chores):
                     t.cancel()
-                await asyncio.gather(batch_task, chores, return_exceptions=True)
+                await asyncio.gather(verify_task, batch_task, chores, return_exceptions=True)
                 self._drain()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(publisher.announce_offline(), 3)
@@ -158,8 +162,13 @@ class Gateway:
                 self.stopped.set()
 
     def _drain(self) -> None:
-        """At shutdown: the frames not yet verified, in arrival order, then the last commit."""
+        """At shutdown, in arrival order: queued verdicts, the held one, frames not yet verified."""
         assert self.batcher is not None and self.verifier is not None
+        while not self.verdicts.empty():
+            self.batcher.add(self.verdicts.get_nowait())
+        if self._held is not None:
+            self.batcher.add(self._held)
+            self._held = None
         while not self.ingress.empty():
             v = self.verifier.process(self.ingress.get_nowait())
             if v is not None:
@@ -206,6 +215,25 @@ class Gateway:
     def _batcher(self) -> Batcher:
         assert self.batcher is not None
         return self.batcher
+
+    async def _verify_loop(self) -> None:
+        assert self.verifier is not None
+        process = self.verifier.process
+        ingress, verdicts = self.ingress, self.verdicts
+        take, give = ingress.get_nowait, verdicts.put_nowait
+        while True:
+            if self._held is None:
+                self._held = process(await ingress.get())
+            if self._held is not None:
+                # Held until queued: a cancel while the queue is full must not drop a verdict.
+                await verdicts.put(self._held)
+                self._held = None
+            # Drain what is queued without a scheduler round trip per frame (throughput); the
+            # counts are taken once, as nothing else runs until this loop yields.
+            for _ in range(min(ingress.qsize(), verdicts.maxsize - verdicts.qsize())):
+                v = process(take())
+                if v is not None:
+                    give(v)
 
     async def _chores(self) -> None:
         assert self.outbox is not None and self.health is not None

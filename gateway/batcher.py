@@ -1,4 +1,4 @@
-"""Batch stage: heard frames -> verify -> SenML-CBOR packs -> one outbox commit each -> serial acks.
+"""Batch stage: accepted frames -> SenML-CBOR packs -> one outbox commit each -> serial acks.
 
 A pack closes at ``max_records`` frames, before it would pass ``max_bytes``, when its oldest
 frame is ``max_age_s`` old, or ``ack_max_delay_ms`` after a frame that waits for a serial ack.
@@ -15,8 +15,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from gateway import framing
@@ -25,14 +23,14 @@ from gateway.dedup import DedupIndex
 from gateway.errors import OutboxFull
 from gateway.health import Health
 from gateway.metrics import Metrics
-from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, Commit, NodeRow, Outbox
+from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox
 from gateway.protocol import NodeKeys, encode_ack
 from gateway.quantities import COMMAND_RANGES, COMMANDS
 from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
 from gateway.replay import NodeState, ReplayTable
 from gateway.senml import encode_frame, frame_bytes, join_frames
-from gateway.verify import Accepted, Duplicate, Heard, Verdict
+from gateway.verify import Accepted, Duplicate, Verdict
 
 _log = logging.getLogger(__name__)
 
@@ -74,19 +72,6 @@ def ack_packet_len(keys: NodeKeys, node_id: int, commands: dict[int, object]) ->
     return len(framing.wrap(encode_ack(keys, node_id, _UINT32_MAX, _UINT32_MAX, commands)))
 
 
-@dataclass(slots=True, eq=False)
-class _Closed:
-    """A closed batch between its commit's start and its settling."""
-
-    batch: list[Accepted]
-    acks: list[tuple[Accepted, bytes]]
-    advanced: list[tuple[NodeState, int, int]]  # (state, committed mark, window) once on disk
-    commands_sent: dict[int, dict[int, object]]
-    by_transport: dict[str, int]
-    payload_len: int
-    commit: Commit | None = None
-
-
 class Batcher:
     def __init__(
         self,
@@ -109,9 +94,6 @@ class Batcher:
         self._bytes = 1
         self._opened_s = 0.0
         self._ack_deadline_s: float | None = None
-        self._closed: _Closed | None = None  # its commit begun, not yet settled
-        self._loop: asyncio.AbstractEventLoop | None = None  # set while run() runs
-        self._commit_returned = asyncio.Event()
         self.commands: dict[int, dict[int, object]] = {}
         for node_id, text in outbox.load_downlinks().items():
             try:
@@ -165,7 +147,7 @@ class Batcher:
         v.packed = packed = encode_frame(v.record)
         size = frame_bytes(packed)
         if self._open and self._bytes + size > self.cfg.max_bytes:
-            self._close()
+            self.flush()
             self._index.add(v)  # flush cleared the index; v opens the next batch
         if not self._open:
             self._opened_s = time.monotonic()
@@ -174,7 +156,7 @@ class Batcher:
         if v.replies and self._ack_deadline_s is None:
             self._ack_deadline_s = time.monotonic() + self.cfg.ack_max_delay_ms / 1000
         if len(self._open) >= self.cfg.max_records:
-            self._close()
+            self.flush()
 
     def _duplicate(self, d: Duplicate) -> None:
         if self._index.merge(d):
@@ -193,26 +175,13 @@ class Batcher:
     def tick(self) -> None:
         deadline = self.deadline_s()
         if deadline is not None and time.monotonic() >= deadline:
-            self._close()
+            self.flush()
 
     def flush(self) -> None:
-        """Close the open batch and wait for its commit: on return every batch closed so far
-        is on disk or refused, and its acks are written."""
-        self._close()
-        self._settle()
-
-    def _close(self) -> None:
-        """Close the open batch: one commit, then the acks.
-
-        Inside ``run`` the commit goes on in the outbox's writer thread while this stage
-        batches the next frames; the acks, marks and health follow in ``_settle``, when the
-        commit has returned (a done-callback, or the next close, which waits for it first: the
-        next batch's marks are computed from this one's committed ones).
-        """
+        """Close the open batch: one commit, then the acks."""
         batch = self._open
         if not batch:
             return
-        self._settle()
         self._open = []
         self._index.clear()
         self._bytes = 1
@@ -243,7 +212,7 @@ class Batcher:
         priority = PRIORITY_ALARM if alarm else PRIORITY_ORDINARY
         # Allocate downlink counters before the commit so they are persisted with it.
         acks: list[tuple[Accepted, bytes]] = []
-        commands_sent: dict[int, dict[int, object]] = {}
+        commands_sent: list[int] = []
         for acc in waiting:
             node_id = acc.record.node_id
             node = self.registry.get(node_id)
@@ -253,7 +222,7 @@ class Batcher:
             st.dcnt += 1
             cmds = self.commands.get(node_id) if node_id not in commands_sent else None
             if cmds:
-                commands_sent[node_id] = cmds
+                commands_sent.append(node_id)
             acks.append((acc, encode_ack(node.keys, node_id, st.dcnt, acc.record.fcnt, cmds)))
         advanced: list[tuple[NodeState, int, int]] = []  # applied once the commit returns
         rows: list[NodeRow] = []
@@ -263,53 +232,35 @@ class Batcher:
             assert mark is not None  # fs is not empty
             advanced.append((st, mark, seen))
             rows.append(st.row(node_id, mark, seen, st.dcnt))
-        closed = _Closed(batch, acks, advanced, commands_sent, by_transport, len(payload))
         try:
-            closed.commit = self.outbox.begin_batch(payload, len(batch), priority, rows,
-                                                   commands_sent, background=self._loop is not None)
+            batch_id = self.outbox.commit_batch(payload, len(batch), priority, rows, commands_sent)
         except Exception as exc:
-            self._refused(closed, exc)
+            # Disk full (after the outbox evicted what it could) or an I/O error: nothing was
+            # acked, so serial nodes keep these frames and retransmit; BLE frames are lost to
+            # this gateway, counted. Roll the in-memory marks back.
+            self.metrics.commit_failed_readings.inc(amount=len(batch))
+            if isinstance(exc, OutboxFull):
+                self._faults.log("outbox_full_disk", "event=outbox_commit_failed reason=disk_full frames=%d",
+                                 len(batch))
+            else:
+                self._faults.log(f"commit/{type(exc).__name__}",
+                                 "event=outbox_commit_failed frames=%d error=%r", len(batch), exc)
+            for st, _, _ in advanced:
+                st.rollback()
             return
-        self._closed = closed
-        if self._loop is None:
-            self._settle()
-        else:
-            closed.commit.done_callback(self._wake)
-
-    def _wake(self) -> None:
-        """From the writer thread: tell the stage (if it waits for nothing else) to settle."""
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: shutdown settles it
-                loop.call_soon_threadsafe(self._commit_returned.set)
-
-    def _settle(self) -> None:
-        """The closed batch's commit has returned (waited for here): acks, marks, health."""
-        closed = self._closed
-        if closed is None:
-            return
-        self._closed = None
-        assert closed.commit is not None
-        try:
-            batch_id = self.outbox.finish_batch(closed.commit)
-        except Exception as exc:
-            self._refused(closed, exc)
-            return
-        batch = closed.batch
-        for st, mark, seen in closed.advanced:
+        for st, mark, seen in advanced:
             st.committed, st.committed_seen = mark, seen
-        for node_id, cmds in closed.commands_sent.items():
-            if self.commands.get(node_id) is cmds:  # not replaced by newer ones meanwhile
-                del self.commands[node_id]
+        for node_id in commands_sent:
+            self.commands.pop(node_id, None)
             self.metrics.downlinks.inc("sent")
         self.metrics.batch_records.observe(len(batch))
-        self.metrics.batch_bytes.observe(closed.payload_len)
+        self.metrics.batch_bytes.observe(len(payload))
         ledger = self.metrics.frames_out_ledger
-        ledger.committed(batch_id, closed.by_transport)
+        ledger.committed(batch_id, by_transport)
         depth = self.outbox.depth
         if len(ledger) > depth + max(_LEDGER_SLACK_MIN, depth // _LEDGER_SLACK_DIV):
             ledger.retain(set(self.outbox.pending_ids()))  # the outbox dropped some when full
-        for acc, ack in closed.acks:
+        for acc, ack in acks:
             self.replay.get(acc.record.node_id).remember_ack(acc.record.fcnt, ack)
             for reply in acc.replies:
                 self._reply(reply, ack)
@@ -318,20 +269,6 @@ class Batcher:
             observe(acc.record, acc.kind)
         self.metrics.nodes_heard.set(self.health.heard)
 
-    def _refused(self, closed: _Closed, exc: Exception) -> None:
-        """Disk full (after the outbox evicted what it could) or an I/O error: nothing was
-        acked, so serial nodes keep these frames and retransmit; BLE frames are lost to this
-        gateway, counted. The in-memory marks go back to the committed ones."""
-        n = len(closed.batch)
-        self.metrics.commit_failed_readings.inc(amount=n)
-        if isinstance(exc, OutboxFull):
-            self._faults.log("outbox_full_disk", "event=outbox_commit_failed reason=disk_full frames=%d", n)
-        else:
-            self._faults.log(f"commit/{type(exc).__name__}",
-                             "event=outbox_commit_failed frames=%d error=%r", n, exc)
-        for st, _, _ in closed.advanced:
-            st.rollback()
-
     def _reply(self, reply: Any, ack: bytes) -> None:
         try:
             reply(ack)
@@ -339,69 +276,24 @@ class Batcher:
         except Exception as exc:  # a port gone between frame and ack: the node retransmits
             _log.info("event=ack_write_failed error=%r", exc)
 
-    async def run(self, ingress: asyncio.Queue[Heard], verify: Callable[[Heard], Verdict | None]) -> None:
-        """Verify and batch what the transports heard until cancelled; the caller flushes on
-        shutdown (what is still in ``ingress`` too).
-
-        ``verify`` is called here, not in a stage of its own: a queue between the two cost a
-        put and a get per frame (about 2 % of the gateway's CPU) and bought nothing, as both
-        run on the event loop. While this runs, commits go on in the outbox's writer thread
-        (see ``_close``)."""
-        self._loop = asyncio.get_running_loop()
-        try:
-            await self._consume(ingress, verify)
-        finally:
-            self._loop = None  # what follows (the shutdown's flush) waits for each commit
-
-    async def _consume(self, ingress: asyncio.Queue[Heard], verify: Callable[[Heard], Verdict | None]) -> None:
-        add, take = self.add, ingress.get_nowait
+    async def run(self, queue: asyncio.Queue[Verdict]) -> None:
+        """Consume verdicts until cancelled; the caller flushes on shutdown."""
         while True:
-            closed = self._closed
-            if closed is not None and ingress.empty():
-                await self._frame_or_commit(ingress, verify, closed)
+            deadline = self.deadline_s()
+            if deadline is None:
+                self.add(await queue.get())
             else:
-                deadline = self.deadline_s()
-                heard: Heard | None = None
-                if deadline is None:
-                    heard = await ingress.get()
-                else:
-                    timeout = deadline - time.monotonic()
-                    if timeout > 0:
-                        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
-                        # shutdown's cancel when the get completes at the same moment, and the
-                        # stage never ends.
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(timeout):
-                                heard = await ingress.get()
-                if heard is not None and (v := verify(heard)) is not None:
-                    add(v)
-            # Drain what is already queued without yielding per frame (throughput); nothing
+                timeout = deadline - time.monotonic()
+                if timeout > 0:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the shutdown's
+                    # cancel when the get completes at the same moment, and the stage never ends.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout):
+                            v = await queue.get()
+                        self.add(v)
+            # Drain what is already queued without yielding per item (throughput); nothing
             # else runs until this loop yields, so the count is taken once.
-            for _ in range(ingress.qsize()):
-                if (v := verify(take())) is not None:
-                    add(v)
+            add, take = self.add, queue.get_nowait
+            for _ in range(queue.qsize()):
+                add(take())
             self.tick()
-            closed = self._closed
-            if closed is not None and closed.commit is not None and closed.commit.committed():
-                self._settle()  # in this task: a bug settling restarts the stage like any other
-
-    async def _frame_or_commit(
-        self, ingress: asyncio.Queue[Heard], verify: Callable[[Heard], Verdict | None], closed: _Closed
-    ) -> None:
-        """Wait for the next frame, the commit in flight to return or the batch deadline,
-        whichever comes first; a frame taken is verified and added, even if cancelled."""
-        assert closed.commit is not None
-        self._commit_returned.clear()
-        if closed.commit.committed():
-            return
-        deadline = self.deadline_s()
-        getter = asyncio.ensure_future(ingress.get())
-        returned = asyncio.ensure_future(self._commit_returned.wait())
-        try:
-            await asyncio.wait((getter, returned), return_when=asyncio.FIRST_COMPLETED,
-                               timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
-        finally:
-            returned.cancel()
-            # cancel() fails once done: it holds a frame taken from ingress, keep it
-            if not getter.cancel() and (v := verify(getter.result())) is not None:
-                self.add(v)

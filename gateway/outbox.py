@@ -30,7 +30,6 @@ What survives a kill -9 or a power cut is decided here:
 from __future__ import annotations
 
 import bisect
-import contextlib
 import itertools
 import logging
 import sqlite3
@@ -39,8 +38,7 @@ import time
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -123,35 +121,6 @@ class NodeRow(NamedTuple):
     seen: bytes  # the replay window below fcnt (gateway/replay.py), 8 bytes little-endian
 
 
-@dataclass(slots=True, eq=False)
-class Commit:
-    """A batch whose transaction is written, from ``Outbox.begin_batch`` to ``finish_batch``."""
-
-    batch_id: int
-    payload: bytes
-    frames: int
-    priority: int
-    size: int  # stored_bytes
-    marks: bytes  # the packed node rows for the marks log
-    logged: int  # node rows in marks
-    fold: bool  # the marks log is folded into ``nodes`` in this transaction
-    downlinks_done: list[tuple[int]]  # downlink rows deleted (their commands ride with this batch's acks)
-    excess: int  # bytes over max_bytes with this batch in
-    acked: list[int]  # published batches deleted in this transaction
-    evict: list[int] = field(default_factory=list)  # oldest batches deleted to stay in max_bytes
-    future: Future[int] = field(default_factory=Future)  # the COMMIT's outcome
-    wrote: int = 0  # bytes the COMMIT handed to write(2)
-    outcome: int | BaseException | None = None  # what finish_batch gave
-
-    def done_callback(self, cb: Callable[[], None]) -> None:
-        """``cb()`` once the COMMIT has returned, in whichever thread ran it (at once if it has)."""
-        self.future.add_done_callback(lambda _f: cb())
-
-    def committed(self) -> bool:
-        """The COMMIT has returned (finish_batch will not wait), successfully or not."""
-        return self.future.done()
-
-
 def _pack_marks(nodes: Iterable[NodeRow]) -> bytes:
     return b"".join([_MARK.pack(node_id, fcnt, dcnt, len(seen), seen) for node_id, fcnt, dcnt, seen in nodes])
 
@@ -176,19 +145,15 @@ class Salvage:
 
 
 def _proc_wchar() -> int:
-    """Bytes this thread handed to write(2); around a commit that is SQLite's writes (the
-    thread's own count: the event loop writes sockets while the writer thread commits)."""
+    """Bytes this process handed to write(2); around a commit that is SQLite's writes."""
     try:
-        with open(_IO_PATH, "rb") as f:
+        with open("/proc/self/io", "rb") as f:
             for line in f:
                 if line.startswith(b"wchar:"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
-
-
-_IO_PATH: Final = "/proc/thread-self/io" if Path("/proc/thread-self/io").exists() else "/proc/self/io"
 
 
 def _code(exc: BaseException) -> int:
@@ -414,19 +379,12 @@ class Outbox:
         self._next_id = 1
         self._log_rows = 0  # node rows in the marks log
         self._fold_at = _FOLD_MIN_ROWS
-        self._writer: ThreadPoolExecutor | None = None  # runs background COMMITs, one at a time
-        self._inflight: Commit | None = None  # begun in the background, not yet finished
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db, aside = self._open(synchronous, page_size)
         self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         if aside is not None:
             self._salvage(aside)
         self._scan()
-        # peek reads committed batches through a connection of its own: the publisher must
-        # not wait for a COMMIT the writer thread is running on the other one (WAL: a reader
-        # sees the last commit and never blocks the writer).
-        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._reader.execute("PRAGMA query_only=1")
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -636,7 +594,6 @@ class Outbox:
         self._db.execute("DELETE FROM marks")
 
     def _write(self, body: Callable[[], object]) -> None:
-        self.settle()  # the connection is the writer thread's until a begun commit is finished
         before = _proc_wchar()
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -644,14 +601,11 @@ class Outbox:
                 body()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._rollback()
+                if self._db.in_transaction:  # SQLITE_FULL may have rolled it back already
+                    self._db.execute("ROLLBACK")
                 raise
         finally:
             self.metrics.disk_bytes_written.inc(amount=max(0, _proc_wchar() - before))
-
-    def _rollback(self) -> None:
-        if self._db.in_transaction:  # SQLITE_FULL may have rolled it back already
-            self._db.execute("ROLLBACK")
 
     def commit_batch(
         self,
@@ -666,172 +620,79 @@ class Outbox:
         Raises ``OutboxFull`` when the disk is full even after evicting old batches; nothing of
         this batch (nor its node state) is then stored.
         """
-        return self.finish_batch(self.begin_batch(payload, frames, priority, nodes, downlinks_done))
-
-    def begin_batch(
-        self,
-        payload: bytes,
-        frames: int,
-        priority: int,
-        nodes: Iterable[NodeRow] = (),
-        downlinks_done: Iterable[int] = (),
-        background: bool = False,
-    ) -> Commit:
-        """``commit_batch`` in two halves: the transaction is written here; its COMMIT (the
-        WAL write and fsync, where the time goes) runs now, or with ``background`` in the
-        writer thread while the caller goes on. ``finish_batch`` gives the batch id.
-
-        Until then the batch does not exist for anyone: not in ``pending_ids``/``peek`` (so
-        not published), and its caller must not ack its frames. One commit at a time: any
-        other write, and the next ``begin_batch``, finishes this one first.
-        """
-        self.settle()
+        created = time.time()
         size = self._stored(len(payload))
         # One packed log row instead of an upsert per node (see the module docstring).
         node_rows = list(nodes)
+        marks = _pack_marks(node_rows)
         logged = len(node_rows)
-        c = Commit(
-            batch_id=self._next_id, payload=payload, frames=frames, priority=priority,
-            size=size, marks=_pack_marks(node_rows), logged=logged,
-            fold=logged > 0 and self._log_rows + logged >= self._fold_at,
-            downlinks_done=[(n,) for n in downlinks_done], excess=self.bytes + size - self.max_bytes,
-            acked=sorted(self._acked),
-        )
-        c.evict = self._pending.oldest(c.excess)
-        before = _proc_wchar()
+        fold = logged > 0 and self._log_rows + logged >= self._fold_at
+        done = [(n,) for n in downlinks_done]
+        excess = self.bytes + size - self.max_bytes
+        evict = self._pending.oldest(excess)
+        acked = sorted(self._acked)
+        batch_id = self._next_id
+
+        def body() -> None:
+            gone = [(b,) for b in evict + acked]  # first: a full disk needs their pages
+            if gone:
+                self._db.executemany("DELETE FROM batches WHERE id=?", gone)
+            self._db.execute(
+                "INSERT INTO batches (id, priority, frames, created_s, crc, payload) VALUES (?,?,?,?,?,?)",
+                (batch_id, priority, frames, created, zlib.crc32(payload), payload),
+            )
+            if marks:
+                self._db.execute("INSERT INTO marks (rows) VALUES (?)", (marks,))
+                if fold:
+                    self._fold()
+            if done:
+                self._db.executemany("DELETE FROM downlinks WHERE node_id=?", done)
+
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._body(c)
-            except BaseException:
-                self._rollback()
-                raise
+            self._write(body)
         except sqlite3.OperationalError as exc:
-            c.future.set_exception(exc)  # SQLITE_FULL: finish_batch evicts more and retries
-            return c
-        finally:
-            self.metrics.disk_bytes_written.inc(amount=max(0, _proc_wchar() - before))
-        if background:
-            if self._writer is None:
-                self._writer = ThreadPoolExecutor(1, thread_name_prefix="outbox-commit")
-            self._inflight = c
-            self._writer.submit(self._commit, c)
-        else:
-            self._commit(c)
-        return c
-
-    def _body(self, c: Commit) -> None:
-        gone = [(b,) for b in c.evict + c.acked]  # first: a full disk needs their pages
-        if gone:
-            self._db.executemany("DELETE FROM batches WHERE id=?", gone)
-        self._db.execute(
-            "INSERT INTO batches (id, priority, frames, created_s, crc, payload) VALUES (?,?,?,?,?,?)",
-            (c.batch_id, c.priority, c.frames, time.time(), zlib.crc32(c.payload), c.payload),
-        )
-        if c.marks:
-            self._db.execute("INSERT INTO marks (rows) VALUES (?)", (c.marks,))
-            if c.fold:
-                self._fold()
-        if c.downlinks_done:
-            self._db.executemany("DELETE FROM downlinks WHERE node_id=?", c.downlinks_done)
-
-    def _commit(self, c: Commit) -> None:
-        """COMMIT of a begun batch, in the writer thread or the caller's; the outcome goes to
-        ``c.future``. Touches nothing but the connection (the caller's thread owns the rest)."""
-        before = _proc_wchar()
-        try:
-            self._db.execute("COMMIT")
-        except BaseException as exc:
-            try:
-                self._rollback()
-            except BaseException as exc2:  # the first error is the one to report
-                _log.error("event=outbox_rollback_failed error=%r", exc2)
-            c.wrote = max(0, _proc_wchar() - before)
-            c.future.set_exception(exc)
-            return
-        c.wrote = max(0, _proc_wchar() - before)
-        c.future.set_result(c.batch_id)
-
-    def settle(self) -> None:
-        """Finish a commit begun in the background (waiting for it); its outcome is kept for
-        the ``finish_batch`` of whoever began it."""
-        if self._inflight is not None:
-            with contextlib.suppress(Exception):  # kept in the Commit, raised to its owner
-                self.finish_batch(self._inflight)
-
-    def finish_batch(self, c: Commit) -> int:
-        """Wait for a begun batch's COMMIT and account for it; the batch id, or the commit's
-        error (``OutboxFull`` when the disk is full even after evicting old batches). Called
-        again for the same batch it gives the same answer."""
-        if c.outcome is not None:
-            if isinstance(c.outcome, BaseException):
-                raise c.outcome
-            return c.outcome
-        try:
-            exc = c.future.exception()  # waits
-        finally:
-            if self._inflight is c:
-                self._inflight = None
-            self.metrics.disk_bytes_written.inc(amount=c.wrote)
-            c.wrote = 0
-        try:
-            if exc is not None:
-                if not isinstance(exc, sqlite3.OperationalError) or _code(exc) != sqlite3.SQLITE_FULL:
-                    raise exc
-                self._retry_full(c, exc)
-            self._committed(c)
-        except BaseException as error:
-            c.outcome = error
-            raise
-        c.outcome = c.batch_id
-        return c.batch_id
-
-    def _retry_full(self, c: Commit, exc: sqlite3.OperationalError) -> None:
-        """The disk filled before max_bytes did: free twice this batch (and a page's slack)
-        from the oldest batches, in the same order as for max_bytes, and try once more."""
-        more = self._pending.oldest(max(c.excess, 0) + 2 * c.size + 2 * self._page_size)
-        if len(more) == len(c.evict):
-            self._disk_full(c.frames, 0)
-            raise OutboxFull(c.frames, "disk full, nothing left to evict") from exc
-        c.evict = more
-        try:
-            self._write(lambda: self._body(c))
-        except sqlite3.OperationalError as exc2:
-            if _code(exc2) != sqlite3.SQLITE_FULL:
+            if _code(exc) != sqlite3.SQLITE_FULL:
                 raise
-            self._disk_full(c.frames, 0)
-            raise OutboxFull(c.frames, f"disk full after evicting {len(c.evict)} batches") from exc2
-        self._disk_full(0, len(c.evict))
-
-    def _committed(self, c: Commit) -> None:
-        """The batch is on disk: it joins the waiting batches, the publisher is told."""
-        self._next_id = c.batch_id + 1
-        if c.fold:
+            # The disk filled before max_bytes did: free twice this batch (and a page's slack)
+            # from the oldest batches, in the same order as for max_bytes, and try once more.
+            more = self._pending.oldest(max(excess, 0) + 2 * size + 2 * self._page_size)
+            if len(more) == len(evict):
+                self._disk_full(frames, 0)
+                raise OutboxFull(frames, "disk full, nothing left to evict") from exc
+            evict = more
+            try:
+                self._write(body)
+            except sqlite3.OperationalError as exc2:
+                if _code(exc2) != sqlite3.SQLITE_FULL:
+                    raise
+                self._disk_full(frames, 0)
+                raise OutboxFull(frames, f"disk full after evicting {len(evict)} batches") from exc2
+            self._disk_full(0, len(evict))
+        self._next_id = batch_id + 1
+        if fold:
             self._log_rows = 0
             self._set_fold_at()
         else:
-            self._log_rows += c.logged
-        self._acked.difference_update(c.acked)
-        dropped = 0
-        for b in c.evict:
+            self._log_rows += logged
+        self._acked.difference_update(acked)
+        for b in evict:
             entry = self._pending.remove(b)
-            if entry is None:  # its PUBACK came while the commit ran: published, not dropped
-                continue
+            assert entry is not None  # chosen among the waiting, removed only here
             nbytes, prio, nframes = entry
-            dropped += 1
             self.bytes -= nbytes
             self.metrics.outbox_dropped_batches.inc("alarm" if prio else "ordinary")
             self.metrics.outbox_dropped_readings.inc(amount=nframes)
-        if dropped:
+        if evict:
             self._faults.log("outbox_full", "event=outbox_full dropped_batches=%d max_bytes=%d",
-                             dropped, self.max_bytes)
-        self._pending.append(c.batch_id, c.size, c.priority, c.frames)
-        self.bytes += c.size
+                             len(evict), self.max_bytes)
+        self._pending.append(batch_id, size, priority, frames)
+        self.bytes += size
         self.metrics.batches.inc()
-        self.metrics.readings_committed.inc(amount=c.frames)
+        self.metrics.readings_committed.inc(amount=frames)
         self._gauges()
         for cb in self._listeners:
             cb()
+        return batch_id
 
     def _disk_full(self, frames_lost: int, evicted: int) -> None:
         self._faults.log("disk_full", "event=outbox_disk_full path=%s evicted=%d frames_lost=%d",
@@ -866,10 +727,9 @@ class Outbox:
         otherwise, so it can be called every second. A failed delete is retried later."""
         if not self._acked:
             return
-        if not force and (self._inflight is not None or (
-                len(self._acked) < ACK_FLUSH_COUNT
-                and time.monotonic() - self._acked_since_s < self.ack_flush_s)):
-            return  # a batch is committing: its successor carries the deletes, no need to wait
+        if (not force and len(self._acked) < ACK_FLUSH_COUNT
+                and time.monotonic() - self._acked_since_s < self.ack_flush_s):
+            return
         acked = sorted(self._acked)
         try:
             self._write(lambda: self._db.executemany(
@@ -895,7 +755,7 @@ class Outbox:
             ids = self._pending.after(after_id, limit - len(out))
             if not ids:
                 break
-            for batch_id, priority, frames, created, crc, payload in self._reader.execute(
+            for batch_id, priority, frames, created, crc, payload in self._db.execute(
                 "SELECT id, priority, frames, created_s, crc, payload FROM batches "
                 "WHERE id >= ? AND id <= ? ORDER BY id",
                 (ids[0], ids[-1]),
@@ -923,7 +783,6 @@ class Outbox:
 
     def close(self) -> None:
         try:
-            self.settle()
             self.flush_acks(force=True)
             if self._log_rows:
                 try:  # a closed file holds every mark in ``nodes``; the log would do too
@@ -931,12 +790,8 @@ class Outbox:
                     self._log_rows = 0
                 except sqlite3.OperationalError as exc:
                     _log.warning("event=outbox_marks_not_folded rows=%d error=%r", self._log_rows, exc)
-            self._reader.close()  # the checkpoint below waits for no reader
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
-            if self._writer is not None:
-                self._writer.shutdown()
-            self._reader.close()
             self._db.close()
 
 

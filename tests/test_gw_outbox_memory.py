@@ -115,7 +115,7 @@ async def _feed(gw: Gateway, frames: list[bytes], check_every: int = 500) -> Non
 
 async def _settled(gw: Gateway) -> None:
     """Everything fed is verified and committed (the open batch closes after max_age_s)."""
-    await wait_for(lambda: gw.ingress.empty(), what="ingress drained")
+    await wait_for(lambda: gw.ingress.empty() and gw.verdicts.empty(), what="queues drained")
     await wait_for(
         lambda: gw.metrics.readings_committed.total() == gw.metrics.frames_accepted.total(),
         what="all accepted frames committed",

@@ -417,13 +417,13 @@ def test_frames_out_ledger_stays_bounded_while_a_full_outbox_drops_batches(tmp_p
 # -- 5. shutdown keeps everything heard --------------------------------------------------------
 
 
-async def test_shutdown_verifies_and_keeps_every_frame_waiting_in_ingress(
+async def test_shutdown_keeps_the_verdict_verify_was_waiting_to_queue(
     tmp_path: Path, mqtt_broker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the batch stage behind (a slow SD card), frames wait in ingress unverified; shutdown
-    used to cancel a verdict away. Every frame fed must reach the outbox."""
+    """With the batcher behind (a slow SD card), verify holds one verdict while the verdicts queue
+    is full; shutdown used to cancel it away. Every frame fed must reach the outbox."""
 
-    async def behind(self: Batcher, *args: Any) -> None:
+    async def behind(self: Batcher, queue: asyncio.Queue[Any]) -> None:
         await asyncio.Event().wait()
 
     monkeypatch.setattr(Batcher, "run", behind)
@@ -435,14 +435,19 @@ async def test_shutdown_verifies_and_keeps_every_frame_waiting_in_ingress(
     await asyncio.wait_for(gw.started.wait(), 10)
     for fcnt in range(1, 5):
         assert gw.feed(frame(1, fcnt), "test")
-    assert not gw.feed(frame(1, 5), "test")  # ingress full: refused, counted, never accepted
+    await wait_for(lambda: gw.verdicts.full() and gw.ingress.empty(), what="verdicts full")
+    assert gw.feed(frame(1, 5), "test")
+    await wait_for(lambda: gw.ingress.empty(), what="verify holding fcnt 5")
+    for fcnt in range(6, 10):
+        assert gw.feed(frame(1, fcnt), "test")
+    assert not gw.feed(frame(1, 10), "test")  # ingress full: refused, counted, never accepted
     await gw.stop()
     await task
-    assert gw.metrics.readings_committed.total() == 4
+    assert gw.metrics.readings_committed.total() == 9
     ob = Outbox(cfg.outbox_path, cfg.outbox.max_bytes)
     keys = [(n, f) for b in ob.peek(0, 100) for n, f, _ in frames_from_pack(b.payload)]
     ob.close()
-    assert keys == [(1, f) for f in range(1, 5)]
+    assert keys == [(1, f) for f in range(1, 10)]
 
 
 async def test_a_batch_the_full_disk_refuses_is_counted_and_the_next_one_lands(
@@ -452,15 +457,15 @@ async def test_a_batch_the_full_disk_refuses_is_counted_and_the_next_one_lands(
 
     gw = await running(make_config(tmp_path, mqtt_broker))
     assert gw.outbox is not None
-    real_commit = gw.outbox.begin_batch
+    real_commit = gw.outbox.commit_batch
 
-    def full(payload: bytes, frames: int, *args: Any, **kw: Any) -> Any:
+    def full(payload: bytes, frames: int, *args: Any, **kw: Any) -> int:
         raise OutboxFull(frames)
 
-    gw.outbox.begin_batch = full  # type: ignore[method-assign]
+    gw.outbox.commit_batch = full  # type: ignore[method-assign]
     gw.feed(frame(1, 1), "test")
     await wait_for(lambda: gw.metrics.commit_failed_readings.total() == 1, what="counted loss")
-    gw.outbox.begin_batch = real_commit  # type: ignore[method-assign]
+    gw.outbox.commit_batch = real_commit  # type: ignore[method-assign]
     # The marks were rolled back: the same counter is new again, not a replay.
     gw.feed(frame(1, 1), "test")
     await wait_for(lambda: gw.metrics.published_readings.total() == 1, what="retransmission lands")
