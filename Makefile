@@ -29,6 +29,7 @@ sysdeps:
 	  case $$pkg in \
 	    mosquitto) test -x /usr/sbin/mosquitto || command -v mosquitto >/dev/null || missing="$$missing $$pkg" ;; \
 	    chromium)  command -v chromium >/dev/null || missing="$$missing $$pkg" ;; \
+	    pypy3-venv) pypy3 -c 'import ensurepip' 2>/dev/null || missing="$$missing $$pkg" ;; \
 	    *)         command -v $$pkg >/dev/null || missing="$$missing $$pkg" ;; \
 	  esac; \
 	done; \
