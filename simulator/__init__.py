@@ -1,4 +1,4 @@
-"""The urbansense simulator: a virtual district running the real firmware on CPython.
+"""The urbansense simulator: a virtual district running the real firmware (CPython or PyPy).
 
 In-process API (for the demo and the end-to-end tests)::
 

@@ -29,8 +29,6 @@ _HAL_MODULES: Final = ("machine", "esp32", "bluetooth")
 class _HalModule(ModuleType):
     """``us_hal_esp32`` as main.py sees it: HAL() is the running node's HAL."""
 
-    __simulator__: Final = True
-
     def __init__(self, main: BoardMain) -> None:
         super().__init__("us_hal_esp32")
         self._main = main
@@ -60,8 +58,6 @@ class _HalProxy(ModuleType):
     A module (an import finds a module in sys.modules fastest, on PyPy by 100x) that
     forwards every attribute (PEP 562) to the node's HAL object of that name.
     """
-
-    __simulator__: Final = True
 
     def __init__(self, main: BoardMain, name: str) -> None:
         super().__init__(name)
