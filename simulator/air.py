@@ -164,9 +164,6 @@ class AirModel:
                 (rssi.tobytes(), "=f8", (len(self._rssi), n)),
                 (array.array("q", self._chan).tobytes(), "=i8", (n,))]
 
-    def pending_channels(self) -> IntArr:
-        return np.asarray(self._chan, dtype=np.int64)
-
     def pending(self) -> int:
         return len(self._t)
 
