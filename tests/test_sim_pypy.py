@@ -34,3 +34,13 @@ def test_this_interpreter_as_a_child_gives_the_forked_summary() -> None:
 def test_a_failing_shard_interpreter_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match=r"simulator shard under /bin/false failed \(exit 1\)"):
         run_parallel(SMOKE, seed=6, duration_s=600.0, processes=2, python="/bin/false")
+
+
+def test_text_seeded_streams_are_random_random_of_the_text() -> None:
+    import random
+
+    from simulator.rng import stream
+
+    for text in ("7:123:place", "city-10k:42:air", "é" * 300):
+        a, b = stream(text), random.Random(text)
+        assert [a.random() for _ in range(5)] == [b.random() for _ in range(5)]
