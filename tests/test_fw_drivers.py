@@ -24,6 +24,16 @@ def _world_with(addr: int, dev: object) -> tuple[ff.World, ff.FakeHAL]:
     return w, w.hal()
 
 
+def _parking_mag(field_nt: tuple[int, int, int]) -> tuple[ff.World, ff.FakeLIS3MDL, us_lis3mdl.LIS3MDL]:
+    """A parking board's LIS3MDL (INT on pin 4), initialised, in the given field."""
+    w = ff.World(ff.config_text("parking"), ff.BOARD)
+    dev = ff.FakeLIS3MDL(field_nt=field_nt, int_pin=4, world=w)
+    w.i2c_devices[0x1C] = dev
+    mag = us_lis3mdl.LIS3MDL(w.hal().machine.SoftI2C(scl=None, sda=None))
+    mag.init()
+    return w, dev, mag
+
+
 def test_lis3mdl_init_reads_field_in_nanotesla() -> None:
     dev = ff.FakeLIS3MDL(field_nt=(20000, -5000, 42000))
     _, hal = _world_with(0x1C, dev)
@@ -37,11 +47,7 @@ def test_lis3mdl_init_reads_field_in_nanotesla() -> None:
 
 
 def test_lis3mdl_threshold_interrupt_latches_and_clears() -> None:
-    w = ff.World(ff.config_text("parking"), ff.BOARD)
-    dev = ff.FakeLIS3MDL(field_nt=(1000, 1000, 40000), int_pin=4, world=w)
-    w.i2c_devices[0x1C] = dev
-    mag = us_lis3mdl.LIS3MDL(w.hal().machine.SoftI2C(scl=None, sda=None))
-    mag.init()
+    w, dev, mag = _parking_mag((1000, 1000, 40000))
     mag.set_threshold_interrupt(7, 50000)
     assert dev.regs[0x30] == 0xEF
     assert w.pins.get(4, 0) == 0
@@ -112,11 +118,7 @@ def test_lis3mdl_int_polarity_follows_iea_as_the_datasheet_says() -> None:
     """INT_CFG IEA: 0 = active low, 1 = active high (DocID024204; ST's C driver enum names
     are the other way round). The driver sets 1 and keeps it when disabling, so the idle line
     stays low: a wake armed on high never takes an idle line for an event."""
-    w = ff.World(ff.config_text("parking"), ff.BOARD)
-    dev = ff.FakeLIS3MDL(field_nt=(1000, 1000, 61000), int_pin=4, world=w)
-    w.i2c_devices[0x1C] = dev
-    mag = us_lis3mdl.LIS3MDL(w.hal().machine.SoftI2C(scl=None, sda=None))
-    mag.init()
+    w, dev, mag = _parking_mag((1000, 1000, 61000))
     dev.write(0x30, bytes((0xEB,)), 8)  # IEA = 0, LIR, IEN, an event pending: active low
     assert w.pins[4] == 0
     mag.disable_interrupt()
@@ -128,11 +130,7 @@ def test_lis3mdl_int_polarity_follows_iea_as_the_datasheet_says() -> None:
 
 
 def test_lis3mdl_reconfiguring_drops_an_event_latched_under_the_old_threshold() -> None:
-    w = ff.World(ff.config_text("parking"), ff.BOARD)
-    dev = ff.FakeLIS3MDL(field_nt=(1000, 1000, 40000), int_pin=4, world=w)
-    w.i2c_devices[0x1C] = dev
-    mag = us_lis3mdl.LIS3MDL(w.hal().machine.SoftI2C(scl=None, sda=None))
-    mag.init()
+    w, dev, mag = _parking_mag((1000, 1000, 40000))
     mag.set_threshold_interrupt(7, 50000)
     dev.set_field((1000, 1000, 61000))  # a car: latched
     assert w.pins[4] == 1
