@@ -18,8 +18,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from bench.frames import Workload
-from gateway.protocol import NodeKeys, parse_header, verify_uplink
-from gateway.quantities import QUANTITIES
+from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
+from urbansense.wire.quantities import QUANTITIES
 
 TOPIC = "v1/gateway/telemetry"
 

@@ -222,7 +222,7 @@ def mqtt_wire_overhead_bytes(topic: str, payload_len: int, v5: bool, content_typ
 
 
 async def phase_throughput(ctx: dict[str, Any], work: Workload) -> dict[str, Any]:
-    from gateway.senml import CONTENT_TYPE
+    from urbansense.wire.senml import CONTENT_TYPE
 
     frames = work.frames[: ctx["frames"]]
     n = len(frames)
@@ -322,7 +322,7 @@ def subscriber_main(host: str, port: int, expect: int, out: str, timeout_s: floa
     """Independent consumer (own process): arrival time per (node, fcnt), as monotonic s."""
     import paho.mqtt.client as mqtt
 
-    from gateway.senml import frames_from_pack
+    from urbansense.wire.senml import frames_from_pack
 
     arrivals: dict[str, float] = {}
     done = {"dup": 0}

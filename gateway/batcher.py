@@ -17,20 +17,20 @@ import logging
 import time
 from typing import Any, Final
 
-from gateway import framing
 from gateway.config import BatchConfig
 from gateway.dedup import DedupIndex
 from gateway.errors import OutboxFull
 from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox
-from gateway.protocol import NodeKeys, encode_ack
-from gateway.quantities import COMMAND_RANGES, COMMANDS
 from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
 from gateway.replay import NodeState, ReplayTable
-from gateway.senml import encode_frame, frame_bytes, join_frames
 from gateway.verify import Accepted, Duplicate, Verdict
+from urbansense.wire import framing
+from urbansense.wire.protocol import NodeKeys, encode_ack
+from urbansense.wire.quantities import COMMAND_RANGES, COMMANDS
+from urbansense.wire.senml import encode_frame, frame_bytes, join_frames
 
 _log = logging.getLogger(__name__)
 

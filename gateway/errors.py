@@ -7,15 +7,6 @@ class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
 
 
-class FrameError(GatewayError):
-    """Outside bytes that are not a valid frame. ``reason`` is the counter label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
 class ConfigError(GatewayError):
     """A configuration problem; ``key`` names the offending setting."""
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import HealthConfig
-from gateway.quantities import ALARM_NAMES, BY_FIELD, FLAG_LOW_BATTERY, QUANTITIES
 from gateway.registry import Registry
-from gateway.senml import FrameRecord
+from urbansense.wire.quantities import ALARM_NAMES, BY_FIELD, FLAG_LOW_BATTERY, QUANTITIES
+from urbansense.wire.senml import FrameRecord
 
 _Q_ALARMS = BY_FIELD["alarms"].key
 _Q_FLAGS = BY_FIELD["flags"].key

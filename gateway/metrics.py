@@ -11,7 +11,7 @@ from array import array
 from collections.abc import Container, Iterable
 from typing import Final
 
-from gateway.protocol import REASONS
+from urbansense.wire.protocol import REASONS
 
 _LATENCY_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)

@@ -35,7 +35,7 @@ from gateway.config import BrokerAddress, GatewayConfig, read_secret
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox
 from gateway.ratelog import RateLimitedLog
-from gateway.senml import CONTENT_TYPE
+from urbansense.wire.senml import CONTENT_TYPE
 
 _log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gateway.config import check_secret_file
 from gateway.errors import ConfigError
-from gateway.protocol import NodeKeys
+from urbansense.wire.protocol import NodeKeys
 
 KINDS = ("parking", "bin", "water", "other")
 

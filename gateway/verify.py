@@ -14,15 +14,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway import framing
-from gateway.errors import FrameError
 from gateway.metrics import Metrics
-from gateway.protocol import T_ALARM, header_fields, open_uplink
-from gateway.quantities import QUANTITIES
 from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
 from gateway.replay import WINDOW, Freshness, ReplayTable
-from gateway.senml import FrameRecord
+from urbansense.wire import framing
+from urbansense.wire.errors import FrameError
+from urbansense.wire.protocol import T_ALARM, header_fields, open_uplink
+from urbansense.wire.quantities import QUANTITIES
+from urbansense.wire.senml import FrameRecord
 
 _log = logging.getLogger(__name__)
 _Q_ALARMS = next(k for k, q in QUANTITIES.items() if q.field == "alarms")

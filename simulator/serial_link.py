@@ -1,7 +1,7 @@
 """Serial links for serial nodes: a pty pair for a real gateway, or a built-in acker.
 
 The pty's slave path is what the gateway opens with pyserial, as it would /dev/ttyUSB0.
-Without a gateway in the loop, ``LoopbackLink`` answers like one (gateway.protocol's
+Without a gateway in the loop, ``LoopbackLink`` answers like one (urbansense.wire.protocol's
 encoder), so the firmware's ack/backlog logic runs in every simulation.
 """
 
@@ -15,9 +15,9 @@ import termios
 import tty
 from typing import TYPE_CHECKING, Final
 
-from gateway import framing
-from gateway.errors import FrameError
-from gateway.protocol import NodeKeys, encode_ack
+from urbansense.wire import framing
+from urbansense.wire.errors import FrameError
+from urbansense.wire.protocol import NodeKeys, encode_ack
 
 if TYPE_CHECKING:
     from simulator.node import SimNode

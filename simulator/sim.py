@@ -20,9 +20,6 @@ from typing import IO, Any, Final, Union
 
 import numpy as np
 
-from gateway.errors import FrameError
-from gateway.protocol import TYPE_NAMES, NodeKeys, parse_header, verify_uplink
-from gateway.quantities import QUANTITIES
 from simulator import scenario as scenario_mod
 from simulator.air import AirModel, Gateway, RadioParams
 from simulator.board_main import BoardMain
@@ -37,6 +34,9 @@ from simulator.scenario import KIND_CODES, Fault, Scenario
 from simulator.serial_link import LoopbackLink, PtyLink
 from simulator.world import Bin, BinParams, Household, ParkingParams, ParkingSpace, WaterParams
 from urbansense.compat import DATACLASS_SLOTS
+from urbansense.wire.errors import FrameError
+from urbansense.wire.protocol import TYPE_NAMES, NodeKeys, parse_header, verify_uplink
+from urbansense.wire.quantities import QUANTITIES
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 DEFAULT_BOARD: Final = "city-wroom32e"

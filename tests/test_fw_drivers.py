@@ -7,7 +7,7 @@ import binascii
 
 import pytest
 
-from gateway.protocol import NodeKeys, parse_header, verify_uplink
+from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
 from tests import fw_fakes as ff  # also puts firmware/lib on sys.path
 
 import us_battery

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.protocol import NodeKeys, parse_header, verify_uplink
+from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
 from tests import fw_fakes as ff
 
 import us_cobs
@@ -122,7 +122,7 @@ def test_bad_config_enters_safe_mode_without_leaking_key(text: str | None, capsy
 
 
 def test_serial_backlog_ack_and_downlink() -> None:
-    from gateway.protocol import encode_ack
+    from urbansense.wire.protocol import encode_ack
 
     w = ff.make_world("bin", transport="serial")
     acked: list[int] = []

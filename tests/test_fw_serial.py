@@ -6,7 +6,7 @@ from __future__ import annotations
 import binascii
 from collections.abc import Callable
 
-from gateway.protocol import NodeKeys, Uplink, encode_ack, parse_header, verify_uplink
+from urbansense.wire.protocol import NodeKeys, Uplink, encode_ack, parse_header, verify_uplink
 from tests import fw_fakes as ff
 
 import us_cobs

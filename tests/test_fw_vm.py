@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.protocol import NodeKeys, parse_header, verify_uplink
 from tests import fw_fakes as ff
 from tests.support.mpvm import run_micropython
+from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_HEAP_LIMIT = 40 * 1024

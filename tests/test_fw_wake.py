@@ -7,7 +7,7 @@ import binascii
 
 import pytest
 
-from gateway.protocol import NodeKeys, Uplink, parse_header, verify_uplink
+from urbansense.wire.protocol import NodeKeys, Uplink, parse_header, verify_uplink
 from tests import fw_fakes as ff
 
 import us_node

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from gateway.app import Gateway
-from gateway.senml import frames_from_pack
 from gateway.verify import Heard
 from tests.test_gw_support import Subscriber, frame, make_config, wait_for
+from urbansense.wire.senml import frames_from_pack
 
 OUTBOX_MAX = 256 * 1024
 BATCH_MAX = 16 * 1024

@@ -17,18 +17,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import outbox as outbox_mod
-from gateway import senml
 from gateway.batcher import Batcher
 from gateway.config import BatchConfig, HealthConfig
 from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import PRIORITY_ORDINARY, SD_PAGE_SIZE, NodeRow, Outbox
-from gateway.protocol import NodeKeys
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
-from gateway.senml import FrameRecord, encode_frame, frame_bytes, frame_records, join_frames
 from gateway.verify import Heard, Verifier
 from tests.test_gw_support import KEYS, frame
+from urbansense.wire import senml
+from urbansense.wire.protocol import NodeKeys
+from urbansense.wire.senml import FrameRecord, encode_frame, frame_bytes, frame_records, join_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 u32 = st.integers(0, 0xFFFFFFFF)

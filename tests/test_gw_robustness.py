@@ -18,7 +18,6 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway import framing
 from gateway.app import Gateway
 from gateway.batcher import (
     MAX_ACK_PACKET_LEN,
@@ -31,12 +30,13 @@ from gateway.config import BatchConfig, HealthConfig
 from gateway.health import Health
 from gateway.metrics import Counter, Metrics, TransportLedger
 from gateway.outbox import Outbox
-from gateway.protocol import NodeKeys
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
-from gateway.senml import frames_from_pack
 from gateway.verify import Heard, Verifier
 from tests.test_gw_support import KEYS, ROOT, PtyNode, Subscriber, frame, make_config, wait_for
+from urbansense.wire import framing
+from urbansense.wire.protocol import NodeKeys
+from urbansense.wire.senml import frames_from_pack
 
 sys.path.insert(0, str(ROOT / "firmware" / "lib"))
 import us_cobs
@@ -202,7 +202,7 @@ def test_commands_are_bounded() -> None:
 
 def test_gateway_command_bounds_are_the_nodes() -> None:
     """Whatever the gateway queues, the node applies; just outside, both refuse (no silent 'sent')."""
-    from gateway.quantities import COMMAND_RANGES, COMMANDS
+    from urbansense.wire.quantities import COMMAND_RANGES, COMMANDS
 
     for name, (lo, hi) in COMMAND_RANGES.items():
         if name == "time_s":

@@ -13,10 +13,10 @@ from typing import Any
 
 import aiomqtt
 
-from gateway import framing
 from gateway.config import BrokerAddress, GatewayConfig
 from gateway.registry import NodeSpec, write_registry
-from gateway.senml import frames_from_pack
+from urbansense.wire import framing
+from urbansense.wire.senml import frames_from_pack
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "firmware" / "lib"))

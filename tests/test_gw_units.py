@@ -16,17 +16,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import framing
 from gateway.app import Gateway
 from gateway.config import config_from_dict, load_config
 from gateway.errors import ConfigError
 from gateway.metrics import Metrics
 from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox
-from gateway.protocol import REASONS
 from gateway.registry import NodeSpec, Registry, load_registry, write_registry
 from gateway.replay import WINDOW, Freshness, ReplayTable, judge, mark_seen
 from gateway.verify import Accepted, Duplicate, Heard, Verifier
 from tests.test_gw_support import KEYS, PtyNode, frame, make_config, wait_for
+from urbansense.wire import framing
+from urbansense.wire.protocol import REASONS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,8 +43,8 @@ def _verifier(nodes: range = range(1, 4)) -> Verifier:
 
 
 def load_registry_from(keys: dict[int, bytes]) -> Registry:
-    from gateway.protocol import NodeKeys
     from gateway.registry import Node
+    from urbansense.wire.protocol import NodeKeys
 
     return Registry(Node(n, "water", NodeKeys(k)) for n, k in keys.items())
 
@@ -366,9 +366,9 @@ async def test_metrics_status_and_cli(tmp_path: Path, mqtt_broker: Any) -> None:
 def test_silent_node_raises_one_event_then_back_when_heard() -> None:
     from gateway.config import HealthConfig
     from gateway.health import Health
-    from gateway.protocol import NodeKeys
     from gateway.registry import Node
-    from gateway.senml import FrameRecord
+    from urbansense.wire.protocol import NodeKeys
+    from urbansense.wire.senml import FrameRecord
 
     events: list[dict[str, Any]] = []
     reg = Registry([Node(1, "bin", NodeKeys(KEYS[1]), report_interval_s=900.0),

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import framing, senml
-from gateway.errors import FrameError
-from gateway.protocol import (
+from urbansense.wire import framing, senml
+from urbansense.wire.errors import FrameError
+from urbansense.wire.protocol import (
     MAX_FRAME_LEN,
     REASONS,
     NodeKeys,
@@ -24,7 +24,7 @@ from gateway.protocol import (
     reconstruct_fcnt,
     verify_uplink,
 )
-from gateway.quantities import QUANTITIES
+from urbansense.wire.quantities import QUANTITIES
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "firmware" / "lib"))

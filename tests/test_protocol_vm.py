@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gateway.protocol import NodeKeys, parse_header, verify_uplink
 from tests.support.mpvm import run_micropython
+from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
 
 ROOT = Path(__file__).resolve().parents[1]
 MOUNTS = {str(ROOT / "firmware" / "lib"): "/lib", str(ROOT / "tests" / "vectors"): "/vectors"}

@@ -14,10 +14,10 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import BrokerAddress, GatewayConfig
-from gateway.quantities import BY_FIELD
 from gateway.registry import NodeSpec, write_registry
 from simulator.sim import Simulation
 from tests.test_gw_support import Subscriber, wait_for
+from urbansense.wire.quantities import BY_FIELD
 
 
 def _scenario(air: str) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import cbor2
 
-from gateway.protocol import NodeKeys, parse_header, verify_uplink
 from simulator.sim import Simulation
+from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
 
 SCENARIO = {
     "sim": {"name": "loop", "seed": 9},

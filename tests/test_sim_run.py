@@ -8,10 +8,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-from gateway.protocol import TYPE_NAMES, NodeKeys, parse_header, verify_uplink
-from gateway.quantities import QUANTITIES
 from simulator.sim import Simulation, run_parallel
 from simulator.world import Bin, ParkingParams, ParkingSpace
+from urbansense.wire.protocol import TYPE_NAMES, NodeKeys, parse_header, verify_uplink
+from urbansense.wire.quantities import QUANTITIES
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "scenarios" / "smoke.toml"

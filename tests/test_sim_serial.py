@@ -8,10 +8,10 @@ from typing import Any
 
 import serial
 
-from gateway import framing
-from gateway.protocol import NodeKeys, encode_ack, parse_header, verify_uplink
 from simulator.serial_link import PtyLink, add_noise
 from simulator.sim import Simulation
+from urbansense.wire import framing
+from urbansense.wire.protocol import NodeKeys, encode_ack, parse_header, verify_uplink
 
 
 class _Books:

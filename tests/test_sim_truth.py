@@ -13,12 +13,12 @@ from typing import Any
 import cbor2
 import pytest
 
-import gateway.protocol
 import simulator.sim
-from gateway.errors import FrameError
-from gateway.quantities import QUANTITIES
+import urbansense.wire.protocol
 from simulator.firmware_loader import load_firmware
 from simulator.sim import Simulation
+from urbansense.wire.errors import FrameError
+from urbansense.wire.quantities import QUANTITIES
 
 
 def _truth(sim: Simulation, path: Path, duration_s: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -103,7 +103,7 @@ def test_truth_readings_are_what_the_firmware_encoded_not_what_the_gateway_decod
         raise FrameError("bad_mic")
 
     monkeypatch.setattr(us_proto, "encode_uplink", spy)
-    monkeypatch.setattr(gateway.protocol, "verify_uplink", broken)
+    monkeypatch.setattr(urbansense.wire.protocol, "verify_uplink", broken)
     monkeypatch.setattr(simulator.sim, "verify_uplink", broken)
     sc = {"sim": {"name": "fw-truth", "seed": 12}, "gateways": [{"id": "gw"}],
           "nodes": [{"kind": k, "count": 2, "area": [0, 0, 20, 20]} for k in ("parking", "bin", "water")]}
@@ -112,7 +112,7 @@ def test_truth_readings_are_what_the_firmware_encoded_not_what_the_gateway_decod
     names = {q.field: q.key for q in QUANTITIES.values()}
     for r in truth:
         node_id, fcnt, ftype, readings = encoded[r["frame_hex"]]
-        assert (r["node_id"], r["fcnt"], r["ftype"]) == (node_id, fcnt, gateway.protocol.TYPE_NAMES[ftype])
+        assert (r["node_id"], r["fcnt"], r["ftype"]) == (node_id, fcnt, urbansense.wire.protocol.TYPE_NAMES[ftype])
         assert {names[f]: v for f, v in r["readings"].items()} == readings
 
 

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import framing
-from gateway.protocol import FrameError, parse_header
 from gateway.verify import Heard
 from tests.test_gw_units import GOOD, _verifier
+from urbansense.wire import framing
+from urbansense.wire.errors import FrameError
+from urbansense.wire.protocol import parse_header
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 LONG = settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -93,7 +93,7 @@ class Received:
 async def _subscribe(host: str, port: int, rx: Received) -> None:
     import aiomqtt
 
-    from gateway.senml import frames_from_pack
+    from urbansense.wire.senml import frames_from_pack
 
     while True:
         try:
@@ -295,7 +295,7 @@ async def _drain(gateways: list[Any], rx: Received) -> bool:
 
 
 def _expected_values(readings: dict[int, int | bool]) -> dict[str, float | bool]:
-    from gateway.quantities import QUANTITIES
+    from urbansense.wire.quantities import QUANTITIES
 
     out: dict[str, float | bool] = {}
     for key, raw in readings.items():

@@ -13,10 +13,10 @@ import logging
 import serial
 import serial_asyncio_fast
 
-from gateway import framing
 from gateway.metrics import Metrics
 from gateway.ratelog import RateLimitedLog
 from gateway.verify import Heard
+from urbansense.wire import framing
 
 _log = logging.getLogger(__name__)
 _READ_SIZE = 4096

@@ -16,8 +16,8 @@ from typing import Final
 import cbor2
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from gateway.errors import FrameError
 from urbansense.compat import DATACLASS_SLOTS
+from urbansense.wire.errors import FrameError
 
 VERSION: Final = 1
 T_REPORT: Final = 0

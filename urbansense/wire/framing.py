@@ -9,7 +9,7 @@ from __future__ import annotations
 import binascii
 from typing import Final
 
-from gateway.errors import FrameError
+from urbansense.wire.errors import FrameError
 
 MAX_PACKET_LEN: Final = 256  # COBS overhead + CRC + the longest frame, with margin
 

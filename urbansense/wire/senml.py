@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import cbor2
 
-from gateway.quantities import QUANTITIES, Quantity
+from urbansense.wire.quantities import QUANTITIES, Quantity
 
 CONTENT_TYPE: Final = "application/senml+cbor"
 
