@@ -9,8 +9,9 @@ STAMPS  := build/.stamps
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 # System packages: the test broker, its certificates, the browser for the status-page test,
-# PyPy for the simulator's shard workers (bench/bench_sim.py; tests/test_sim_pypy.py).
-APT_PKGS := mosquitto openssl chromium pypy3 pypy3-venv
+# PyPy for the simulator's shard workers (bench/bench_sim.py; tests/test_sim_pypy.py),
+# the city tier's NATS JetStream cluster and PostgreSQL (tests start private ones: docs/CITY.md).
+APT_PKGS := mosquitto openssl chromium pypy3 pypy3-venv nats-server postgresql
 PYPY_VENV := .venv-pypy
 
 # First python3.11+ found (override: make PYTHON=python3.12 setup).
@@ -30,6 +31,8 @@ sysdeps:
 	    mosquitto) test -x /usr/sbin/mosquitto || command -v mosquitto >/dev/null || missing="$$missing $$pkg" ;; \
 	    chromium)  command -v chromium >/dev/null || missing="$$missing $$pkg" ;; \
 	    pypy3-venv) pypy3 -c 'import ensurepip' 2>/dev/null || missing="$$missing $$pkg" ;; \
+	    nats-server) test -x /usr/sbin/nats-server || command -v nats-server >/dev/null || missing="$$missing $$pkg" ;; \
+	    postgresql) ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing $$pkg" ;; \
 	    *)         command -v $$pkg >/dev/null || missing="$$missing $$pkg" ;; \
 	  esac; \
 	done; \

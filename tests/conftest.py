@@ -107,3 +107,31 @@ async def running() -> AsyncIterator[Callable[..., Any]]:
     for gw, task in gws:
         await asyncio.wait_for(gw.stop(), 10)
         await task
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[Any]:
+    """A started 3-node JetStream cluster with MQTT listeners (urbansense.natscluster)."""
+    from urbansense.natscluster import NatsCluster
+
+    try:
+        cluster = NatsCluster(tmp_path / "nats")
+    except BrokerUnavailable as e:
+        _unavailable(str(e))
+        raise
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_server() -> Iterator[Any]:
+    """A started private PostgreSQL (urbansense.pgserver): ``.dsn``, ``stop()``, ``start()``."""
+    from urbansense.pgserver import PgServer
+
+    try:
+        server = PgServer()
+    except BrokerUnavailable as e:
+        _unavailable(str(e))
+        raise
+    with server:
+        yield server
