@@ -389,6 +389,7 @@ def _make_uart(world):
     class UART:
         def __init__(self, id, baudrate=115200, *, tx=None, rx=None, **kw):
             self.id = id
+            world.uart_pins = (tx, rx)  # None: the port's default pins (the flash on an ESP32)
 
         def write(self, buf):
             if world.uart_peer is not None:
@@ -648,7 +649,7 @@ BOARD = {
     "chip": "ESP32",
     "ext0": True,
     "pins": {"i2c_scl": 22, "i2c_sda": 21, "mag_int": 4, "battery_adc": 35, "pulse": 25,
-             "tamper": 26, "us_trig": 18, "us_echo": 19},
+             "tamper": 26, "us_trig": 18, "us_echo": 19, "uart_tx": 17, "uart_rx": 16},
     "rtc_wake_pins": [4, 25, 26],
     "battery_divider": {"r_top_ohm": 1000000, "r_bottom_ohm": 1000000},
 }

@@ -18,6 +18,13 @@ MIN_INTERVAL_S = const(60)  # nothing a node does periodically needs to be more 
 MAX_INTERVAL_S = const(86400)
 MAX_THRESHOLDS = const(8)  # the gateway's limit for the thresholds command
 MAG_FULL_SCALE_NT = const(400000)  # LIS3MDL +-4 gauss
+MAX_GPIO = const(48)  # the highest GPIO number of any ESP32 chip (ESP32-S3: GPIO0..48)
+# GPIO6..11 of an original ESP32 drive the SPI flash inside WROOM-32/32E and WROVER modules
+# (Espressif ESP32-WROOM-32E datasheet, section "Pin Definitions": pins 17..22 "connected to
+# the SPI flash integrated on the module"). machine.UART(1) without tx/rx falls back to
+# GPIO10 (tx) / GPIO9 (rx) on that chip (micropython ports/esp32/machine_uart.c, UART1 defaults
+# from ESP-IDF's soc/uart_channel.h), so a serial node there must name its pins.
+FLASH_GPIOS = (6, 7, 8, 9, 10, 11)
 
 # (section, key, lowest, highest) of every integer setting; an absent key takes the default.
 # Unknown keys are ignored, so a config written for newer firmware still boots older firmware.
@@ -50,6 +57,8 @@ _INTS = (
     ("serial", "ack_timeout_ms", 10, 5000),
     ("serial", "baudrate", 1200, 2000000),
     ("serial", "uart", 0, 2),
+    ("serial", "tx", 0, MAX_GPIO),
+    ("serial", "rx", 0, MAX_GPIO),
     ("ble", "interval_us", 20000, 10240000),  # BLE advertising interval limits
     ("ble", "burst_ms", 20, 5000),
     ("ble", "company_id", 0, 0xFFFF),
@@ -121,4 +130,33 @@ def parse(text):
     need(base is None or isinstance(base, list) and len(base) == 3
          and all(in_range(v, -MAG_FULL_SCALE_NT, MAG_FULL_SCALE_NT) for v in base),
          "calibration.baseline_nt must be 3 integers within +-400000")
+    ser = cfg["serial"]
+    # One without the other once raised KeyError at every wake (the node slept and retried).
+    need("rx" in ser or "tx" not in ser, "serial.rx must be set with serial.tx (the UART's receive pin)")
+    need("tx" in ser or "rx" not in ser, "serial.tx must be set with serial.rx (the UART's transmit pin)")
     return cfg
+
+
+def check_board(cfg, board):
+    """The checks that need board.json (the firmware reads it after config.json): a serial
+    node's UART pins. Pins absent from config.json come from the board's pins "uart_tx" and
+    "uart_rx" (where the carrier board wires its serial connector) and are written into cfg.
+    On an original ESP32 (board "chip" "ESP32", the default) a serial node without pins, or
+    with a pin of the module's flash, is a config error: UART(1)'s default pins are the flash."""
+    need(isinstance(board, dict), "board.json must hold an object")
+    pins = board.get("pins")
+    need(isinstance(pins, dict), "board.json needs a pins object")
+    if cfg.get("transport") != "serial":
+        return
+    ser = cfg["serial"]
+    if "tx" not in ser and "uart_tx" in pins and "uart_rx" in pins:
+        ser["tx"] = pins["uart_tx"]
+        ser["rx"] = pins["uart_rx"]
+        check_int(cfg, "serial", "tx", 0, MAX_GPIO)
+        check_int(cfg, "serial", "rx", 0, MAX_GPIO)
+    if board.get("chip", "ESP32") != "ESP32":
+        return
+    need("tx" in ser, "serial.tx and serial.rx must name the UART pins on an ESP32 (or the board "
+         "its uart_tx/uart_rx pins): UART(1)'s defaults GPIO9/10 are the module's flash")
+    need(ser["tx"] not in FLASH_GPIOS and ser["rx"] not in FLASH_GPIOS,
+         "serial.tx/serial.rx must not be GPIO6..11 on an ESP32 (the module's flash)")

@@ -41,7 +41,7 @@ _STATUS_DROP = (us_proto.Q_TEMPERATURE_CC, us_proto.Q_FW_VERSION)
 # The board.json keys the firmware reads (the rest is the simulator's power table, ~3 KB):
 # only these go into the RTC config cache. tests/test_fw_config_cache.py checks the list
 # against every board key the firmware uses.
-BOARD_KEYS = ("pins", "rtc_wake_pins", "battery_divider", "pin_wake", "ext0", "lis3mdl_addr",
+BOARD_KEYS = ("pins", "rtc_wake_pins", "battery_divider", "pin_wake", "ext0", "lis3mdl_addr", "chip",
               "sensor_boot_ms", "tamper_pull")
 
 
@@ -320,8 +320,7 @@ def run_cycle(hal):
         else:
             cfg = parse_config(_read_json_file(hal, "config.json"))
             board = json.loads(_read_json_file(hal, "board.json"))
-            if not isinstance(board, dict):
-                raise ConfigError("board.json must hold an object")
+            us_config.check_board(cfg, board)
             kind = _kind_module(cfg["kind"])
             check = getattr(kind, "check_config", None)
             if check is not None:

@@ -129,7 +129,7 @@ def send(hal, wdt, cfg, keys, state, n_new, nvs):
         return
     m = hal.machine
     kw = {"baudrate": scfg.get("baudrate", 115200)}
-    if "tx" in scfg:
+    if "tx" in scfg:  # both or neither: us_config.parse; on an ESP32 always (check_board)
         kw["tx"] = scfg["tx"]
         kw["rx"] = scfg["rx"]
     uart = m.UART(scfg.get("uart", 1), **kw)
