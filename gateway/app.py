@@ -27,7 +27,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 from gateway.batcher import Batcher
-from gateway.config import GatewayConfig, check_secret_file
+from gateway.config import GatewayConfig
+from gateway.errors import ConfigError
 from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import SD_PAGE_SIZE, Outbox
@@ -67,8 +68,7 @@ class Gateway:
         self.ble = (
             BleTransport(config.ble, self._put_ble, self.metrics) if config.ble.enabled else None
         )
-        for key, path in config.secret_files():  # refuse a missing or readable secret before starting
-            check_secret_file(path, key)
+        config.check_files()  # a missing or unreadable file, or an open secret: refused at start
         self.started_s = 0.0
         self.http_port = 0
         self._stop = asyncio.Event()
@@ -205,6 +205,30 @@ class Gateway:
             )
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, _RESTART_MAX_S)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read what may change without a restart, in one place so one signal
+        reloads everything reloadable. Each step is checked before it replaces anything: a
+        bad file is logged with its key and the step keeps what it had.
+
+        Steps: the MQTT credentials (password file, client certificate and key; the session
+        reconnects when they changed). Add a step here with ``self._reload_step``.
+        """
+        _log.info("event=reload")
+        self._reload_step("mqtt_credentials", self._reload_credentials)
+
+    def _reload_step(self, step: str, run: Callable[[], None]) -> None:
+        try:
+            run()
+        except ConfigError as exc:
+            _log.error("event=reload_refused step=%s key=%s problem=%s", step, exc.key, exc.problem)
+        except Exception as exc:  # a bug must not kill the signal handler's caller: say so
+            _log.error("event=reload_failed step=%s error=%r exc=%s", step, exc, Traceback(exc))
+
+    def _reload_credentials(self) -> None:
+        self.config.check_files()
+        if self.publisher is not None:
+            self.publisher.reload_credentials()
 
     async def stop(self) -> None:
         """Flush the batcher into the outbox and stop; returns when everything is closed."""

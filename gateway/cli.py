@@ -66,6 +66,7 @@ def _run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(gw.stop()))
+        loop.add_signal_handler(signal.SIGHUP, gw.reload)
         await gw.run()
 
     asyncio.run(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -188,13 +189,38 @@ class GatewayConfig:
         _positive("health.check_interval_s", self.health.check_interval_s)
         _positive("queue_size", self.queue_size)
         for key, path in self.secret_files():
-            if path.exists():  # a missing one is reported by what opens it
+            if path.exists():  # a missing one is reported by check_files, at start
                 check_secret_file(path, key)
 
     def secret_files(self) -> list[tuple[str, Path]]:
         """(key, path) of the configured files that hold secrets (the registry is checked on load)."""
         files = [("mqtt.password_file", self.mqtt.password_file), ("mqtt.key_file", self.mqtt.key_file)]
         return [(k, p) for k, p in files if p is not None]
+
+    def check_files(self) -> None:
+        """Every file the config names, checked as the gateway will use it (at start and on
+        SIGHUP): present, a regular readable file, secrets 0600, the CA a PEM bundle, the
+        client certificate and key a matching pair. ConfigError names the key and the path,
+        so a typo is caught before the gateway retries a broker for ever."""
+        m = self.mqtt
+        for key, path in self.secret_files():
+            check_secret_file(path, key)
+        for key, named in (("mqtt.ca_file", m.ca_file), ("mqtt.cert_file", m.cert_file)):
+            if named is not None:
+                _check_readable(named, key)
+        if m.ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=str(m.ca_file))
+            except (ssl.SSLError, ValueError) as exc:
+                raise ConfigError("mqtt.ca_file", f"{m.ca_file}: not a PEM CA certificate ({exc})") from None
+        if m.cert_file is not None and m.key_file is not None:
+            try:
+                ssl.create_default_context().load_cert_chain(str(m.cert_file), str(m.key_file))
+            except (ssl.SSLError, ValueError) as exc:
+                raise ConfigError(
+                    "mqtt.cert_file",
+                    f"{m.cert_file} with {m.key_file}: not a PEM certificate and its key ({exc})",
+                ) from None
 
 
 def _positive(key: str, value: float) -> None:
@@ -442,6 +468,20 @@ def check_secret_file(path: Path, key: str) -> None:
     if st.st_mode & 0o077:
         mode = stat.S_IMODE(st.st_mode)
         raise ConfigError(key, f"{path} has mode {mode:04o}, open to group or others; chmod 600 it")
+
+
+def _check_readable(path: Path, key: str) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise ConfigError(key, f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(key, f"{path} is not a regular file") from None
+    except OSError as exc:
+        raise ConfigError(key, f"{path}: {exc.strerror}") from None
+    if not path.is_file():
+        raise ConfigError(key, f"{path} is not a regular file")
 
 
 def read_secret(path: Path, key: str) -> str:

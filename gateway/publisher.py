@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -112,11 +113,9 @@ class Publisher:
         self._v311: set[tuple[str, int]] = set()  # brokers that speak 3.1.1 only
         self._probe_v311: set[tuple[str, int]] = set()  # next attempt tries 3.1.1
         self._client: aiomqtt.Client | None = None
-        self._password = (
-            read_secret(self.mqtt.password_file, "mqtt.password_file")
-            if self.mqtt.password_file
-            else None
-        )
+        self._password, self._credentials = self._read_credentials()
+        self._end = asyncio.Event()  # set: the current session ends (reason in _end_reason)
+        self._end_reason = ""
         self._faults = RateLimitedLog(_log)
         outbox.add_listener(self._wakeup.set)
 
@@ -126,6 +125,37 @@ class Publisher:
             self.events.put_nowait(event)
         except asyncio.QueueFull:
             self.metrics.events_dropped.inc()
+
+    def _read_credentials(self) -> tuple[str | None, bytes]:
+        """The password, and a fingerprint of every credential file: the client certificate
+        and key are read by each connect, so a change needs only a new session."""
+        m = self.mqtt
+        password = read_secret(m.password_file, "mqtt.password_file") if m.password_file else None
+        digest = hashlib.sha256((password or "").encode())
+        for path in (m.cert_file, m.key_file):
+            if path is not None:
+                digest.update(path.read_bytes())
+        return password, digest.digest()
+
+    def reload_credentials(self) -> None:
+        """SIGHUP (Gateway.reload): read the credentials again; if they changed, the session
+        reconnects with them. ConfigError (nothing replaced) when a file is missing or open."""
+        password, fingerprint = self._read_credentials()
+        if fingerprint == self._credentials:
+            _log.info("event=credentials_unchanged")
+            return
+        self._password, self._credentials = password, fingerprint
+        _log.warning("event=credentials_reloaded reconnect=%s", self.connected.is_set())
+        self.end_session("credentials reloaded")
+
+    def end_session(self, reason: str) -> None:
+        """End the current session (if any); the next connects at once, with the same order."""
+        self._end_reason = reason
+        self._end.set()
+
+    async def _until_ended(self) -> None:
+        await self._end.wait()
+        raise _SessionEnd(self._end_reason)
 
     # -- connection management ------------------------------------------------------------
 
@@ -164,7 +194,9 @@ class Publisher:
                 self._disconnected()
             attempt += 1
             cap = min(self.mqtt.backoff_max_s, self.mqtt.backoff_min_s * 2 ** min(attempt, 20))
-            await asyncio.sleep(random.uniform(self.mqtt.backoff_min_s / 2, cap))  # full jitter
+            # Full jitter; a reload (new credentials) cuts the wait short.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._end.wait(), random.uniform(self.mqtt.backoff_min_s / 2, cap))
 
     def _disconnected(self) -> None:
         self.connected.clear()
@@ -203,6 +235,7 @@ class Publisher:
         probing = auto and key in self._probe_v311
         self._probe_v311.discard(key)
         v5 = self.mqtt.protocol == "5" or (auto and key not in self._v311 and not probing)
+        self._end.clear()  # a reload from now on ends this session (it may connect with old credentials)
         client = self._client_for(broker, v5)
         # The connect runs in an executor thread that a cancel cannot stop: shield it and
         # finish it before closing, or its socket would outlive us.
@@ -250,11 +283,12 @@ class Publisher:
             _log.info("event=broker_connected broker=%s protocol=%s", self.broker, self.protocol)
             try:
                 async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._until_ended())
                     tg.create_task(self._pump(client, v5))
                     tg.create_task(self._downlinks(client))
                     tg.create_task(self._events(client))
-            except* (aiomqtt.MqttError, OSError) as eg:
-                raise _SessionEnd(str(eg.exceptions[0])) from None
+            except* (aiomqtt.MqttError, OSError, _SessionEnd) as eg:
+                raise _SessionEnd(str(first_cause(eg))) from None
         finally:
             with contextlib.suppress(aiomqtt.MqttError, OSError):
                 await client.__aexit__(None, None, None)

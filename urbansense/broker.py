@@ -143,6 +143,22 @@ def make_tls_material(directory: Path, days: int = 30) -> TlsMaterial:
     )
 
 
+def make_client_cert(material: TlsMaterial, directory: Path, name: str = "gw-1", days: int = 30) -> tuple[Path, Path]:
+    """A client certificate (CN ``name``) signed by ``material``'s CA: (cert, key 0600)."""
+    openssl = find_tool("openssl")
+    directory.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    key, csr, cert = directory / f"{name}.key", directory / f"{name}.csr", directory / f"{name}.crt"
+    _run([openssl, "req", "-new", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}"],
+         directory)
+    (directory / f"{name}.ext").write_text("basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    _run([openssl, "x509", "-req", "-in", str(csr), "-CA", str(material.ca_cert), "-CAkey",
+          str(material.ca_key), "-CAcreateserial", "-out", str(cert), "-days", str(days),
+          "-extfile", str(directory / f"{name}.ext")], directory)
+    key.chmod(0o600)
+    return cert, key
+
+
 def make_password_file(path: Path, users: Iterable[tuple[str, str]]) -> Path:
     """Create a mosquitto password file with ``mosquitto_passwd -b``."""
     tool = find_tool("mosquitto_passwd")
@@ -323,6 +339,7 @@ class Broker:
             return
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGCONT)  # a paused broker handles the TERM
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=timeout_s)
         self._reap()
@@ -335,6 +352,15 @@ class Broker:
         if proc.poll() is None:
             proc.kill()
         self._reap()
+
+    def pause(self) -> None:
+        """A hung broker (SIGSTOP): connections stay open, nothing is answered."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> Broker:
         if not self.running:

@@ -7,6 +7,7 @@ from urbansense.broker import (
     TlsMaterial,
     find_tool,
     free_port,
+    make_client_cert,
     make_password_file,
     make_tls_material,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "TlsMaterial",
     "find_tool",
     "free_port",
+    "make_client_cert",
     "make_password_file",
     "make_tls_material",
 ]

@@ -1,0 +1,118 @@
+"""What an operator meets: every configured file checked at start, one reload path (SIGHUP)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.config import BrokerAddress
+from gateway.errors import ConfigError
+from tests.support.broker import TlsMaterial, make_client_cert
+from tests.test_gw_support import make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+_NOWHERE = BrokerAddress("127.0.0.1", 1)  # never connected to: these tests stop at start
+
+
+def _all_files(tmp_path: Path, tls: TlsMaterial) -> dict[str, Path]:
+    cert, key = make_client_cert(tls, tmp_path / "client")
+    pw = tmp_path / "mqtt.password"
+    pw.write_text("pw\n")
+    pw.chmod(0o600)
+    return {"ca_file": tls.ca_cert, "cert_file": cert, "key_file": key, "password_file": pw}
+
+
+@pytest.mark.parametrize("key", ["ca_file", "cert_file", "key_file", "password_file"])
+def test_a_missing_file_the_config_names_is_refused_at_start_with_its_key_and_path(
+    tmp_path: Path, tls_material: TlsMaterial, key: str
+) -> None:
+    """Before: a missing ca_file or cert_file passed start and was retried for ever."""
+    files = _all_files(tmp_path, tls_material)
+    files[key] = tmp_path / "missing" / f"{key}.pem"
+    cfg = make_config(tmp_path, _NOWHERE, mqtt__tls=True, **{f"mqtt__{k}": p for k, p in files.items()})
+    with pytest.raises(ConfigError) as err:
+        Gateway(cfg)
+    assert err.value.key == f"mqtt.{key}"
+    assert str(files[key]) in err.value.problem
+
+
+def test_all_files_present_pass_the_start_checks(tmp_path: Path, tls_material: TlsMaterial) -> None:
+    files = _all_files(tmp_path, tls_material)
+    Gateway(make_config(tmp_path, _NOWHERE, mqtt__tls=True, **{f"mqtt__{k}": p for k, p in files.items()}))
+
+
+def test_a_client_key_that_does_not_match_the_certificate_is_refused(
+    tmp_path: Path, tls_material: TlsMaterial
+) -> None:
+    files = _all_files(tmp_path, tls_material)
+    _, other_key = make_client_cert(tls_material, tmp_path / "other", name="other")
+    files["key_file"] = other_key
+    cfg = make_config(tmp_path, _NOWHERE, mqtt__tls=True, **{f"mqtt__{k}": p for k, p in files.items()})
+    with pytest.raises(ConfigError) as err:
+        Gateway(cfg)
+    assert err.value.key == "mqtt.cert_file" and str(other_key) in err.value.problem
+
+
+def test_a_ca_file_that_is_no_certificate_is_refused_at_start(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not a certificate\n")
+    cfg = make_config(tmp_path, _NOWHERE, mqtt__tls=True, mqtt__ca_file=ca)
+    with pytest.raises(ConfigError) as err:
+        Gateway(cfg)
+    assert err.value.key == "mqtt.ca_file" and str(ca) in err.value.problem
+
+
+async def _wait_line(lines: list[str], text: str, proc: asyncio.subprocess.Process, timeout_s: float) -> None:
+    assert proc.stdout is not None
+    async with asyncio.timeout(timeout_s):
+        while not any(text in line for line in lines):
+            raw = await proc.stdout.readline()
+            if not raw:
+                raise AssertionError(f"gateway exited before {text!r}: {lines[-20:]}")
+            lines.append(raw.decode(errors="replace").rstrip())
+
+
+async def test_sighup_reloads_the_mqtt_password_file(tmp_path: Path, mqtt_broker_auth: Any) -> None:
+    """Before: the password file was read only at start, and SIGHUP killed the gateway."""
+    pw = tmp_path / "mqtt.password"
+    pw.write_text("wrong\n")
+    pw.chmod(0o600)
+    cfg = make_config(tmp_path, mqtt_broker_auth)  # writes the registry
+    (tmp_path / "gateway.toml").write_text(f"""
+[gateway]
+site = "reload"
+id = "gw-1"
+registry = "{cfg.registry}"
+data_dir = "{tmp_path / 'data'}"
+[mqtt]
+brokers = ["{mqtt_broker_auth.host}:{mqtt_broker_auth.port}"]
+username = "{mqtt_broker_auth.username}"
+password_file = "{pw}"
+backoff_min_s = 0.5
+backoff_max_s = 30.0
+[http]
+enabled = false
+""")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "urbansense", "gateway", "run", "--config", str(tmp_path / "gateway.toml"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+    )
+    lines: list[str] = []
+    try:
+        await _wait_line(lines, "event=broker_connect_failed", proc, 20)
+        pw.write_text(mqtt_broker_auth.password + "\n")
+        proc.send_signal(signal.SIGHUP)
+        await _wait_line(lines, "event=broker_connected", proc, 20)
+        assert any("event=credentials_reloaded" in line for line in lines)
+        assert proc.returncode is None
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 15)
