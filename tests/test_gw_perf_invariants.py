@@ -16,12 +16,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import outbox as outbox_mod
 from gateway.batcher import Batcher
 from gateway.config import BatchConfig, HealthConfig
 from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import PRIORITY_ORDINARY, SD_PAGE_SIZE, NodeRow, Outbox
+from gateway.outbox import _marks as marks_mod
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
 from gateway.verify import Heard, Verifier
@@ -97,8 +97,8 @@ def test_marks_log_folds_into_nodes_and_every_state_reads_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Node rows ride in the log, folded now and then; what reads back is always the latest."""
-    monkeypatch.setattr(outbox_mod, "_FOLD_MIN_ROWS", 40)
-    monkeypatch.setattr(outbox_mod, "_FOLD_PER_NODE", 1)
+    monkeypatch.setattr(marks_mod, "FOLD_MIN_ROWS", 40)
+    monkeypatch.setattr(marks_mod, "FOLD_PER_NODE", 1)
     path = tmp_path / "o.db"
     ob = Outbox(path, 1 << 30)
     rng = random.Random(5)
