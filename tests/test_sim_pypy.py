@@ -44,3 +44,44 @@ def test_text_seeded_streams_are_random_random_of_the_text() -> None:
     for text in ("7:123:place", "city-10k:42:air", "é" * 300):
         a, b = stream(text), random.Random(text)
         assert [a.random() for _ in range(5)] == [b.random() for _ in range(5)]
+
+
+_WIRE_ON_ANY_PYTHON = """
+import json, pathlib, sys
+from urbansense.wire import errors, framing, node_config, protocol, quantities, senml
+vectors = pathlib.Path(sys.argv[1])
+out = []
+for vec in json.loads((vectors / "uplink.json").read_text()):
+    frame = bytes.fromhex(vec["frame"])
+    keys = protocol.NodeKeys(bytes.fromhex(vec["key"]))
+    up = protocol.verify_uplink(keys, frame, protocol.parse_header(frame), vec["last_fcnt"])
+    assert framing.unwrap(bytes.fromhex(vec["serial"])[:-1]) == frame
+    rec = senml.FrameRecord(up.node_id, up.fcnt, up.ftype, up.readings, 1772409600.5, -70)
+    part, n = senml.encode_frame(rec)
+    out.append([up.node_id, up.fcnt, sorted(up.readings.items()),
+                senml.frames_from_pack(senml.join_frames([part], n))])
+for vec in json.loads((vectors / "ack.json").read_text()):
+    cmds = dict(vec["commands"]) if vec["commands"] else None
+    ack = protocol.encode_ack(protocol.NodeKeys(bytes.fromhex(vec["key"])), vec["node_id"],
+                              vec["dcnt"], vec["acked_fcnt"], cmds)
+    out.append(framing.wrap(ack).hex())
+try:
+    protocol.parse_header(b"\\x10" * 3)
+except errors.FrameError as e:
+    out.append(e.reason)
+out.append([node_config.KINDS, sorted(quantities.COMMANDS.items())])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(PYPY is None, reason="no PyPy environment (make setup builds .venv-pypy when pypy3 is installed)")
+def test_urbansense_wire_runs_on_pypy_as_on_cpython() -> None:
+    """Every module of the wire package imports and gives the same bytes on the shards' PyPy 3.9."""
+    assert PYPY is not None
+    import subprocess
+
+    runs = [subprocess.run([python, "-c", _WIRE_ON_ANY_PYTHON, str(ROOT / "tests" / "vectors")],
+                           capture_output=True, text=True, timeout=60, cwd=ROOT, check=True,
+                           env={"PYTHONPATH": str(ROOT)}).stdout
+            for python in (sys.executable, PYPY)]
+    assert json.loads(runs[0]) and runs[0] == runs[1]

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import cbor2
 
+from urbansense.compat import DATACLASS_SLOTS
 from urbansense.wire.quantities import QUANTITIES, Quantity
 
 CONTENT_TYPE: Final = "application/senml+cbor"
@@ -55,7 +56,7 @@ def node_id_from_base_name(bn: str) -> int:
     return int(bn[len(URN_PREFIX) : -1], 16)
 
 
-@dataclass(slots=True)
+@dataclass(**DATACLASS_SLOTS)
 class FrameRecord:
     """What the batcher holds per accepted frame."""
 
@@ -230,7 +231,7 @@ def join_frames(parts: Iterable[bytes], records: int) -> bytes:
     return _head(_ARRAY, records) + b"".join(parts)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True, **DATACLASS_SLOTS)
 class Resolved:
     """A resolved SenML record (RFC 8428 section 4.6)."""
 
@@ -242,7 +243,7 @@ class Resolved:
 
 def read_pack(data: bytes | Sequence[dict[Any, Any]]) -> list[Resolved]:
     """Resolve a SenML pack (CBOR bytes, or already-decoded records with int or str labels)."""
-    pack = cbor2.loads(data) if isinstance(data, bytes | bytearray) else data
+    pack = cbor2.loads(data) if isinstance(data, (bytes, bytearray)) else data
     if not isinstance(pack, list):
         raise ValueError("SenML pack must be an array")
     out: list[Resolved] = []
