@@ -29,7 +29,7 @@ from gateway.replay import NodeState, ReplayTable
 from gateway.verify import Accepted, Duplicate, Verdict
 from urbansense.wire import framing
 from urbansense.wire.protocol import NodeKeys, encode_ack
-from urbansense.wire.quantities import COMMAND_RANGES, COMMANDS
+from urbansense.wire.quantities import COMMAND_RANGES, COMMANDS, MAX_THRESHOLDS
 from urbansense.wire.senml import encode_frame, frame_bytes, join_frames
 
 _log = logging.getLogger(__name__)
@@ -38,7 +38,6 @@ _log = logging.getLogger(__name__)
 # a longer ACK packet (COBS, CRC and the 0x00 delimiter included) never reaches it, the frame
 # is never acked and every retransmission gets the same cached ack.
 MAX_ACK_PACKET_LEN: Final = 128
-MAX_THRESHOLDS: Final = 8
 _UINT32_MAX: Final = 0xFFFFFFFF
 _ACK_TRANSPORT: Final = "serial"  # the only transport that carries acks (PROTOCOL.md section 1)
 # Entries of batches the outbox dropped, tolerated in the frames-out ledger before a sweep:

@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway.config import HealthConfig
 from gateway.registry import Registry
-from urbansense.wire.quantities import ALARM_NAMES, BY_FIELD, FLAG_LOW_BATTERY, QUANTITIES
+from urbansense.wire.quantities import ALARM_NAMES, BY_FIELD, F_LOW_BATTERY, QUANTITIES
 from urbansense.wire.senml import FrameRecord
 
 _Q_ALARMS = BY_FIELD["alarms"].key
@@ -96,7 +96,7 @@ class Health:
         h.readings.update(readings)
         if _Q_BATTERY in readings:
             h.battery_mv = int(readings[_Q_BATTERY])
-        low = bool(int(readings.get(_Q_FLAGS, 0)) & FLAG_LOW_BATTERY) or (
+        low = bool(int(readings.get(_Q_FLAGS, 0)) & F_LOW_BATTERY) or (
             h.battery_mv is not None and h.battery_mv < self.cfg.low_battery_mv
         )
         if low and not h.low_battery:

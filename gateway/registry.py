@@ -21,9 +21,11 @@ from pathlib import Path
 
 from gateway.config import check_secret_file
 from gateway.errors import ConfigError
+from urbansense.wire.node_config import KINDS
 from urbansense.wire.protocol import NodeKeys
 
-KINDS = ("parking", "bin", "water", "other")
+# A registry may also list nodes of other firmware ("other"): the kind labels metrics and events.
+REGISTRY_KINDS = (*KINDS, "other")
 
 
 @dataclass(slots=True)
@@ -101,8 +103,8 @@ def load_registry(path: Path) -> Registry:
         if type(node_id) is not int or not 0 <= node_id <= 0xFFFFFFFF:
             raise ConfigError(f"{where}.node_id", "must be an integer 0..2^32-1")
         kind = rec.get("kind", "other")
-        if kind not in KINDS:
-            raise ConfigError(f"{where}.kind", f"must be one of {', '.join(KINDS)}")
+        if kind not in REGISTRY_KINDS:
+            raise ConfigError(f"{where}.kind", f"must be one of {', '.join(REGISTRY_KINDS)}")
         if "key" in rec:
             inline_keys = True
             key = _parse_key(str(rec["key"]), f"{where}.key")

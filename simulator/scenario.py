@@ -10,8 +10,10 @@ from typing import Any
 
 from urbansense.compat import DATACLASS_SLOTS, tomllib
 from urbansense.durations import parse_duration_s
+from urbansense.wire.node_config import KINDS
 
-KIND_CODES = {"parking": 1, "bin": 2, "water": 3}
+# The kind in a simulated node id's top byte: parking 1, bin 2, water 3.
+KIND_CODES = {kind: code for code, kind in enumerate(KINDS, 1)}
 
 
 @dataclass(**DATACLASS_SLOTS)

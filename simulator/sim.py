@@ -35,6 +35,7 @@ from simulator.serial_link import LoopbackLink, PtyLink
 from simulator.world import Bin, BinParams, Household, ParkingParams, ParkingSpace, WaterParams
 from urbansense.compat import DATACLASS_SLOTS
 from urbansense.wire.errors import FrameError
+from urbansense.wire.node_config import SECTIONS
 from urbansense.wire.protocol import TYPE_NAMES, NodeKeys, parse_header, verify_uplink
 from urbansense.wire.quantities import QUANTITIES
 
@@ -208,8 +209,7 @@ class Simulation:
             node.i2c_powered = False  # off until the firmware switches it on
         cfg: dict[str, Any] = {
             "node_id": node_id, "key": key.hex(), "kind": grp.kind, "board": grp.board,
-            "transport": grp.transport, "intervals": {}, "thresholds": {}, "calibration": {},
-            "ble": {}, "serial": {},
+            "transport": grp.transport, **{section: {} for section in SECTIONS},
         }
         for sect, val in grp.config.items():
             if isinstance(val, dict) and isinstance(cfg.get(sect), dict):

@@ -19,13 +19,7 @@ import aiomqtt
 import pytest
 
 from gateway.app import Gateway
-from gateway.batcher import (
-    MAX_ACK_PACKET_LEN,
-    MAX_THRESHOLDS,
-    Batcher,
-    ack_packet_len,
-    commands_from_json,
-)
+from gateway.batcher import MAX_ACK_PACKET_LEN, Batcher, ack_packet_len, commands_from_json
 from gateway.config import BatchConfig, HealthConfig
 from gateway.health import Health
 from gateway.metrics import Counter, Metrics, TransportLedger
@@ -36,6 +30,7 @@ from gateway.verify import Heard, Verifier
 from tests.test_gw_support import KEYS, ROOT, PtyNode, Subscriber, frame, make_config, wait_for
 from urbansense.wire import framing
 from urbansense.wire.protocol import NodeKeys
+from urbansense.wire.quantities import MAX_THRESHOLDS
 from urbansense.wire.senml import frames_from_pack
 
 sys.path.insert(0, str(ROOT / "firmware" / "lib"))

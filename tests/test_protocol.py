@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from urbansense.wire import framing, senml
 from urbansense.wire.errors import FrameError
 from urbansense.wire.protocol import (
-    MAX_FRAME_LEN,
     REASONS,
+    SERIAL_MAX_FRAME,
     NodeKeys,
     Uplink,
     encode_ack,
@@ -144,9 +144,9 @@ readings_st = st.dictionaries(st.integers(0, 23), quantity_value, max_size=6)
 @given(key=keys16, node_id=u32, fcnt=u32, ftype=st.sampled_from([0, 1, 2]), readings=readings_st)
 def test_roundtrip_firmware_to_gateway(key: bytes, node_id: int, fcnt: int, ftype: int, readings: dict[int, int | bool]) -> None:
     try:
-        frame = us_proto.encode_uplink(us_proto.Keys(key), node_id, fcnt, ftype, readings, MAX_FRAME_LEN)
+        frame = us_proto.encode_uplink(us_proto.Keys(key), node_id, fcnt, ftype, readings, SERIAL_MAX_FRAME)
     except ValueError:
-        assert len(us_cbor.encode(readings)) + 11 > MAX_FRAME_LEN
+        assert len(us_cbor.encode(readings)) + 11 > SERIAL_MAX_FRAME
         return
     up = _verify(frame, key, max(0, fcnt - 100) if fcnt % 2 else None if fcnt < 0x10000 else fcnt - 1)
     assert (up.node_id, up.fcnt, up.ftype, up.readings) == (node_id, fcnt, ftype, readings)

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from urbansense.durations import duration_arg
+from urbansense.wire.node_config import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCENARIO = ROOT / "scenarios" / "angers-centre.toml"
-KINDS = ("parking", "bin", "water")
 DRAIN_TIMEOUT_S = 30.0
 
 

@@ -33,8 +33,8 @@ UP_HDR_LEN: Final = 7
 DOWN_HDR_LEN: Final = 13
 MIC_LEN: Final = 4
 MIN_UPLINK_LEN: Final = UP_HDR_LEN + 1 + MIC_LEN  # the smallest body is an empty map
-MAX_FRAME_LEN: Final = 64
-BLE_MAX_FRAME_LEN: Final = 27
+SERIAL_MAX_FRAME: Final = 64
+BLE_MAX_FRAME: Final = 27
 # A MIC failure at the nearest counter is retried this many 2^16 rollovers ahead, so a
 # node unheard for up to 3 x 65536 frames is still recognised (LoRaWAN infers 16 bits too).
 MAX_ROLLOVERS: Final = 3
@@ -135,7 +135,7 @@ def header_fields(frame: bytes) -> tuple[int, int, int]:
     n = len(frame)
     if n < MIN_UPLINK_LEN:
         raise FrameError("too_short", f"{n} bytes")
-    if n > MAX_FRAME_LEN:
+    if n > SERIAL_MAX_FRAME:
         raise FrameError("too_long", f"{n} bytes")
     hdr = frame[0]
     version = hdr >> 4

@@ -1,6 +1,9 @@
-"""The quantity registry: body keys of protocol v1 and their SenML names and units.
+"""The quantity registry: body keys of protocol v1 and their SenML names and units; the alarm
+and flag bits; the downlink command keys and the ranges a node accepts.
 
-Written once here; docs/PROTOCOL.md lists the same table and tests pin the two together.
+Written once here; the firmware (firmware/lib/us_proto.py) has the same constants under the
+same names, and docs/PROTOCOL.md sections 3 and 5 the same tables: tests/test_wire_parity.py
+pins the three together, so a drift cannot mislabel a fleet's alarms silently.
 """
 
 from __future__ import annotations
@@ -18,67 +21,84 @@ class Quantity(NamedTuple):
     boolean: bool = False
 
 
+# Body keys: Q_ + the field name in capitals, as in the firmware.
+Q_OCCUPIED: Final = 0
+Q_DISTANCE_MM: Final = 1
+Q_FILL_PCT: Final = 2
+Q_VOLUME_L: Final = 3
+Q_ALARMS: Final = 4
+Q_BATTERY_MV: Final = 5
+Q_TEMPERATURE_CC: Final = 6
+Q_ACK_RSSI_DBM: Final = 7
+Q_RESET_CAUSE: Final = 8
+Q_FW_VERSION: Final = 9
+Q_FLAGS: Final = 10
+Q_EVENTS: Final = 11
+Q_FLOW_LPH: Final = 12
+Q_DROPPED: Final = 13
+
 QUANTITIES: Final[dict[int, Quantity]] = {
     q.key: q
     for q in (
-        Quantity(0, "occupied", "occupied", None, 1.0, boolean=True),
-        Quantity(1, "distance_mm", "distance", "m", 0.001),
-        Quantity(2, "fill_pct", "fill", "%", 1.0),
-        Quantity(3, "volume_l", "volume", "m3", 0.001),
-        Quantity(4, "alarms", "alarms", None, 1.0),
-        Quantity(5, "battery_mv", "battery", "V", 0.001),
-        Quantity(6, "temperature_cC", "temperature", "Cel", 0.01),
-        Quantity(7, "ack_rssi_dbm", "ack_rssi", "dBW", 1.0, offset=-30.0),
-        Quantity(8, "reset_cause", "reset_cause", None, 1.0),
-        Quantity(9, "fw_version", "fw_version", None, 1.0),
-        Quantity(10, "flags", "flags", None, 1.0),
-        Quantity(11, "events", "events", "count", 1.0),
-        Quantity(12, "flow_lph", "flow", "l/s", 1.0 / 3600.0),
-        Quantity(13, "dropped", "dropped", "count", 1.0),
+        Quantity(Q_OCCUPIED, "occupied", "occupied", None, 1.0, boolean=True),
+        Quantity(Q_DISTANCE_MM, "distance_mm", "distance", "m", 0.001),
+        Quantity(Q_FILL_PCT, "fill_pct", "fill", "%", 1.0),
+        Quantity(Q_VOLUME_L, "volume_l", "volume", "m3", 0.001),
+        Quantity(Q_ALARMS, "alarms", "alarms", None, 1.0),
+        Quantity(Q_BATTERY_MV, "battery_mv", "battery", "V", 0.001),
+        Quantity(Q_TEMPERATURE_CC, "temperature_cC", "temperature", "Cel", 0.01),
+        Quantity(Q_ACK_RSSI_DBM, "ack_rssi_dbm", "ack_rssi", "dBW", 1.0, offset=-30.0),
+        Quantity(Q_RESET_CAUSE, "reset_cause", "reset_cause", None, 1.0),
+        Quantity(Q_FW_VERSION, "fw_version", "fw_version", None, 1.0),
+        Quantity(Q_FLAGS, "flags", "flags", None, 1.0),
+        Quantity(Q_EVENTS, "events", "events", "count", 1.0),
+        Quantity(Q_FLOW_LPH, "flow_lph", "flow", "l/s", 1.0 / 3600.0),
+        Quantity(Q_DROPPED, "dropped", "dropped", "count", 1.0),
     )
 }
 BY_FIELD: Final[dict[str, Quantity]] = {q.field: q for q in QUANTITIES.values()}
 
 # Q_ALARMS bits
-ALARM_LEAK: Final = 1
-ALARM_BURST: Final = 2
-ALARM_BACKFLOW: Final = 4
-ALARM_TAMPER: Final = 8
+A_LEAK: Final = 1
+A_BURST: Final = 2
+A_BACKFLOW: Final = 4
+A_TAMPER: Final = 8
 ALARM_NAMES: Final[dict[int, str]] = {
-    ALARM_LEAK: "leak",
-    ALARM_BURST: "burst",
-    ALARM_BACKFLOW: "backflow",
-    ALARM_TAMPER: "tamper",
+    A_LEAK: "leak",
+    A_BURST: "burst",
+    A_BACKFLOW: "backflow",
+    A_TAMPER: "tamper",
 }
 
 # Q_FLAGS bits
-FLAG_LOW_BATTERY: Final = 1
-FLAG_SENSOR_FAULT: Final = 2
-FLAG_CALIBRATING: Final = 4
+F_LOW_BATTERY: Final = 1
+F_SENSOR_FAULT: Final = 2
+F_CALIBRATING: Final = 4
 
 # Downlink command keys
-CMD_REPORT_INTERVAL_S: Final = 1
-CMD_HEARTBEAT_S: Final = 2
-CMD_THRESHOLDS: Final = 3
-CMD_TIME_S: Final = 4
-CMD_BURST_LPH: Final = 5
-CMD_MAG_THRESHOLD_UT: Final = 6
+C_REPORT_INTERVAL_S: Final = 1
+C_HEARTBEAT_S: Final = 2
+C_THRESHOLDS: Final = 3
+C_TIME_S: Final = 4
+C_BURST_LPH: Final = 5
+C_MAG_THRESHOLD_UT: Final = 6
+MAX_THRESHOLDS: Final = 8  # values in one thresholds command (us_config.MAX_THRESHOLDS)
 # What a node accepts (firmware/lib/us_serial.py ``_command``; docs/PROTOCOL.md section 5): a
 # gateway refuses anything else rather than report "sent" for a command the node ignores.
 # time_s has no node-side use yet and takes any uint32.
 COMMAND_RANGES: Final[dict[str, tuple[int, int]]] = {
     "report_interval_s": (60, 86400),
     "heartbeat_s": (60, 86400),
-    "thresholds": (1, 100),  # each of at most 8 values
+    "thresholds": (1, 100),  # each of 1..MAX_THRESHOLDS values
     "time_s": (0, 2**32 - 1),
     "burst_lph": (1, 100000),
     "mag_threshold_ut": (2, 400),
 }
 COMMANDS: Final[dict[str, int]] = {
-    "report_interval_s": CMD_REPORT_INTERVAL_S,
-    "heartbeat_s": CMD_HEARTBEAT_S,
-    "thresholds": CMD_THRESHOLDS,
-    "time_s": CMD_TIME_S,
-    "burst_lph": CMD_BURST_LPH,
-    "mag_threshold_ut": CMD_MAG_THRESHOLD_UT,
+    "report_interval_s": C_REPORT_INTERVAL_S,
+    "heartbeat_s": C_HEARTBEAT_S,
+    "thresholds": C_THRESHOLDS,
+    "time_s": C_TIME_S,
+    "burst_lph": C_BURST_LPH,
+    "mag_threshold_ut": C_MAG_THRESHOLD_UT,
 }
