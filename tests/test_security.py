@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from gateway.metrics import Metrics
-from gateway.protocol import NodeKeys
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
 from gateway.verify import Accepted, Heard, Verifier
@@ -26,6 +25,7 @@ from simulator.sim import Simulation
 from tests.conftest import BrokerFactory
 from tests.test_gw_support import KEYS, make_config, wait_for
 from urbansense.broker import TlsMaterial, make_tls_material
+from urbansense.wire.protocol import NodeKeys
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "firmware" / "lib"))
