@@ -104,7 +104,8 @@ def test_wake_cycles_on_micropython_vm(mpy_dir: Path) -> None:
 
 # The paths the BLE cycles above do not take, on the VM: a serial node through an outage
 # (backlog, cumulative drop count, acks with a command), a C3 water meter with tamper
-# (wake_on_gpio, pulls, edge pins), a stuck wake pin, watchdog backoff and a safe mode.
+# (wake_on_gpio, pulls, edge pins), a stuck wake pin, watchdog backoff, a water meter's
+# index across power losses and a safe mode.
 PATHS_SCRIPT = r"""
 import sys
 sys.path.append("/fw")
@@ -164,13 +165,28 @@ st["wr"] = 1
 us_store.save_rtc(w.hal().machine.RTC(), st)
 print("backoff", w.run_cycle(us_node))
 
+w = fw_fakes.make_world("water", extra={"calibration": {"ml_per_pulse": 1000}})
+w.run_cycle(us_node)
+for i in range(3):  # a pulse, then the power goes: the count is in NVS already
+    w.pins[25] = 0
+    w.sleep(2000, fw_fakes.EXT0_WAKE)
+    w.run_cycle(us_node)
+    w.pins[25] = 1
+    w.sleep(2000, fw_fakes.EXT0_WAKE)
+    w.run_cycle(us_node)
+    w.power_loss()
+    w.run_cycle(us_node)
+w.sleep(H)
+w.run_cycle(us_node)
+print("powerloss", w.nvs["urbansense"]["pulses"], " ".join(binascii.hexlify(f).decode() for f in w.frames()))
+
 w = fw_fakes.make_world("water")
 w.files["config.json"] = fw_fakes.config_text("water", extra={"intervals": {"report_interval_s": 0}})
 print("safe", w.run_cycle(us_node))
 """
 
 
-def test_serial_tamper_c3_guard_backoff_paths_on_micropython_vm(mpy_dir: Path) -> None:
+def test_serial_tamper_c3_guard_backoff_powerloss_paths_on_micropython_vm(mpy_dir: Path) -> None:
     mounts = {str(mpy_dir): "/lib", str(ROOT / "tests" / "fw_fakes.py"): "/fw/fw_fakes.py"}
     proc = run_micropython(PATHS_SCRIPT, mounts, timeout_s=180)
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -183,3 +199,7 @@ def test_serial_tamper_c3_guard_backoff_paths_on_micropython_vm(mpy_dir: Path) -
     assert out["stuck"] == "None 60000"
     assert out["backoff"] == "3600000"
     assert out["safe"] == "600000"
+    nvs_pulses, *frames = out["powerloss"].split()
+    keys = NodeKeys(binascii.unhexlify(ff.KEY_HEX))
+    ups = [verify_uplink(keys, f, parse_header(f), None) for f in map(binascii.unhexlify, frames)]
+    assert int(nvs_pulses) == 3 and [u.readings[3] for u in ups if u.ftype == 0] == [3]

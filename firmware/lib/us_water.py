@@ -11,7 +11,6 @@ import us_proto
 import us_store
 
 NVS_PULSES = "pulses"
-NVS_EVERY_PULSES = const(1000)  # bound the loss on a power cut between hourly writes
 HOURS = const(24)
 DEFAULT_REPORT_S = const(3600)
 DEFAULT_BURST_LPH = const(1500)
@@ -96,7 +95,9 @@ class Meter:
         return self.st["al"] & ~self.st["as"]
 
     def need_flash(self):
-        """Persist before a volume goes on air, so a reported index is never above flash."""
+        """Pulses counted that flash does not hold yet. Written in the wake that counted
+        them (before anything goes on air), so a power loss costs at most the pulse in
+        flight and a reported index is never above flash."""
         return self.st["pc"] > self.st["nv"]
 
     def flashed(self):
@@ -128,7 +129,10 @@ def run(node):
     pin_no = node.pin("pulse")
     pull = m.Pin.PULL_UP if active == 0 else m.Pin.PULL_DOWN
     level = m.Pin(pin_no, m.Pin.IN, pull).value()
-    prev = st.get("lv", 1 - active)
+    # Without a level from RTC memory (first boot, power loss) the input's level now is the
+    # starting point: a reed found closed is the pulse that NVS counted before the power
+    # went (or one in flight, lost), never a new one.
+    prev = st.get("lv", level)
 
     # Tamper (opt-in: calibration.tamper): high = opened. Armed on the opposite of its
     # level, so opening raises the alarm and closing clears it, each with one wake.
@@ -169,7 +173,9 @@ def run(node):
     fresh = meter.new_alarms()
     cleared = st["as"] & ~st["al"] & us_proto.A_TAMPER  # a closed lid is news too
     alarm = fresh or cleared
-    if (report or alarm) and meter.need_flash() or st["pc"] - st["nv"] >= NVS_EVERY_PULSES:
+    # Every pulse wake writes the count (one 32-byte NVS entry, docs/FIRMWARE.md "Persistence
+    # and flash wear": ~1 % of a pulse's energy, ~1 % of the flash's erase budget in 15 years).
+    if meter.need_flash():
         us_store.nvs_set_int(node.nvs, NVS_PULSES, st["pc"])
         meter.flashed()
     if alarm:
