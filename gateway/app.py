@@ -35,6 +35,7 @@ from gateway.outbox import SD_PAGE_SIZE, Outbox
 from gateway.publisher import Publisher, Traceback, first_cause
 from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry, load_registry
+from gateway.registry_watch import RegistryWatch
 from gateway.replay import ReplayTable
 from gateway.transports.ble import BleTransport
 from gateway.transports.serial import SerialPort
@@ -55,6 +56,8 @@ class Gateway:
         self.config = config
         self.registry = registry if registry is not None else load_registry(config.registry)
         self.metrics = Metrics()
+        self.registry_watch = RegistryWatch(config.registry, self.registry, self.metrics,
+                                            self._registry_changed)
         self.started = asyncio.Event()
         self.stopped = asyncio.Event()
         self.ingress: asyncio.Queue[Heard] = asyncio.Queue(config.queue_size)
@@ -81,6 +84,12 @@ class Gateway:
         self.publisher: Publisher | None = None
         self.verifier: Verifier | None = None
         self.health: Health | None = None
+
+    # -- reloading (see reload() below) -------------------------------------------------------
+
+    def _registry_changed(self, registry: Registry, added: list[int], gone: list[int]) -> None:
+        if self.health is not None:
+            self.health.registry_changed(registry, added, gone)
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -212,10 +221,13 @@ class Gateway:
         bad file is logged with its key and the step keeps what it had.
 
         Steps: the MQTT credentials (password file, client certificate and key; the session
-        reconnects when they changed). Add a step here with ``self._reload_step``.
+        reconnects when they changed); the node registry (gateway/registry_watch.py, which
+        also reloads it on a file change; replay state is kept). Add a step here with
+        ``self._reload_step``.
         """
         _log.info("event=reload")
         self._reload_step("mqtt_credentials", self._reload_credentials)
+        self._reload_step("registry", lambda: self.registry_watch.reload("sighup"))
 
     def _reload_step(self, step: str, run: Callable[[], None]) -> None:
         try:
@@ -266,6 +278,7 @@ class Gateway:
             await asyncio.sleep(1.0)
             self._chore("flush_acks", self.outbox.flush_acks)
             self._chore("sample", self._sample)
+            self._chore("registry", self._poll_registry)
             if time.monotonic() - last_health >= self.config.health.check_interval_s:
                 last_health = time.monotonic()
                 self._chore("check_silent", self.health.check_silent)
@@ -277,6 +290,9 @@ class Gateway:
         except Exception as exc:
             self._faults.log(f"chore/{name}/{type(exc).__name__}",
                              "event=chore_failed chore=%s error=%r exc=%s", name, exc, Traceback(exc))
+
+    def _poll_registry(self) -> None:
+        self.registry_watch.poll()
 
     def _sample(self) -> None:
         m = self.metrics
@@ -327,6 +343,7 @@ class Gateway:
                           "latency_p50_s": m.publish_latency.quantile(0.5),
                           "latency_p99_s": m.publish_latency.quantile(0.99)},
             "serial": [{"port": p.path, "open": p.is_open} for p in self.serial_ports],
+            "registry": self.registry_watch.status(),
             "ble": None if self.ble is None else {"healthy": self.ble.healthy,
                                                   "recovery_step": self.ble.step},
             # Every registered node, heard or not (last_seen_s null: not heard since start).

@@ -77,6 +77,18 @@ class Health:
         }
         self.heard = 0  # nodes heard since start
 
+    def registry_changed(self, registry: Registry, added: list[int], gone: list[int]) -> None:
+        """A registry reload: added nodes are listed (not heard yet) like those at start;
+        removed or revoked ones are no longer watched (no "silent" event for a retired board)."""
+        for nid in gone:
+            h = self.nodes.pop(nid, None)
+            if h is not None and h.last_seen_s is not None:
+                self.heard -= 1
+        for nid in added:
+            node = registry.get(nid)
+            if node is not None and nid not in self.nodes:
+                self.nodes[nid] = NodeHealth(nid, node.kind)
+
     def observe(self, rec: FrameRecord, kind: str) -> None:
         h = self.nodes.get(rec.node_id)
         if h is None:

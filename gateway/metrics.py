@@ -14,6 +14,8 @@ from typing import Final
 from urbansense.wire.protocol import REASONS
 
 _LATENCY_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# The codec's reasons plus the registry's own: a revoked node's frames (gateway/registry.py).
+REJECT_REASONS: Final = (*REASONS, "revoked_node")
 _BATCH_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 _BATCH_BYTES_BUCKETS: Final = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 UNKNOWN_TRANSPORT: Final = "unknown"  # batches committed before a restart
@@ -180,7 +182,11 @@ class Metrics:
             p + "frames_accepted_total", "Frames verified and fresh, by transport.", "transport"
         )
         self.rejections = Counter(
-            p + "rejections_total", "Frames rejected, by reason.", "reason", REASONS
+            p + "rejections_total", "Frames rejected, by reason.", "reason", REJECT_REASONS
+        )
+        self.registry_reloads = Counter(
+            p + "registry_reloads_total", "Registry reloads (SIGHUP or file change), by result.",
+            "result", ("ok", "failed"),
         )
         self.duplicates = Counter(p + "duplicates_total", "Frames heard again and not forwarded.")
         self.late_frames = Counter(

@@ -1,7 +1,7 @@
 """Verify stage: outside bytes in, accepted frames (or duplicates) out. Never raises.
 
 Order of checks (docs/PROTOCOL.md section 4): serial unwrapping, cheap header checks, registry
-lookup (no crypto for unknown nodes), MIC, body, then freshness against the node's high-water
+lookup (no crypto for unknown or revoked nodes, each its own reason), MIC, body, then freshness against the node's high-water
 mark and replay window (gateway/replay.py): a counter accepted before is a duplicate (a BLE
 repeat or a serial retransmission after a lost ack), a counter inside the window not accepted
 before is a late frame and accepted, a counter below the window is a replay.
@@ -98,6 +98,8 @@ class Verifier:
         ftype, node_id, fcnt16 = header_fields(frame)
         node = self.registry.get(node_id)
         if node is None:
+            if self.registry.is_revoked(node_id):
+                raise FrameError("revoked_node", f"{node_id:08x}")
             raise FrameError("unknown_node", f"{node_id:08x}")
         st = self.replay.get(node_id)
         fcnt, readings = open_uplink(node.keys, frame, node_id, fcnt16, st.fcnt)

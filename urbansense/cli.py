@@ -19,6 +19,8 @@ _SUBCOMMANDS = {
     "sim": "simulator.cli",
     "demo": "urbansense.demo",
     "bench": "urbansense.bench",
+    "node": "urbansense.fieldkit.cli_node",
+    "registry": "urbansense.fieldkit.cli_registry",
 }
 
 
