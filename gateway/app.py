@@ -227,7 +227,7 @@ class Gateway:
         """
         _log.info("event=reload")
         self._reload_step("mqtt_credentials", self._reload_credentials)
-        self._reload_step("registry", lambda: self.registry_watch.reload("sighup"))
+        self._reload_step("registry", self._reload_registry)
 
     def _reload_step(self, step: str, run: Callable[[], None]) -> None:
         try:
@@ -236,6 +236,9 @@ class Gateway:
             _log.error("event=reload_refused step=%s key=%s problem=%s", step, exc.key, exc.problem)
         except Exception as exc:  # a bug must not kill the signal handler's caller: say so
             _log.error("event=reload_failed step=%s error=%r exc=%s", step, exc, Traceback(exc))
+
+    def _reload_registry(self) -> None:
+        self.registry_watch.reload("sighup")
 
     def _reload_credentials(self) -> None:
         self.config.check_files()
