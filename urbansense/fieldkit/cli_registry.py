@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from gateway.registry import KINDS
+from gateway.registry import REGISTRY_KINDS
 from urbansense.fieldkit._cli import emit, guarded
 from urbansense.fieldkit.siteregistry import SiteRegistry, parse_node_id
 
@@ -22,7 +22,7 @@ def add_parser(subparsers: Any) -> None:
 
     add = sub.add_parser("add", help="register a node and generate its key (never printed)")
     common(add)
-    add.add_argument("--kind", required=True, choices=KINDS)
+    add.add_argument("--kind", required=True, choices=REGISTRY_KINDS)
     add.add_argument("--node-id", help="the id to use (default: the next free one)")
     add.add_argument("--board", help="board name, recorded for the technician")
     add.set_defaults(handler=guarded(_add))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from gateway.errors import ConfigError
-from gateway.registry import KINDS, load_registry, write_private
+from gateway.registry import REGISTRY_KINDS, load_registry, write_private
 from urbansense.fieldkit._errors import FieldError
 
 LOCK_TIMEOUT_S: Final = 10.0
@@ -134,8 +134,8 @@ class SiteRegistry:
     def add(self, kind: str, *, node_id: int | None = None, key: bytes | None = None,
             extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], bytes]:
         """Register a node -> (its public record, its key). A new key when none is given."""
-        if kind not in KINDS:
-            raise FieldError(f"unknown kind {kind!r}", f"use one of: {', '.join(KINDS)}", exit_code=2)
+        if kind not in REGISTRY_KINDS:
+            raise FieldError(f"unknown kind {kind!r}", f"use one of: {', '.join(REGISTRY_KINDS)}", exit_code=2)
         key = key if key is not None else secrets.token_bytes(16)
         with self.locked() as recs:
             ids = {r["node_id"] for r in recs}
