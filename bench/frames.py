@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "firmware" / "lib"))
+from simulator.firmware_loader import firmware_module
 
-import us_proto  # noqa: E402
+us_proto = firmware_module("us_proto")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)

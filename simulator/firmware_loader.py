@@ -1,5 +1,11 @@
 """Import the real firmware (firmware/lib) on CPython or PyPy, with the port's C modules.
 
+The one way any in-process code (simulator, tests, bench, field kit) imports a firmware
+module: ``firmware_module("us_proto")``. Importing one behind its back (a ``sys.path`` edit
+and a plain ``import``) would bind whichever AES backend came first, so the loader refuses to
+run after that instead of reloading: which backend a test exercises must not depend on which
+test ran before it in the same process.
+
 ``cryptolib`` on an ESP32 is backed by the chip's AES engine; here the same
 ``aes(key, 1).encrypt(block)`` is backed by the ``cryptography`` package. It is installed
 in ``sys.modules`` before the firmware imports, so us_crypto takes its fast path as on a board.
@@ -129,28 +135,35 @@ def install_cryptolib() -> None:
     mod = sys.modules.get("cryptolib")
     if mod is not None and getattr(mod, "__simulator__", False):
         return
+    crypto = sys.modules.get("us_crypto")
+    if crypto is not None and "cryptolib" not in vars(crypto):
+        raise RuntimeError("us_crypto was imported before simulator.firmware_loader installed the "
+                           "port's cryptolib: import firmware modules with firmware_module()")
     m = ModuleType("cryptolib")
     m.aes = aes  # type: ignore[attr-defined]
     m.MODE_ECB = MODE_ECB  # type: ignore[attr-defined]
     m.__simulator__ = True  # type: ignore[attr-defined]
     sys.modules["cryptolib"] = m
-    # A firmware module imported earlier (e.g. by another test) bound the pure-Python AES:
-    # reload it in place so every importer gets the hardware path.
-    crypto = sys.modules.get("us_crypto")
-    if crypto is not None and "cryptolib" not in vars(crypto):
-        importlib.reload(crypto)
 
 
-def load_firmware(lib: Path = FIRMWARE_LIB) -> ModuleType:
-    """-> the us_node module (raises ImportError with a clear message if absent)."""
+def firmware_module(name: str, lib: Path = FIRMWARE_LIB) -> ModuleType:
+    """-> the firmware module ``name`` (e.g. "us_proto"), imported as on a board.
+
+    Raises ImportError with a clear message if firmware/lib has no such module.
+    """
     install_cryptolib()
     if str(lib) not in sys.path:
         sys.path.insert(0, str(lib))
     try:
-        node = importlib.import_module("us_node")
+        mod = importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name == "us_node":
-            raise ImportError(f"no firmware: {lib}/us_node.py not found") from None
+        if exc.name == name:
+            raise ImportError(f"no firmware: {lib}/{name}.py not found") from None
         raise
     bind_port_modules(lib)
-    return node
+    return mod
+
+
+def load_firmware(lib: Path = FIRMWARE_LIB) -> ModuleType:
+    """-> the us_node module (raises ImportError with a clear message if absent)."""
+    return firmware_module("us_node", lib)

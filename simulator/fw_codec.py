@@ -8,11 +8,9 @@ and the node's key, as a node's peer built from the firmware would open them.
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
 from typing import Final
 
-from simulator.firmware_loader import load_firmware
+from simulator.firmware_loader import firmware_module
 
 _FCNT_WINDOW: Final = 0x10000  # the frame carries the counter's low 16 bits
 
@@ -25,18 +23,13 @@ class FrameDecodeError(Exception):
         self.reason = reason
 
 
-def _firmware_module(name: str) -> ModuleType:
-    load_firmware()  # firmware/lib on sys.path, hardware AES shim installed
-    return importlib.import_module(name)
-
-
 class FirmwareCodec:
     """Opens uplinks of the nodes of one simulation (keys derived once per node)."""
 
     def __init__(self) -> None:
-        self._proto = _firmware_module("us_proto")
-        self._cbor = _firmware_module("us_cbor")
-        self._crypto = _firmware_module("us_crypto")
+        self._proto = firmware_module("us_proto")
+        self._cbor = firmware_module("us_cbor")
+        self._crypto = firmware_module("us_crypto")
         self._keys: dict[bytes, object] = {}
         p = self._proto
         self._hdr_len = int(p.UP_HDR_LEN)

@@ -5,17 +5,6 @@ serves the CPython tests and the wake cycles on the MicroPython VM. One World is
 flash (files, NVS) survives power loss, RTC memory survives deep sleep only.
 """
 
-import sys
-
-try:  # CPython: put the firmware on the path (the VM mounts it at /lib)
-    import os
-
-    _LIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "firmware", "lib")
-    if _LIB not in sys.path:
-        sys.path.insert(0, _LIB)
-except (ImportError, AttributeError):
-    pass
-
 ENODEV = 19
 ENOENT = 2
 

@@ -3,7 +3,6 @@
 The firmware's rules run three ways: in a wake cycle (CPython, fake HAL), on the MicroPython
 VM, and on the laptop through urbansense.fieldkit.nodeconfig, which imports the same file.
 """
-# ruff: noqa: I001  (the fw_fakes import puts firmware/lib on sys.path: it must come first)
 
 from __future__ import annotations
 
@@ -13,12 +12,13 @@ from typing import Any
 
 import pytest
 
+from simulator.firmware_loader import firmware_module
 from tests import fw_fakes as ff
 from tests.support.mpvm import missing_reason, run_micropython
 from urbansense.fieldkit import FieldError, nodeconfig
 
-import us_config
-import us_node
+us_config = firmware_module("us_config")
+us_node = firmware_module("us_node")
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_PINS = dict(ff.BOARD, pins={k: v for k, v in ff.BOARD["pins"].items() if not k.startswith("uart_")})

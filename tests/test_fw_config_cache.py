@@ -1,6 +1,5 @@
 """config.json/board.json are checked at every boot that is not a deep-sleep wake; a wake from
 deep sleep runs on the checked copy in RTC memory (docs/FIRMWARE.md, Persistence)."""
-# ruff: noqa: I001  (the fw_fakes import puts firmware/lib on sys.path: it must come first)
 
 from __future__ import annotations
 
@@ -9,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from simulator.firmware_loader import firmware_module
 from tests import fw_fakes as ff
 
-import us_node
-import us_store
+us_node = firmware_module("us_node")
+us_store = firmware_module("us_store")
+
 
 FW_LIB = Path(__file__).resolve().parents[1] / "firmware" / "lib"
 

@@ -1,5 +1,4 @@
 """Drivers against register-level fakes of the parts."""
-# ruff: noqa: I001  (the fw_fakes import puts firmware/lib on sys.path: it must come first)
 
 from __future__ import annotations
 
@@ -7,15 +6,16 @@ import binascii
 
 import pytest
 
+from simulator.firmware_loader import firmware_module
+from tests import fw_fakes as ff
 from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
-from tests import fw_fakes as ff  # also puts firmware/lib on sys.path
 
-import us_battery
-import us_jsnsr04t
-import us_lis3mdl
-import us_node
-import us_proto
-import us_vl53l1x
+us_battery = firmware_module("us_battery")
+us_jsnsr04t = firmware_module("us_jsnsr04t")
+us_lis3mdl = firmware_module("us_lis3mdl")
+us_node = firmware_module("us_node")
+us_proto = firmware_module("us_proto")
+us_vl53l1x = firmware_module("us_vl53l1x")
 
 
 def _world_with(addr: int, dev: object) -> tuple[ff.World, ff.FakeHAL]:

@@ -1,5 +1,4 @@
 """Decision logic of the three node kinds, pure (no hardware)."""
-# ruff: noqa: I001  (the fw_fakes import puts firmware/lib on sys.path: it must come first)
 
 from __future__ import annotations
 
@@ -8,12 +7,13 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests import fw_fakes  # noqa: F401  (firmware/lib on sys.path)
+from simulator.firmware_loader import firmware_module
 
-import us_bin
-import us_parking
-import us_proto
-import us_water
+us_bin = firmware_module("us_bin")
+us_parking = firmware_module("us_parking")
+us_proto = firmware_module("us_proto")
+us_water = firmware_module("us_water")
+
 
 BASE = [20000, -5000, 42000]
 field = st.lists(st.integers(-60000, 60000), min_size=3, max_size=3)

@@ -1,5 +1,4 @@
 """Whole wake cycles on CPython with the fake HAL; frames checked with the gateway codec."""
-# ruff: noqa: I001  (the fw_fakes import puts firmware/lib on sys.path: it must come first)
 
 from __future__ import annotations
 
@@ -9,12 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
+from simulator.firmware_loader import firmware_module
 from tests import fw_fakes as ff
+from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
 
-import us_cobs
-import us_node
-import us_proto
+us_cobs = firmware_module("us_cobs")
+us_node = firmware_module("us_node")
+us_proto = firmware_module("us_proto")
+
 
 KEYS = NodeKeys(binascii.unhexlify(ff.KEY_HEX))
 
@@ -143,12 +144,12 @@ def test_serial_backlog_ack_and_downlink() -> None:
     for _ in range(10):
         w.sleep(3600 * 1000)
         w.run_cycle(us_node)
-    st_ = __import__("us_store").load_rtc(w.hal().machine.RTC())
+    st_ = firmware_module("us_store").load_rtc(w.hal().machine.RTC())
     assert len(st_["bl"]) == 8 and st_["dr"] > 0
     state["online"] = True
     w.sleep(3600 * 1000)
     w.run_cycle(us_node)
-    st_ = __import__("us_store").load_rtc(w.hal().machine.RTC())
+    st_ = firmware_module("us_store").load_rtc(w.hal().machine.RTC())
     # this cycle's frame first (the newest: current readings, true drop count), then the
     # backlog oldest first
     assert st_.get("bl") == [] and len(acked) == 8
@@ -302,17 +303,17 @@ def test_parking_config_baseline_change_wins_over_a_relearned_one() -> None:
     assert rec and len(us_store_list(rec)) == 6  # re-learned from the config baseline
     w.power_loss()
     w.run_cycle(us_node)
-    st = __import__("us_store").load_rtc(w.hal().machine.RTC())
+    st = firmware_module("us_store").load_rtc(w.hal().machine.RTC())
     assert st["k"]["b"][2] > 42000 + 3000  # the re-learned one
     w.files["config.json"] = ff.config_text("parking", extra={"calibration": {"baseline_nt": [1, 2, 3]}})
     w.power_loss()
     w.run_cycle(us_node)
-    st = __import__("us_store").load_rtc(w.hal().machine.RTC())
+    st = firmware_module("us_store").load_rtc(w.hal().machine.RTC())
     assert st["k"]["b"] == [1, 2, 3]  # an installer's new baseline is taken
 
 
 def us_store_list(blob: bytes) -> list[int]:
-    return list(__import__("us_cbor").decode(blob))
+    return list(firmware_module("us_cbor").decode(blob))
 
 
 def us_store_base(w: ff.World) -> list[int]:

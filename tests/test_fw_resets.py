@@ -1,5 +1,4 @@
 """Resets that are not a deep-sleep wake, the watchdog crash backoff, and config validation."""
-# ruff: noqa: I001  (the fw_fakes import puts firmware/lib on sys.path: it must come first)
 
 from __future__ import annotations
 
@@ -8,11 +7,13 @@ import json
 
 import pytest
 
-from urbansense.wire.protocol import NodeKeys, Uplink, parse_header, verify_uplink
+from simulator.firmware_loader import firmware_module
 from tests import fw_fakes as ff
+from urbansense.wire.protocol import NodeKeys, Uplink, parse_header, verify_uplink
 
-import us_node
-import us_proto
+us_node = firmware_module("us_node")
+us_proto = firmware_module("us_proto")
+
 
 KEYS = NodeKeys(binascii.unhexlify(ff.KEY_HEX))
 

@@ -1,18 +1,19 @@
 """Serial transport: cumulative drop count, flash writes per ack, replayed acks."""
-# ruff: noqa: I001  (the fw_fakes import puts firmware/lib on sys.path: it must come first)
 
 from __future__ import annotations
 
 import binascii
 from collections.abc import Callable
 
-from urbansense.wire.protocol import NodeKeys, Uplink, encode_ack, parse_header, verify_uplink
+from simulator.firmware_loader import firmware_module
 from tests import fw_fakes as ff
+from urbansense.wire.protocol import NodeKeys, Uplink, encode_ack, parse_header, verify_uplink
 
-import us_cobs
-import us_node
-import us_proto
-import us_store
+us_cobs = firmware_module("us_cobs")
+us_node = firmware_module("us_node")
+us_proto = firmware_module("us_proto")
+us_store = firmware_module("us_store")
+
 
 KEYS = NodeKeys(binascii.unhexlify(ff.KEY_HEX))
 NODE_ID = 0x01020304

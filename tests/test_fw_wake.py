@@ -1,5 +1,4 @@
 """Wake pins: water tamper, the ESP32-C3's single-level GPIO wake, the stuck-pin guard."""
-# ruff: noqa: I001  (the fw_fakes import puts firmware/lib on sys.path: it must come first)
 
 from __future__ import annotations
 
@@ -7,11 +6,13 @@ import binascii
 
 import pytest
 
-from urbansense.wire.protocol import NodeKeys, Uplink, parse_header, verify_uplink
+from simulator.firmware_loader import firmware_module
 from tests import fw_fakes as ff
+from urbansense.wire.protocol import NodeKeys, Uplink, parse_header, verify_uplink
 
-import us_node
-import us_proto
+us_node = firmware_module("us_node")
+us_proto = firmware_module("us_proto")
+
 
 KEYS = NodeKeys(binascii.unhexlify(ff.KEY_HEX))
 TAMPER_ON = {"calibration": {"tamper": True}}
@@ -28,7 +29,7 @@ def alarms(w: ff.World) -> list[int]:
 
 
 def pulses(w: ff.World) -> int:
-    st = __import__("us_store").load_rtc(w.hal().machine.RTC())
+    st = firmware_module("us_store").load_rtc(w.hal().machine.RTC())
     return int(st["k"]["pc"])
 
 

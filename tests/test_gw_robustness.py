@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,21 +26,20 @@ from gateway.outbox import Outbox
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
 from gateway.verify import Heard, Verifier
-from tests.test_gw_support import KEYS, ROOT, PtyNode, Subscriber, frame, make_config, wait_for
+from simulator.firmware_loader import firmware_module
+from tests.test_gw_support import KEYS, PtyNode, Subscriber, frame, make_config, wait_for
 from urbansense.wire import framing
 from urbansense.wire.protocol import NodeKeys
 from urbansense.wire.quantities import MAX_THRESHOLDS
 from urbansense.wire.senml import frames_from_pack
 
-sys.path.insert(0, str(ROOT / "firmware" / "lib"))
-import us_cobs
-import us_proto
-import us_serial
+us_cobs = firmware_module("us_cobs")
+us_proto = firmware_module("us_proto")
+us_serial = firmware_module("us_serial")
+
 
 DOWN = "urbansense/v1/test-site/gw-1/down"
 EVENT = "urbansense/v1/test-site/gw-1/event"
-
-
 
 
 async def _connected(gw: Gateway) -> None:

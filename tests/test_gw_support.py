@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 import tty
 from collections.abc import Callable
@@ -15,12 +14,13 @@ import aiomqtt
 
 from gateway.config import BrokerAddress, GatewayConfig
 from gateway.registry import NodeSpec, write_registry
+from simulator.firmware_loader import firmware_module
 from urbansense.wire import framing
 from urbansense.wire.senml import frames_from_pack
 
+us_proto = firmware_module("us_proto")
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "firmware" / "lib"))
-import us_proto  # noqa: E402
 
 KEYS = {n: bytes(range(n, n + 16)) for n in range(1, 40)}
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import cbor2
@@ -12,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simulator.firmware_loader import firmware_module
 from urbansense.wire import framing, senml
 from urbansense.wire.errors import FrameError
 from urbansense.wire.protocol import (
@@ -26,14 +26,14 @@ from urbansense.wire.protocol import (
 )
 from urbansense.wire.quantities import QUANTITIES
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "firmware" / "lib"))
+us_aes = firmware_module("us_aes")
+us_cbor = firmware_module("us_cbor")
+us_cobs = firmware_module("us_cobs")
+us_crypto = firmware_module("us_crypto")
+us_proto = firmware_module("us_proto")
 
-import us_aes  # noqa: E402
-import us_cbor  # noqa: E402
-import us_cobs  # noqa: E402
-import us_crypto  # noqa: E402
-import us_proto  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 VECTORS = ROOT / "tests" / "vectors"
 UPLINKS = json.loads((VECTORS / "uplink.json").read_text())

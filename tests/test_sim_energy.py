@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from simulator.energy import BOARDS_DIR, FALLBACK_PROFILE, HOURS_PER_YEAR, Cell
-from simulator.firmware_loader import load_firmware
+from simulator.firmware_loader import firmware_module
 from simulator.node import RADIO_RAMP_US, pdu_airtime_s
 from simulator.sim import Simulation
 
@@ -112,9 +112,8 @@ def test_the_board_s_ble_init_time_is_charged_and_reported(tmp_path: Path) -> No
 
 
 def _serial_firmware() -> types.ModuleType:
-    load_firmware()
-    import us_cobs
-    import us_proto
+    us_cobs = firmware_module("us_cobs")
+    us_proto = firmware_module("us_proto")
 
     fw = types.ModuleType("fake_serial_node")
 

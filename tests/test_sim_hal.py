@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 
-from simulator.firmware_loader import load_firmware
+from simulator.firmware_loader import firmware_module, load_firmware
 from simulator.sim import Simulation
 
-load_firmware()
-import us_lis3mdl  # noqa: E402
-import us_vl53l1x  # noqa: E402
+us_lis3mdl = firmware_module("us_lis3mdl")
+us_vl53l1x = firmware_module("us_vl53l1x")
 
 
 def _idle() -> types.ModuleType:
@@ -178,8 +177,7 @@ def test_firmware_modules_get_the_port_s_json_and_binascii() -> None:
     import binascii
     import json
 
-    import us_store
-
+    us_store = firmware_module("us_store")
     load_firmware()
     pj, pb = us_store.json, us_store.binascii
     assert pj is not json and pb is not binascii

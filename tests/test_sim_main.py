@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from simulator.energy import FALLBACK_PROFILE
+from simulator.firmware_loader import firmware_module
 from simulator.node import DEEPSLEEP_RESET, TIMER_WAKE, WDT_RESET
 from simulator.sim import Simulation
 
@@ -124,6 +125,6 @@ def test_main_py_s_imports_leave_sys_modules_after_a_boot_and_after_a_run() -> N
     assert not {"machine", "esp32", "bluetooth", "us_hal_esp32"} & set(sys.modules)
     with pytest.raises(ImportError):
         import machine  # noqa: F401
-    import us_node  # the firmware module again, not main.py's shim
+    us_node = firmware_module("us_node")  # the firmware module again, not main.py's shim
 
     assert hasattr(us_node, "Node")

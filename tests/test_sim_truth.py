@@ -15,7 +15,7 @@ import pytest
 
 import simulator.sim
 import urbansense.wire.protocol
-from simulator.firmware_loader import load_firmware
+from simulator.firmware_loader import firmware_module
 from simulator.sim import Simulation
 from urbansense.wire.errors import FrameError
 from urbansense.wire.quantities import QUANTITIES
@@ -88,8 +88,7 @@ def test_a_frame_heard_but_refused_by_the_gateway_socket_is_lost_at_the_boundary
 def test_truth_readings_are_what_the_firmware_encoded_not_what_the_gateway_decodes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A gateway decoder bug must not reach the truth file (it once decoded with verify_uplink)."""
-    load_firmware()
-    import us_proto
+    us_proto = firmware_module("us_proto")
 
     encoded: dict[str, tuple[int, int, int, dict[int, Any]]] = {}
     encode = us_proto.encode_uplink

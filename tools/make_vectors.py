@@ -12,11 +12,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "firmware" / "lib"))
+if str(ROOT) not in sys.path:  # run as a script: the project, not firmware/lib
+    sys.path.insert(0, str(ROOT))
 
-import us_aes  # noqa: E402
-import us_cobs  # noqa: E402
-import us_proto as P  # noqa: E402
+from simulator.firmware_loader import firmware_module  # noqa: E402
+
+us_aes = firmware_module("us_aes")
+us_cobs = firmware_module("us_cobs")
+P = firmware_module("us_proto")
 
 OUT = ROOT / "tests" / "vectors"
 KEY_A = bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")  # FIPS-197 / SP 800-38A example key

@@ -10,13 +10,12 @@ board names (``us_config``, ``us_parking``...) from ``firmware/lib`` as on the b
 from __future__ import annotations
 
 import copy
-import importlib
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
+from simulator.firmware_loader import firmware_module as _load
 from urbansense.fieldkit._errors import FieldError
 
 ROOT: Final = Path(__file__).resolve().parents[2]
@@ -26,11 +25,9 @@ BOARDS_DIR: Final = ROOT / "boards"
 
 
 def firmware_module(name: str) -> ModuleType:
-    """-> the firmware module ``name`` (e.g. "us_config") from firmware/lib."""
-    lib = str(FIRMWARE_LIB)
-    if lib not in sys.path:
-        sys.path.insert(0, lib)
-    return importlib.import_module(name)
+    """-> the firmware module ``name`` (e.g. "us_config") from firmware/lib, through the one
+    loader every in-process firmware import uses (simulator/firmware_loader.py)."""
+    return _load(name, FIRMWARE_LIB)
 
 
 def load_board(name: str) -> dict[str, Any]:
