@@ -10,7 +10,6 @@ import logging
 import re
 import sqlite3
 import ssl
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from gateway.metrics import Metrics
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
 from gateway.verify import Accepted, Heard, Verifier
+from simulator.firmware_loader import firmware_module
 from simulator.sim import Simulation
 from tests.conftest import BrokerFactory
 from tests.test_gw_support import KEYS, make_config, wait_for
@@ -28,8 +28,7 @@ from urbansense.broker import TlsMaterial, make_tls_material
 from urbansense.wire.protocol import NodeKeys
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "firmware" / "lib"))
-import us_proto  # noqa: E402
+us_proto = firmware_module("us_proto")
 
 
 @pytest.fixture

@@ -10,18 +10,16 @@ fleet is not re-flashed cheaply. The downlink command ranges are pinned by behav
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
+from simulator.firmware_loader import firmware_module
 from urbansense.wire import node_config, protocol, quantities
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "firmware" / "lib"))
-
-import us_config  # noqa: E402
-import us_proto  # noqa: E402
+us_config = firmware_module("us_config")
+us_proto = firmware_module("us_proto")
 
 PROTOCOL_MD = (ROOT / "docs" / "PROTOCOL.md").read_text()
 # Constant families us_proto shares with urbansense.wire (name prefixes), and the single names.
