@@ -32,8 +32,8 @@ from gateway.errors import ConfigError
 from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import SD_PAGE_SIZE, Outbox
-from gateway.publisher import Publisher, Traceback, first_cause
-from gateway.ratelog import RateLimitedLog
+from gateway.publisher import Publisher, first_cause
+from gateway.ratelog import RateLimitedLog, Traceback
 from gateway.registry import Registry, load_registry
 from gateway.registry_watch import RegistryWatch
 from gateway.replay import ReplayTable

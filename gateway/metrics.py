@@ -252,6 +252,10 @@ class Metrics:
         )
         self.ble_adverts = Counter(p + "ble_adverts_total", "BLE advertisements seen (any company).")
         self.nodes_heard = Gauge(p + "nodes_heard", "Nodes heard since start.")
+        self.internal_errors = Counter(
+            p + "internal_errors_total",
+            "Bugs caught inside a stage that kept running (the input was dropped), by stage.", "stage",
+        )
         self.stage_restarts = Counter(
             p + "stage_restarts_total", "Pipeline stages restarted after an unexpected error.", "stage"
         )

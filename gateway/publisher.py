@@ -22,7 +22,6 @@ import logging
 import random
 import ssl
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -35,7 +34,7 @@ from gateway.batcher import commands_from_json
 from gateway.config import BrokerAddress, GatewayConfig, read_secret
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox
-from gateway.ratelog import RateLimitedLog
+from gateway.ratelog import RateLimitedLog, Traceback
 from urbansense.wire.senml import CONTENT_TYPE
 
 _log = logging.getLogger(__name__)
@@ -50,19 +49,6 @@ MAX_DOWNLINK_BYTES: Final = 4096
 
 class _SessionEnd(Exception):
     pass
-
-
-class Traceback:
-    """An exception's traceback as one JSON string (journald keeps it on one line), formatted
-    only if the log line is emitted: repeats through RateLimitedLog are mostly dropped."""
-
-    __slots__ = ("_exc",)
-
-    def __init__(self, exc: BaseException) -> None:
-        self._exc = exc
-
-    def __str__(self) -> str:
-        return json.dumps("".join(traceback.format_exception(self._exc)))
 
 
 def first_cause(exc: BaseException) -> BaseException:

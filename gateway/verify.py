@@ -1,5 +1,10 @@
 """Verify stage: outside bytes in, accepted frames (or duplicates) out. Never raises.
 
+Outside bytes that fail a check are counted in ``rejections_total{reason}``; an exception
+that is not a FrameError is a bug of the gateway, never blamed on the bytes: it is counted in
+``internal_errors_total{stage="verify"}`` and logged at ERROR with its traceback (first
+occurrence, then a count at most once a minute), and the frame is dropped.
+
 Order of checks (docs/PROTOCOL.md section 4): serial unwrapping, cheap header checks, registry
 lookup (no crypto for unknown or revoked nodes, each its own reason), MIC, body, then freshness against the node's high-water
 mark and replay window (gateway/replay.py): a counter accepted before is a duplicate (a BLE
@@ -15,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.metrics import Metrics
-from gateway.ratelog import RateLimitedLog
+from gateway.ratelog import RateLimitedLog, Traceback
 from gateway.registry import Registry
 from gateway.replay import WINDOW, Freshness, ReplayTable
 from urbansense.wire import framing
@@ -74,6 +79,7 @@ class Verifier:
         self.replay = replay
         self.metrics = metrics
         self._faults = RateLimitedLog(_log)
+        self._bugs = RateLimitedLog(_log, level=logging.ERROR)
 
     def process(self, h: Heard) -> Verdict | None:
         """Judge one frame; None when rejected (counted and logged at a bounded rate)."""
@@ -87,9 +93,12 @@ class Verifier:
                 "event=frame_rejected reason=%s transport=%s detail=%s",
                 exc.reason, h.transport, exc.detail,
             )
-        except Exception:  # a bug, not outside bytes: keep serving, but say so loudly
-            self.metrics.rejections.inc("malformed_body")
-            _log.exception("event=verify_bug transport=%s", h.transport)
+        except Exception as exc:  # a bug, not outside bytes: keep serving, but say so loudly
+            self.metrics.internal_errors.inc("verify")
+            self._bugs.log(
+                f"bug/{type(exc).__name__}",
+                "event=verify_bug transport=%s error=%r exc=%s", h.transport, exc, Traceback(exc),
+            )
         return None
 
     def _process(self, h: Heard) -> Verdict | None:

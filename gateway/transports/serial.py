@@ -1,5 +1,9 @@
 """Serial transport: COBS packets from any number of ports, acks written back.
 
+Packets longer than framing.MAX_PACKET_LEN (line noise, a wrong baud rate, a megabyte with no
+delimiter) are discarded up to the next delimiter without being buffered, and each is counted
+as a frame in and a ``too_long`` rejection (docs/PROTOCOL.md section 7).
+
 A port is named by its stable path (``/dev/serial/by-id/...`` where one exists). When it
 disappears (USB replug, pty closed) the task retries with backoff and picks it up again when
 the path comes back, under whatever ttyUSB number the kernel gave it.
@@ -20,6 +24,7 @@ from urbansense.wire import framing
 
 _log = logging.getLogger(__name__)
 _READ_SIZE = 4096
+_TRANSPORT = "serial"
 
 
 class SerialPort:
@@ -91,12 +96,26 @@ class SerialPort:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         splitter = framing.PacketSplitter()
+        overruns = 0
         while True:
             data = await reader.read(_READ_SIZE)
             if not data:
                 return
-            for packet in splitter.feed(data):
+            packets = splitter.feed(data)
+            if splitter.overruns != overruns:
+                self._count_overruns(splitter.overruns - overruns)
+                overruns = splitter.overruns
+            for packet in packets:
                 # Backpressure rather than loss: the node keeps unacked frames anyway.
                 await self.ingress.put(
-                    Heard(packet, "serial", reply=self.write_ack, wrapped=True)
+                    Heard(packet, _TRANSPORT, reply=self.write_ack, wrapped=True)
                 )
+
+    def _count_overruns(self, n: int) -> None:
+        self.metrics.frames_in.inc(_TRANSPORT, n)
+        self.metrics.rejections.inc("too_long", n)
+        self._faults.log(
+            "too_long/serial",
+            "event=frame_rejected reason=too_long transport=serial detail=packet over %d bytes on %s",
+            framing.MAX_PACKET_LEN, self.path,
+        )
