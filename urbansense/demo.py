@@ -72,9 +72,16 @@ def _main(args: argparse.Namespace) -> int:
         print(json.dumps(summary, sort_keys=True))
     else:
         print(render(summary))
-    t = summary["total"]
-    bad = t["duplicated"] + t["wrong"] + t["missing"] + t["undecodable"]
-    return 0 if bad == 0 else 1
+    return 0 if verdict_ok(summary["total"]) else 1
+
+
+def verdict_ok(total: dict[str, int]) -> bool:
+    """The demo passes when nothing reached the broker twice from one gateway, nothing wrong
+    or forged reached it, nothing heard went missing and the firmware could decode its own
+    frames. Frames lost on air (and at the simulator's socket boundary) are reported, not faults.
+    """
+    return (total["duplicated"] == 0 and total["wrong"] == 0 and total["missing"] == 0
+            and total["undecodable"] == 0)
 
 
 @dataclass
@@ -395,6 +402,5 @@ def render(s: dict[str, Any]) -> str:
         lines.append("plots: " + ", ".join(s["files"]["plots"]))
     if t["lost_at_gateway"] or t["undecodable"]:
         lines.append(f"(lost at the gateway boundary: {t['lost_at_gateway']}, undecodable: {t['undecodable']})")
-    ok = t["duplicated"] == 0 and t["wrong"] == 0 and t["missing"] == 0 and t["undecodable"] == 0
-    lines.append(f"verdict: {'OK' if ok else 'FAILED'} (duplicated, wrong, missing and undecodable must be 0)")
+    lines.append(f"verdict: {'OK' if verdict_ok(t) else 'FAILED'} (duplicated, wrong, missing and undecodable must be 0)")
     return "\n".join(lines)

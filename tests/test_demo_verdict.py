@@ -1,0 +1,83 @@
+"""The demo's accounting and verdict on fabricated runs: a bad run must fail, each fault counted
+where it belongs (a frame heard but missing at the broker is not "lost on air")."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from urbansense.demo import Received, compare, verdict_ok
+
+WATER, BIN = 0, 1
+NODES = [SimpleNamespace(kind="water", node_id=10), SimpleNamespace(kind="bin", node_id=20)]
+BY_ID = {n.node_id: n for n in NODES}
+READINGS = {3: 12345, 5: 3600}  # volume 12.345 m3, battery 3.6 V
+VALUES = {"volume": 12.345, "battery": 3.6}
+
+
+def _frame(node: int, fcnt: int, transport: str = "ble", heard: bool = True, delivered: bool = True,
+           decode_error: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(node=node, fcnt=fcnt, transport=transport, heard=[1] if heard else [],
+                           delivered=delivered, readings=dict(READINGS), decode_error=decode_error)
+
+
+def _run(frames: list[SimpleNamespace], at_broker: dict[tuple[int, int], list[tuple[str, dict[str, Any]]]]
+         ) -> dict[str, Any]:
+    rx = Received()
+    rx.frames.update(at_broker)
+    return compare(SimpleNamespace(nodes_by_index=NODES, frames=frames), BY_ID, rx, [])
+
+
+def test_a_clean_run_passes_and_accounts_for_every_frame() -> None:
+    frames = [_frame(WATER, 1), _frame(WATER, 2, heard=False), _frame(BIN, 1, transport="serial"),
+              _frame(BIN, 2, heard=True, delivered=False)]
+    s = _run(frames, {(10, 1): [("gw-1", VALUES), ("gw-2", VALUES)], (20, 1): [("gw-1", VALUES)]})
+    t = s["total"]
+    assert {k: t[k] for k in ("sent", "lost_on_air", "lost_at_gateway", "heard", "delivered", "missing",
+                              "duplicated", "wrong", "undecodable", "cross_gateway_copies")} == {
+        "sent": 4, "lost_on_air": 1, "lost_at_gateway": 1, "heard": 3, "delivered": 2, "missing": 0,
+        "duplicated": 0, "wrong": 0, "undecodable": 0, "cross_gateway_copies": 1}
+    assert s["per_kind"]["water"]["sent"] == 2 and s["per_kind"]["bin"]["sent"] == 2
+    assert verdict_ok(t)
+
+
+def test_a_bad_run_fails_with_each_fault_counted_where_it_belongs() -> None:
+    frames = [
+        _frame(WATER, 1),                        # heard on air, never at the broker: missing
+        _frame(WATER, 2, transport="serial"),    # serial, never at the broker: missing
+        _frame(WATER, 3),                        # twice from one gateway: one duplicate
+        _frame(WATER, 4),                        # wrong value at the broker
+        _frame(BIN, 1, heard=False),             # lost on air: not a fault
+        _frame(BIN, 2, decode_error="bad cbor"),  # the firmware cannot decode its own frame
+    ]
+    wrong = dict(VALUES, volume=12.346)
+    s = _run(frames, {
+        (10, 3): [("gw-1", VALUES), ("gw-1", VALUES)],
+        (10, 4): [("gw-1", wrong)],
+        (10, 99): [("gw-1", VALUES)],  # nobody sent it: forged
+    })
+    w, b, t = s["per_kind"]["water"], s["per_kind"]["bin"], s["total"]
+    assert (w["sent"], w["lost_on_air"], w["missing"], w["duplicated"], w["wrong"], w["delivered"]) == (
+        4, 0, 2, 1, 2, 2)
+    assert (b["sent"], b["lost_on_air"], b["undecodable"], b["missing"]) == (2, 1, 1, 0)
+    assert t["missing"] == 2 and t["duplicated"] == 1 and t["wrong"] == 2 and t["undecodable"] == 1
+    assert not verdict_ok(t)
+
+
+def test_a_forged_frame_from_an_unknown_node_is_wrong() -> None:
+    s = _run([], {(77, 1): [("gw-1", VALUES)]})
+    assert s["total"]["wrong"] == 1 and not verdict_ok(s["total"])
+
+
+@pytest.mark.parametrize("fault", ["duplicated", "wrong", "missing", "undecodable"])
+def test_any_one_fault_fails_the_verdict(fault: str) -> None:
+    total = dict.fromkeys(("sent", "lost_on_air", "lost_at_gateway", "delivered", "duplicated", "wrong",
+                           "missing", "undecodable"), 0)
+    assert verdict_ok(total)
+    total[fault] = 1
+    assert not verdict_ok(total)
+    total[fault] = 0
+    total["lost_on_air"] = total["lost_at_gateway"] = 5  # reported, not faults
+    assert verdict_ok(total)
