@@ -1,0 +1,110 @@
+"""The firmware's persistence promises, on CPython through the project's loader.
+
+docs/PROTOCOL.md 2.1: a frame counter never repeats for the life of the key, across deep
+sleep, watchdog resets and power loss at any point, the counter equal to the flash
+reservation included; a cold boot skips at most one block. us_store: RTC state (or its config
+cache) whose CRC fails is never trusted, even when its JSON still parses.
+"""
+
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from simulator.firmware_loader import load_firmware
+from tests import fw_fakes as ff
+
+load_firmware()
+import us_store  # noqa: E402
+
+EVENTS = ("sleep", "wdt", "power_loss", "power_loss_before_save")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2 * us_store.FCNT_BLOCK + 2), st.sampled_from(EVENTS)), max_size=20),
+    st.sampled_from([0, us_store.FCNT_BLOCK, 5 * us_store.FCNT_BLOCK, 1000]),
+)
+def test_frame_counters_never_repeat_across_any_power_loss(wakes: list[tuple[int, str]], res0: int) -> None:
+    """Each wake builds ``n`` frames, saves its RTC state before anything goes on air (as
+    us_node does), then sleeps, is reset by the watchdog, or loses power (after that save, or
+    before it: then nothing it built went on air)."""
+    w = ff.make_world("water")
+    nvs = ff.FakeNVS(w, us_store.NVS_NAMESPACE)
+    if res0:
+        nvs.set_i32(us_store.NVS_FCNT, res0)
+    rtc = w.hal().machine.RTC()
+    on_air: list[int] = []
+    cold_boot_after: int | None = None  # the last counter on air before a power loss
+    state: dict[str, object] = {}
+    for n, event in wakes:
+        counter = us_store.FrameCounter(nvs, state)
+        built = [counter.next() for _ in range(n)]
+        if event == "power_loss_before_save":
+            w.power_loss()
+            cold_boot_after = None  # built counters were taken, not sent: the gap may be larger
+        else:
+            us_store.save_rtc(rtc, state)
+            if built and cold_boot_after is not None:
+                assert built[0] - cold_boot_after <= us_store.FCNT_BLOCK, "a cold boot skipped more than a block"
+            on_air += built
+            cold_boot_after = None
+            if event == "power_loss":
+                w.power_loss()
+                cold_boot_after = on_air[-1] if on_air else None
+        state = us_store.load_rtc(rtc) or {}
+        assert bool(state) == (event in ("sleep", "wdt"))
+    assert len(set(on_air)) == len(on_air), "a frame counter repeated"
+    assert on_air == sorted(on_air)
+    assert not on_air or on_air[0] >= res0
+
+
+def _flip_a_digit(blob: bytearray, start: int, data: st.DataObject) -> None:
+    """Change one decimal digit at or after ``start``: the JSON keeps its shape."""
+    digits = [i for i in range(start, len(blob)) if 0x30 <= blob[i] <= 0x39]
+    i = data.draw(st.sampled_from(digits))
+    blob[i] = 0x30 + (blob[i] - 0x30 + data.draw(st.integers(1, 9))) % 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text("abcdefgh", min_size=1, max_size=4), st.integers(0, 10**6), min_size=1),
+       st.data())
+def test_rtc_state_failing_its_crc_is_never_trusted_though_its_json_parses(
+    state: dict[str, int], data: st.DataObject
+) -> None:
+    w = ff.make_world("water")
+    rtc = w.hal().machine.RTC()
+    us_store.save_rtc(rtc, dict(state))
+    assert us_store.load_rtc(rtc) == state
+    blob = bytearray(w.rtc_mem)
+    header = len(blob) - len(json.dumps(state, separators=(",", ":")))
+    _flip_a_digit(blob, header, data)
+    try:
+        changed = json.loads(blob[header:].decode())
+    except ValueError:
+        changed = None
+    assume(isinstance(changed, dict) and changed != state)  # still parses, says something else
+    w.rtc_mem = bytes(blob)
+    assert us_store.load_rtc(rtc) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 0xFFFFFF), st.integers(60, 86400), st.data())
+def test_a_config_cache_failing_its_crc_is_never_trusted_though_its_json_parses(
+    node_id: int, interval_s: int, data: st.DataObject
+) -> None:
+    cfg = {"key": "00112233445566778899aabbccddeeff", "node_id": node_id,
+           "intervals": {"report_interval_s": interval_s}}
+    sec = us_store.config_section(cfg, {"kind": "water"})
+    got = us_store.load_config({us_store.CONFIG_CACHE: sec})
+    assert got is not None and got[0]["node_id"] == node_id
+    blob = bytearray(sec)
+    _flip_a_digit(blob, 7, data)
+    try:
+        json.loads(blob[7:].decode())
+    except ValueError:
+        assume(False)
+    assert us_store.load_config({us_store.CONFIG_CACHE: bytes(blob)}) is None
