@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +140,43 @@ def test_committed_window_persists_and_survives_old_schema(tmp_path: Path) -> No
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=300), max_size=8))
-def test_arbitrary_serial_bytes_never_raise(chunks: list[bytes]) -> None:
+def test_arbitrary_serial_bytes_are_rejected_and_counted_and_a_good_frame_still_lands(
+    chunks: list[bytes],
+) -> None:
+    """Garbage is rejected with a reason from REASONS, each frame counted once, no verify bug
+    logged, and a good frame after the garbage is accepted (the stream resynchronises)."""
     v = _verifier()
     splitter = framing.PacketSplitter()
-    for chunk in chunks:
-        for packet in splitter.feed(chunk):
-            v.process(Heard(packet, "serial", wrapped=True))
-        v.process(Heard(chunk, "ble"))
+    verdicts = []
+    with _capture("gateway.verify") as records:
+        for chunk in chunks:
+            for packet in splitter.feed(chunk):
+                verdicts.append(v.process(Heard(packet, "serial", wrapped=True)))
+            verdicts.append(v.process(Heard(chunk, "ble")))
+        for packet in splitter.feed(b"\x00" + framing.wrap(GOOD)):
+            verdicts.append(v.process(Heard(packet, "serial", wrapped=True)))
+    assert not [r for r in records if "verify_bug" in r.getMessage()]
+    m = v.metrics
+    assert m.frames_in.total() == len(verdicts)
+    assert set(m.rejections.values) <= set(REASONS)
+    accepted = [x for x in verdicts if isinstance(x, Accepted)]
+    assert m.rejections.total() + m.frames_accepted.total() + m.duplicates.total() == len(verdicts)
+    assert m.rejections.total() == verdicts.count(None)
+    assert accepted and (accepted[-1].record.node_id, accepted[-1].record.fcnt) == (1, 1)
+
+
+@contextlib.contextmanager
+def _capture(name: str) -> Iterator[list[logging.LogRecord]]:
+    """Records of one logger (hypothesis runs many examples per test: no caplog fixture)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 async def test_garbage_on_a_pty_then_a_good_frame(tmp_path: Path, mqtt_broker: Any) -> None:

@@ -11,10 +11,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.verify import Heard
-from tests.test_gw_units import GOOD, _verifier
+from tests.test_gw_units import (
+    GOOD,
+    _capture,
+    _verifier,
+)
+from tests.test_gw_units import (
+    test_arbitrary_serial_bytes_are_rejected_and_counted_and_a_good_frame_still_lands as _serial_property,
+)
 from urbansense.wire import framing
 from urbansense.wire.errors import FrameError
-from urbansense.wire.protocol import parse_header
+from urbansense.wire.protocol import REASONS, parse_header
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 LONG = settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -23,11 +30,7 @@ LONG = settings(max_examples=20_000, deadline=None, suppress_health_check=[Healt
 @LONG
 @given(st.lists(st.binary(max_size=300), max_size=8))
 def test_serial_byte_stream_never_raises(chunks: list[bytes]) -> None:
-    v = _verifier()
-    splitter = framing.PacketSplitter()
-    for chunk in chunks:
-        for packet in splitter.feed(chunk):
-            v.process(Heard(packet, "serial", wrapped=True))
+    _serial_property.hypothesis.inner_test(chunks)  # the default run's property, 20,000 examples
 
 
 @LONG
@@ -36,8 +39,11 @@ def test_mutated_frames_are_rejected_or_accepted_never_raise(noise: bytes, keep:
     # A valid frame with its tail replaced by noise: the MIC, the body, the counter all move.
     data = GOOD[:keep] + noise[keep:]
     v = _verifier()
-    v.process(Heard(data, "ble"))
-    v.process(Heard(framing.wrap(data), "serial", wrapped=True))
+    with _capture("gateway.verify") as records:
+        verdicts = [v.process(Heard(data, "ble")), v.process(Heard(framing.wrap(data), "serial", wrapped=True))]
+    assert not [r for r in records if "verify_bug" in r.getMessage()]  # verify catches bugs: look
+    assert v.metrics.rejections.total() == verdicts.count(None)
+    assert set(v.metrics.rejections.values) <= set(REASONS)
 
 
 @LONG
