@@ -20,13 +20,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import framing
 from gateway.batcher import Batcher
 from gateway.config import BatchConfig, HealthConfig
 from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox
-from gateway.protocol import NodeKeys
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
 from gateway.verify import Accepted, Duplicate, Heard, Verifier
@@ -39,6 +37,8 @@ from tests.test_gw_support import (
     make_config,
     wait_for,
 )
+from urbansense.wire import framing
+from urbansense.wire.protocol import NodeKeys
 
 UP = "urbansense/v1/test-site/gw-1/up"
 
