@@ -81,3 +81,51 @@ def test_any_one_fault_fails_the_verdict(fault: str) -> None:
     total[fault] = 0
     total["lost_on_air"] = total["lost_at_gateway"] = 5  # reported, not faults
     assert verdict_ok(total)
+
+
+FIELDS = ("sent", "lost_on_air", "lost_at_gateway", "undecodable", "heard", "delivered", "missing",
+          "duplicated", "wrong", "cross_gateway_copies")
+
+
+def test_every_count_is_reported_for_every_kind_and_the_total_even_at_zero() -> None:
+    s = _run([], {})
+    assert set(s["per_kind"]) == {"parking", "bin", "water"}
+    for c in [*s["per_kind"].values(), s["total"]]:
+        assert c == dict.fromkeys(FIELDS, 0)
+
+
+def test_counts_add_up_frame_by_frame() -> None:
+    """Two of each outcome in one kind (a count that is set, not added, shows), an undecodable
+    frame first (the frames after it still count)."""
+    frames = [_frame(WATER, 1, decode_error="x"), _frame(WATER, 2, decode_error="x"),
+              _frame(WATER, 3, heard=False), _frame(WATER, 4, heard=False),
+              _frame(WATER, 5, delivered=False), _frame(WATER, 6, delivered=False),
+              *[_frame(WATER, f) for f in (7, 8, 9, 10)]]
+    both = [("gw-1", VALUES), ("gw-2", VALUES)]
+    wrong = [("gw-1", dict(VALUES, volume=1.0))]
+    s = _run(frames, {(10, 7): both, (10, 8): both, (10, 9): wrong, (10, 10): wrong, (10, 11): wrong,
+                      (10, 12): wrong})
+    assert s["per_kind"]["water"] == {
+        "sent": 10, "undecodable": 2, "lost_on_air": 2, "lost_at_gateway": 2, "heard": 6, "delivered": 4,
+        "missing": 0, "duplicated": 0, "wrong": 4, "cross_gateway_copies": 2}
+    assert s["total"] == s["per_kind"]["water"]
+
+
+@pytest.mark.parametrize(("readings", "got", "same"), [
+    ({0: 1}, {"occupied": True}, True),
+    ({0: 1}, {"occupied": False}, False),
+    ({0: 0}, {"occupied": False}, True),
+    ({0: 1}, {"occupied": 1}, False),  # a number is not a boolean
+    ({7: 10}, {"ack_rssi": -20.0}, True),  # ack_rssi has an offset of -30
+    ({7: 10}, {"ack_rssi": -40.0}, False),
+    ({99: 7}, {"q99": 7}, True),  # a quantity the table does not know: its raw value
+    ({99: 7}, {"q99": 8}, False),
+    ({3: 12345}, {}, False),  # a reading missing from the record
+    ({3: 0}, {"volume": 1e-12}, True),  # within 1e-9 of zero
+    ({3: 12345}, {"volume": 12.3451}, False),
+])
+def test_values_are_compared_by_quantity(readings: dict[int, int], got: dict[str, Any], same: bool) -> None:
+    frame = SimpleNamespace(node=WATER, fcnt=1, transport="serial", heard=[], delivered=True,
+                            readings=readings, decode_error=None)
+    s = _run([frame], {(10, 1): [("gw-1", got)]})
+    assert s["total"]["wrong"] == (0 if same else 1)

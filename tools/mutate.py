@@ -1,0 +1,221 @@
+"""Mutation testing, module by module, with mutmut 3 (``make mutate``; not part of ``make test``).
+
+Each module listed in MODULES gets its own scratch copy of the tree and its own mutmut run,
+restricted to the test files that cover it; within those, mutmut runs for each mutant only the
+tests that reached the mutated function in its stats run. A mutant is a one-line fault (an
+operator, a constant, a call argument, a removed statement) that must make a test fail.
+
+Why a scratch copy per module: mutmut 3 reads one [mutmut] section and writes ``mutants/`` in
+the working directory; a copy per module keeps its results and never touches the tree.
+
+The firmware is imported as top-level modules (``us_store``) from firmware/lib, and mutmut
+names a mutant after its path: the copy puts firmware/lib at ``src/`` (mutmut drops a leading
+``src.``) and makes ``mutants/firmware/lib`` a link to the mutated ``mutants/src``, so the
+tests' own loaders (tests/fw_fakes.py, simulator.firmware_loader) import the mutants. Tests on
+the MicroPython VM are not selected: a mutated file carries mutmut's trampolines.
+
+Usage: python tools/mutate.py [--max-children N] [MODULE ...]   (default: all, in order)
+Writes build/mutate/<module>/ (or $MUTATE_DIR) and prints, per module, killed / survived /
+no tests / timeouts and the surviving mutants' names (``mutmut show NAME`` in that folder).
+Equivalent mutants, with the reason, are listed in bench/mutation-equivalents.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EQUIVALENTS = ROOT / "bench" / "mutation-equivalents.md"
+
+GW_UNITS = ["tests/test_gw_units.py", "tests/test_gw_promises.py", "tests/test_gw_robustness.py"]
+GW_E2E = ["tests/test_gw_pipeline.py", "tests/test_gw_mqtt311.py"]
+FW = ["tests/test_fw_node.py", "tests/test_fw_serial.py", "tests/test_fw_resets.py", "tests/test_fw_promises.py"]
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str
+    paths: tuple[str, ...]  # files to mutate, repo-relative (firmware: firmware/lib/...)
+    tests: tuple[str, ...]
+
+
+MODULES = [
+    Module("outbox", ("gateway/outbox/*.py",), ("tests/test_gw_outbox.py", *GW_UNITS)),
+    Module("batcher", ("gateway/batcher.py", "gateway/dedup.py"), (*GW_UNITS, *GW_E2E)),
+    Module("publisher", ("gateway/publisher.py",), (*GW_UNITS, *GW_E2E)),
+    Module("verify", ("gateway/verify.py",), (*GW_UNITS, "tests/test_gw_perf_invariants.py")),
+    Module("replay", ("gateway/replay.py",), (*GW_UNITS, "tests/test_gw_perf_invariants.py")),
+    Module("us_store", ("firmware/lib/us_store.py",), (*FW, "tests/test_fw_config_cache.py", "tests/test_fw_wake.py")),
+    Module("protocol", ("urbansense/wire/protocol.py",), ("tests/test_protocol.py", *GW_UNITS)),
+    Module("framing", ("urbansense/wire/framing.py",), ("tests/test_protocol.py", *GW_UNITS)),
+    Module("us_proto", ("firmware/lib/us_proto.py",), ("tests/test_protocol.py", *FW)),
+    Module("us_serial", ("firmware/lib/us_serial.py",), ("tests/test_protocol.py", "tests/test_gw_robustness.py", *FW)),
+    Module("us_water", ("firmware/lib/us_water.py",), ("tests/test_fw_logic.py", "tests/test_fw_node.py")),
+    Module("us_parking", ("firmware/lib/us_parking.py",), ("tests/test_fw_logic.py", "tests/test_fw_node.py")),
+    Module("demo", ("urbansense/demo.py",), ("tests/test_demo_verdict.py",)),
+]
+BY_NAME = {m.name: m for m in MODULES}
+
+# Functions of a listed file that are not the module's concern (I/O around the accounting):
+# their mutants are left out of the kill rate (mutmut still makes them: it mutates whole files).
+SKIP_FUNCTIONS = {
+    "demo": ("add_parser", "_main", "_subscribe", "run_demo", "_progress", "_drain", "render",
+             "__init__", "__call__"),
+}
+
+# mutmut exit codes (mutmut/stats.py status_by_exit_code)
+_KILLED = {1, 3, 37}
+_TIMEOUT = {24, -24, 152, 255, 36}
+_NO_TESTS = {5, 33}
+
+
+def _mutmut_path(path: str) -> str:
+    return "src/" + path.removeprefix("firmware/lib/") if path.startswith("firmware/lib/") else path
+
+
+def _copy_tree(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for f in files:
+        src = ROOT / f
+        if not f or not src.is_file():
+            continue
+        target = dest / ("src/" + f.removeprefix("firmware/lib/") if f.startswith("firmware/lib/") else f)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+    # The mutated firmware is reached through firmware/lib, as the tests' loaders expect.
+    fw = dest / "mutants" / "firmware"
+    shutil.copytree(ROOT / "firmware", fw, ignore=shutil.ignore_patterns("lib", "__pycache__"))
+    (fw / "lib").symlink_to(Path("..") / "src", target_is_directory=True)
+
+
+_PACKAGES = ("gateway", "urbansense", "simulator", "src")
+
+
+def _setup_cfg(m: Module) -> str:
+    # mutmut parses every file of its source paths: only the package of the mutated files is
+    # one; the others are copied as they are.
+    sources = sorted({_mutmut_path(p).split("/")[0] for p in m.paths})
+    copies = [p for p in _PACKAGES if p not in sources]
+    lines = ["[mutmut]", "source_paths ="] + [f"    {p}" for p in sources] + ["only_mutate ="]
+    lines += [f"    {_mutmut_path(p)}" for p in m.paths]
+    lines += ["pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in m.tests]
+    lines += ["also_copy ="] + [f"    {p}" for p in (*copies, "boards", "scenarios", "tools", "bench",
+                                                     "examples", "deploy")]
+    # -p no:xdist: mutmut forks its own workers; a fixed hypothesis seed: every mutant meets the
+    # same examples, so a kill is reproducible.
+    lines += ["pytest_add_cli_args =", "    -p", "    no:xdist", "    -p", "    no:cacheprovider",
+              "    --hypothesis-seed=0"]
+    lines += ["timeout_multiplier = 10.0", "use_git_change_detection = False", ""]
+    return "\n".join(lines)
+
+
+def _without_mutmut_section(pyproject: str) -> str:
+    """mutmut reads pyproject's [tool.mutmut] before setup.cfg: the copy must not have one."""
+    return re.sub(r"(?ms)^\[tool\.mutmut\].*?(?=^\[)", "", pyproject)
+
+
+def _function_of(mutant: str) -> str:
+    """urbansense.demo.x_render__mutmut_3 -> render; a.b.xǁClassǁmethod__mutmut_1 -> method."""
+    head = mutant.rpartition("__mutmut_")[0].rpartition(".")[2]
+    return head.rpartition("ǁ")[2] if "ǁ" in head else head.removeprefix("x_")
+
+
+def results(work: Path, skip: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Mutant names by outcome: killed (a test failed, or it ran out of time), survived,
+    no_tests (no selected test reaches the function), other (mutmut could not tell)."""
+    out: dict[str, list[str]] = {"killed": [], "survived": [], "no_tests": [], "other": []}
+    for meta in sorted((work / "mutants").rglob("*.meta")):
+        data = json.loads(meta.read_text())
+        for name, code in sorted(data["exit_code_by_key"].items()):
+            if _function_of(name) in skip:
+                continue
+            if code in _KILLED or code in _TIMEOUT:
+                out["killed"].append(name)
+            elif code in _NO_TESTS:
+                out["no_tests"].append(name)
+            elif code == 0:
+                out["survived"].append(name)
+            else:
+                out["other"].append(name)
+    return out
+
+
+def equivalents() -> set[str]:
+    """Mutant names written down as equivalent: lines of bench/mutation-equivalents.md that
+    start with ``- `NAME` ``."""
+    if not EQUIVALENTS.exists():
+        return set()
+    return set(re.findall(r"^- `([^`]+__mutmut_\d+)`", EQUIVALENTS.read_text(), re.M))
+
+
+def run(m: Module, base: Path, max_children: int) -> dict[str, object]:
+    work = base / m.name
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    _copy_tree(work)
+    (work / "setup.cfg").write_text(_setup_cfg(m))
+    pp = work / "pyproject.toml"
+    pp.write_text(_without_mutmut_section(pp.read_text()))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS")}
+    env["URBANSENSE_MUTATE"] = "1"
+    mutmut = Path(sys.executable).with_name("mutmut")
+    t0 = time.monotonic()
+    log = work / "mutmut.log"
+    with log.open("w") as out:
+        proc = subprocess.run(["nice", "-n", "15", str(mutmut), "run", "--max-children", str(max_children)],
+                              cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+    wall_s = time.monotonic() - t0
+    r = results(work, SKIP_FUNCTIONS.get(m.name, ()))
+    eq = equivalents()
+    not_killed = r["survived"] + r["no_tests"] + r["other"]
+    live = [n for n in not_killed if n not in eq]
+    killed = len(r["killed"])
+    total = killed + len(not_killed)
+    non_equivalent = killed + len(live)
+    return {"module": m.name, "rc": proc.returncode, "wall_s": round(wall_s), "mutants": total,
+            "killed": killed, "equivalent": len(not_killed) - len(live), "survivors": live,
+            "no_tests": len(r["no_tests"]),
+            "kill_rate": round(100 * killed / non_equivalent, 1) if non_equivalent else None,
+            "log": str(log)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("modules", nargs="*", metavar="MODULE",
+                    help="modules to run (default: all): " + ", ".join(BY_NAME))
+    ap.add_argument("--max-children", type=int, default=2)
+    ap.add_argument("--json", action="store_true", help="one JSON line per module")
+    args = ap.parse_args(argv)
+    unknown = [n for n in args.modules if n not in BY_NAME]
+    if unknown:
+        ap.error(f"unknown module(s) {unknown}: choose from {', '.join(BY_NAME)}")
+    base = Path(os.environ.get("MUTATE_DIR", ROOT / "build" / "mutate")).resolve()
+    failed = False
+    for name in args.modules or list(BY_NAME):
+        res = run(BY_NAME[name], base, args.max_children)
+        if args.json:
+            print(json.dumps(res), flush=True)
+        else:
+            print(f"{res['module']:10s} mutants {res['mutants']:4d}  killed {res['killed']:4d}  "
+                  f"equivalent {res['equivalent']:3d}  surviving {len(res['survivors']):3d} "  # type: ignore[arg-type]
+                  f"(no tests {res['no_tests']})  kill rate {res['kill_rate']} %  {res['wall_s']} s", flush=True)
+            for s in res["survivors"]:  # type: ignore[attr-defined]
+                print(f"    {s}")
+        rate = res["kill_rate"]
+        failed = failed or res["rc"] != 0 or rate is None or rate < 90.0  # type: ignore[operator]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
