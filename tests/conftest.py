@@ -7,6 +7,7 @@ which case tests that need them are skipped with the reason.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support.broker import Broker, BrokerUnavailable, TlsMaterial, make_tls_material
+from tests.support.loopwatch import LoopWatch
 from tests.support.mpvm import missing_reason, run_micropython
 
 ALLOW_SKIP = os.environ.get("URBANSENSE_ALLOW_SKIP") == "1"
@@ -27,6 +29,27 @@ def _unavailable(reason: str) -> None:
     if ALLOW_SKIP:
         pytest.skip(reason)
     pytest.fail(f"{reason} (set URBANSENSE_ALLOW_SKIP=1 to skip instead)", pytrace=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every async test of the gateway (tests/test_gw_*.py) runs under ``loop_watch``, first of
+    its fixtures, so the other fixtures' set-up and teardown are watched too."""
+    for item in items:
+        if (item.path.name.startswith("test_gw_") and isinstance(item, pytest.Function)
+                and inspect.iscoroutinefunction(item.obj) and "loop_watch" not in item.fixturenames):
+            item.fixturenames.insert(0, "loop_watch")
+
+
+@pytest.fixture
+async def loop_watch() -> AsyncIterator[LoopWatch]:
+    """Fails the test if its code blocked the event loop (tests/support/loopwatch.py): a
+    blocking call or a long computation held the loop for over a second."""
+    watch = LoopWatch(asyncio.get_running_loop())
+    watch.start()
+    yield watch
+    watch.stop()
+    if watch.blocks:
+        pytest.fail(watch.report(), pytrace=False)
 
 
 @pytest.fixture

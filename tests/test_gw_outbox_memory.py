@@ -133,7 +133,7 @@ async def test_outage_under_load_keeps_outbox_bounded_memory_flat_and_delivers_o
     warmup, measured = flood
 
     await asyncio.wait_for(pub.connected.wait(), 10)
-    broker.stop()
+    await asyncio.to_thread(broker.stop)
     await wait_for(lambda: not pub.connected.is_set(), what="publisher noticed the outage")
     before_outage = len(sub.frames)
 
@@ -197,7 +197,7 @@ async def test_outage_under_load_keeps_outbox_bounded_memory_flat_and_delivers_o
     assert disk1 < db_bytes + WAL_MAX, f"WAL beyond its auto-checkpoint size: {disk1 - db_bytes} B"
 
     # The broker returns: what the outbox holds arrives exactly once, in order per node.
-    broker.start()
+    await asyncio.to_thread(broker.start)
     await wait_for(lambda: gw.outbox is not None and gw.outbox.depth == 0, timeout_s=20,
                    what="outbox drained")
     await wait_for(lambda: len(sub.frames) - before_outage >= len(stored), timeout_s=10,

@@ -158,11 +158,11 @@ async def test_broker_restart_loses_nothing_in_order(
 
     send(20)
     await wait_for(lambda: len(sub.frames) >= 60, what="first 60")
-    mqtt_broker.stop()
+    await asyncio.to_thread(mqtt_broker.stop)
     await wait_for(lambda: not gw.publisher.connected.is_set(), what="publisher noticed")
     send(30)  # accepted into the outbox while the broker is down
     await wait_for(lambda: gw.metrics.readings_committed.total() == 150, what="committed")
-    mqtt_broker.start()
+    await asyncio.to_thread(mqtt_broker.start)
     send(20)
     await wait_for(lambda: len(set(sub.keys())) == 210, timeout_s=20, what="all 210 delivered")
     for node in fcnt:

@@ -356,7 +356,7 @@ async def test_frames_out_by_transport_acks_by_transport_and_batch_bytes(
 async def test_batches_from_before_a_restart_count_as_unknown_transport(
     tmp_path: Path, mqtt_broker: Any, running: Any
 ) -> None:
-    mqtt_broker.stop()
+    await asyncio.to_thread(mqtt_broker.stop)
     first = Gateway(make_config(tmp_path, mqtt_broker))
     task = asyncio.create_task(first.run())
     await asyncio.wait_for(first.started.wait(), 10)
@@ -364,7 +364,7 @@ async def test_batches_from_before_a_restart_count_as_unknown_transport(
     await wait_for(lambda: first.metrics.readings_committed.total() == 1, what="committed")
     await first.stop()
     await task
-    mqtt_broker.start()
+    await asyncio.to_thread(mqtt_broker.start)
     gw = await running(make_config(tmp_path, mqtt_broker))
     gw.feed(frame(1, 2), "test")
     await wait_for(lambda: gw.metrics.published_readings.total() == 2, what="both published")
@@ -420,7 +420,7 @@ async def test_shutdown_keeps_the_verdict_verify_was_waiting_to_queue(
         await asyncio.Event().wait()
 
     monkeypatch.setattr(Batcher, "run", behind)
-    mqtt_broker.stop()  # nothing leaves the outbox: it holds exactly what shutdown flushed
+    await asyncio.to_thread(mqtt_broker.stop)  # nothing leaves the outbox: it holds exactly what shutdown flushed
     cfg = make_config(tmp_path, mqtt_broker)
     cfg.queue_size = 4
     gw = Gateway(cfg)
