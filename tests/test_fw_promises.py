@@ -14,11 +14,10 @@ import json
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from simulator.firmware_loader import load_firmware
+from simulator.firmware_loader import firmware_module
 from tests import fw_fakes as ff
 
-load_firmware()
-import us_store  # noqa: E402
+us_store = firmware_module("us_store")
 
 EVENTS = ("sleep", "wdt", "power_loss", "power_loss_before_save")
 # Few frames a wake mostly, as a node sends; whole blocks too, so wakes end on the reservation.
