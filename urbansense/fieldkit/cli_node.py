@@ -1,10 +1,64 @@
-"""``urbansense node ...``: flash, provision, verify, doctor (docs/FIELD-GUIDE.md)."""
+"""``urbansense node ...``: provision (and the other field steps), docs/FIELD-GUIDE.md."""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
 from typing import Any
+
+from urbansense.fieldkit._cli import emit, guarded
+
+KINDS = ("parking", "bin", "water")
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("node", help="turn a board into a node: flash, provision, verify")
-    p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    p = subparsers.add_parser("node", help="turn a board into a node: provision, verify")
+    sub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    pr = sub.add_parser("provision", help="copy the firmware and a new identity to a board with MicroPython")
+    pr.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
+    pr.add_argument("--kind", required=True, choices=KINDS)
+    pr.add_argument("--board", required=True, help="board definition in boards/, e.g. city-wroom32e")
+    pr.add_argument("--site", required=True, help="site name, recorded in the registry and on the label")
+    pr.add_argument("--registry", type=Path,
+                    help="the site registry file (default: sites/SITE/nodes.jsonl)")
+    pr.add_argument("--node-id", help="use this id (default: the next free one in the registry)")
+    pr.add_argument("--transport", default="ble", choices=("ble", "serial"))
+    pr.add_argument("--json", action="store_true", help="print the result as JSON (no progress)")
+    pr.set_defaults(handler=guarded(_provision))
+
+
+class _Bar:
+    """One progress line per file on a terminal; one line per copied file otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = ""
+
+    def __call__(self, path: str, done: int, total: int) -> None:
+        if self.tty:
+            width = 30
+            filled = width * done // max(total, 1)
+            sys.stderr.write(f"\r{path:28} [{'#' * filled}{'.' * (width - filled)}] {done / 1000:6.1f} kB")
+            if done >= total:
+                sys.stderr.write("\n")
+        elif done >= total and path != self.last:
+            sys.stderr.write(f"{path} {total} B\n")
+        self.last = path
+        sys.stderr.flush()
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from urbansense.fieldkit.provision import Request, label_text, provision
+    from urbansense.fieldkit.siteregistry import parse_node_id
+
+    registry = args.registry or Path("sites") / args.site / "nodes.jsonl"
+    req = Request(port=args.port, kind=args.kind, board=args.board, site=args.site, registry=registry,
+                  node_id=parse_node_id(args.node_id) if args.node_id else None, transport=args.transport)
+    result = provision(req, None if args.json else _Bar())
+    text = (f"{label_text(result)}\n"
+            f"copied {result['files_copied']} files ({result['bytes_copied']} B), "
+            f"{result['files_unchanged']} unchanged; self-check ok (fw {result['self_check'].get('fw')})\n"
+            f"next: install the board, then `urbansense node verify --node {result['node']}`")
+    emit(args, result, text)
+    return 0

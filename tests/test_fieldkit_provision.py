@@ -1,0 +1,161 @@
+"""``urbansense node provision`` against the virtual board (tests/support/vboard.py), end to
+end: the board's own files then run on the MicroPython VM and a gateway that picked the node
+up from the registry without a restart verifies its first frame."""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import serial
+
+from gateway.registry import write_registry
+from tests.support.mpvm import missing_reason, run_micropython
+from tests.support.vboard import VirtualBoard
+from tests.test_gw_support import make_config, wait_for
+from urbansense.cli import main
+from urbansense.fieldkit import FieldError
+from urbansense.fieldkit.provision import Request, provision
+from urbansense.fieldkit.siteregistry import SiteRegistry
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
+              pytest.mark.timeout(120)]
+
+BOOT_BOARD_FILES = r"""
+import sys, json, binascii
+sys.path.append('/fw')
+import fw_fakes
+board_json = open('/board/board.json').read()
+w = fw_fakes.make_world('parking', board=json.loads(board_json))
+w.files['config.json'] = open('/board/config.json').read()
+w.files['board.json'] = board_json
+import us_node
+print('module', us_node.__file__)
+ms = w.run_cycle(us_node)
+print('sleep_ms', ms)
+for f in w.frames():
+    print('frame', binascii.hexlify(f).decode())
+"""
+
+
+def _provision(port: str, registry: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, Any]:
+    rc = main(["node", "provision", "--port", port, "--kind", "parking", "--board", "city-wroom32e",
+               "--site", "angers-centre", "--registry", str(registry), "--json", *extra])
+    out = capsys.readouterr().out
+    return rc, json.loads(out.strip().splitlines()[-1])
+
+
+async def test_blank_board_to_a_verified_first_frame(
+        tmp_path: Path, mqtt_broker: Any, running: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = tmp_path / "site" / "nodes.jsonl"
+    write_registry(registry, [])
+    gw = await running(_cfg(tmp_path, mqtt_broker, registry))
+    flash = tmp_path / "flash"
+    with VirtualBoard(flash) as board:
+        rc, res = _provision(board.port, registry, capsys)
+        assert rc == 0 and res["ok"] and res["files_copied"] >= 20 and res["bytes_copied"] > 20000
+        node_id = res["node_id"]
+        key = SiteRegistry(registry).records()[0]["key"]
+        assert key not in json.dumps(res)  # never printed
+        assert stat.S_IMODE(registry.stat().st_mode) == 0o600
+        # A re-provision of the unchanged node copies nothing and keeps the identity.
+        rc, again = _provision(board.port, registry, capsys)
+        assert rc == 0 and again["bytes_copied"] == 0 and again["reused_identity"]
+        assert again["node_id"] == node_id and len(SiteRegistry(registry).records()) == 1
+    # The gateway picked the node up from the registry file, without a restart.
+    await wait_for(lambda: gw.registry.get(node_id) is not None, what="registry reload")
+    # What was copied boots: the board's .mpy files and config, on the MicroPython VM.
+    proc = run_micropython(BOOT_BOARD_FILES, mounts={str(flash / "lib"): "/lib", str(flash): "/board",
+                                                    str(ROOT / "tests" / "fw_fakes.py"): "/fw/fw_fakes.py"},
+                           timeout_s=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "module /lib/us_node.mpy" in lines
+    frames = [binascii.unhexlify(x.split()[1]) for x in lines if x.startswith("frame ")]
+    assert frames, proc.stdout
+    for f in frames:
+        gw.feed(f, transport="ble", rssi_dbm=-71)
+    await wait_for(lambda: gw.metrics.frames_accepted.total() >= 1, what="first frame verified")
+    assert gw.metrics.rejections.total() == 0
+    await wait_for(lambda: any(n["node_id"] == node_id and n["last_seen_s"] for n in gw.status()["nodes"]),
+                   what="the node seen on the status page")
+
+
+def _cfg(tmp_path: Path, broker: Any, registry: Path) -> Any:
+    cfg = make_config(tmp_path / "gw", broker, nodes=range(0))
+    cfg.registry = registry
+    return cfg
+
+
+def test_a_pulled_cable_mid_copy_resumes_without_a_second_id(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = tmp_path / "nodes.jsonl"
+    board = VirtualBoard(tmp_path / "flash")
+    board.plug_in()
+    copied: list[str] = []
+
+    def pull_after_some(path: str, done: int, total: int) -> None:
+        if done >= total:
+            copied.append(path)
+        if len(copied) == 6:
+            board.pull_cable()
+
+    try:
+        with pytest.raises(FieldError) as ei:
+            provision(Request(board.port, "parking", "city-wroom32e", "s", registry), pull_after_some)
+        assert "lost the board" in ei.value.problem and "resumes" in ei.value.next_step
+        board.plug_in()  # back in, maybe under another name
+        res = provision(Request(board.port, "parking", "city-wroom32e", "s", registry))
+        assert res["reused_identity"] and res["node_id"] == 1
+        assert res["files_unchanged"] >= 5 and res["files_copied"] >= 1
+        assert [r["node_id"] for r in SiteRegistry(registry).records()] == [1]
+    finally:
+        board.close()
+
+
+def test_no_such_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["node", "provision", "--port", str(tmp_path / "ttyUSB9"), "--kind", "bin", "--board",
+               "city-wroom32e", "--site", "s", "--registry", str(tmp_path / "r.jsonl")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "no serial port" in err and "--port" in err
+    assert not (tmp_path / "r.jsonl").exists()  # nothing registered for a board never reached
+
+
+def test_a_busy_port_names_the_cause(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with VirtualBoard(tmp_path / "flash") as board, serial.Serial(board.port, exclusive=True):
+        rc = main(["node", "provision", "--port", board.port, "--kind", "bin", "--board",
+                   "city-wroom32e", "--site", "s", "--registry", str(tmp_path / "r.jsonl")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "in use by another program" in err
+
+
+def test_a_port_without_micropython(tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    try:
+        with pytest.raises(FieldError) as ei:
+            provision(Request(os.ttyname(slave), "bin", "city-wroom32e", "s", tmp_path / "r.jsonl",
+                              connect_timeout_s=1.0))
+        assert "no MicroPython REPL" in ei.value.problem and "node flash" in ei.value.next_step
+    finally:
+        for fd in (master, slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def test_an_unknown_board_or_taken_id_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reg = tmp_path / "r.jsonl"
+    rc = main(["node", "provision", "--port", "/dev/null", "--kind", "bin", "--board", "city-wroom99",
+               "--site", "s", "--registry", str(reg)])
+    assert rc == 2 and "city-wroom32e" in capsys.readouterr().err
+    SiteRegistry(reg).add("bin", node_id=5)
+    with VirtualBoard(tmp_path / "flash") as board:
+        rc, res = _provision(board.port, reg, capsys, "--node-id", "5")
+    assert rc == 2 and "already in use" in res["error"]
+    assert len(SiteRegistry(reg).records()) == 1

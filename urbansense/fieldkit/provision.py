@@ -1,0 +1,135 @@
+"""``urbansense node provision``: a board with MicroPython -> a registered node.
+
+Steps (each error a FieldError with the next step):
+1. Check the board definition and build the config with the firmware's own checks
+   (nodeconfig): a config the node would answer with SAFE MODE never leaves the laptop.
+2. Connect over the raw REPL (boardlink). Read the board's config.json: a board that is
+   already a node of this registry keeps its identity (id and key), so a re-run after a
+   pulled cable, or a re-provision after a firmware change, never takes a second id.
+3. Otherwise allocate the id and generate the key in the site registry (siteregistry: under
+   its lock, written 0600; the running gateway picks the node up without a restart).
+4. Copy config.json, board.json, the firmware compiled by mpy-cross for the chip, boot.py and
+   main.py: only files whose SHA-256 differs, each verified after the copy; stale firmware
+   modules removed.
+5. Soft reset (raw REPL: boot.py runs, main.py does not, so the board does not go to sleep
+   under us) and run the self-check on the board: the firmware's modules load from the
+   copied .mpy files and accept the copied config and board files.
+The node key goes to the registry and the board only: it is never printed or logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mpremote.transport import TransportExecError
+
+from urbansense.fieldkit import boardlink, build, nodeconfig
+from urbansense.fieldkit._errors import FieldError
+from urbansense.fieldkit.siteregistry import SiteRegistry
+
+# Run on the board after the soft reset: one JSON line (the firmware's verdict on its files).
+SELF_CHECK = """
+import sys, json
+if '/lib' not in sys.path:
+    sys.path.append('/lib')
+try:
+    import us_config
+    cfg = us_config.parse(open('config.json').read())
+    us_config.check_board(cfg, json.loads(open('board.json').read()))
+    k = __import__('us_' + cfg['kind'])
+    if hasattr(k, 'check_config'):
+        k.check_config(cfg)
+    import us_node
+    r = {'node_id': cfg['node_id'], 'kind': cfg['kind'], 'transport': cfg['transport'],
+         'fw': us_node.FW_VERSION, 'platform': sys.platform, 'version': sys.version}
+except Exception as e:
+    r = {'error': e.__class__.__name__ + ': ' + str(e)}
+print(json.dumps(r))
+"""
+
+
+@dataclass
+class Request:
+    port: str
+    kind: str
+    board: str
+    site: str
+    registry: Path
+    node_id: int | None = None
+    transport: str = "ble"
+    connect_timeout_s: float = 10.0
+
+
+def _existing_identity(link: boardlink.BoardLink, site: SiteRegistry) -> dict[str, Any] | None:
+    """The registry record of the node this board already is, if any."""
+    text = link.read_text("config.json")
+    if text is None:
+        return None
+    try:
+        cfg = json.loads(text)
+        node_id, key = cfg["node_id"], cfg["key"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    for rec in site.records():
+        if rec["node_id"] == node_id and rec.get("key") == key:
+            return rec
+    return None
+
+
+def provision(req: Request, progress: boardlink.Progress | None = None) -> dict[str, Any]:
+    board = nodeconfig.load_board(req.board)
+    chip = str(board.get("chip", "ESP32"))
+    build.march_for(chip)
+    nodeconfig.make_config(0, bytes(16), req.kind, board, req.transport)  # refused before any change
+    site = SiteRegistry(req.registry)
+    with boardlink.connect(req.port, req.connect_timeout_s) as link:
+        rec = _existing_identity(link, site)
+        reused = False
+        if rec is not None and not rec.get("revoked") and req.node_id in (None, rec["node_id"]):
+            if rec.get("kind") != req.kind:
+                raise FieldError(
+                    f"this board is already node {rec['node_id']} ({rec['node_id']:08x}), a {rec.get('kind')} node",
+                    f"use --kind {rec.get('kind')} to re-provision it, or revoke it first "
+                    f"(`urbansense registry revoke --registry {req.registry} --node {rec['node_id']}`) "
+                    "to make it a new node", exit_code=2)
+            node_id, key = int(rec["node_id"]), bytes.fromhex(rec["key"])
+            reused = True
+        else:
+            pub, key = site.add(req.kind, node_id=req.node_id,
+                                extra={"board": req.board, "site": req.site, "transport": req.transport})
+            node_id = int(pub["node_id"])
+        cfg = nodeconfig.make_config(node_id, key, req.kind, board, req.transport)
+        files = build.node_files(chip, (json.dumps(cfg) + "\n").encode(), nodeconfig.board_json_for_node(board))
+        counts = link.sync(files, progress)
+        removed = link.remove_stale(files)
+        link.soft_reset()
+        try:
+            check = link.run_json(SELF_CHECK)
+        except TransportExecError as exc:
+            check = {"error": exc.error_output.strip().splitlines()[-1] if exc.error_output.strip() else "no output"}
+        if not isinstance(check, dict) or "error" in check:
+            err = check.get("error") if isinstance(check, dict) else repr(check)
+            hint = ("flash the pinned MicroPython image (`urbansense node flash --port PORT`): the board's "
+                    "MicroPython does not load these .mpy files") if "mpy" in str(err) else \
+                "run `urbansense node doctor --port PORT` and send its output to the firmware team"
+            raise FieldError(f"the board's self-check failed after the copy: {err}", hint)
+        if check.get("node_id") != node_id:
+            raise FieldError(f"the board reports node {check.get('node_id')}, expected {node_id}",
+                             "run the same command again")
+    return {
+        "ok": True, "node_id": node_id, "node": f"{node_id:08x}", "kind": req.kind, "site": req.site,
+        "board": req.board, "transport": req.transport, "date": dt.date.today().isoformat(),
+        "reused_identity": reused, **counts, "files_removed": removed,
+        "self_check": {k: check[k] for k in ("fw", "platform", "version") if k in check},
+        "registry": str(req.registry),
+    }
+
+
+def label_text(result: dict[str, Any]) -> str:
+    return (f"urbansense node {result['node']} ({result['node_id']})\n"
+            f"kind {result['kind']}  site {result['site']}  board {result['board']}\n"
+            f"provisioned {result['date']}")
