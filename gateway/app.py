@@ -28,9 +28,12 @@ from typing import Any, Final
 
 from gateway.batcher import Batcher
 from gateway.config import GatewayConfig
+from gateway.downlinks import Downlinks
 from gateway.errors import ConfigError
 from gateway.health import Health
+from gateway.listener import DownlinkListener
 from gateway.metrics import Metrics
+from gateway.mqttclient import Credentials, Protocols
 from gateway.outbox import SD_PAGE_SIZE, Outbox
 from gateway.publisher import Publisher, first_cause
 from gateway.ratelog import RateLimitedLog, Traceback
@@ -72,6 +75,8 @@ class Gateway:
             BleTransport(config.ble, self._put_ble, self.metrics) if config.ble.enabled else None
         )
         config.check_files()  # a missing or unreadable file, or an open secret: refused at start
+        self.protocols = Protocols(config.mqtt.protocol)
+        self.credentials = Credentials(config.mqtt)
         self.started_s = 0.0
         self.http_port = 0
         self._stop = asyncio.Event()
@@ -84,6 +89,8 @@ class Gateway:
         self.publisher: Publisher | None = None
         self.verifier: Verifier | None = None
         self.health: Health | None = None
+        self.downlinks: Downlinks | None = None
+        self.listeners: list[DownlinkListener] = []
 
     # -- reloading (see reload() below) -------------------------------------------------------
 
@@ -119,27 +126,33 @@ class Gateway:
                              ack_flush_s=cfg.outbox.ack_flush_s, page_size=SD_PAGE_SIZE)
         replay = ReplayTable(self.outbox.load_nodes())
         self.verifier = Verifier(self.registry, replay, self.metrics)
-        self.publisher = Publisher(
-            cfg, self.outbox, self.metrics,
-            on_downlink=lambda n, c: self._batcher().queue_commands(n, c),
-            known_node=lambda n: self.registry.get(n) is not None,
+        self.publisher = publisher = Publisher(
+            cfg, self.outbox, self.metrics, self.protocols, self.credentials,
+            preferred_up_s=lambda i: self.listeners[i].connected_for_s(),
         )
+        self.downlinks = Downlinks(self.outbox, self.registry, publisher.emit_applied, self.metrics)
+        self.listeners = [
+            DownlinkListener(cfg, b, self.protocols, self.credentials, self.downlinks, self.metrics)
+            for b in cfg.mqtt.brokers
+        ]
         self.started_s = time.time()
         self.health = Health(cfg.health, self.registry, self.publisher.emit_event, self.started_s)
-        self.batcher = Batcher(cfg.batch, self.outbox, self.registry, replay, self.health, self.metrics)
+        self.batcher = Batcher(cfg.batch, self.outbox, self.registry, replay, self.health, self.metrics,
+                               self.downlinks)
         server = None
         if cfg.http.enabled:
             from gateway.statuspage import start_http
 
             server = await start_http(self, cfg.http.listen, cfg.http.port)
             self.http_port = server.sockets[0].getsockname()[1]
-        batcher, publisher = self.batcher, self.publisher
+        batcher = self.batcher
         transports = [self._spawn("serial", p.run, p.path) for p in self.serial_ports]
         if self.ble is not None:
             transports.append(self._spawn("ble", self.ble.run))
         verify_task = self._spawn("verify", self._verify_loop)
         batch_task = self._spawn("batch", lambda: batcher.run(self.verdicts))
         publish_task = self._spawn("publish", publisher.run)
+        listen_tasks = [self._spawn("listen", lis.run, lis.name) for lis in self.listeners]
         chores = self._spawn("chores", self._chores)
         _log.info("event=gateway_started site=%s gateway=%s nodes=%d http_port=%d",
                   cfg.site, cfg.gateway_id, len(self.registry), self.http_port)
@@ -158,8 +171,9 @@ class Gateway:
                 self._drain()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(publisher.announce_offline(), 3)
-                publish_task.cancel()
-                await asyncio.gather(publish_task, return_exceptions=True)
+                for t in (publish_task, *listen_tasks):
+                    t.cancel()
+                await asyncio.gather(publish_task, *listen_tasks, return_exceptions=True)
             finally:
                 if server is not None:
                     server.close()
@@ -242,8 +256,14 @@ class Gateway:
 
     def _reload_credentials(self) -> None:
         self.config.check_files()
+        if not self.credentials.reload():
+            _log.info("event=credentials_unchanged")
+            return
+        _log.warning("event=credentials_reloaded reconnect=true")
         if self.publisher is not None:
-            self.publisher.reload_credentials()
+            self.publisher.end_session("credentials reloaded")
+        for lis in self.listeners:
+            lis.end_session()
 
     async def stop(self) -> None:
         """Flush the batcher into the outbox and stop; returns when everything is closed."""

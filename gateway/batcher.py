@@ -4,21 +4,21 @@ A pack closes at ``max_records`` frames, before it would pass ``max_bytes``, whe
 frame is ``max_age_s`` old, or ``ack_max_delay_ms`` after a frame that waits for a serial ack.
 Acks are written only after the commit returns: an acked frame is on disk.
 
-Downlink commands are checked when queued: bounded values, and the ack that will carry them
-must fit a node's serial receive buffer, or the node could never read any ack again.
+Downlink commands ride with the acks (gateway/downlinks.py decides which, and when a node has
+applied them); what a batch changes in them is committed with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import Any, Final
 
 from gateway.config import BatchConfig
 from gateway.dedup import DedupIndex
+from gateway.downlinks import Downlinks
 from gateway.errors import OutboxFull
 from gateway.health import Health
 from gateway.metrics import Metrics
@@ -27,48 +27,16 @@ from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
 from gateway.replay import NodeState, ReplayTable
 from gateway.verify import Accepted, Duplicate, Verdict
-from urbansense.wire import framing
-from urbansense.wire.protocol import NodeKeys, encode_ack
-from urbansense.wire.quantities import COMMAND_RANGES, COMMANDS, MAX_THRESHOLDS
+from urbansense.wire.protocol import encode_ack
 from urbansense.wire.senml import encode_frame, frame_bytes, join_frames
 
 _log = logging.getLogger(__name__)
 
-# A serial node keeps at most this many received bytes (firmware/lib/us_serial.py _RX_MAX):
-# a longer ACK packet (COBS, CRC and the 0x00 delimiter included) never reaches it, the frame
-# is never acked and every retransmission gets the same cached ack.
-MAX_ACK_PACKET_LEN: Final = 128
-_UINT32_MAX: Final = 0xFFFFFFFF
 _ACK_TRANSPORT: Final = "serial"  # the only transport that carries acks (PROTOCOL.md section 1)
 # Entries of batches the outbox dropped, tolerated in the frames-out ledger before a sweep:
 # proportional, so a sweep (O(outbox depth)) comes once per depth/8 commits at most.
 _LEDGER_SLACK_MIN: Final = 64
 _LEDGER_SLACK_DIV: Final = 8
-
-
-def commands_from_json(obj: Any) -> dict[int, object]:
-    """{"report_interval_s": 900} -> {1: 900}; ValueError names the bad command."""
-    if not isinstance(obj, dict) or not obj:
-        raise ValueError("commands must be a non-empty object")
-    out: dict[int, object] = {}
-    for name, value in obj.items():
-        key = COMMANDS.get(name)
-        if key is None:
-            raise ValueError(f"unknown command {name!r}")
-        lo, hi = COMMAND_RANGES[name]
-        if name == "thresholds":
-            if (not isinstance(value, list) or not 1 <= len(value) <= MAX_THRESHOLDS
-                    or not all(type(v) is int and lo <= v <= hi for v in value)):
-                raise ValueError(f"thresholds must be a list of 1..{MAX_THRESHOLDS} integers {lo}..{hi}")
-        elif type(value) is not int or not lo <= value <= hi:
-            raise ValueError(f"{name} must be an integer {lo}..{hi}")
-        out[key] = value
-    return out
-
-
-def ack_packet_len(keys: NodeKeys, node_id: int, commands: dict[int, object]) -> int:
-    """Bytes on the serial line of an ack carrying these commands (counters do not change it)."""
-    return len(framing.wrap(encode_ack(keys, node_id, _UINT32_MAX, _UINT32_MAX, commands)))
 
 
 class Batcher:
@@ -80,6 +48,7 @@ class Batcher:
         replay: ReplayTable,
         health: Health,
         metrics: Metrics,
+        downlinks: Downlinks | None = None,
     ) -> None:
         self.cfg = cfg
         self.outbox = outbox
@@ -93,37 +62,8 @@ class Batcher:
         self._bytes = 1
         self._opened_s = 0.0
         self._ack_deadline_s: float | None = None
-        self.commands: dict[int, dict[int, object]] = {}
-        for node_id, text in outbox.load_downlinks().items():
-            try:
-                cmds = {int(k): v for k, v in json.loads(text).items()}
-                self._check_fits(node_id, cmds)
-            except (ValueError, AttributeError, TypeError) as exc:
-                # Stored before the size check existed, or damaged: never sent, kept on disk
-                # until the node's next downlink replaces it.
-                _log.error("event=downlink_dropped node=%08x error=%s", node_id, exc)
-                continue
-            self.commands[node_id] = cmds
-
-    # -- downlinks ----------------------------------------------------------------------
-
-    def queue_commands(self, node_id: int, commands: dict[int, object]) -> None:
-        """Persist commands to go out with the node's next ack (merged with pending ones).
-
-        ValueError when the node is unknown or the ack would not fit the node's receive buffer.
-        """
-        merged = {**self.commands.get(node_id, {}), **commands}
-        self._check_fits(node_id, merged)
-        self.outbox.put_downlink(node_id, json.dumps({str(k): v for k, v in merged.items()}))
-        self.commands[node_id] = merged
-
-    def _check_fits(self, node_id: int, commands: dict[int, object]) -> None:
-        node = self.registry.get(node_id)
-        if node is None:
-            raise ValueError(f"unknown node {node_id:08x}")
-        n = ack_packet_len(node.keys, node_id, commands)
-        if n > MAX_ACK_PACKET_LEN:
-            raise ValueError(f"ack would be {n} bytes on serial, a node reads {MAX_ACK_PACKET_LEN}")
+        # None: downlinks whose acks go nowhere (benchmarks, tests of the batcher alone).
+        self.downlinks = downlinks or Downlinks(outbox, registry, lambda applied: None, metrics)
 
     # -- the stage ----------------------------------------------------------------------
 
@@ -168,7 +108,10 @@ class Batcher:
             return
         if not st.is_committed(d.fcnt):
             return  # accepted but not yet on disk (still queued): never ack what is not
-        ack = st.acks.get(d.fcnt) or encode_ack(node.keys, d.node_id, st.dcnt, d.fcnt)
+        # A cached ack again; after a restart (no cache) a new one with the pending commands:
+        # every ack at or above a set's sent DCnt must carry it (gateway/downlinks.py).
+        ack = st.acks.get(d.fcnt) or encode_ack(
+            node.keys, d.node_id, st.dcnt, d.fcnt, self.downlinks.commands_for(d.node_id))
         self._reply(d.reply, ack)
 
     def tick(self) -> None:
@@ -209,9 +152,12 @@ class Batcher:
                 waiting.append(acc)
         payload = join_frames(parts, records)
         priority = PRIORITY_ALARM if alarm else PRIORITY_ORDINARY
-        # Allocate downlink counters before the commit so they are persisted with it.
+        # Allocate downlink counters before the commit so they are persisted with it; the
+        # frames' dcnt readings first, so a set the node confirms is not sent again.
+        plan = self.downlinks.plan()
+        for acc in batch:
+            plan.report(acc.record.node_id, acc.record.readings)
         acks: list[tuple[Accepted, bytes]] = []
-        commands_sent: list[int] = []
         for acc in waiting:
             node_id = acc.record.node_id
             node = self.registry.get(node_id)
@@ -219,9 +165,7 @@ class Batcher:
                 continue
             st = self.replay.get(node_id)
             st.dcnt += 1
-            cmds = self.commands.get(node_id) if node_id not in commands_sent else None
-            if cmds:
-                commands_sent.append(node_id)
+            cmds = plan.for_ack(node_id, st.dcnt)
             acks.append((acc, encode_ack(node.keys, node_id, st.dcnt, acc.record.fcnt, cmds)))
         advanced: list[tuple[NodeState, int, int]] = []  # applied once the commit returns
         rows: list[NodeRow] = []
@@ -232,7 +176,7 @@ class Batcher:
             advanced.append((st, mark, seen))
             rows.append(st.row(node_id, mark, seen, st.dcnt))
         try:
-            batch_id = self.outbox.commit_batch(payload, len(batch), priority, rows, commands_sent)
+            batch_id = self.outbox.commit_batch(payload, len(batch), priority, rows, plan.done)
         except Exception as exc:
             # Disk full (after the outbox evicted what it could) or an I/O error: nothing was
             # acked, so serial nodes keep these frames and retransmit; BLE frames are lost to
@@ -249,9 +193,7 @@ class Batcher:
             return
         for st, mark, seen in advanced:
             st.committed, st.committed_seen = mark, seen
-        for node_id in commands_sent:
-            self.commands.pop(node_id, None)
-            self.metrics.downlinks.inc("sent")
+        plan.committed()
         self.metrics.batch_records.observe(len(batch))
         self.metrics.batch_bytes.observe(len(payload))
         ledger = self.metrics.frames_out_ledger

@@ -59,13 +59,20 @@ class MqttConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     tls: bool = False
-    keepalive_s: int = 30
+    # A broker that stops answering is detected within 2 x keepalive_s + 2 s (paho's PINGREQ
+    # after keepalive_s of silence, the connection dropped keepalive_s later).
+    keepalive_s: int = 15
     inflight_max: int = 16
     drain_rate_batches_s: float = 50.0
     backoff_min_s: float = 0.5
     backoff_max_s: float = 60.0
     publish_timeout_s: float = 30.0
     connect_timeout_s: float = 10.0
+    # How long a broker keeps the downlink listener's session (and the commands queued in it)
+    # while the gateway is away: MQTT 5 Session Expiry Interval; 3.1.1 brokers keep it for ever.
+    session_expiry_s: int = 7 * 86400
+    # A preferred broker must have been reachable this long before the gateway returns to it.
+    failback_s: float = 30.0
 
 
 @dataclass(slots=True)
@@ -159,6 +166,10 @@ class GatewayConfig:
             raise ConfigError("mqtt.keepalive_s", "must be 1..65535 (0 would turn keepalive off)")
         _positive("mqtt.publish_timeout_s", self.mqtt.publish_timeout_s)
         _positive("mqtt.connect_timeout_s", self.mqtt.connect_timeout_s)
+        if not 0 < self.mqtt.session_expiry_s <= 0xFFFFFFFF:
+            raise ConfigError("mqtt.session_expiry_s", "must be 1..4294967295 (0 would drop queued downlinks)")
+        if self.mqtt.failback_s < 0:
+            raise ConfigError("mqtt.failback_s", "must be >= 0")
         if self.mqtt.cert_file is not None and not self.mqtt.tls:
             raise ConfigError("mqtt.cert_file", "needs mqtt.tls = true (or mqtt.ca_file)")
         if self.mqtt.cert_file is not None and self.mqtt.key_file is None:
@@ -399,13 +410,15 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path | None = None) -> Ga
         cert_file=m.path("cert_file", None),
         key_file=m.path("key_file", None),
         tls=m.bool_("tls", False),
-        keepalive_s=m.int_("keepalive_s", 30),
+        keepalive_s=m.int_("keepalive_s", 15),
         inflight_max=m.int_("inflight_max", 16),
         drain_rate_batches_s=m.float_("drain_rate_batches_s", 50.0),
         backoff_min_s=m.float_("backoff_min_s", 0.5),
         backoff_max_s=m.float_("backoff_max_s", 60.0),
         publish_timeout_s=m.float_("publish_timeout_s", 30.0),
         connect_timeout_s=m.float_("connect_timeout_s", 10.0),
+        session_expiry_s=m.int_("session_expiry_s", 7 * 86400),
+        failback_s=m.float_("failback_s", 30.0),
     )
     m.finish()
     if mqtt.ca_file is not None:

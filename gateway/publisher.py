@@ -1,22 +1,30 @@
 """Publisher stage: outbox -> MQTT, QoS 1; a batch leaves the outbox only after its PUBACK.
 
-One session per connection: retained birth (the LWT says offline), downlink subscription,
-then a pump that keeps up to ``inflight_max`` batches in flight, in outbox order. Any error
-ends the session; the next one (jittered exponential backoff, next broker in the failover
-list) starts again from the oldest unacknowledged batch, so a reconnect loses nothing and
-at worst repeats a batch (consumers deduplicate on (node, fcnt)). The backlog found at
-connect drains at ``drain_rate_batches_s``.
+One uplink session at a time: retained birth (the LWT says offline), then a pump that keeps
+up to ``inflight_max`` batches in flight, in outbox order. Any error ends the session; the
+next one (jittered exponential backoff) tries the next broker in the failover list and
+starts again from the oldest unacknowledged batch, so a reconnect loses nothing and at worst
+repeats a batch (consumers deduplicate on (node, fcnt)). The backlog found at connect drains
+at ``drain_rate_batches_s``.
+
+Bounds (docs/GATEWAY.md "Forwarding"): a broker that stops answering (hung, SIGSTOP, a dead
+link) ends the session within ``2 x keepalive_s + 2`` s of its last byte (paho's keepalive),
+or ``publish_timeout_s`` after a batch was sent if that is sooner; the log names the cause.
+While on a broker after the first, the gateway returns to the most preferred broker whose
+downlink listener (gateway/listener.py) has been connected for ``failback_s``; it says
+"offline" (retained) on the broker it leaves, so only the broker it is on says "online".
+
+Downlinks do not come through this session: gateway/listener.py receives them on every
+broker; this session publishes ``.../down/ack`` when a node has applied them.
 
 An unexpected error (a bug, a disk error reading the outbox) ends the session like a broker
-error does, logged with its traceback at a bounded rate: forwarding must outlive it. No
-downlink message, however malformed, ends a session.
+error does, logged with its traceback at a bounded rate: forwarding must outlive it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import random
@@ -26,25 +34,29 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.batcher import commands_from_json
-from gateway.config import BrokerAddress, GatewayConfig, read_secret
+from gateway.config import BrokerAddress, GatewayConfig
 from gateway.metrics import Metrics
+from gateway.mqttclient import (
+    Credentials,
+    Protocols,
+    TransportLog,
+    build_client,
+    close,
+    connect,
+    describe,
+    disconnected,
+)
 from gateway.outbox import Outbox
 from gateway.ratelog import RateLimitedLog, Traceback
 from urbansense.wire.senml import CONTENT_TYPE
 
 _log = logging.getLogger(__name__)
 
-DownlinkSink = Callable[[int, dict[int, object]], None]
-"""Queues commands for a node; ValueError when they are refused (the ack would not fit)."""
-_UNSUPPORTED_PROTOCOL = (1, 132)  # CONNACK: 3.1.1 "unacceptable version", 5 "unsupported"
-# A downlink is a small JSON object; bigger is refused before parsing (a deep '[[[...' would
-# otherwise cost a parse to the recursion limit).
-MAX_DOWNLINK_BYTES: Final = 4096
+_EVENTS_MAX: Final = 1000
+_FAILBACK_CHECK_S: Final = 1.0
 
 
 class _SessionEnd(Exception):
@@ -58,84 +70,61 @@ def first_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _force_close(client: aiomqtt.Client) -> None:
-    """aiomqtt leaves paho's socket and misc task behind when CONNECT fails or is cancelled."""
-    paho = client._client
-    sock = paho.socket()
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            paho._sock_close()  # type: ignore[attr-defined]
-    task = getattr(client, "_misc_task", None)
-    if task is not None:
-        task.cancel()
-
-
 class Publisher:
     def __init__(
         self,
         cfg: GatewayConfig,
         outbox: Outbox,
         metrics: Metrics,
-        on_downlink: DownlinkSink,
-        known_node: Callable[[int], bool],
+        protocols: Protocols,
+        credentials: Credentials,
+        preferred_up_s: Callable[[int], float | None] = lambda i: None,
     ) -> None:
+        """``preferred_up_s(i)``: how long broker i has been reachable (its downlink
+        listener's session), None when it is not; drives the failback."""
         self.cfg = cfg
         self.mqtt = cfg.mqtt
         self.outbox = outbox
         self.metrics = metrics
-        self.on_downlink = on_downlink
-        self.known_node = known_node
+        self.protocols = protocols
+        self.credentials = credentials
+        self.preferred_up_s = preferred_up_s
         self.topic_up = f"{cfg.topic_prefix}/up"
         self.topic_status = f"{cfg.topic_prefix}/status"
         self.topic_event = f"{cfg.topic_prefix}/event"
-        self.topic_down = f"{cfg.topic_prefix}/down"
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self.topic_down_ack = f"{cfg.topic_prefix}/down/ack"
+        # (topic, JSON) best effort: node events and downlink acks, published in order.
+        self.events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=_EVENTS_MAX)
         self.connected = asyncio.Event()
         self.broker = ""
+        self.broker_index = 0
         self.protocol = ""
         self.connected_since_s = 0.0
         self.last_error = ""
         self._wakeup = asyncio.Event()
-        self._v311: set[tuple[str, int]] = set()  # brokers that speak 3.1.1 only
-        self._probe_v311: set[tuple[str, int]] = set()  # next attempt tries 3.1.1
         self._client: aiomqtt.Client | None = None
-        self._password, self._credentials = self._read_credentials()
         self._end = asyncio.Event()  # set: the current session ends (reason in _end_reason)
         self._end_reason = ""
+        self._next_index: int | None = None  # set by a failback
         self._faults = RateLimitedLog(_log)
         outbox.add_listener(self._wakeup.set)
 
     def emit_event(self, event: dict[str, Any]) -> None:
         """Best effort: node events are not stored; alarms themselves ride in the outbox."""
+        self._emit(self.topic_event, event)
+
+    def emit_applied(self, ack: dict[str, Any]) -> None:
+        """A node applied a downlink (gateway/downlinks.py): ``.../down/ack``, best effort."""
+        self._emit(self.topic_down_ack, {**ack, "time_s": time.time()})
+
+    def _emit(self, topic: str, payload: dict[str, Any]) -> None:
         try:
-            self.events.put_nowait(event)
+            self.events.put_nowait((topic, payload))
         except asyncio.QueueFull:
             self.metrics.events_dropped.inc()
 
-    def _read_credentials(self) -> tuple[str | None, bytes]:
-        """The password, and a fingerprint of every credential file: the client certificate
-        and key are read by each connect, so a change needs only a new session."""
-        m = self.mqtt
-        password = read_secret(m.password_file, "mqtt.password_file") if m.password_file else None
-        digest = hashlib.sha256((password or "").encode())
-        for path in (m.cert_file, m.key_file):
-            if path is not None:
-                digest.update(path.read_bytes())
-        return password, digest.digest()
-
-    def reload_credentials(self) -> None:
-        """SIGHUP (Gateway.reload): read the credentials again; if they changed, the session
-        reconnects with them. ConfigError (nothing replaced) when a file is missing or open."""
-        password, fingerprint = self._read_credentials()
-        if fingerprint == self._credentials:
-            _log.info("event=credentials_unchanged")
-            return
-        self._password, self._credentials = password, fingerprint
-        _log.warning("event=credentials_reloaded reconnect=%s", self.connected.is_set())
-        self.end_session("credentials reloaded")
-
     def end_session(self, reason: str) -> None:
-        """End the current session (if any); the next connects at once, with the same order."""
+        """End the current session (if any) and cut a backoff short (new credentials)."""
         self._end_reason = reason
         self._end.set()
 
@@ -151,33 +140,38 @@ class Publisher:
         brokers = self.mqtt.brokers
         while True:
             broker = brokers[index % len(brokers)]
+            self.broker_index = index % len(brokers)
+            self._next_index = None
+            transport = TransportLog()
             try:
-                await self._session(broker)
+                await self._session(broker, transport)
             except (aiomqtt.MqttError, OSError, ssl.SSLError, _SessionEnd) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                cause = str(exc) if isinstance(exc, _SessionEnd) else describe(exc, transport, self.mqtt.keepalive_s)
+                self.last_error = cause
                 if self.connected.is_set():
                     attempt = 0  # it had worked: start the backoff afresh
-                    _log.warning("event=broker_lost broker=%s:%d error=%s", broker.host, broker.port, exc)
+                    _log.warning("event=broker_lost broker=%s:%d error=%s", broker.host, broker.port, cause)
                 else:
                     self.metrics.broker_errors.inc()
-                    self._faults.log(
-                        f"connect/{broker.host}:{broker.port}",
-                        "event=broker_connect_failed broker=%s:%d error=%s",
-                        broker.host, broker.port, exc,
-                    )
-                    index += 1  # fail over to the next broker
+                    # Per cause, not per broker: a new cause (a wrong host name after a wrong
+                    # CA) is logged at once, the same cause on every broker once.
+                    self._faults.log(f"connect/{cause}", "event=broker_connect_failed broker=%s:%d error=%s",
+                                     broker.host, broker.port, cause)
+                index = self._next_index if self._next_index is not None else index + 1
                 self._disconnected()
             except Exception as exc:
                 # Not the broker's fault: no failover, and no backoff reset, so a fault that
                 # recurs at every connect (a broken outbox) is retried ever more slowly.
-                cause = first_cause(exc)
-                self.last_error = f"{type(cause).__name__}: {cause}"
+                cause_exc = first_cause(exc)
+                self.last_error = f"{type(cause_exc).__name__}: {cause_exc}"
                 self._faults.log(
-                    f"session/{type(cause).__name__}",
+                    f"session/{type(cause_exc).__name__}",
                     "event=publisher_session_failed broker=%s:%d error=%r exc=%s",
-                    broker.host, broker.port, cause, Traceback(exc),
+                    broker.host, broker.port, cause_exc, Traceback(exc),
                 )
                 self._disconnected()
+            if self._next_index is not None:
+                continue  # a failback: the preferred broker is up, go now
             attempt += 1
             cap = min(self.mqtt.backoff_max_s, self.mqtt.backoff_min_s * 2 ** min(attempt, 20))
             # Full jitter; a reload (new credentials) cuts the wait short.
@@ -189,79 +183,31 @@ class Publisher:
         self._client = None
         self.metrics.broker_connected.set(0)
 
-    def _client_for(self, broker: BrokerAddress, v5: bool) -> aiomqtt.Client:
-        tls = None
-        if self.mqtt.tls:
-            tls = aiomqtt.TLSParameters(
-                ca_certs=str(self.mqtt.ca_file) if self.mqtt.ca_file else None,
-                certfile=str(self.mqtt.cert_file) if self.mqtt.cert_file else None,
-                keyfile=str(self.mqtt.key_file) if self.mqtt.key_file else None,
-            )
-        offline = json.dumps({"state": "offline", "gateway": self.cfg.gateway_id})
-        client = aiomqtt.Client(
-            broker.host,
-            broker.port,
-            username=self.mqtt.username or None,
-            password=self._password,
-            identifier=self.cfg.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            will=aiomqtt.Will(self.topic_status, offline, qos=1, retain=True),
-            keepalive=self.mqtt.keepalive_s,
-            timeout=self.mqtt.connect_timeout_s,
-            tls_params=tls,
-            max_inflight_messages=self.mqtt.inflight_max + 4,
-            logger=logging.getLogger("gateway.mqtt"),
-        )
-        client.pending_calls_threshold = self.mqtt.inflight_max + 16
-        return client
-
-    async def _session(self, broker: BrokerAddress) -> None:
-        key = (broker.host, broker.port)
-        auto = self.mqtt.protocol == "auto"
-        probing = auto and key in self._probe_v311
-        self._probe_v311.discard(key)
-        v5 = self.mqtt.protocol == "5" or (auto and key not in self._v311 and not probing)
+    async def _session(self, broker: BrokerAddress, transport: TransportLog) -> None:
+        v5, probing = self.protocols.offer_v5(broker)
         self._end.clear()  # a reload from now on ends this session (it may connect with old credentials)
-        client = self._client_for(broker, v5)
-        # The connect runs in an executor thread that a cancel cannot stop: shield it and
-        # finish it before closing, or its socket would outlive us.
-        enter = asyncio.ensure_future(client.__aenter__())
+        offline = json.dumps({"state": "offline", "gateway": self.cfg.gateway_id})
+        client, _ = build_client(
+            self.cfg, broker, v5, identifier=self.cfg.client_id, password=self.credentials.password,
+            will=aiomqtt.Will(self.topic_status, offline, qos=1, retain=True),
+            max_inflight=self.mqtt.inflight_max + 4,
+        )
+        client._client.on_log = transport  # the caller reads its last error
+        client.pending_calls_threshold = self.mqtt.inflight_max + 16
         try:
-            await asyncio.shield(enter)
-        except asyncio.CancelledError:
-            await asyncio.wait({enter}, timeout=self.mqtt.connect_timeout_s + 1)
-            if enter.done() and not enter.cancelled() and enter.exception() is None:
-                with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
-                    await asyncio.wait_for(client.__aexit__(None, None, None), 2)
-            _force_close(client)
+            await connect(client, self.mqtt.connect_timeout_s)
+        except (aiomqtt.MqttError, OSError) as exc:
+            self.protocols.failed(broker, v5, exc)
             raise
-        except MqttConnectError as exc:
-            _force_close(client)
-            if v5 and auto and exc.rc in _UNSUPPORTED_PROTOCOL:
-                _log.warning("event=mqtt5_refused broker=%s:%d fallback=3.1.1", *key)
-                self._v311.add(key)
-            raise
-        except aiomqtt.MqttError as exc:
-            _force_close(client)
-            # Some 3.1.1-only brokers drop or ignore an MQTT 5 CONNECT instead of refusing it:
-            # after a v5 attempt that got no answer (not a refused TCP connect), probe 3.1.1.
-            if v5 and auto and "refused" not in str(exc).lower():
-                self._probe_v311.add(key)
-            raise
-        except BaseException:
-            _force_close(client)
-            raise
-        if probing:
-            _log.warning("event=mqtt5_refused broker=%s:%d fallback=3.1.1 reason=no_connack", *key)
-            self._v311.add(key)
+        self.protocols.connected(broker, probing)
         try:
             self._client = client
             self.broker = f"{broker.host}:{broker.port}"
             self.protocol = "5" if v5 else "3.1.1"
             birth = json.dumps({"state": "online", "gateway": self.cfg.gateway_id,
-                                "site": self.cfg.site, "time_s": time.time()})
-            await client.publish(self.topic_status, birth, qos=1, retain=True)
-            await client.subscribe(self.topic_down, qos=1)
+                                "site": self.cfg.site, "time_s": time.time(), "broker": self.broker})
+            await client.publish(self.topic_status, birth, qos=1, retain=True,
+                                 timeout=self.mqtt.publish_timeout_s)
             self.connected_since_s = time.time()
             self.connected.set()
             self.metrics.broker_connected.set(1)
@@ -270,14 +216,36 @@ class Publisher:
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._until_ended())
+                    tg.create_task(disconnected(client))
                     tg.create_task(self._pump(client, v5))
-                    tg.create_task(self._downlinks(client))
                     tg.create_task(self._events(client))
+                    tg.create_task(self._failback(client))
             except* (aiomqtt.MqttError, OSError, _SessionEnd) as eg:
-                raise _SessionEnd(str(first_cause(eg))) from None
+                first = first_cause(eg)
+                if isinstance(first, _SessionEnd):
+                    raise first from None
+                raise _SessionEnd(describe(first, transport, self.mqtt.keepalive_s)) from None
         finally:
-            with contextlib.suppress(aiomqtt.MqttError, OSError):
-                await client.__aexit__(None, None, None)
+            await close(client)
+
+    async def _failback(self, client: aiomqtt.Client) -> None:
+        """On a broker after the first: go back to the most preferred one that has been
+        reachable for ``failback_s``, saying offline (retained) here first."""
+        here = self.broker_index
+        if here == 0:
+            return
+        while True:
+            await asyncio.sleep(_FAILBACK_CHECK_S)
+            for i in range(here):
+                up_s = self.preferred_up_s(i)
+                if up_s is not None and up_s >= self.mqtt.failback_s:
+                    to = self.mqtt.brokers[i]
+                    offline = json.dumps({"state": "offline", "gateway": self.cfg.gateway_id,
+                                          "moved_to": f"{to.host}:{to.port}"})
+                    await client.publish(self.topic_status, offline, qos=1, retain=True,
+                                         timeout=self.mqtt.publish_timeout_s)
+                    self._next_index = i
+                    raise _SessionEnd(f"failback to {to.host}:{to.port} (reachable for {up_s:.0f} s)")
 
     async def announce_offline(self) -> None:
         """On a clean shutdown the LWT does not fire: say offline ourselves."""
@@ -345,49 +313,7 @@ class Publisher:
 
     async def _events(self, client: aiomqtt.Client) -> None:
         while True:
-            event = await self.events.get()
-            await client.publish(self.topic_event, json.dumps(event), qos=1)
-            self.metrics.events.inc(str(event.get("event", "")))
-
-    async def _downlinks(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            self._downlink(message.payload)
-
-    def _downlink(self, payload: object) -> None:
-        """Parse, check and store one downlink message; nothing in it may end the session."""
-        try:
-            node_id, commands = self._parse_downlink(payload)
-            self.on_downlink(node_id, commands)  # ValueError: the ack would not fit
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            self._refused("invalid", exc)
-            return
-        except Exception as exc:  # storing it failed (sqlite), or a bug: the sender may retry
-            self._refused("failed", exc)
-            return
-        self.metrics.downlinks.inc("queued")
-        _log.info("event=downlink_queued node=%08x commands=%s", node_id, sorted(commands))
-
-    def _refused(self, result: str, exc: Exception) -> None:
-        self.metrics.downlinks.inc(result)
-        if result == "invalid":  # bad input from outside: no traceback needed
-            self._faults.log("downlink", "event=downlink_invalid error=%s", exc)
-        else:
-            self._faults.log(f"downlink/{type(exc).__name__}",
-                             "event=downlink_not_stored error=%r exc=%s", exc, Traceback(exc))
-
-    def _parse_downlink(self, payload: object) -> tuple[int, dict[int, object]]:
-        if isinstance(payload, bytes | bytearray):
-            text: str | bytes = bytes(payload)
-        elif isinstance(payload, str):
-            text = payload
-        else:
-            raise ValueError(f"payload of type {type(payload).__name__}")
-        if len(text) > MAX_DOWNLINK_BYTES:
-            raise ValueError(f"{len(text)} bytes, more than {MAX_DOWNLINK_BYTES}")
-        obj = json.loads(text)
-        if not isinstance(obj, dict):
-            raise ValueError("not a JSON object")
-        node_id = obj["node_id"]
-        if type(node_id) is not int or not self.known_node(node_id):
-            raise ValueError(f"unknown node_id {node_id!r}")
-        return node_id, commands_from_json(obj.get("commands"))
+            topic, payload = await self.events.get()
+            await client.publish(topic, json.dumps(payload), qos=1, timeout=self.mqtt.publish_timeout_s)
+            if topic == self.topic_event:
+                self.metrics.events.inc(str(payload.get("event", "")))

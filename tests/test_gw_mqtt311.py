@@ -94,8 +94,8 @@ async def test_mqtt5_refused_falls_back_to_311(
                                   protocol=aiomqtt.ProtocolVersion.V311) as c:
             await c.publish(f"urbansense/v1/{cfg.site}/{cfg.gateway_id}/down",
                             json.dumps({"node_id": 1, "commands": {"report_interval_s": 900}}), qos=1)
-        assert gw.batcher is not None
-        await wait_for(lambda: 1 in gw._batcher().commands, timeout_s=10, what="downlink queued")
+        assert gw.downlinks is not None
+        await wait_for(lambda: 1 in gw.downlinks.pending, timeout_s=10, what="downlink queued")
     finally:
         await gw.stop()
         await task

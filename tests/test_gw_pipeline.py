@@ -94,16 +94,19 @@ async def test_serial_retransmission_is_reacked_and_forwarded_once(
     node.close()
 
 
-async def test_downlink_rides_with_next_ack(
+async def test_downlink_rides_with_every_ack_until_the_node_reports_its_dcnt(
     tmp_path: Path, mqtt_broker: Any, sub: Subscriber, running: Any
 ) -> None:
+    """The commands ride with each ack until a frame reports (quantity 14) the DCnt of an ack
+    that carried them; then they stop and ``down/ack`` tells the sender, with its id."""
     node = PtyNode()
     gw = await running(make_config(tmp_path, mqtt_broker, serial__ports=[node.path]))
     assert gw.publisher is not None
     await asyncio.wait_for(gw.publisher.connected.wait(), 5)
     async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as c:
         await c.publish("urbansense/v1/test-site/gw-1/down",
-                        json.dumps({"node_id": 4, "commands": {"report_interval_s": 900}}), qos=1)
+                        json.dumps({"node_id": 4, "commands": {"report_interval_s": 900}, "id": "op-7"}),
+                        qos=1)
         await c.publish("urbansense/v1/test-site/gw-1/down", b"\xff not json", qos=1)
     await wait_for(lambda: gw.metrics.downlinks.get("queued") == 1, what="downlink queued")
     await wait_for(lambda: gw.metrics.downlinks.get("invalid") == 1, what="bad downlink counted")
@@ -111,10 +114,19 @@ async def test_downlink_rides_with_next_ack(
     node.send(frame(4, 1))
     await wait_for(lambda: node.acks, what="ack")
     assert decode_ack(4, node.acks[0])[2] == {1: 900}
-    node.send(frame(4, 2))
+    dcnt1 = decode_ack(4, node.acks[0])[0]
+    node.send(frame(4, 2))  # built before the node read ack 1: reports no dcnt
     await wait_for(lambda: len(node.acks) == 2, what="second ack")
     dcnt2, _, cmds2 = decode_ack(4, node.acks[1])
-    assert cmds2 is None and dcnt2 > decode_ack(4, node.acks[0])[0]
+    assert cmds2 == {1: 900} and dcnt2 > dcnt1
+    node.send(frame(4, 3, {5: 3600, 14: dcnt1}))  # the node accepted ack 1
+    await wait_for(lambda: len(node.acks) == 3, what="third ack")
+    assert decode_ack(4, node.acks[2])[2] is None
+    await wait_for(lambda: any(str(m.topic).endswith("/down/ack") for m in sub.messages), what="down/ack")
+    ack = json.loads(next(m.payload for m in sub.messages if str(m.topic).endswith("/down/ack")))  # type: ignore[arg-type]
+    assert ack["node_id"] == 4 and ack["commands"] == {"report_interval_s": 900} and ack["ids"] == ["op-7"]
+    assert ack["dcnt"] == dcnt1
+    assert gw.outbox is not None and gw.outbox.load_downlinks() == {}
     node.close()
 
 

@@ -18,8 +18,15 @@ import aiomqtt
 import pytest
 
 from gateway.app import Gateway
-from gateway.batcher import MAX_ACK_PACKET_LEN, Batcher, ack_packet_len, commands_from_json
+from gateway.batcher import Batcher
 from gateway.config import BatchConfig, HealthConfig
+from gateway.downlinks import (
+    MAX_ACK_PACKET_LEN,
+    Downlink,
+    Downlinks,
+    ack_packet_len,
+    commands_from_json,
+)
 from gateway.health import Health
 from gateway.metrics import Counter, Metrics, TransportLedger
 from gateway.outbox import Outbox
@@ -85,21 +92,22 @@ async def test_deeply_nested_downlink_does_not_stop_forwarding(
     assert gw.metrics.stage_restarts.total() == 0
 
 
-async def test_downlink_store_error_is_counted_and_the_session_goes_on(
+async def test_a_downlink_the_outbox_cannot_store_is_not_acked_and_comes_again(
     tmp_path: Path, mqtt_broker: Any, running: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No PUBACK before the store: the broker sends it again on the listener's next session."""
     gw = await running(make_config(tmp_path, mqtt_broker))
     await _connected(gw)
     assert gw.outbox is not None
+    await wait_for(lambda: gw.listeners[0].connected_for_s() is not None, what="listener")
     monkeypatch.setattr(gw.outbox, "put_downlink", _fail_once(
         gw.outbox.put_downlink, sqlite3.OperationalError("disk I/O error")))
     good = json.dumps({"node_id": 4, "commands": {"heartbeat_s": 86400}})
-    await _publish(mqtt_broker, good)
+    await _publish(mqtt_broker, good)  # sent once
     await wait_for(lambda: gw.metrics.downlinks.get("failed") == 1, what="store failure counted")
-    await _publish(mqtt_broker, good)  # the sender tries again
-    await wait_for(lambda: gw.metrics.downlinks.get("queued") == 1, what="queued on the retry")
-    assert gw.outbox.load_downlinks() == {4: '{"2": 86400}'}
-    assert gw.metrics.broker_connects.total() == 1
+    await wait_for(lambda: gw.metrics.downlinks.get("queued") == 1, timeout_s=15, what="queued when sent again")
+    assert json.loads(gw.outbox.load_downlinks()[4])["c"] == {"2": 86400}
+    assert gw.metrics.broker_connects.total() == 1  # the uplink session was not disturbed
 
 
 async def test_outbox_read_error_ends_a_session_not_the_publisher(
@@ -224,15 +232,14 @@ def test_the_largest_accepted_commands_fit_the_node_receive_buffer() -> None:
 def test_an_ack_too_long_for_the_node_is_refused_when_queued(tmp_path: Path) -> None:
     reg = Registry([Node(1, "bin", NodeKeys(KEYS[1]))])
     ob = Outbox(tmp_path / "o.db", 1 << 20)
-    b = Batcher(BatchConfig(), ob, reg, ReplayTable(), Health(HealthConfig(), reg, lambda e: None),
-                Metrics())
+    d = Downlinks(ob, reg, lambda a: None, Metrics())
     with pytest.raises(ValueError, match="ack would be"):
-        b.queue_commands(1, {3: list(range(100))})
+        d.queue(Downlink(1, {3: list(range(100))}))
     with pytest.raises(ValueError, match="unknown node"):
-        b.queue_commands(2, {1: 900})
-    assert ob.load_downlinks() == {} and b.commands == {}
-    b.queue_commands(1, {1: 900})
-    assert b.commands == {1: {1: 900}}
+        d.queue(Downlink(2, {1: 900}))
+    assert ob.load_downlinks() == {} and d.pending == {}
+    d.queue(Downlink(1, {1: 900}))
+    assert d.commands_for(1) == {1: 900}
     ob.close()
 
 

@@ -408,6 +408,8 @@ def run_cycle(hal):
     for ftype, readings, drop in node.frames:
         if serial and state.get("dr"):
             readings[us_proto.Q_DROPPED] = state["dr"]  # cumulative: a lost frame loses no count
+        if serial and state.get("dc"):
+            readings[us_proto.Q_DCNT] = state["dc"]  # the gateway learns its downlink was applied
         fc = fcnt.next()
         out.append((fc, _encode(keys, cfg, fc, ftype, readings, drop, max_len)))
     if serial:

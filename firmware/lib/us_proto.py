@@ -41,6 +41,7 @@ Q_FLAGS = const(10)
 Q_EVENTS = const(11)
 Q_FLOW_LPH = const(12)
 Q_DROPPED = const(13)
+Q_DCNT = const(14)
 
 # Q_ALARMS bits
 A_LEAK = const(1)

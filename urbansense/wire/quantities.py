@@ -36,6 +36,7 @@ Q_FLAGS: Final = 10
 Q_EVENTS: Final = 11
 Q_FLOW_LPH: Final = 12
 Q_DROPPED: Final = 13
+Q_DCNT: Final = 14
 
 QUANTITIES: Final[dict[int, Quantity]] = {
     q.key: q
@@ -54,6 +55,7 @@ QUANTITIES: Final[dict[int, Quantity]] = {
         Quantity(Q_EVENTS, "events", "events", "count", 1.0),
         Quantity(Q_FLOW_LPH, "flow_lph", "flow", "l/s", 1.0 / 3600.0),
         Quantity(Q_DROPPED, "dropped", "dropped", "count", 1.0),
+        Quantity(Q_DCNT, "dcnt", "dcnt", None, 1.0),
     )
 }
 BY_FIELD: Final[dict[str, Quantity]] = {q.field: q for q in QUANTITIES.values()}
