@@ -90,11 +90,14 @@ class DownlinkListener:
             try:
                 await self._session()
             except (aiomqtt.MqttError, OSError, ssl.SSLError, _Ended) as exc:
-                cause = describe(exc, None, m.keepalive_s) if not isinstance(exc, _Ended) else "session ended"
+                cause = str(exc) if isinstance(exc, _Ended) else describe(exc, None, m.keepalive_s)
                 self.last_error = cause
                 if self._since is not None:
                     attempt = 0
                     _log.warning("event=downlink_listener_lost broker=%s error=%s", self.name, cause)
+                else:
+                    self._faults.log(f"session/{cause}", "event=downlink_listener_failed broker=%s error=%s",
+                                     self.name, cause)
                 self._since = None
             attempt += 1
             cap = min(m.backoff_max_s, m.backoff_min_s * 2 ** min(attempt, 20))
@@ -121,13 +124,15 @@ class DownlinkListener:
             raise _Ended(cause) from None
         self.protocols.connected(self.broker, probing)
         try:
-            await client.subscribe(self.topic, qos=1)
-            self._since = time.monotonic()
-            _log.info("event=downlink_listener_connected broker=%s topic=%s", self.name, self.topic)
             async with asyncio.TaskGroup() as tg:
+                # Consuming first: a resumed session's queued messages come before the SUBACK,
+                # and a broker may hold the SUBACK until they are acknowledged (amqtt does).
+                tg.create_task(self._consume(client))
                 tg.create_task(self._until_ended())
                 tg.create_task(disconnected(client))
-                tg.create_task(self._consume(client))
+                await client.subscribe(self.topic, qos=1, timeout=m.connect_timeout_s)
+                self._since = time.monotonic()
+                _log.info("event=downlink_listener_connected broker=%s topic=%s", self.name, self.topic)
         except* (aiomqtt.MqttError, OSError, _Ended) as eg:
             first = eg.exceptions[0]
             raise _Ended(describe(first, transport, m.keepalive_s)) from None
