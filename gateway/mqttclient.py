@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import socket
 import ssl
 from typing import Any, Final
 
@@ -214,9 +215,31 @@ async def connect(client: aiomqtt.Client, timeout_s: float) -> None:
                 await asyncio.wait_for(client.__aexit__(None, None, None), 2)
         force_close(client)
         raise
-    except BaseException:
+    except BaseException as exc:
         force_close(client)
+        _close_sockets_of(exc)
         raise
+
+
+def _close_sockets_of(exc: BaseException) -> None:
+    """paho does not close a socket whose TLS handshake failed (Client._ssl_wrap_socket); the
+    exception's frames hold it. Closed here, or a gateway retrying a broker with a bad
+    certificate holds one descriptor per attempt until the garbage collector runs."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        todo += [e.__cause__, e.__context__]  # aiomqtt re-raises paho's error as MqttError
+        tb = e.__traceback__
+        while tb is not None:
+            for value in tb.tb_frame.f_locals.values():
+                if isinstance(value, socket.socket) and value.fileno() != -1:
+                    with contextlib.suppress(OSError):
+                        value.close()
+            tb = tb.tb_next
 
 
 async def disconnected(client: aiomqtt.Client) -> None:
