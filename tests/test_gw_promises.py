@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import tempfile
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox
 from gateway.registry import Node, Registry
-from gateway.replay import ReplayTable
+from gateway.replay import WINDOW, ReplayTable
 from gateway.verify import Accepted, Duplicate, Heard, Verifier
 from tests.test_gw_support import (
     KEYS,
@@ -49,8 +50,8 @@ class _Stage:
     def __init__(self, tmp_path: Path) -> None:
         self.registry = Registry([Node(n, "water", NodeKeys(KEYS[n])) for n in (1, 2)])
         self.metrics = Metrics()
-        replay = ReplayTable()
         self.outbox = Outbox(tmp_path / "o.db", 1 << 20, self.metrics)
+        replay = ReplayTable(self.outbox.load_nodes())
         self.verifier = Verifier(self.registry, replay, self.metrics)
         self.batcher = Batcher(BatchConfig(), self.outbox, self.registry, replay,
                                Health(HealthConfig(), self.registry, lambda e: None), self.metrics)
@@ -291,3 +292,61 @@ async def test_an_overlong_serial_packet_is_counted_and_the_next_frame_is_acked(
     assert gw.metrics.rejections.get("too_long") == 1
     assert gw.metrics.frames_in.get("serial") == 2
     node.close()
+
+
+# -- the replay window across commits and crashes ------------------------------------------------
+
+
+_OPS = st.lists(st.one_of(st.tuples(st.just("frame"), st.integers(1, 200)),
+                          # a counter this far below the mark: the window's edges
+                          st.tuples(st.just("back"), st.sampled_from([1, 2, WINDOW - 1, WINDOW, WINDOW + 1])),
+                          st.tuples(st.just("commit"), st.just(0)),
+                          st.tuples(st.just("crash"), st.just(0))), max_size=40)
+
+
+@settings(max_examples=80, deadline=None)
+@given(_OPS)
+def test_the_replay_window_across_commits_and_crashes_matches_its_model(ops: list[tuple[str, int]]) -> None:
+    """RFC 4303's window as PROTOCOL.md section 4 states it, through verify, the batcher and a
+    real outbox reopened after each crash: what was committed is remembered, what was only
+    accepted is forgotten (it was never acked, the node sends it again)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        s = _Stage(Path(tmp))
+        committed: set[int] = set()
+        pending: set[int] = set()
+        for op, fcnt in ops:
+            if op == "commit":
+                s.batcher.flush()
+                committed |= pending
+                pending.clear()
+                continue
+            if op == "crash":
+                s.outbox._db.close()  # a kill -9: no flush, no clean close
+                s = _Stage(Path(tmp))
+                pending.clear()
+                continue
+            accepted = committed | pending
+            mark = max(accepted, default=None)
+            if op == "back":
+                fcnt = max(1, (mark or 0) - fcnt)
+            if mark is None or fcnt > mark:
+                want = "new"
+            elif fcnt == mark:
+                want = "duplicate"
+            elif mark - fcnt > WINDOW:
+                want = "replay"
+            else:
+                want = "duplicate" if fcnt in accepted else "late"
+            late_before = s.metrics.late_frames.total()
+            v = s.verifier.process(Heard(frame(1, fcnt), "serial"))
+            if want in ("new", "late"):
+                assert isinstance(v, Accepted), (want, fcnt, sorted(accepted))
+                assert s.metrics.late_frames.total() - late_before == (want == "late")
+                pending.add(fcnt)
+                s.batcher.add(v)
+            elif want == "duplicate":
+                assert isinstance(v, Duplicate), (want, fcnt, sorted(accepted))
+                s.batcher.add(v)
+            else:
+                assert v is None and s.metrics.rejections.get("replay") >= 1, (fcnt, sorted(accepted))
+        s.outbox.close()
