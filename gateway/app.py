@@ -131,8 +131,9 @@ class Gateway:
             preferred_up_s=lambda i: self.listeners[i].connected_for_s(),
         )
         self.downlinks = Downlinks(self.outbox, self.registry, publisher.emit_applied, self.metrics)
+        faults = RateLimitedLog(logging.getLogger("gateway.listener"))
         self.listeners = [
-            DownlinkListener(cfg, b, self.protocols, self.credentials, self.downlinks, self.metrics)
+            DownlinkListener(cfg, b, self.protocols, self.credentials, self.downlinks, self.metrics, faults)
             for b in cfg.mqtt.brokers
         ]
         self.started_s = time.time()

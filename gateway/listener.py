@@ -58,7 +58,9 @@ class DownlinkListener:
         credentials: Credentials,
         downlinks: Downlinks,
         metrics: Metrics,
+        faults: RateLimitedLog | None = None,
     ) -> None:
+        """``faults``: shared by the listeners, so a cause is rate-limited, not a broker."""
         self.cfg = cfg
         self.broker = broker
         self.protocols = protocols
@@ -70,7 +72,7 @@ class DownlinkListener:
         self.last_error = ""
         self._since: float | None = None  # monotonic time of the current session's CONNACK
         self._end = asyncio.Event()
-        self._faults = RateLimitedLog(_log)
+        self._faults = faults or RateLimitedLog(_log)
 
     @property
     def name(self) -> str:
@@ -95,8 +97,8 @@ class DownlinkListener:
                 if self._since is not None:
                     attempt = 0
                     _log.warning("event=downlink_listener_lost broker=%s error=%s", self.name, cause)
-                else:
-                    self._faults.log(f"session/{cause}", "event=downlink_listener_failed broker=%s error=%s",
+                else:  # per cause, shared by every listener: the same cause is logged once
+                    self._faults.log(f"connect/{cause}", "event=downlink_listener_connect_failed broker=%s error=%s",
                                      self.name, cause)
                 self._since = None
             attempt += 1
@@ -117,11 +119,7 @@ class DownlinkListener:
             await connect(client, m.connect_timeout_s)
         except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
             self.protocols.failed(self.broker, v5, exc)
-            cause = describe(exc, transport, m.keepalive_s)
-            self.last_error = cause
-            self._faults.log(f"connect/{cause}", "event=downlink_listener_connect_failed broker=%s error=%s",
-                             self.name, cause)
-            raise _Ended(cause) from None
+            raise _Ended(describe(exc, transport, m.keepalive_s)) from None
         self.protocols.connected(self.broker, probing)
         try:
             async with asyncio.TaskGroup() as tg:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import subprocess
 import sys
@@ -14,8 +15,8 @@ import pytest
 from gateway.app import Gateway
 from gateway.config import BrokerAddress
 from gateway.errors import ConfigError
-from tests.support.broker import TlsMaterial, make_client_cert
-from tests.test_gw_support import make_config
+from tests.support.broker import TlsMaterial, make_client_cert, make_tls_material
+from tests.test_gw_support import frame, make_config, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 _NOWHERE = BrokerAddress("127.0.0.1", 1)  # never connected to: these tests stop at start
@@ -116,3 +117,56 @@ enabled = false
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), 15)
+
+
+async def test_a_client_certificate_the_broker_requires_is_reported_as_the_tls_alert(
+    tmp_path: Path, mqtt_broker_factory: Any, tls_material: TlsMaterial, running: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before: 'Operation timed out'; the real cause was on paho's own log line."""
+    broker = mqtt_broker_factory(tls=tls_material, extra_config="require_certificate true")
+    cfg = make_config(tmp_path, broker, mqtt__tls=True, mqtt__ca_file=tls_material.ca_cert,
+                      mqtt__connect_timeout_s=1.0)
+    gw = await running(cfg)
+    assert gw.publisher is not None
+    await wait_for(lambda: gw.metrics.broker_errors.total() >= 1, what="a refused connect")
+    assert "certificate required" in gw.publisher.last_error
+    failed = [r.getMessage() for r in caplog.records if "event=broker_connect_failed" in r.getMessage()]
+    assert failed and "certificate required" in failed[0]
+
+
+async def test_with_the_client_certificate_the_broker_requires_the_gateway_forwards(
+    tmp_path: Path, mqtt_broker_factory: Any, tls_material: TlsMaterial, running: Any,
+) -> None:
+    broker = mqtt_broker_factory(tls=tls_material, extra_config="require_certificate true")
+    cert, key = make_client_cert(tls_material, tmp_path / "client")
+    cfg = make_config(tmp_path, broker, mqtt__tls=True, mqtt__ca_file=tls_material.ca_cert,
+                      mqtt__cert_file=cert, mqtt__key_file=key)
+    gw = await running(cfg)
+    assert gw.publisher is not None
+    await asyncio.wait_for(gw.publisher.connected.wait(), 10)
+    gw.feed(frame(1, 1), "test")
+    await wait_for(lambda: gw.metrics.published_readings.total() == 1, what="published with a client cert")
+
+
+async def test_connect_failures_are_rate_limited_per_cause_not_per_broker(
+    tmp_path: Path, mqtt_broker_factory: Any, tls_material: TlsMaterial, running: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before: the key was the broker, so a new cause on the same broker (here the broker
+    going away after a wrong CA) stayed at DEBUG until a restart."""
+    broker = mqtt_broker_factory(tls=tls_material)
+    cfg = make_config(tmp_path, broker, mqtt__tls=True,
+                      mqtt__ca_file=make_tls_material(tmp_path / "other-ca").ca_cert)
+    gw = await running(cfg)
+    assert gw.publisher is not None
+
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "event=broker_connect_failed" in r.getMessage()]
+
+    await wait_for(lambda: gw.metrics.broker_errors.total() >= 3, what="refused handshakes")
+    assert len(warned()) == 1 and "certificate verify failed" in warned()[0]
+    broker.stop()
+    await wait_for(lambda: len(warned()) == 2, what="the new cause at WARNING")
+    assert "refused" in warned()[1].lower()
