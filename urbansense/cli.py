@@ -16,6 +16,7 @@ from urbansense import __version__
 # subcommand name -> module that provides add_parser(subparsers)
 _SUBCOMMANDS = {
     "gateway": "gateway.cli",
+    "collector": "collector.cli",
     "sim": "simulator.cli",
     "demo": "urbansense.demo",
     "bench": "urbansense.bench",

@@ -1,0 +1,83 @@
+"""A batch of decoded messages -> the rows one transaction writes (pure, shared by both stores).
+
+Within a batch a frame heard by several gateways becomes one ``readings`` row (the first copy
+in delivery order) and one ``receptions`` row per gateway; ``node_state`` gets one row per
+node, folded in frame-counter order (the latest non-null value of each column). Rows are
+sorted by key so that concurrent collectors take row locks in the same order (PostgreSQL would
+otherwise abort one of two crossing transactions as a deadlock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from collector.decode import COLUMNS, GatewayNote, Reading
+
+READING_COLUMNS: Final = ("node_id", "fcnt", "time_s", "site", "gateway_id", "stored_s",
+                          *COLUMNS, "vals")
+RECEPTION_COLUMNS: Final = ("node_id", "fcnt", "gateway_id", "rssi_dbm", "received_s")
+STATE_VALUE_COLUMNS: Final = ("occupied", "fill_ratio", "volume_m3", "battery_v", "alarms", "flags")
+STATE_COLUMNS: Final = ("node_id", "site", "last_fcnt", "last_seen_s", *STATE_VALUE_COLUMNS)
+
+
+@dataclass(slots=True)
+class Rows:
+    readings: list[tuple[Any, ...]] = field(default_factory=list)
+    receptions: list[tuple[Any, ...]] = field(default_factory=list)
+    states: list[tuple[Any, ...]] = field(default_factory=list)
+    statuses: list[tuple[Any, ...]] = field(default_factory=list)  # site, gw, online, body, t
+    events: list[tuple[Any, ...]] = field(default_factory=list)  # site, gw, digest, t, body
+
+    @property
+    def offered(self) -> int:
+        """Distinct (node, fcnt) in the batch."""
+        return len(self.readings)
+
+
+def build(readings: list[Reading], notes: list[GatewayNote], now_s: float) -> Rows:
+    rows = Rows()
+    first: dict[tuple[int, int], Reading] = {}
+    heard: dict[tuple[int, int, str], tuple[Any, ...]] = {}
+    for r in readings:
+        key = (r.node_id, r.fcnt)
+        if key not in first:
+            first[key] = r
+        hkey = (r.node_id, r.fcnt, r.gateway_id)
+        if hkey not in heard:
+            heard[hkey] = (r.node_id, r.fcnt, r.gateway_id, r.rssi_dbm, r.time_s)
+    state: dict[int, list[Any]] = {}
+    for key in sorted(first):
+        r = first[key]
+        cols = r.columns
+        rows.readings.append((
+            r.node_id, r.fcnt, r.time_s, r.site, r.gateway_id, now_s,
+            *(cols.get(c) for c in COLUMNS),
+            json.dumps(r.values, separators=(",", ":"), sort_keys=True),
+        ))
+        s = state.get(r.node_id)
+        if s is None:
+            state[r.node_id] = [r.node_id, r.site, r.fcnt, r.time_s,
+                                *(cols.get(c) for c in STATE_VALUE_COLUMNS)]
+        else:  # sorted by fcnt: this one is newer
+            s[1], s[2], s[3] = r.site, r.fcnt, r.time_s
+            for i, c in enumerate(STATE_VALUE_COLUMNS, 4):
+                v = cols.get(c)
+                if v is not None:
+                    s[i] = v
+    rows.receptions = [heard[k] for k in sorted(heard)]
+    rows.states = [tuple(state[n]) for n in sorted(state)]
+    for note in notes:
+        body = json.dumps(note.body, separators=(",", ":"), sort_keys=True)
+        if note.leaf == "status":
+            online = note.body.get("online")
+            if online is None and isinstance(note.body.get("state"), str):
+                online = note.body["state"] == "online"
+            rows.statuses.append((note.site, note.gateway_id,
+                                  bool(online) if online is not None else None, body, now_s))
+        else:
+            digest = hashlib.sha256(body.encode()).hexdigest()[:32]
+            rows.events.append((note.site, note.gateway_id, digest, now_s, body))
+    return rows
