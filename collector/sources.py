@@ -122,6 +122,8 @@ class JetStreamSource:
             # Fire-and-forget: a lost ack means a redelivery, which the store's keys absorb.
             with contextlib.suppress(Exception):
                 await d.handle.ack()
+        with contextlib.suppress(Exception):
+            await self._nc.flush(timeout=2)  # the acks leave now, not at the next write
 
     async def in_progress(self, deliveries: list[Delivery]) -> None:
         for d in deliveries:

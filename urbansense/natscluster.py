@@ -73,6 +73,10 @@ class NatsNode:
             "}\n"
             "mqtt {\n"
             f"  listen: {host}:{ports.mqtt}\n"
+            # The MQTT sessions' and retained messages' own streams: without this the first
+            # MQTT client fixes their replicas to the peers known at that moment (2 here once),
+            # and a 2-replica stream loses its quorum with one node.
+            f"  stream_replicas: {len(routes) + 1}\n"
             "}\n"
         )
 
@@ -188,6 +192,11 @@ class NatsCluster:
         try:
             for n in self.nodes:
                 n.wait_healthy(max(0.1, deadline - time.monotonic()))
+            for n in self.nodes:  # every route up: the JetStream meta group has all peers
+                while int(n.varz("routez").get("num_routes", 0)) < len(self.nodes) - 1:  # type: ignore[call-overload]
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"nats-server {n.name}: routes not up; log:\n{n.log_tail()}")
+                    time.sleep(0.05)
         except RuntimeError:
             self.stop()
             raise
