@@ -176,7 +176,10 @@ class MqttSource:
             if rc == 0:
                 self.connected = True
                 c.subscribe([(f"urbansense/v1/+/+/{leaf}", 1) for leaf in LEAVES])
-                loop.call_soon_threadsafe(connected.set)
+
+        def on_subscribe(_c: Any, _u: Any, _mid: Any, _codes: Any, _p: Any = None) -> None:
+            # Started once the broker holds the subscription (the SUBACK), not at CONNACK.
+            loop.call_soon_threadsafe(connected.set)
 
         def on_disconnect(_c: Any, _u: Any, _f: Any, _rc: Any, _p: Any = None) -> None:
             self.connected = False
@@ -188,6 +191,7 @@ class MqttSource:
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_message = on_message
+        client.on_subscribe = on_subscribe
         client.connect_async(self.cfg.host, self.cfg.port, keepalive=30)
         client.loop_start()
         self._client = client

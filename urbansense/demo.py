@@ -48,10 +48,18 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the summary as one JSON object on stdout (progress goes to stderr)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--city", action="store_true",
+                   help="the city tier: 3-node NATS cluster, collectors, a database (docs/CITY.md)")
+    p.add_argument("--store", choices=("postgres", "sqlite"), default="postgres",
+                   help="with --city: the collectors' database (default postgres)")
     p.set_defaults(handler=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.city:
+        from urbansense.citydemo import main_city
+
+        return main_city(args)
     from urbansense.broker import BrokerUnavailable, find_tool
 
     try:

@@ -1,0 +1,325 @@
+"""``urbansense demo --city``: the city tier on one machine, checked against ground truth.
+
+A private 3-node NATS JetStream cluster and a private PostgreSQL (or SQLite, ``--store
+sqlite``) as child processes in a temp dir, two ``urbansense collector run`` child processes
+sharing one durable consumer, the Angers-centre district with a third gateway between the two
+(overlapping coverage: most frames are heard by two or three), each gateway configured with
+all three NATS nodes' MQTT listeners. A third of the way in, the NATS node the first gateway
+publishes through is stopped; half way, one collector is SIGKILLed (its unacknowledged
+messages go to the other after ``ack_wait_s``). At the end the database is read back and every
+frame the simulator sent is accounted for: sent / lost on air / stored / missing / duplicated
+/ wrong, the last three 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from urbansense.demo import KINDS, Received, _Say, compare
+
+ACK_WAIT_S = 5.0
+DRAIN_TIMEOUT_S = 90.0
+
+
+class CollectorChild:
+    """``urbansense collector run`` as a child process."""
+
+    def __init__(self, name: str, config: Path, log: Path) -> None:
+        self.name = name
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "urbansense", "collector", "run", "--config", str(self.config)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _collector_toml(name: str, servers: list[str], store_url: str, http_port: int) -> str:
+    urls = ", ".join(f'"{u}"' for u in servers)
+    return (f'[collector]\nid = "{name}"\n[source]\nkind = "jetstream"\nservers = [{urls}]\n'
+            f'ack_wait_s = {ACK_WAIT_S}\n[store]\nurl = "{store_url}"\n'
+            f'[batch]\nmax_messages = 256\nfetch_timeout_s = 0.5\n[http]\nport = {http_port}\n')
+
+
+async def _wait_stream(urls: list[str], name: str, timeout_s: float = 60.0) -> None:
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(servers=urls)
+    try:
+        js = nc.jetstream(timeout=5)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(NotFoundError):
+                await js.stream_info(name)
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"stream {name} not created by the collectors in {timeout_s} s")
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+async def _consumer_backlog(urls: list[str]) -> int | None:
+    """Messages the collectors' durable consumer has not had acknowledged yet."""
+    import nats
+
+    try:
+        nc = await nats.connect(servers=urls, connect_timeout=2, max_reconnect_attempts=1)
+    except Exception:  # a node is down: asked again next time
+        return None
+    try:
+        info = await nc.jetstream(timeout=5).consumer_info("URBANSENSE", "collectors")
+        return int(info.num_pending) + int(info.num_ack_pending)
+    except Exception:  # status only: asked again next time
+        return None
+    finally:
+        await nc.close()
+
+
+def read_back(store_url: str) -> Received:
+    """What the database holds, in the shape the district demo's ledger compares."""
+    rx = Received()
+    if store_url.startswith("sqlite:///"):
+        import sqlite3
+
+        conn: Any = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+    else:
+        import psycopg
+
+        conn = psycopg.connect(store_url)
+    try:
+        values = {(n, f): json.loads(v) for n, f, v in
+                  conn.execute("SELECT node_id, fcnt, vals FROM readings").fetchall()}
+        rows = conn.execute("SELECT COUNT(*) FROM readings").fetchone()
+        for n, f, gw in conn.execute("SELECT node_id, fcnt, gateway_id FROM receptions").fetchall():
+            rx.frames[(n, f)].append((gw, values.get((n, f), {})))
+        # A reading with no reception, or stored twice, would be a store bug: counted as wrong /
+        # duplicated by the caller from these.
+        rx.messages = int(rows[0])
+        rx.bad_packs = len(set(values) - set(rx.frames))
+    finally:
+        conn.close()
+    return rx
+
+
+async def run_city(args: argparse.Namespace) -> dict[str, Any]:
+    from gateway.app import Gateway
+    from gateway.config import BrokerAddress, GatewayConfig
+    from gateway.registry import NodeSpec, write_registry
+    from simulator import scenario as scenario_mod
+    from simulator.sim import Simulation
+    from urbansense.broker import free_port
+    from urbansense.natscluster import NatsCluster
+
+    say = _Say(args.json)
+    t_start = time.monotonic()
+    out: Path = args.out
+    work = Path(tempfile.mkdtemp(prefix="urbansense-city-"))
+    cluster = NatsCluster(work / "nats").start()
+    say(f"nats: 3-node JetStream cluster, MQTT on {', '.join(map(str, cluster.mqtt_ports))}")
+    pg = None
+    if args.store == "postgres":
+        from urbansense.pgserver import PgServer
+
+        pg = PgServer().start()
+        store_url = f"postgresql://urbansense@127.0.0.1:{pg.port}/urbansense"
+        say(f"store: private PostgreSQL on 127.0.0.1:{pg.port}")
+    else:
+        store_url = f"sqlite:///{work / 'city.db'}"
+        say(f"store: SQLite {work / 'city.db'}")
+    collectors = []
+    http_ports = []
+    for i in range(2):
+        cfg_path = work / f"collector-{i + 1}.toml"
+        port = free_port()
+        http_ports.append(port)
+        cfg_path.write_text(_collector_toml(f"collector-{i + 1}", cluster.urls, store_url, port))
+        c = CollectorChild(f"collector-{i + 1}", cfg_path, out / f"collector-{i + 1}.log")
+        c.start()
+        collectors.append(c)
+    gateways: list[Gateway] = []
+    tasks: list[asyncio.Task[None]] = []
+    sim = None
+    sim_thread = None
+    events: list[str] = []
+    try:
+        await _wait_stream(cluster.urls, "URBANSENSE")
+        say(f"collectors: 2 processes sharing the durable consumer (status on ports {http_ports})")
+        sc = scenario_mod.load(args.scenario)
+        if len(sc.gateways) == 2:  # a third between the two: overlapping coverage
+            a, b = sc.gateways
+            sc.gateways.append({"id": "gw-centre", "x": (a["x"] + b["x"]) / 2, "y": (a["y"] + b["y"]) / 2})
+        for i, spec in enumerate(sc.gateways):
+            spec["sim_socket"] = str(work / f"air-{i}.sock")
+        sim = Simulation(sc, seed=args.seed, nodes=args.nodes, serial="pty")
+        sim.open_truth(out / "truth.jsonl")
+        nodes = sim.registry()
+        by_id = {n.node_id: n for n in nodes}
+        counts = Counter(n.kind for n in nodes)
+        say(f"scenario: {sc.name}, {len(nodes)} nodes, {len(sim.gateways)} gateways")
+        ports = cluster.mqtt_ports
+        for i, g in enumerate(sim.gateways):
+            gdir = work / g.gw_id
+            gdir.mkdir()
+            registry = gdir / "nodes.jsonl"
+            write_registry(registry, [NodeSpec(n.node_id, n.kind, bytes.fromhex(n.key_hex)) for n in nodes])
+            cfg = GatewayConfig(site="angers", gateway_id=g.gw_id, registry=registry, data_dir=gdir / "data")
+            cfg.mqtt.brokers = [BrokerAddress("127.0.0.1", ports[(i + k) % 3]) for k in range(3)]
+            cfg.mqtt.protocol = "3.1.1"  # NATS's MQTT listener speaks 3.1.1 only
+            cfg.mqtt.connect_timeout_s = 2.0
+            cfg.ble.enabled = True
+            cfg.ble.backend = "simulator"
+            cfg.ble.sim_socket = str(sc.gateways[i]["sim_socket"])
+            cfg.serial.ports = [n.serial_path for n in nodes
+                                if n.transport == "serial" and n.gateway == g.gw_id and n.serial_path]
+            cfg.http.port = 0
+            cfg.validate()
+            gw = Gateway(cfg)
+            gateways.append(gw)
+            tasks.append(asyncio.create_task(gw.run(), name=f"gateway {g.gw_id}"))
+        await asyncio.wait_for(asyncio.gather(*(gw.started.wait() for gw in gateways)), 30)
+        for gw in gateways:
+            assert gw.publisher is not None
+            await asyncio.wait_for(gw.publisher.connected.wait(), 30)
+        sim_duration_s = args.duration * args.speed
+        say(f"running {args.duration:.0f} s of wall time at {args.speed:g}x")
+        sim_thread = sim.start_realtime(sim_duration_s, speed=args.speed)
+        t0 = time.monotonic()
+        stopped_node = killed = False
+        while sim_thread.is_alive():
+            await asyncio.to_thread(sim_thread.join, 0.5)
+            el = time.monotonic() - t0
+            if not stopped_node and el > args.duration / 3:
+                pub = gateways[0].publisher
+                addr = pub.broker if pub is not None else ""
+                idx = next((k for k, p in enumerate(ports) if addr.endswith(f":{p}")), 0)
+                await asyncio.to_thread(cluster.node(idx).stop)
+                events.append(f"{el:.0f} s: stopped NATS node n{idx + 1} ({gateways[0].config.gateway_id} published through it)")
+                say(events[-1])
+                stopped_node = True
+            if not killed and el > args.duration / 2:
+                collectors[0].kill()
+                events.append(f"{el:.0f} s: SIGKILLed {collectors[0].name}")
+                say(events[-1])
+                killed = True
+        sim_summary = sim.last_summary or sim.summary()
+        say("draining: gateways' outboxes, then the consumer's backlog")
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        drained = False
+        while time.monotonic() < deadline:
+            gw_done = all(gw.metrics.published_readings.total() >= gw.metrics.frames_accepted.total()
+                          and gw.metrics.outbox_depth.get() == 0 for gw in gateways)
+            if gw_done and await _consumer_backlog(cluster.urls) == 0:
+                drained = True
+                break
+            await asyncio.sleep(0.5)
+        if not drained:
+            say("warning: not drained within the deadline")
+        rx = await asyncio.to_thread(read_back, store_url)
+        summary = compare(sim, by_id, rx, gateways)
+        t = summary["total"]
+        # compare() counts a frame stored by two gateways as one delivery and two copies; here
+        # the database is the consumer: "stored" is what it holds, "duplicated" a row twice.
+        t["stored"] = t["delivered"]
+        t["wrong"] += rx.bad_packs  # a reading stored with no gateway recorded
+        summary["readings_rows"] = rx.messages
+        summary["readings_without_reception"] = rx.bad_packs
+        summary["events"] = events
+        summary["simulation"] = {"scenario": sc.name, "seed": sim.seed, "speed": args.speed,
+                                 "simulated_s": sim_summary.get("duration_s"),
+                                 "nodes": dict(counts), "gateways": [g.gw_id for g in sim.gateways]}
+        summary["gateway"] = {gw.config.gateway_id: {
+            "accepted": gw.metrics.frames_accepted.total(),
+            "published_readings": gw.metrics.published_readings.total(),
+            "broker": gw.publisher.broker if gw.publisher else None} for gw in gateways}
+        summary["store"] = args.store
+        summary["wall_s"] = round(time.monotonic() - t_start, 1)
+        (out / "city-summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+        return summary
+    finally:
+        if sim is not None and sim_thread is not None and sim_thread.is_alive():
+            sim.stop()
+            await asyncio.to_thread(sim_thread.join, 10)
+        for gw in gateways:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(gw.stop(), 10)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if sim is not None:
+            sim.close()
+        for c in collectors:
+            c.stop()
+        cluster.stop()
+        if pg is not None:
+            pg.cleanup()
+
+
+def render_city(s: dict[str, Any]) -> str:
+    t = s["total"]
+    lines = ["", f"urbansense demo --city: {s['simulation']['scenario']}, "
+             f"{sum(s['simulation']['nodes'].values())} nodes, {len(s['simulation']['gateways'])} gateways, "
+             f"store {s['store']}, {s['wall_s']:.0f} s", ""]
+    lines += [f"  {e}" for e in s["events"]]
+    lines.append("")
+    lines.append(f"{'':10s}{'sent':>8s}{'lost air':>10s}{'stored':>8s}{'missing':>9s}{'dup':>6s}{'wrong':>7s}")
+    for kind, c in [*s["per_kind"].items(), ("total", t)]:
+        lines.append(f"{kind:10s}{c['sent']:8d}{c['lost_on_air']:10d}{c['delivered']:8d}"
+                     f"{c['missing']:9d}{c['duplicated']:6d}{c['wrong']:7d}")
+    lines.append(f"(frames heard by more than one gateway, stored once: {t['cross_gateway_copies']} extra receptions)")
+    if t["lost_at_gateway"] or t["undecodable"]:
+        lines.append(f"(lost at the gateway boundary: {t['lost_at_gateway']}, undecodable: {t['undecodable']})")
+    ok = t["duplicated"] == 0 and t["wrong"] == 0 and t["missing"] == 0
+    lines.append(f"verdict: {'OK' if ok else 'FAILED'} (missing, duplicated and wrong must be 0)")
+    return "\n".join(lines)
+
+
+def main_city(args: argparse.Namespace) -> int:
+    import logging
+
+    from urbansense.broker import BrokerUnavailable
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=args.out / "gateway.log", filemode="w", level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+    try:
+        summary = asyncio.run(run_city(args))
+    except BrokerUnavailable as exc:
+        print(f"demo --city: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(summary, sort_keys=True) if args.json else render_city(summary))
+    t = summary["total"]
+    return 0 if t["missing"] + t["duplicated"] + t["wrong"] == 0 else 1
+
+
+__all__ = ["KINDS", "main_city", "read_back", "render_city", "run_city"]
