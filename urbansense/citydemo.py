@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from urbansense.demo import KINDS, Received, _Say, compare
+from urbansense.demo import Received, _Say, compare
 
 ACK_WAIT_S = 5.0
 DRAIN_TIMEOUT_S = 90.0
@@ -322,4 +322,4 @@ def main_city(args: argparse.Namespace) -> int:
     return 0 if t["missing"] + t["duplicated"] + t["wrong"] == 0 else 1
 
 
-__all__ = ["KINDS", "main_city", "read_back", "render_city", "run_city"]
+__all__ = ["main_city", "read_back", "render_city", "run_city"]
