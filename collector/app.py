@@ -10,6 +10,8 @@ Order of a batch (the at-least-once half is the bus's, the exactly-once half is 
      a batch the database rejects is split in halves until the message at fault is alone, and
      that one is dead-lettered;
   4. acknowledge the batch's messages, only now.
+Batches commit one at a time, in order; the next batch is fetched and decoded (1-2) while one
+commits.
 A collector killed anywhere in 1-4 loses nothing: unacknowledged messages come back (to it or
 to another collector), and rows already committed are not written twice (the store's keys).
 """
@@ -60,10 +62,23 @@ class Collector:
             self.started.set()
             pending_task = asyncio.create_task(self._watch_pending())
             try:
-                while not self._stopping.is_set():
-                    batch = await self.source.fetch(self.cfg.max_messages, self.cfg.fetch_timeout_s)
-                    if batch:
-                        await self.handle(batch)
+                # One batch commits (its SQL runs on the database's core, this thread waits
+                # on the socket) while the next is fetched and decoded.
+                inflight: asyncio.Task[None] | None = None
+                try:
+                    while not self._stopping.is_set():
+                        batch = await self.source.fetch(self.cfg.max_messages, self.cfg.fetch_timeout_s)
+                        if not batch:
+                            continue
+                        good = await self._decode(batch)
+                        if inflight is not None:
+                            await self._wait_holding(inflight, [d for d, _ in good])
+                            inflight = None
+                        if good:
+                            inflight = asyncio.create_task(self._commit(good))
+                finally:
+                    if inflight is not None:
+                        await inflight
             finally:
                 pending_task.cancel()
                 await asyncio.gather(pending_task, return_exceptions=True)
@@ -76,7 +91,24 @@ class Collector:
     async def stop(self) -> None:
         self._stopping.set()
 
+    async def _wait_holding(self, inflight: asyncio.Task[None], held: list[Delivery]) -> None:
+        """Wait for the commit in flight; the batch waiting behind it is kept "in progress"
+        meanwhile (a database outage would otherwise have it redelivered to another)."""
+        period_s = max(0.1, self.cfg.source.ack_wait_s / 3)
+        while True:
+            done, _ = await asyncio.wait({inflight}, timeout=period_s)
+            if done:
+                inflight.result()
+                return
+            await self.source.in_progress(held)
+
     async def handle(self, batch: list[Delivery]) -> None:
+        """Decode, commit and acknowledge one batch (the loop overlaps two of these)."""
+        good = await self._decode(batch)
+        if good:
+            await self._commit(good)
+
+    async def _decode(self, batch: list[Delivery]) -> list[tuple[Delivery, list[Reading] | GatewayNote]]:
         good: list[tuple[Delivery, list[Reading] | GatewayNote]] = []
         for d in batch:
             try:
@@ -87,8 +119,7 @@ class Collector:
             leaf = "up" if isinstance(decoded, list) else decoded.leaf
             self.metrics.messages.inc(leaf)
             good.append((d, decoded))
-        if good:
-            await self._commit(good)
+        return good
 
     async def _commit(self, items: list[tuple[Delivery, list[Reading] | GatewayNote]]) -> None:
         readings = [r for _, x in items if isinstance(x, list) for r in x]
@@ -112,7 +143,8 @@ class Collector:
                     await asyncio.wait_for(self._stopping.wait(), delay_s)
                 if self._stopping.is_set():
                     return  # unacknowledged: redelivered to whoever runs next
-                delay_s = min(_RETRY_MAX_S, delay_s * 2)
+                # Under a third of ack_wait_s: the "in progress" above must come round in time.
+                delay_s = min(_RETRY_MAX_S, self.cfg.source.ack_wait_s / 3, delay_s * 2)
             except StoreRejected as exc:
                 self.metrics.store_errors.inc("rejected")
                 if len(items) == 1:

@@ -11,6 +11,7 @@
     replicas = 3                    #   up/status/event subjects, num_replicas as given
     durable = "collectors"          # every collector naming it shares the work
     ack_wait_s = 30.0               # unacknowledged this long: redelivered (to any collector)
+    max_age_s = 604800.0            # the stream keeps a message this long (acknowledged or not)
     [store]
     url = "sqlite:///var/lib/urbansense/collector.db"   # or "postgresql://user@host/db"
     [batch]
@@ -52,6 +53,7 @@ class SourceConfig:
     replicas: int = 3
     durable: str = "collectors"
     ack_wait_s: float = 30.0
+    max_age_s: float = 7 * 86400.0
 
 
 @dataclass(slots=True)
@@ -74,6 +76,8 @@ class CollectorConfig:
             raise CollectorConfigError("source.servers", "must list at least one nats:// URL")
         if not 1 <= s.replicas <= 5:
             raise CollectorConfigError("source.replicas", "must be 1..5")
+        if s.max_age_s <= 0:
+            raise CollectorConfigError("source.max_age_s", "must be > 0")
         if s.ack_wait_s <= 0:
             raise CollectorConfigError("source.ack_wait_s", "must be > 0")
         if self.max_messages < 1:
@@ -120,6 +124,7 @@ def config_from_dict(raw: dict[str, Any], base_dir: Path | None = None) -> Colle
         replicas=_get(src, "source", "replicas", int, d.replicas),
         durable=_get(src, "source", "durable", str, d.durable),
         ack_wait_s=_get(src, "source", "ack_wait_s", float, d.ack_wait_s),
+        max_age_s=_get(src, "source", "max_age_s", float, d.max_age_s),
     )
     c = CollectorConfig()
     url = _get(t["store"], "store", "url", str, c.store_url)

@@ -2,8 +2,8 @@
 
 A message is one of a gateway's three topics, ``urbansense/v1/<site>/<gateway>/<leaf>`` (MQTT)
 or ``urbansense.v1.<site>.<gateway>.<leaf>`` (its NATS subject, the same name with dots):
-``up`` is a SenML pack read through the project's own reader (``read_pack``: RFC 8428 name,
-time and unit resolution), ``status`` and ``event`` are JSON objects. Each frame of a pack is
+``up`` is a SenML pack read through the wire package's reader (``read_frames``: RFC 8428
+name, time and unit resolution, a frame's records kept together), ``status`` and ``event`` are JSON objects. Each frame of a pack is
 one ``Reading`` keyed by (node, frame counter); the same frame heard by two gateways arrives as
 two ``Reading``s with the same key and different ``gateway_id``, and the store keeps the
 reading once and both receptions.
@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from urbansense.wire.senml import node_id_from_base_name, read_pack
+from urbansense.wire.senml import read_frames
 
 
 class Poison(ValueError):
@@ -96,51 +96,42 @@ def decode(topic: str, payload: bytes) -> list[Reading] | GatewayNote:
 
 
 def readings_from_pack(site: str, gateway_id: str, payload: bytes) -> list[Reading]:
-    """One ``Reading`` per frame: a frame starts at its base record's ``fcnt``."""
+    """One ``Reading`` per frame (``read_frames``: the wire package's reader)."""
     try:
-        records = read_pack(payload)
-    except Exception as exc:  # outside bytes: whatever the CBOR decoder raises
-        raise Poison("bad_pack", f"{type(exc).__name__}: {exc}"[:200]) from None
+        frames = read_frames(payload)
+    except ValueError as exc:
+        raise Poison("bad_pack", str(exc)[:200]) from None
     out: list[Reading] = []
-    cur: Reading | None = None
-    for rec in records:
-        bn, sep, name = rec.name.rpartition(":")
-        if not sep:
-            raise Poison("bad_pack", f"record name {rec.name[:80]!r}")
-        if name == "fcnt":
-            try:
-                node_id = node_id_from_base_name(bn + ":")
-            except ValueError as exc:
-                raise Poison("bad_pack", str(exc)[:200]) from None
-            if type(rec.value) is not int or not 0 <= rec.value < 1 << 32:
-                raise Poison("bad_pack", f"fcnt {rec.value!r}")
-            t = rec.time_s
-            if not isinstance(t, int | float) or t != t:
-                raise Poison("bad_pack", f"time {t!r}")
-            cur = Reading(node_id, rec.value, float(t), site, gateway_id)
-            out.append(cur)
-            continue
-        if cur is None:
-            raise Poison("bad_pack", "a record before the first frame")
-        value = rec.value
-        if isinstance(value, bytes):
-            value = value.hex()
-        if name == "rssi":
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                cur.rssi_dbm = float(value) + 30.0 if rec.unit == "dBW" else float(value)
-            continue
-        cur.values[name] = value
-        spec = _COLUMNS.get(name)
-        if spec is None or value is None:
-            continue
-        column, units = spec
-        if units is None:
-            if column == "occupied":
-                cur.columns[column] = bool(value)
-            elif isinstance(value, int | float) and column in _INT_COLUMNS:
-                cur.columns[column] = int(value)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            factor = units.get(rec.unit)
-            if factor is not None:
-                cur.columns[column] = float(value) * factor
+    columns_of = _COLUMNS
+    for node_id, fcnt, time_s, records in frames:
+        if not 0 <= fcnt < 1 << 32 or type(time_s) not in (float, int) or time_s != time_s:
+            raise Poison("bad_pack", f"fcnt {fcnt!r} time {time_s!r}")
+        values: dict[str, Any] = {}
+        columns: dict[str, float | int | bool] = {}
+        rssi: float | None = None
+        for name, value, unit in records:
+            if type(name) is not str:
+                raise Poison("bad_pack", f"record name {name!r:.80}")
+            if name == "rssi":
+                if type(value) in (int, float):
+                    rssi = value + 30.0 if unit == "dBW" else float(value)
+                continue
+            if type(value) is bytes:
+                value = value.hex()
+            values[name] = value
+            spec = columns_of.get(name)
+            if spec is None or value is None:
+                continue
+            column, units = spec
+            t = type(value)
+            if units is None:
+                if column == "occupied":
+                    columns[column] = bool(value)
+                elif t is int or t is float:
+                    columns[column] = int(value)
+            elif t is int or t is float:
+                factor = units.get(unit)
+                if factor is not None:
+                    columns[column] = value * factor
+        out.append(Reading(node_id, fcnt, float(time_s), site, gateway_id, rssi, values, columns))
     return out

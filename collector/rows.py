@@ -21,6 +21,7 @@ READING_COLUMNS: Final = ("node_id", "fcnt", "time_s", "site", "gateway_id", "st
 RECEPTION_COLUMNS: Final = ("node_id", "fcnt", "gateway_id", "rssi_dbm", "received_s")
 STATE_VALUE_COLUMNS: Final = ("occupied", "fill_ratio", "volume_m3", "battery_v", "alarms", "flags")
 STATE_COLUMNS: Final = ("node_id", "site", "last_fcnt", "last_seen_s", *STATE_VALUE_COLUMNS)
+_DUMPS: Final = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
 
 
 @dataclass(slots=True)
@@ -49,24 +50,23 @@ def build(readings: list[Reading], notes: list[GatewayNote], now_s: float) -> Ro
         if hkey not in heard:
             heard[hkey] = (r.node_id, r.fcnt, r.gateway_id, r.rssi_dbm, r.time_s)
     state: dict[int, list[Any]] = {}
+    dumps = _DUMPS
+    out = rows.readings
     for key in sorted(first):
         r = first[key]
-        cols = r.columns
-        rows.readings.append((
-            r.node_id, r.fcnt, r.time_s, r.site, r.gateway_id, now_s,
-            *(cols.get(c) for c in COLUMNS),
-            json.dumps(r.values, separators=(",", ":"), sort_keys=True),
-        ))
+        get = r.columns.get
+        out.append((r.node_id, r.fcnt, r.time_s, r.site, r.gateway_id, now_s,
+                    *map(get, COLUMNS), dumps(r.values)))
         s = state.get(r.node_id)
         if s is None:
-            state[r.node_id] = [r.node_id, r.site, r.fcnt, r.time_s,
-                                *(cols.get(c) for c in STATE_VALUE_COLUMNS)]
+            state[r.node_id] = [r.node_id, r.site, r.fcnt, r.time_s, *map(get, STATE_VALUE_COLUMNS)]
         else:  # sorted by fcnt: this one is newer
             s[1], s[2], s[3] = r.site, r.fcnt, r.time_s
-            for i, c in enumerate(STATE_VALUE_COLUMNS, 4):
-                v = cols.get(c)
-                if v is not None:
-                    s[i] = v
+            if r.columns:
+                for i, c in enumerate(STATE_VALUE_COLUMNS, 4):
+                    v = get(c)
+                    if v is not None:
+                        s[i] = v
     rows.receptions = [heard[k] for k in sorted(heard)]
     rows.states = [tuple(state[n]) for n in sorted(state)]
     for note in notes:

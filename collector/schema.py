@@ -124,7 +124,6 @@ CREATE TABLE IF NOT EXISTS alarm_names (
     bit INTEGER PRIMARY KEY,
     name TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS readings_volume ON readings (node_id, time_s) WHERE volume_m3 IS NOT NULL;
 """
 
 _VIEWS: Final = """

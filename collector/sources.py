@@ -4,7 +4,8 @@ dead-lettered; acknowledging is the last thing done with a message, after its ro
 
 JetStream: the stream (created if missing, ``num_replicas`` as configured) captures the
 gateways' ``urbansense.v1.*.*.{up,status,event}`` subjects, which are the MQTT topics the
-cluster's MQTT listener receives, with dots. One durable pull consumer, explicit acks,
+cluster's MQTT listener receives, with dots; it keeps every message ``max_age_s`` (limits
+retention: a week's backlog survives a database outage, and a new consumer can replay). One durable pull consumer, explicit acks,
 ``max_deliver`` unlimited (a message is given up only by dead-lettering it, never by a count
 running out while the database is down); every collector that names it competes for its
 messages. A message not acknowledged within ``ack_wait_s`` goes to another fetch, so a
@@ -76,10 +77,12 @@ class JetStreamSource:
         self._js = self._nc.jetstream(timeout=10)
         subjects = [f"{SUBJECT_PREFIX}.*.*.{leaf}" for leaf in LEAVES]
         await self._ensure_stream(StreamConfig(name=self.cfg.stream, subjects=subjects,
-                                               num_replicas=self.cfg.replicas))
+                                               num_replicas=self.cfg.replicas,
+                                               max_age=self.cfg.max_age_s))
         await self._ensure_stream(StreamConfig(name=f"{self.cfg.stream}_DEADLETTER",
                                                subjects=[f"{DEAD_LETTER_PREFIX}.>"],
-                                               num_replicas=self.cfg.replicas))
+                                               num_replicas=self.cfg.replicas,
+                                               max_age=self.cfg.max_age_s))
         consumer = ConsumerConfig(
             durable_name=self.cfg.durable, ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.cfg.ack_wait_s, max_deliver=-1, max_ack_pending=-1,

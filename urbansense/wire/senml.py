@@ -306,3 +306,49 @@ def _frames_from_pack(data: bytes) -> list[tuple[int, int, dict[str, float | int
             name = raw[N]
             frames[-1][2][name] = raw[VB] if VB in raw else raw[V]
     return frames
+
+
+PackFrame = tuple[int, int, float, list[tuple[str, Any, "str | None"]]]
+
+
+def read_frames(data: bytes) -> list[PackFrame]:
+    """(node_id, fcnt, time_s, [(name, value, unit), ...]) per frame of one of our packs.
+
+    The collector's reader: like ``read_pack`` it resolves what our packs use (bn, bt and t
+    for the time, n, u, v, vb, vs, vd), keeping each frame's records together, and like
+    ``frames_from_pack`` it refuses anything else with ValueError; one pass, no per-record
+    objects (a city backlog is millions of frames)."""
+    try:
+        return _read_frames(data)
+    except ValueError:
+        raise
+    except (cbor2.CBORError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
+            RecursionError) as exc:
+        raise ValueError(f"not an urbansense SenML pack: {type(exc).__name__}: {exc}") from None
+
+
+def _read_frames(data: bytes) -> list[PackFrame]:
+    pack = cbor2.loads(data)
+    if type(pack) is not list:
+        raise ValueError("a SenML pack is an array")
+    frames: list[PackFrame] = []
+    records: list[tuple[str, Any, str | None]] = []
+    bt: float = 0.0
+    for raw in pack:
+        if type(raw) is not dict:
+            raise ValueError("a SenML record is a map")
+        if BN in raw:
+            bt = raw.get(BT, 0.0)
+            if raw.get(N) != "fcnt":
+                raise ValueError("a frame's base record carries its counter as fcnt")
+            fcnt = raw[V]
+            if type(fcnt) is not int:
+                raise ValueError(f"fcnt {fcnt!r}")
+            records = []
+            frames.append((node_id_from_base_name(raw[BN]), fcnt, bt + raw.get(T, 0), records))
+        elif frames:
+            value = raw[V] if V in raw else raw[VB] if VB in raw else raw[VS] if VS in raw else raw[VD]
+            records.append((raw[N], value, raw.get(U)))
+        else:
+            raise ValueError("a record before the first frame")
+    return frames
