@@ -162,13 +162,19 @@ class NatsCluster:
     them all and returns once each is healthy; ``node(i)`` gives one for failover tests."""
 
     def __init__(self, workdir: Path, size: int = 3, host: str = "127.0.0.1") -> None:
-        binary = find_nats_server()
+        self.binary = find_nats_server()
         self.workdir = workdir
         self.host = host
+        self.size = size
+        self.nodes: list[NatsNode] = []
+        self._configure()
+
+    def _configure(self) -> None:
+        host = self.host
         ports = [NodePorts(free_port(host), free_port(host), free_port(host), free_port(host))
-                 for _ in range(size)]
+                 for _ in range(self.size)]
         self.nodes = [
-            NatsNode(binary, f"n{i + 1}", workdir / f"n{i + 1}", p,
+            NatsNode(self.binary, f"n{i + 1}", self.workdir / f"n{i + 1}", p,
                      [q.cluster for j, q in enumerate(ports) if j != i], host)
             for i, p in enumerate(ports)
         ]
@@ -184,7 +190,19 @@ class NatsCluster:
     def node(self, i: int) -> NatsNode:
         return self.nodes[i]
 
-    def start(self, timeout_s: float = 30.0) -> NatsCluster:
+    def start(self, timeout_s: float = 60.0) -> NatsCluster:
+        """Start every node; a port taken meanwhile by another process (they were free when
+        picked) means new ports for all, up to three times."""
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout_s)
+            except RuntimeError as exc:
+                if attempt == 2 or "address already in use" not in str(exc).lower():
+                    raise
+                self._configure()
+        return self
+
+    def _start_once(self, timeout_s: float) -> NatsCluster:
         deadline = time.monotonic() + timeout_s
         for n in self.nodes:
             if not n.running:

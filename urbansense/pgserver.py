@@ -62,6 +62,7 @@ class PgServer:
         self.datadir = self.root / "data"
         self.log_path = self.root / "postgres.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
         if self.user is not None:
             os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
         self._initdb()
@@ -92,7 +93,19 @@ class PgServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout_s: float = 30.0) -> PgServer:
+    def start(self, timeout_s: float = 60.0) -> PgServer:
+        """Start (or restart on the same port); a first start whose free port was taken
+        meanwhile by another process picks another, up to three times."""
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout_s)
+            except RuntimeError as exc:
+                if attempt == 2 or self._started_once or "could not bind" not in str(exc).lower():
+                    raise
+                self.port = free_port(self.host)
+        return self
+
+    def _start_once(self, timeout_s: float) -> PgServer:
         if self.running:
             raise RuntimeError("postgres already running")
         log = self.log_path.open("ab")
@@ -114,6 +127,7 @@ class PgServer:
                 raise RuntimeError(f"postgres not ready within {timeout_s}s; log:\n{self.log_tail()}")
             time.sleep(0.05)
         self._ensure_database()
+        self._started_once = True
         return self
 
     def _accepting(self) -> bool:
