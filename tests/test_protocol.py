@@ -137,8 +137,12 @@ def test_crc16_check_value_both_sides() -> None:
 
 keys16 = st.binary(min_size=16, max_size=16)
 u32 = st.integers(0, 0xFFFFFFFF)
-quantity_value = st.one_of(st.booleans(), st.integers(-(2**31), 2**32 - 1))
-readings_st = st.dictionaries(st.integers(0, 23), quantity_value, max_size=6)
+# Bodies of PROTOCOL.md section 3: quantity 0 a boolean, every other an integer.
+readings_st = st.builds(
+    lambda occupied, rest: {**occupied, **rest},
+    st.dictionaries(st.just(0), st.booleans(), max_size=1),
+    st.dictionaries(st.integers(1, 23), st.integers(-(2**31), 2**32 - 1), max_size=5),
+)
 
 
 @given(key=keys16, node_id=u32, fcnt=u32, ftype=st.sampled_from([0, 1, 2]), readings=readings_st)
