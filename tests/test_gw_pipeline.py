@@ -94,6 +94,30 @@ async def test_serial_retransmission_is_reacked_and_forwarded_once(
     node.close()
 
 
+async def test_a_reack_carries_the_first_acks_dcnt_also_after_a_restart(
+    tmp_path: Path, mqtt_broker: Any, running: Any
+) -> None:
+    """PROTOCOL.md section 5: a re-ack does not advance DCnt, cached or rebuilt; a new ack does."""
+    node = PtyNode()
+    gw = await running(make_config(tmp_path, mqtt_broker, serial__ports=[node.path]))
+    await asyncio.wait_for(gw.serial_ports[0].opened.wait(), 5)
+    node.send(frame(3, 10))
+    await wait_for(lambda: len(node.acks) == 1, what="first ack")
+    node.send(frame(3, 10))
+    await wait_for(lambda: len(node.acks) == 2, what="cached re-ack")
+    await gw.stop()  # the cache of acks goes with it; DCnt is on disk
+    gw = await running(make_config(tmp_path, mqtt_broker, serial__ports=[node.path]))
+    await asyncio.wait_for(gw.serial_ports[0].opened.wait(), 5)
+    node.send(frame(3, 10))
+    await wait_for(lambda: len(node.acks) == 3, what="re-ack rebuilt after the restart")
+    node.send(frame(3, 11))
+    await wait_for(lambda: len(node.acks) == 4, what="a new ack")
+    (d1, a1, _), (d2, a2, _), (d3, a3, _), (d4, a4, _) = (decode_ack(3, a) for a in node.acks)
+    assert (a1, a2, a3, a4) == (10, 10, 10, 11)
+    assert d1 == d2 == d3 and d4 == d1 + 1
+    node.close()
+
+
 async def test_downlink_rides_with_every_ack_until_the_node_reports_its_dcnt(
     tmp_path: Path, mqtt_broker: Any, sub: Subscriber, running: Any
 ) -> None:
