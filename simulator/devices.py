@@ -14,13 +14,22 @@ from math import cos as _cos
 from math import pi as _PI
 from typing import TYPE_CHECKING, Final, Protocol
 
+from simulator.part_registers import (
+    LIS3MDL_LSB_PER_GAUSS,
+    VL53L1X_NREGS,
+    lis3mdl_int_src,
+    lis3mdl_read_only,
+    lis3mdl_registers,
+    lis3mdl_stored,
+    vl53l1x_registers,
+)
 from simulator.world import DAY_S as _DAY_S
 from simulator.world import Bin, Household, ParkingSpace, _gauss
 
 if TYPE_CHECKING:
     from simulator.node import SimNode
 
-_LIS3MDL_SENS: Final = {0: 6842.0, 1: 3421.0, 2: 2281.0, 3: 1711.0}  # LSB/gauss per FS (Table 3)
+_LIS3MDL_SENS: Final = {fs: float(s) for fs, s in enumerate(LIS3MDL_LSB_PER_GAUSS)}
 _PACK_XYZ: Final = struct.Struct("<hhh").pack  # OUT_X_L..OUT_Z_H
 _PACK_SXYZ: Final = struct.Struct("<Bhhh").pack  # STATUS_REG, OUT_X_L..OUT_Z_H
 _BYTES: Final = tuple(bytes((i,)) for i in range(256))  # one-byte register reads, no allocation
@@ -54,18 +63,15 @@ def nack() -> OSError:
 
 
 class LIS3MDL:
-    """ST LIS3MDL magnetometer (DocID024204): registers 0x0F, 0x20-0x24, 0x27-0x33."""
+    """ST LIS3MDL magnetometer (DocID024204) on the register map of simulator/part_registers.py,
+    sampling the parking space's field at the node's time."""
 
     def __init__(self, node: SimNode, space: ParkingSpace, rng: random.Random, address: int = 0x1C) -> None:
         self.node = node
         self.space = space
         self.rng = rng
         self.address = address
-        self.regs = bytearray(0x40)
-        self.regs[0x0F] = 0x3D
-        self.regs[0x21] = 0x00
-        self.regs[0x22] = 0x03  # power-down after power-on (MD = 11)
-        self.regs[0x30] = 0x08
+        self.regs = lis3mdl_registers()
         self.latched = False
         self.latch_src = 0
         self._sample: tuple[int, int, int] = (0, 0, 0)
@@ -150,11 +156,8 @@ class LIS3MDL:
             return
         for i, b in enumerate(data):
             r = (reg + i) & 0x3F
-            if r == 0x0F or r == 0x27 or 0x28 <= r <= 0x2F or r == 0x31:
-                continue  # read-only
-            if r == 0x21 and b & 0x04:  # SOFT_RST
-                b &= ~0x04
-            regs[r] = b
+            if not lis3mdl_read_only(r):
+                regs[r] = lis3mdl_stored(r, b)
 
     # -- interrupt generator (INT_CFG 0x30, INT_THS 0x32/0x33)
     def _int_src(self, t: float, noisy: bool = True) -> int:
@@ -164,23 +167,7 @@ class LIS3MDL:
             return 0
         ths = (regs[0x32] | (regs[0x33] << 8)) & 0x7FFF
         x, y, z = self._lsb(t, noisy)
-        src = 0
-        if cfg & 0x80:
-            if x > ths:
-                src |= 0x80
-            elif x < -ths:
-                src |= 0x10
-        if cfg & 0x40:
-            if y > ths:
-                src |= 0x40
-            elif y < -ths:
-                src |= 0x08
-        if cfg & 0x20:
-            if z > ths:
-                src |= 0x20
-            elif z < -ths:
-                src |= 0x04
-        return src
+        return lis3mdl_int_src(cfg, ths, x, y, z)
 
     def int_active(self, t: float) -> bool:
         if self.latched:
@@ -240,16 +227,9 @@ class LIS3MDLIntWire:
         return self.dev.time_at_level(t0, level, t_limit)
 
 
-# VL53L1X power-on register values the model reads: firmware booted (0xE5), model id
-# 0xEACC and module type (0x010F-0x0111), GPIO_HV_MUX__CTRL, and a 0x01CC macro period.
-_VL53L1X_POR: Final = bytearray(0x0200)
-for _reg, _value in ((0x00E5, 0x03), (0x010F, 0xEA), (0x0110, 0xCC), (0x0111, 0x10), (0x0030, 0x01),
-                     (0x005E, 0x01), (0x005F, 0xCC)):
-    _VL53L1X_POR[_reg] = _value
-
-
 class VL53L1X:
-    """ST VL53L1X ToF ranger, 16-bit register addresses as ST's ULD uses them."""
+    """ST VL53L1X ToF ranger, 16-bit register addresses as ST's ULD uses them, on the register
+    map of simulator/part_registers.py, ranging the bin's distance at the node's time."""
 
     # ULD VL53L1X_GetTimingBudgetInMs: RANGE_CONFIG__TIMEOUT_MACROP_A_HI (0x5E, 16 bit) ->
     # timing budget in ms (short and long distance modes). The default configuration
@@ -261,14 +241,14 @@ class VL53L1X:
     }
     # Indices 0x0000.._NREG-1 (the ULD's whole map: configuration block, results, model id)
     # live in a bytearray; any other index in a dict.
-    _NREG: Final = len(_VL53L1X_POR)
+    _NREG: Final = VL53L1X_NREGS
 
     def __init__(self, node: SimNode, bin_: Bin, rng: random.Random, address: int = 0x29) -> None:
         self.node = node
         self.bin = bin_
         self.rng = rng
         self.address = address
-        self.regs = bytearray(_VL53L1X_POR)
+        self.regs = vl53l1x_registers()
         self.far: dict[int, int] = {}
         self.ranging = False
         self.ready_at: float | None = None

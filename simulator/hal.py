@@ -13,7 +13,10 @@ import time as _time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from simulator import esp32_port as port
+
 if TYPE_CHECKING:
+    from simulator.hal_contract import HAL
     from simulator.node import SimNode
 
 _TICKS_PERIOD: Final = 1 << 30  # MicroPython's ticks wrap at 2**30
@@ -420,17 +423,17 @@ class SimWDT:
 
 
 class SimMachine:
-    PWRON_RESET: Final = 1
-    HARD_RESET: Final = 2
-    WDT_RESET: Final = 3
-    DEEPSLEEP_RESET: Final = 4
-    SOFT_RESET: Final = 5
-    EXT0_WAKE: Final = 2
-    PIN_WAKE: Final = 2
-    EXT1_WAKE: Final = 3
-    TIMER_WAKE: Final = 4
-    TOUCHPAD_WAKE: Final = 5
-    ULP_WAKE: Final = 6
+    PWRON_RESET: Final = port.PWRON_RESET
+    HARD_RESET: Final = port.HARD_RESET
+    WDT_RESET: Final = port.WDT_RESET
+    DEEPSLEEP_RESET: Final = port.DEEPSLEEP_RESET
+    SOFT_RESET: Final = port.SOFT_RESET
+    EXT0_WAKE: Final = port.EXT0_WAKE
+    PIN_WAKE: Final = port.PIN_WAKE
+    EXT1_WAKE: Final = port.EXT1_WAKE
+    TIMER_WAKE: Final = port.TIMER_WAKE
+    TOUCHPAD_WAKE: Final = port.TOUCHPAD_WAKE
+    ULP_WAKE: Final = port.ULP_WAKE
     IDLE: Final = 1
     SLEEP: Final = 2
     DEEPSLEEP: Final = 4
@@ -725,3 +728,8 @@ class SimHAL:
 
     def energy(self, state: str) -> None:
         self._n.declare(state)
+
+
+def _contract(node: SimNode) -> HAL:
+    """mypy holds SimHAL to the contract of docs/HAL.md (simulator/hal_contract.py) here."""
+    return SimHAL(node)

@@ -11,6 +11,17 @@ from typing import TYPE_CHECKING, Any, Final
 
 from simulator.devices import ConstWire, Echo, Wire
 from simulator.energy import Cell, Meter, PowerProfile
+from simulator.esp32_port import (
+    DEEPSLEEP_RESET,
+    EXT0_WAKE,
+    EXT1_WAKE,
+    GPIO_WAKE,
+    HARD_RESET,
+    PWRON_RESET,
+    SOFT_RESET,
+    TIMER_WAKE,
+    WDT_RESET,
+)
 from simulator.hal import DeepSleep, SimHAL, SoftReset, WatchdogReset
 from simulator.rng import stream
 from simulator.world import ambient_temperature_c
@@ -18,15 +29,6 @@ from simulator.world import ambient_temperature_c
 if TYPE_CHECKING:
     from simulator.sim import Simulation
 
-PWRON_RESET: Final = 1
-HARD_RESET: Final = 2
-WDT_RESET: Final = 3
-DEEPSLEEP_RESET: Final = 4
-SOFT_RESET: Final = 5
-EXT0_WAKE: Final = 2
-EXT1_WAKE: Final = 3
-GPIO_WAKE: Final = 7  # ESP_SLEEP_WAKEUP_GPIO: the C3's wake_on_gpio (machine has no name for it)
-TIMER_WAKE: Final = 4
 
 LIGHT_SLEEP_UA: Final = 800.0  # ESP32 datasheet via FIELD-FACTS: light sleep 0.8 mA
 # Air time of one legacy ADV_NONCONN_IND PDU at 1 Mb/s: preamble 1 + access address 4 +

@@ -3,22 +3,33 @@
 Written in the MicroPython subset (no typing, dataclasses or f-string `=`), so the same file
 serves the CPython tests and the wake cycles on the MicroPython VM. One World is one node:
 flash (files, NVS) survives power loss, RTC memory survives deep sleep only.
+
+The port's reset and wake numbers (simulator/esp32_port.py) and the parts' register maps
+(simulator/part_registers.py) are the simulator's own, imported (on the VM: mounted beside
+this file); the HAL keeps the contract of simulator/hal_contract.py
+(tests/test_hal_contract.py).
 """
+
+try:
+    from simulator import esp32_port as _port
+    from simulator import part_registers as _regs
+except ImportError:  # the MicroPython VM
+    import esp32_port as _port
+    import part_registers as _regs
 
 ENODEV = 19
 ENOENT = 2
 
-# machine constants (micropython-esp32-stubs machine.pyi)
-PWRON_RESET = 1
-HARD_RESET = 2
-WDT_RESET = 3
-DEEPSLEEP_RESET = 4
-SOFT_RESET = 5
-PIN_WAKE = 2
-EXT0_WAKE = 2
-EXT1_WAKE = 3
-TIMER_WAKE = 4
-ULP_WAKE = 6
+PWRON_RESET = _port.PWRON_RESET
+HARD_RESET = _port.HARD_RESET
+WDT_RESET = _port.WDT_RESET
+DEEPSLEEP_RESET = _port.DEEPSLEEP_RESET
+SOFT_RESET = _port.SOFT_RESET
+PIN_WAKE = _port.PIN_WAKE
+EXT0_WAKE = _port.EXT0_WAKE
+EXT1_WAKE = _port.EXT1_WAKE
+TIMER_WAKE = _port.TIMER_WAKE
+ULP_WAKE = _port.ULP_WAKE
 
 
 def _s16_bytes(v):
@@ -27,17 +38,13 @@ def _s16_bytes(v):
 
 
 class FakeLIS3MDL:
-    """LIS3MDL register map (DocID024204 section 7), +-4 gauss, auto-increment on SUB(7).
+    """LIS3MDL on the register map of simulator/part_registers.py, auto-increment on SUB(7).
 
     A new sample is taken when the field is set or a register is written (no clock), so
     reading INT_SRC clears a latched event until the next of those."""
 
     def __init__(self, field_nt=(20000, -5000, 42000), int_pin=None, world=None):
-        self.regs = bytearray(0x40)
-        self.regs[0x0F] = 0x3D
-        self.regs[0x20] = 0x10
-        self.regs[0x22] = 0x03  # power-down after boot
-        self.regs[0x30] = 0xE8
+        self.regs = _regs.lis3mdl_registers()
         self.field_nt = list(field_nt)
         self.temp_raw = 0
         self.int_pin = int_pin
@@ -49,8 +56,7 @@ class FakeLIS3MDL:
         self._update_int()
 
     def _lsb(self, i):
-        v = self.field_nt[i] * 6842 // 100000
-        return max(-32768, min(32767, v))
+        return _regs.lis3mdl_lsb(self.field_nt[i] / 100000, (self.regs[0x21] >> 5) & 3)
 
     def _continuous(self):
         return self.regs[0x22] & 0x03 == 0
@@ -69,14 +75,7 @@ class FakeLIS3MDL:
         cfg = self.regs[0x30]
         if cfg & 0x01 and self._continuous():
             ths = self.regs[0x32] | (self.regs[0x33] << 8)
-            src = 0
-            for i in range(3):
-                if cfg & (0x80 >> i):
-                    v = self._lsb(i)
-                    if v > ths:
-                        src |= 0x80 >> i
-                    if v < -ths:
-                        src |= 0x10 >> i
+            src = _regs.lis3mdl_int_src(cfg, ths, self._lsb(0), self._lsb(1), self._lsb(2))
             if src:
                 self.regs[0x31] = src | 0x01
             elif not cfg & 0x02:
@@ -120,12 +119,8 @@ class FakeLIS3MDL:
         for k in range(len(data)):
             r = reg + k if inc else reg
             self.writes.append((r, data[k]))
-            if r in (0x0F, 0x27, 0x31) or 0x28 <= r <= 0x2F:
-                continue  # read-only
-            if r == 0x33:
-                self.regs[r] = data[k] & 0x7F
-            else:
-                self.regs[r] = data[k]
+            if not _regs.lis3mdl_read_only(r):
+                self.regs[r] = _regs.lis3mdl_stored(r, data[k])
         self._update_int()
 
 
@@ -133,11 +128,7 @@ class FakeVL53L1X:
     """VL53L1X as the ULD sees it: 16-bit indices, model id, data-ready on GPIO__TIO_HV_STATUS."""
 
     def __init__(self, distances_mm=None, polls_per_range=3):
-        self.regs = {}
-        self.regs[0x00E5] = 0x01  # firmware booted
-        self.regs[0x010F] = 0xEA
-        self.regs[0x0110] = 0xCC
-        self.regs[0x0030] = 0x01
+        self.regs = _regs.vl53l1x_registers()
         self.distances = list(distances_mm or [])
         self.default_mm = 800
         self.polls_per_range = polls_per_range
@@ -165,7 +156,7 @@ class FakeVL53L1X:
             if self.polls >= self.polls_per_range:
                 self.polls = 0
                 self._next_range()
-        active_high = 0 if self.regs.get(0x0030, 0) & 0x10 else 1
+        active_high = 0 if self.regs[0x0030] & 0x10 else 1
         return active_high if self.ready else 1 - active_high
 
     def read(self, reg, n, addrsize):
@@ -174,7 +165,7 @@ class FakeVL53L1X:
         out = bytearray()
         for k in range(n):
             r = reg + k
-            out.append(self._tio() if r == 0x0031 else self.regs.get(r, 0))
+            out.append(self._tio() if r == 0x0031 else (self.regs[r] if r < len(self.regs) else 0))
         return bytes(out)
 
     def write(self, reg, data, addrsize):
@@ -185,7 +176,8 @@ class FakeVL53L1X:
         for k in range(len(data)):
             r = reg + k
             v = data[k]
-            self.regs[r] = v
+            if r < len(self.regs):
+                self.regs[r] = v
             if r == 0x0087:
                 self.ranging = v == 0x40
                 self.ready = False

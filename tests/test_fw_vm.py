@@ -21,6 +21,16 @@ from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_HEAP_LIMIT = 40 * 1024
 
+# The fake HAL and what it imports from the simulator (one home for the port's numbers and
+# the parts' register maps), side by side in /fw on the VM.
+FAKE_SOURCES = (ROOT / "tests" / "fw_fakes.py", ROOT / "simulator" / "esp32_port.py",
+                ROOT / "simulator" / "part_registers.py")
+
+
+def _fake_mounts(mpy_dir: Path) -> dict[str, str]:
+    return {str(mpy_dir): "/lib", **{str(p): f"/fw/{p.name}" for p in FAKE_SOURCES}}
+
+
 # One VM per kind, firmware as precompiled .mpy (as deployed: no compiler RAM peak).
 # The fake HAL is imported before the baseline is taken, so the figure is what the
 # firmware itself allocates: its code objects, state, frames and buffers.
@@ -67,7 +77,7 @@ def mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_wake_cycles_on_micropython_vm(mpy_dir: Path) -> None:
-    mounts = {str(mpy_dir): "/lib", str(ROOT / "tests" / "fw_fakes.py"): "/fw/fw_fakes.py"}
+    mounts = _fake_mounts(mpy_dir)
     lines: list[str] = []
     for kind in ("parking", "bin", "water"):
         proc = run_micropython(SCRIPT, mounts, timeout_s=120, args=(kind,))
@@ -187,7 +197,7 @@ print("safe", w.run_cycle(us_node))
 
 
 def test_serial_tamper_c3_guard_backoff_powerloss_paths_on_micropython_vm(mpy_dir: Path) -> None:
-    mounts = {str(mpy_dir): "/lib", str(ROOT / "tests" / "fw_fakes.py"): "/fw/fw_fakes.py"}
+    mounts = _fake_mounts(mpy_dir)
     proc = run_micropython(PATHS_SCRIPT, mounts, timeout_s=180)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     out = {line.split()[0]: line.split(None, 1)[1] for line in proc.stdout.splitlines() if " " in line}

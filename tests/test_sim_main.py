@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from simulator.energy import FALLBACK_PROFILE
+from simulator.esp32_port import DEEPSLEEP_RESET, TIMER_WAKE, WDT_RESET
 from simulator.firmware_loader import firmware_module
-from simulator.node import DEEPSLEEP_RESET, TIMER_WAKE, WDT_RESET
 from simulator.sim import Simulation
 
 SCENARIO = {
