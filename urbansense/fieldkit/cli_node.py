@@ -13,7 +13,7 @@ KINDS = ("parking", "bin", "water")
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("node", help="turn a board into a node: provision, verify")
+    p = subparsers.add_parser("node", help="turn a board into a node: flash, provision, verify, doctor")
     sub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
     pr = sub.add_parser("provision", help="copy the firmware and a new identity to a board with MicroPython")
     pr.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
@@ -26,6 +26,17 @@ def add_parser(subparsers: Any) -> None:
     pr.add_argument("--transport", default="ble", choices=("ble", "serial"))
     pr.add_argument("--json", action="store_true", help="print the result as JSON (no progress)")
     pr.set_defaults(handler=guarded(_provision))
+    fl = sub.add_parser("flash", help="install the board's pinned MicroPython image (esptool; never downloads)")
+    fl.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
+    fl.add_argument("--board", default="city-wroom32e", help="board definition in boards/ (its pinned image)")
+    fl.add_argument("--image", type=Path, help="the image file (default: firmware/images/<pinned file>)")
+    fl.add_argument("--connect-mode", default="default-reset",
+                    choices=("default-reset", "usb-reset", "no-reset"),
+                    help="how esptool puts the chip in its bootloader (no-reset: you hold BOOT)")
+    fl.add_argument("--no-stub", action="store_true",
+                    help="talk to the ROM loader only (no full erase: the ROM erases what it writes)")
+    fl.add_argument("--json", action="store_true", help="print the result as JSON")
+    fl.set_defaults(handler=guarded(_flash))
 
 
 class _Bar:
@@ -61,4 +72,17 @@ def _provision(args: argparse.Namespace) -> int:
             f"{result['files_unchanged']} unchanged; self-check ok (fw {result['self_check'].get('fw')})\n"
             f"next: install the board, then `urbansense node verify --node {result['node']}`")
     emit(args, result, text)
+    return 0
+
+
+def _flash(args: argparse.Namespace) -> int:
+    from urbansense.fieldkit.flash import flash
+    from urbansense.fieldkit.nodeconfig import load_board
+
+    result = flash(args.port, load_board(args.board), args.image, use_stub=not args.no_stub,
+                   connect_mode=args.connect_mode, quiet=args.json)
+    emit(args, result,
+         f"flashed MicroPython {result['micropython']} ({result['image']}) to the {result['chip']} "
+         f"{result['mac']} at {result['offset']:#x}, verified\n"
+         f"next: `urbansense node provision --port {args.port} --board {args.board} --kind KIND --site SITE`")
     return 0
