@@ -368,6 +368,9 @@ class Gateway:
                           "latency_p99_s": m.publish_latency.quantile(0.99)},
             "serial": [{"port": p.path, "open": p.is_open} for p in self.serial_ports],
             "registry": self.registry_watch.status(),
+            # The last rejection of the 200 nodes rejected most recently (why a node is not heard).
+            "rejected_nodes": {f"{n:08x}": r for n, r in list(
+                (self.verifier.rejected if self.verifier else {}).items())[-200:]},
             "ble": None if self.ble is None else {"healthy": self.ble.healthy,
                                                   "recovery_step": self.ble.step},
             # Every registered node, heard or not (last_seen_s null: not heard since start).

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.metrics import Metrics
 from gateway.ratelog import RateLimitedLog, Traceback
@@ -33,6 +34,8 @@ _log = logging.getLogger(__name__)
 _Q_ALARMS = next(k for k, q in QUANTITIES.items() if q.field == "alarms")
 # Enum members looked up once: Freshness.X costs ~0.2 us a lookup on 3.11, three per frame.
 _NEW, _LATE, _DUPLICATE = Freshness.NEW, Freshness.LATE, Freshness.DUPLICATE
+
+REJECTED_NODES_MAX = 1024  # bounded: rejected frames come from outside
 
 Reply = Callable[[bytes], None]
 """Writes an ack frame back to the node (serial only); the transport wraps it."""
@@ -80,6 +83,9 @@ class Verifier:
         self.metrics = metrics
         self._faults = RateLimitedLog(_log)
         self._bugs = RateLimitedLog(_log, level=logging.ERROR)
+        # The last rejection per node whose header named one (insertion order = recency),
+        # for the technician's "why is my node not heard" (status page, `urbansense node verify`).
+        self.rejected: dict[int, dict[str, Any]] = {}
 
     def process(self, h: Heard) -> Verdict | None:
         """Judge one frame; None when rejected (counted and logged at a bounded rate)."""
@@ -93,6 +99,7 @@ class Verifier:
                 "event=frame_rejected reason=%s transport=%s detail=%s",
                 exc.reason, h.transport, exc.detail,
             )
+            self._note_rejection(h, exc.reason)
         except Exception as exc:  # a bug, not outside bytes: keep serving, but say so loudly
             self.metrics.internal_errors.inc("verify")
             self._bugs.log(
@@ -100,6 +107,19 @@ class Verifier:
                 "event=verify_bug transport=%s error=%r exc=%s", h.transport, exc, Traceback(exc),
             )
         return None
+
+    def _note_rejection(self, h: Heard, reason: str) -> None:
+        """Only on the rejection path: the header is parsed again, nothing per accepted frame."""
+        try:
+            frame = framing.unwrap(h.data) if h.wrapped else h.data
+            _, node_id, _ = header_fields(frame)
+        except FrameError:
+            return  # no node named: counted by reason only
+        last = self.rejected.pop(node_id, None)
+        self.rejected[node_id] = {"reason": reason, "at_s": h.received_s, "rssi_dbm": h.rssi_dbm,
+                                  "transport": h.transport, "count": (last["count"] if last else 0) + 1}
+        if len(self.rejected) > REJECTED_NODES_MAX:
+            del self.rejected[next(iter(self.rejected))]
 
     def _process(self, h: Heard) -> Verdict | None:
         frame = framing.unwrap(h.data) if h.wrapped else h.data

@@ -159,3 +159,28 @@ def test_an_unknown_board_or_taken_id_changes_nothing(tmp_path: Path, capsys: py
         rc, res = _provision(board.port, reg, capsys, "--node-id", "5")
     assert rc == 2 and "already in use" in res["error"]
     assert len(SiteRegistry(reg).records()) == 1
+
+
+def test_doctor_on_a_provisioned_virtual_board(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The self-test runs what the board can (no `machine` on the VM: hardware skipped)."""
+    with VirtualBoard(tmp_path / "flash") as board:
+        rc = main(["node", "doctor", "--port", board.port, "--json"])
+        res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert rc == 1 and "not provisioned" in res["error"]
+        provision(Request(board.port, "water", "city-wroom32e", "s", tmp_path / "r.jsonl"))
+        rc = main(["node", "doctor", "--port", board.port, "--json"])
+        res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert rc == 0 and res["ok"] and res["kind"] == "water" and res["stale_files"] == []
+        assert res["self_check"]["fw"] >= 100 and res["hardware"]["heap_free"] > 0
+        assert res["hardware"]["hardware"].startswith("skipped")
+        # A firmware file that differs from the laptop's build is named.
+        from mpremote.transport_serial import SerialTransport
+
+        t = SerialTransport(board.port)
+        t.enter_raw_repl(soft_reset=False)
+        t.fs_writefile("lib/us_cobs.mpy", b"junk")
+        t.exit_raw_repl()
+        t.close()
+        rc = main(["node", "doctor", "--port", board.port, "--json"])
+        res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert rc == 1 and "lib/us_cobs.mpy" in res["stale_files"]

@@ -74,7 +74,7 @@ class BoardLink:
 
     # -- copying ------------------------------------------------------------------------
 
-    def _hash(self, path: str) -> bytes | None:
+    def hash_of(self, path: str) -> bytes | None:
         try:
             digest: bytes = self.t.fs_hashfile(path, "sha256")
             return digest
@@ -99,7 +99,7 @@ class BoardLink:
         copied = unchanged = copied_bytes = 0
         for path, data in files.items():
             want = hashlib.sha256(data).digest()
-            if self._hash(path) == want:
+            if self.hash_of(path) == want:
                 unchanged += 1
                 if progress:
                     progress(path, len(data), len(data))
@@ -120,7 +120,7 @@ class BoardLink:
                                  "re-flash with `urbansense node flash`") from None
             except TransportError:
                 raise _lost(f"copying {path}") from None
-            if self._hash(path) != want:
+            if self.hash_of(path) != want:
                 raise FieldError(f"{path} on the board does not match what was sent (SHA-256)",
                                  "run the same command again; if it repeats, try another cable")
             copied += 1

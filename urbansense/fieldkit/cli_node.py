@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from urbansense.durations import duration_arg
 from urbansense.fieldkit._cli import emit, guarded
 
 KINDS = ("parking", "bin", "water")
@@ -37,6 +38,17 @@ def add_parser(subparsers: Any) -> None:
                     help="talk to the ROM loader only (no full erase: the ROM erases what it writes)")
     fl.add_argument("--json", action="store_true", help="print the result as JSON")
     fl.set_defaults(handler=guarded(_flash))
+    vf = sub.add_parser("verify", help="wait for the node's first verified frame at the gateway")
+    vf.add_argument("--node", required=True, help="node id (decimal, or 8 hex digits as on the label)")
+    vf.add_argument("--gateway", default="http://127.0.0.1:9105", help="the gateway's status address")
+    vf.add_argument("--timeout", default=600.0, type=duration_arg, help="how long to wait (90s, 10m)")
+    vf.add_argument("--port", help="also show the node's serial output from this port")
+    vf.add_argument("--json", action="store_true", help="print the result as JSON")
+    vf.set_defaults(handler=guarded(_verify))
+    dr = sub.add_parser("doctor", help="self-test a board over the raw REPL (writes nothing)")
+    dr.add_argument("--port", required=True, help="serial port of the board")
+    dr.add_argument("--json", action="store_true", help="print the result as JSON")
+    dr.set_defaults(handler=guarded(_doctor))
 
 
 class _Bar:
@@ -86,3 +98,50 @@ def _flash(args: argparse.Namespace) -> int:
          f"{result['mac']} at {result['offset']:#x}, verified\n"
          f"next: `urbansense node provision --port {args.port} --board {args.board} --kind KIND --site SITE`")
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from urbansense.fieldkit.siteregistry import parse_node_id
+    from urbansense.fieldkit.verify import wait_verified
+
+    node_id = parse_node_id(args.node)
+    tick = None
+    if args.port:
+        import serial
+
+        try:
+            log_port = serial.Serial(args.port, 115200, timeout=0)
+        except (serial.SerialException, OSError) as exc:
+            from urbansense.fieldkit import FieldError
+
+            raise FieldError(f"cannot open {args.port} for the node's log: {exc}",
+                             "leave out --port, or close the program that holds it") from None
+
+        def tick() -> None:
+            data = log_port.read(4096)
+            if data and not args.json:
+                sys.stderr.write(data.decode("utf-8", "replace"))
+
+    if not args.json:
+        print(f"waiting for node {node_id:08x} at {args.gateway} ...", file=sys.stderr)
+    seen = wait_verified(args.gateway, node_id, args.timeout, on_tick=tick)
+    emit(args, {"ok": True, "node_id": node_id, "node": f"{node_id:08x}", **seen},
+         f"node {node_id:08x} verified: {seen.get('frames')} frame(s), last via {seen.get('transport')}"
+         + (f", RSSI {seen['rssi_dbm']} dBm" if seen.get("rssi_dbm") is not None else ""))
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from urbansense.fieldkit.doctor import doctor
+
+    res = doctor(args.port)
+    hw = res["hardware"]
+    lines = [f"board on {args.port}: {res['self_check'].get('version', '?')}",
+             f"node {res['self_check'].get('node_id', '?')} {res['kind']}, firmware {res['self_check'].get('fw', '?')}",
+             f"heap free {hw.get('heap_free')} B, flash free {hw.get('flash_free')} B"]
+    for k in ("i2c", "battery_mv", "wake_pins", "rtc_memory_bytes", "nvs", "hardware"):
+        if k in hw:
+            lines.append(f"{k}: {hw[k]}")
+    lines += [f"PROBLEM: {p}" for p in res["problems"]] or ["no problems found"]
+    emit(args, res, "\n".join(lines))
+    return 0 if res["ok"] else 1

@@ -1,0 +1,49 @@
+"""``urbansense node verify`` against a running gateway's status endpoint: verified, or the
+likely cause named from what the gateway counted for that node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_gw_support import KEYS, frame, make_config, wait_for
+from urbansense.cli import main
+
+
+async def _verify(capsys: pytest.CaptureFixture[str], url: str, node: str, wait: str = "5s") -> tuple[int, Any]:
+    rc = await asyncio.to_thread(main, ["node", "verify", "--node", node, "--gateway", url,
+                                        "--timeout", wait, "--json"])
+    return rc, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(60)
+async def test_verified_or_the_likely_cause(tmp_path: Path, mqtt_broker: Any, running: Any,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    gw = await running(make_config(tmp_path, mqtt_broker, nodes=range(1, 4)))
+    url = f"http://127.0.0.1:{gw.http_port}"
+    gw.feed(frame(1, 1), transport="ble", rssi_dbm=-80)
+    gw.feed(frame(3, 1, key=KEYS[9]), transport="ble", rssi_dbm=-97)  # a board with another key
+    gw.feed(frame(7, 1), transport="ble")  # a node this gateway's registry does not have
+    await wait_for(lambda: gw.metrics.rejections.total() == 2, what="two rejections")
+
+    rc, res = await _verify(capsys, url, "00000001")
+    assert rc == 0 and res["ok"] and res["node_id"] == 1 and res["frames"] >= 1
+
+    rc, res = await _verify(capsys, url, "3", "1s")
+    assert rc == 3 and "do not verify" in res["error"] and "RSSI -97 dBm" in res["error"]
+    assert "re-provision" in res["next"]
+
+    rc, res = await _verify(capsys, url, "7", "1s")
+    assert rc == 3 and "does not know the node id" in res["error"] and "registry" in res["next"]
+
+    rc, res = await _verify(capsys, url, "2", "1s")
+    assert rc == 3 and "not heard at all" in res["error"] and "company_id" in res["next"]
+
+
+async def test_an_unreachable_gateway(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, res = await _verify(capsys, "http://127.0.0.1:9", "1", "1s")
+    assert rc == 1 and "not reachable" in res["error"] and "--gateway" in res["next"]
