@@ -29,6 +29,8 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "simulator": ("bench.bench_sim", [], ["--nodes", "1000", "--duration", "6h", "--no-boards"]),
     # The gateway in the loop: 1,000 simulated nodes at 60x over ptys and the BLE backend.
     "district": ("urbansense", [*_DEMO, "--duration", "60s"], [*_DEMO, "--duration", "15s"]),
+    # A blank virtual board to a verified first frame (urbansense node provision).
+    "fieldkit": ("bench.bench_fieldkit", [], []),
 }
 
 
@@ -119,6 +121,7 @@ def render(results: dict[str, dict[str, Any]], info: dict[str, Any], quick: bool
     out += _firmware_section(results.get("firmware"))
     out += _sim_section(results.get("simulator"))
     out += _district_section(results.get("district"))
+    out += fieldkit_section(results.get("fieldkit"))
     out += ["## Raw results", ""]
     for name, data in results.items():
         out += [f"<details><summary>{name}</summary>", "", "```json",
@@ -247,6 +250,27 @@ def _district_section(d: dict[str, Any] | None) -> list[str]:
         f"| {_fmt(t.get('sent'))} | {_fmt(t.get('lost_on_air'))} | {_fmt(t.get('lost_at_gateway'))} | "
         f"{_fmt(t.get('delivered'))} | {_fmt(t.get('missing'))} | {_fmt(t.get('duplicated'))} | "
         f"{_fmt(t.get('wrong'))} | {_fmt(t.get('undecodable'))} |",
+    ]
+    return [*lines, ""]
+
+
+def fieldkit_section(d: dict[str, Any] | None) -> list[str]:
+    lines = _header("Field kit: blank board to a verified first frame", d)
+    if d is None or "error" in d:
+        return lines
+    fp, rp = d.get("first_provision", {}), d.get("reprovision", {})
+    lines += [
+        "A blank virtual board (the MicroPython WebAssembly VM behind a pty, fed byte by byte) "
+        "provisioned with `urbansense node provision`, its own files booted on the VM, its first "
+        "frame verified by a gateway that picked the node up from the registry without a restart.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| blank board to verified first frame | {_fmt(d.get('blank_to_verified_s'))} s |",
+        f"| of which provision (compile, copy, verify every file, reset, self-check) | {_fmt(d.get('provision_s'))} s |",
+        f"| bytes copied to a blank board | {_fmt(fp.get('bytes_copied'), 0)} in {_fmt(fp.get('files_copied'), 0)} files |",
+        f"| bytes copied by a re-provision of the unchanged node | {_fmt(rp.get('bytes_copied'), 0)} "
+        f"({_fmt(rp.get('files_unchanged'), 0)} files checked by SHA-256, {_fmt(d.get('reprovision_s'))} s) |",
     ]
     return [*lines, ""]
 
