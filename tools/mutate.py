@@ -211,17 +211,70 @@ def run(m: Module, base: Path, max_children: int) -> dict[str, object]:
             "sql_case_equivalent": len(sql_case), "log": str(log)}
 
 
+RESULTS = ROOT / "bench" / "RESULTS.md"
+SECTION_START = "<!-- mutation:start (tools/mutate.py writes this section; urbansense bench keeps it) -->"
+SECTION_END = "<!-- mutation:end -->"
+
+
+def _previous_rates(text: str) -> dict[str, str]:
+    """Kill rate per module in the section as it stands (the 'previous' column)."""
+    block = text.partition(SECTION_START)[2].partition(SECTION_END)[0]
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\| (\w+) \|(?:[^|]*\|){6} ([\d.]+ %|n/a) \|", block, re.M)}
+
+
+def write_results(base: Path, machine: str) -> None:
+    """The per-module table in bench/RESULTS.md, from each module's summary.json under ``base``."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    previous = _previous_rates(text)
+    rows = ["| module | files | mutants | killed | equivalent (listed + SQL case) | surviving | kill rate "
+            "| previous | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    not_run = []
+    for m in MODULES:
+        f = base / m.name / "summary.json"
+        if not f.exists():
+            not_run.append(m.name)
+            continue
+        r = json.loads(f.read_text())
+        rate = f"{r['kill_rate']} %" if r["kill_rate"] is not None else "n/a"
+        rows.append(f"| {m.name} | {', '.join(m.paths)} | {r['mutants']} | {r['killed']} | "
+                    f"{r['equivalent']} + {r.get('sql_case_equivalent', 0)} | {len(r['survivors'])} | {rate} | "
+                    f"{previous.get(m.name, '-')} | {r['wall_s']} |")
+    block = [
+        SECTION_START, "## Mutation testing", "",
+        "Command: `make mutate` (`nice -n 15 python tools/mutate.py`, mutmut 3, 2 workers); "
+        f"machine: {machine}.", "",
+        "Each module's mutants run against the test files that cover it (tools/mutate.py MODULES), "
+        "each mutant only against the tests that reach its function. Kill rate = killed (a test "
+        "failed or ran out of time) / (all mutants - equivalent ones); floor 90 %. Equivalent "
+        "mutants and the rules (log statements not mutated, SQL case) are in "
+        "bench/mutation-equivalents.md.", "", *rows, ""]
+    if not_run:
+        block += [f"Not run in this pass: {', '.join(not_run)}.", ""]
+    block.append(SECTION_END)
+    head, _, rest = text.partition(SECTION_START)
+    tail = rest.partition(SECTION_END)[2] if rest else ""
+    RESULTS.write_text(head.rstrip("\n") + "\n\n" + "\n".join(block) + tail.rstrip("\n") + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("modules", nargs="*", metavar="MODULE",
                     help="modules to run (default: all): " + ", ".join(BY_NAME))
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument("--json", action="store_true", help="one JSON line per module")
+    ap.add_argument("--write-results", action="store_true",
+                    help="only rewrite bench/RESULTS.md's section from the summaries already there")
     args = ap.parse_args(argv)
     unknown = [n for n in args.modules if n not in BY_NAME]
     if unknown:
         ap.error(f"unknown module(s) {unknown}: choose from {', '.join(BY_NAME)}")
     base = Path(os.environ.get("MUTATE_DIR", ROOT / "build" / "mutate")).resolve()
+    import platform
+
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    if args.write_results:
+        write_results(base, machine)
+        return 0
     failed = False
     for name in args.modules or list(BY_NAME):
         res = run(BY_NAME[name], base, args.max_children)
@@ -236,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {s}")
         rate = res["kill_rate"]
         failed = failed or res["rc"] != 0 or rate is None or rate < 90.0  # type: ignore[operator]
+    write_results(base, machine)
     return 1 if failed else 0
 
 

@@ -279,6 +279,14 @@ def _main(args: argparse.Namespace) -> int:
     names = args.only or list(BENCHES)
     results = {name: run_one(name, args.quick) for name in names}
     info = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine()}
-    args.out.write_text(render(results, info, args.quick))
+    # The mutation-testing section (tools/mutate.py, make mutate) is measured apart: kept as is.
+    kept = ""
+    if args.out.exists():
+        old = args.out.read_text()
+        start = old.find("<!-- mutation:start")
+        end = old.find("<!-- mutation:end -->")
+        if 0 <= start < end:
+            kept = "\n" + old[start:end + len("<!-- mutation:end -->")] + "\n"
+    args.out.write_text(render(results, info, args.quick) + kept)
     print(f"bench: wrote {args.out}", file=sys.stderr)
     return 1 if any("error" in r for r in results.values()) else 0
