@@ -80,9 +80,6 @@ class NodeState:
     def judge(self, fcnt: int) -> Freshness:
         return judge(self.fcnt, self.seen, fcnt)
 
-    def accept(self, fcnt: int) -> None:
-        self.fcnt, self.seen = mark_seen(self.fcnt, self.seen, fcnt)
-
     def admit(self, fcnt: int) -> Freshness:
         """judge, then accept a new or late counter: one call per frame for the verify stage."""
         mark = self.fcnt

@@ -350,3 +350,57 @@ def test_the_replay_window_across_commits_and_crashes_matches_its_model(ops: lis
             else:
                 assert v is None and s.metrics.rejections.get("replay") >= 1, (fcnt, sorted(accepted))
         s.outbox.close()
+
+
+def test_a_retransmission_of_a_committed_late_frame_is_acked_again(tmp_path: Path) -> None:
+    """A serial node's backlog frame accepted late, below the mark, then retransmitted (its
+    ack was lost): committed, so acked again, with the same ack."""
+    s = _Stage(tmp_path)
+    acks: list[bytes] = []
+    for fcnt in (5, 3):  # 3 arrives after 5: late
+        s.batcher.add(s.heard(frame(1, fcnt), acks))
+        s.batcher.flush()
+    again: list[bytes] = []
+    s.batcher.add(s.heard(frame(1, 3), again))
+    assert again == [acks[1]] and decode_ack(1, again[0])[1] == 3
+    s.outbox.close()
+
+
+def test_the_last_eight_acks_are_re_sent_unchanged(tmp_path: Path) -> None:
+    """A retransmission gets the very ack it missed (same downlink counter) for the node's last
+    eight frames; an older one gets a fresh ack for the same counter."""
+    s = _Stage(tmp_path)
+    first: list[bytes] = []
+    for fcnt in range(1, 10):
+        s.batcher.add(s.heard(frame(1, fcnt), first))
+        s.batcher.flush()
+    assert [decode_ack(1, a)[0] for a in first] == list(range(1, 10))  # downlink counters from 1
+    for fcnt in range(2, 10):
+        again: list[bytes] = []
+        s.batcher.add(s.heard(frame(1, fcnt), again))
+        assert again == [first[fcnt - 1]], fcnt
+    oldest: list[bytes] = []
+    s.batcher.add(s.heard(frame(1, 1), oldest))
+    assert oldest != [first[0]] and decode_ack(1, oldest[0])[1] == 1
+    s.outbox.close()
+
+
+def test_a_retransmission_after_a_gateway_restart_is_acked_again(tmp_path: Path) -> None:
+    """Committed before the restart: still known as committed (and acked, with a downlink
+    counter above every one sent before), never taken for a new frame."""
+    s = _Stage(tmp_path)
+    acks: list[bytes] = []
+    for fcnt in (3, 5):
+        s.batcher.add(s.heard(frame(1, fcnt), acks))
+        s.batcher.flush()
+    s.outbox.close()
+    s = _Stage(tmp_path)
+    for fcnt in (5, 3):
+        again: list[bytes] = []
+        v = s.heard(frame(1, fcnt), again)
+        assert isinstance(v, Duplicate)
+        s.batcher.add(v)
+        assert len(again) == 1 and decode_ack(1, again[0])[1] == fcnt
+        assert decode_ack(1, again[0])[0] >= decode_ack(1, acks[-1])[0]
+    assert s.outbox.depth == 2  # nothing stored twice
+    s.outbox.close()

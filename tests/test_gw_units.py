@@ -121,7 +121,7 @@ def test_committed_window_persists_and_survives_old_schema(tmp_path: Path) -> No
     ob = Outbox(tmp_path / "o.db", 1 << 20)
     st_ = ReplayTable().get(7)
     for f in (10, 12, 13):
-        st_.accept(f)
+        assert st_.admit(f) is Freshness.NEW
     mark, seen = st_.commit([10, 12, 13])
     ob.commit_batch(b"x", 3, 0, [st_.row(7, mark, seen, 0)])
     ob.close()
