@@ -52,8 +52,9 @@ class Module:
 MODULES = [
     Module("outbox", ("gateway/outbox/*.py",), ("tests/test_gw_outbox.py", "tests/test_gw_units.py",
                                                 "tests/test_gw_promises.py")),
-    Module("batcher", ("gateway/batcher.py", "gateway/dedup.py"), (*GW_UNITS, *GW_E2E)),
-    Module("publisher", ("gateway/publisher.py",), (*GW_UNITS, *GW_E2E)),
+    Module("batcher", ("gateway/batcher.py", "gateway/dedup.py"), GW_UNITS),
+    Module("publisher", ("gateway/publisher.py",), ("tests/test_gw_promises.py", "tests/test_gw_robustness.py",
+                                                    *GW_E2E)),
     Module("verify", ("gateway/verify.py",), (*GW_UNITS, "tests/test_gw_perf_invariants.py")),
     Module("replay", ("gateway/replay.py",), (*GW_UNITS, "tests/test_gw_perf_invariants.py")),
     Module("us_store", ("firmware/lib/us_store.py",), (*FW, "tests/test_fw_config_cache.py", "tests/test_fw_wake.py")),
