@@ -29,7 +29,7 @@ from gateway.config import BrokerAddress, GatewayConfig
 from gateway.registry import write_registry
 from tests.support.mpvm import run_micropython
 from tests.support.vboard import VirtualBoard
-from tests.test_fieldkit_provision import BOOT_BOARD_FILES
+from tests.test_fieldkit_provision import BOOT_BOARD_FILES, board_mounts
 from tests.test_gw_support import wait_for
 from urbansense.broker import Broker
 from urbansense.fieldkit.provision import Request, provision
@@ -60,9 +60,7 @@ async def run(tmp: Path) -> dict[str, Any]:
                 t_again = time.monotonic() - t1
             t2 = time.monotonic()
             proc = await asyncio.to_thread(
-                run_micropython, BOOT_BOARD_FILES,
-                {str(flash / "lib"): "/lib", str(flash): "/board",
-                 str(ROOT / "tests" / "fw_fakes.py"): "/fw/fw_fakes.py"}, 60)
+                run_micropython, BOOT_BOARD_FILES, board_mounts(flash), 60)
             if proc.returncode != 0:
                 raise RuntimeError(proc.stderr)
             frames = [binascii.unhexlify(x.split()[1]) for x in proc.stdout.splitlines()

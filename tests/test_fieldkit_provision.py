@@ -18,6 +18,7 @@ import serial
 from gateway.registry import write_registry
 from tests.support.mpvm import missing_reason, run_micropython
 from tests.support.vboard import VirtualBoard
+from tests.test_fw_vm import FAKE_SOURCES
 from tests.test_gw_support import make_config, wait_for
 from urbansense.cli import main
 from urbansense.fieldkit import FieldError
@@ -43,6 +44,13 @@ print('sleep_ms', ms)
 for f in w.frames():
     print('frame', binascii.hexlify(f).decode())
 """
+
+
+def board_mounts(flash: Path) -> dict[str, str]:
+    """The board's flash as the VM sees it: its lib/ (the copied .mpy) on /lib, its files on
+    /board, and the fake HAL (with what it imports from the simulator) on /fw."""
+    return {str(flash / "lib"): "/lib", str(flash): "/board",
+            **{str(p): f"/fw/{p.name}" for p in FAKE_SOURCES}}
 
 
 def _provision(port: str, registry: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, Any]:
@@ -72,9 +80,7 @@ async def test_blank_board_to_a_verified_first_frame(
     # The gateway picked the node up from the registry file, without a restart.
     await wait_for(lambda: gw.registry.get(node_id) is not None, what="registry reload")
     # What was copied boots: the board's .mpy files and config, on the MicroPython VM.
-    proc = run_micropython(BOOT_BOARD_FILES, mounts={str(flash / "lib"): "/lib", str(flash): "/board",
-                                                    str(ROOT / "tests" / "fw_fakes.py"): "/fw/fw_fakes.py"},
-                           timeout_s=60)
+    proc = run_micropython(BOOT_BOARD_FILES, mounts=board_mounts(flash), timeout_s=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "module /lib/us_node.mpy" in lines
