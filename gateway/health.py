@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.config import HealthConfig
 from gateway.registry import Registry
+from urbansense.wire.protocol import T_STATUS
 from urbansense.wire.quantities import ALARM_NAMES, BY_FIELD, F_LOW_BATTERY, QUANTITIES
 from urbansense.wire.senml import FrameRecord
 
@@ -41,6 +42,7 @@ class NodeHealth:
     frames: int = 0
     transport: str = ""
     alarms: int = 0
+    flags: int = 0  # from the latest status frame
     low_battery: bool = False
     silent: bool = False
     # The latest value of each quantity, by key: named only when the status page asks.
@@ -58,6 +60,7 @@ class NodeHealth:
             "frames": self.frames,
             "transport": self.transport,
             "alarms": [name for bit, name in ALARM_NAMES.items() if self.alarms & bit],
+            "flags": self.flags,
             "low_battery": self.low_battery,
             "silent": self.silent,
             "readings": {_FIELDS.get(k) or f"q{k}": v for k, v in self.readings.items()},
@@ -106,9 +109,15 @@ class Health:
             self._emit("back", h)
         readings = rec.readings
         h.readings.update(readings)
+        if rec.ftype == T_STATUS:
+            # Flags ride only in status frames and are omitted when 0: a status frame without
+            # them clears them (else /api/status showed a cleared flag for ever).
+            h.flags = int(readings.get(_Q_FLAGS, 0))
+            if not h.flags:
+                h.readings.pop(_Q_FLAGS, None)
         if _Q_BATTERY in readings:
             h.battery_mv = int(readings[_Q_BATTERY])
-        low = bool(int(readings.get(_Q_FLAGS, 0)) & F_LOW_BATTERY) or (
+        low = bool(h.flags & F_LOW_BATTERY) or (
             h.battery_mv is not None and h.battery_mv < self.cfg.low_battery_mv
         )
         if low and not h.low_battery:

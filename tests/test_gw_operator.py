@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +16,14 @@ from typing import Any
 
 import pytest
 
+from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.config import BrokerAddress
 from gateway.errors import ConfigError
+from gateway.outbox import Outbox
 from tests.support.broker import TlsMaterial, make_client_cert, make_tls_material
 from tests.test_gw_support import frame, make_config, wait_for
+from urbansense.wire.protocol import T_STATUS
 
 ROOT = Path(__file__).resolve().parents[1]
 _NOWHERE = BrokerAddress("127.0.0.1", 1)  # never connected to: these tests stop at start
@@ -170,3 +177,82 @@ async def test_connect_failures_are_rate_limited_per_cause_not_per_broker(
     broker.stop()
     await wait_for(lambda: len(warned()) == 2, what="the new cause at WARNING")
     assert "refused" in warned()[1].lower()
+
+
+def _keys_the_loader_reads() -> list[str]:
+    """Every dotted key config_from_dict reads (it reads each one, present or not)."""
+    seen: list[str] = []
+    real = config_mod._Section._get
+
+    def record(self: Any, k: str) -> Any:
+        seen.append(self._key(k))
+        return real(self, k)
+
+    sections = {"gateway", "batch", "outbox", "mqtt", "serial", "ble", "http", "health"}
+    raw = {"gateway": {"site": "s", "id": "g", "registry": "r", "data_dir": "d"}, "mqtt": {"brokers": ["h:1"]}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(config_mod._Section, "_get", record)
+        config_mod.config_from_dict(raw, Path("/nonexistent"))
+    return [k for k in seen if k not in sections]
+
+
+def test_the_example_config_lists_every_key_the_loader_accepts() -> None:
+    """Before: queue_size, outbox.path, mqtt.client_id, mqtt.tls ... were missing."""
+    text = (ROOT / "examples" / "gateway.toml").read_text()
+    listed: set[str] = set()
+    section = ""
+    for line in text.splitlines():
+        if m := re.match(r"^\[(\w+)\]", line):
+            section = m.group(1)
+        elif m := re.match(r"^#? ?(\w+) = ", line):
+            listed.add(f"{section}.{m.group(1)}" if section else m.group(1))
+    keys = _keys_the_loader_reads()
+    assert len(keys) > 40
+    assert sorted(set(keys) - listed) == []
+    assert sorted(listed - set(keys)) == []  # nothing listed that the loader would refuse
+    cfg = config_mod.load_config(ROOT / "examples" / "gateway.toml")  # and it loads
+    assert cfg.mqtt.keepalive_s == config_mod.MqttConfig().keepalive_s
+
+
+def test_the_gateway_doc_describes_every_key() -> None:
+    doc = (ROOT / "docs" / "GATEWAY.md").read_text()
+    missing = [k for k in _keys_the_loader_reads() if f"`{k}`" not in doc]
+    assert missing == []
+
+
+def test_the_outbox_database_is_created_0600_whatever_the_umask(tmp_path: Path) -> None:
+    """Before: 0644 under the usual umask 022 (only the systemd unit's UMask=0077 saved it)."""
+    old = os.umask(0o022)
+    try:
+        ob = Outbox(tmp_path / "data" / "outbox.db", 1 << 20)
+        ob.close()
+    finally:
+        os.umask(old)
+    files = sorted(tmp_path.joinpath("data").glob("outbox.db*"))
+    assert files and {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}
+
+
+async def test_api_status_shows_the_flags_of_the_latest_status_frame(
+    tmp_path: Path, mqtt_broker: Any, running: Any
+) -> None:
+    """Before: flags are omitted when 0, so /api/status kept showing a cleared flag."""
+    gw = await running(make_config(tmp_path, mqtt_broker))
+
+    async def node1() -> dict[str, Any]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.http_port)
+        writer.write(b"GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = (await reader.read()).split(b"\r\n\r\n", 1)[1]
+        writer.close()
+        return next(n for n in json.loads(body)["nodes"] if n["node_id"] == 1)  # type: ignore[no-any-return]
+
+    gw.feed(frame(1, 1, {5: 3000, 10: 1}, ftype=T_STATUS), "test")
+    await wait_for(lambda: gw.metrics.readings_committed.total() == 1, what="status with the flag")
+    n = await node1()
+    assert n["flags"] == 1 and n["readings"]["flags"] == 1 and n["low_battery"]
+    gw.feed(frame(1, 2, {5: 3600, 11: 1}), "test")  # a report: flags never ride in one
+    await wait_for(lambda: gw.metrics.readings_committed.total() == 2, what="a report")
+    assert (await node1())["flags"] == 1
+    gw.feed(frame(1, 3, {5: 3600}, ftype=T_STATUS), "test")  # the flag cleared: omitted
+    await wait_for(lambda: gw.metrics.readings_committed.total() == 3, what="status without flags")
+    n = await node1()
+    assert n["flags"] == 0 and "flags" not in n["readings"] and not n["low_battery"]

@@ -6,6 +6,7 @@ on any error, and the bytes the process handed to write(2) meanwhile counted as 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +49,16 @@ def error_code(exc: BaseException) -> int:
 
 
 def connect(path: Path, synchronous: str, page_size: int | None) -> sqlite3.Connection:
-    """The file opened in WAL mode with the outbox's tables (an old file's columns upgraded)."""
+    """The file opened in WAL mode with the outbox's tables (an old file's columns upgraded).
+
+    A new file is created 0600 whatever the umask (outside the systemd unit's UMask=0077 too);
+    SQLite gives its -wal and -shm files the database file's mode."""
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # the umask may have taken bits off, never added: exact
+        finally:
+            os.close(fd)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         if page_size is not None:  # only a file without tables takes it, so before WAL mode
