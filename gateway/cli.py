@@ -22,6 +22,9 @@ def add_parser(subparsers: Any) -> None:
     run.add_argument("--config", required=True, help="path of gateway.toml")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     run.set_defaults(handler=_run)
+    ck = sub.add_parser("check", help="check a config and every file it names, then exit")
+    ck.add_argument("--config", required=True, help="path of gateway.toml")
+    ck.set_defaults(handler=_check)
     st = sub.add_parser("status", help="print a running gateway's status")
     st.add_argument("--config", help="read the HTTP address from this gateway.toml")
     st.add_argument("--url", help="status endpoint (default http://127.0.0.1:9105)")
@@ -70,6 +73,23 @@ def _run(args: argparse.Namespace) -> int:
         await gw.run()
 
     asyncio.run(main())
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """What ``run`` checks before it starts (config, every named file, the registry), as the
+    user that runs it: exit 0 and "ok", or 2 and the key with the problem."""
+    from gateway.config import load_config
+    from gateway.registry import load_registry
+
+    try:
+        config = load_config(args.config)
+        config.check_files()
+        registry = load_registry(config.registry)
+    except ConfigError as exc:
+        print(f"config error: {exc.key}: {exc.problem}", file=sys.stderr)
+        return 2
+    print(f"ok: {args.config} ({len(registry)} nodes, {len(config.mqtt.brokers)} brokers)")
     return 0
 
 

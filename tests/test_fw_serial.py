@@ -157,3 +157,18 @@ def test_downlink_intervals_below_a_minute_are_refused() -> None:
     assert not rtc(w).get("dn")
     w.sleep(HOUR_MS)
     assert w.run_cycle(us_node) >= 60000
+
+
+def test_each_frame_reports_the_dcnt_of_the_last_ack_the_node_accepted() -> None:
+    """Quantity 14: how the gateway learns a downlink was applied (docs/PROTOCOL.md section 5)."""
+    w, gw = serial_bin()
+    w.run_cycle(us_node)
+    assert us_proto.Q_DCNT not in gw.delivered[0].readings  # no ack accepted yet
+    first_ack_dcnt = gw.dcnt
+    w.sleep(HOUR_MS)
+    w.run_cycle(us_node)
+    assert gw.delivered[-1].readings[us_proto.Q_DCNT] == first_ack_dcnt
+    gw.online = False  # the ack of this cycle's frame is lost: dc does not move
+    w.sleep(HOUR_MS)
+    w.run_cycle(us_node)
+    assert rtc(w)["dc"] == first_ack_dcnt + 1

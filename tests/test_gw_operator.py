@@ -256,3 +256,26 @@ async def test_api_status_shows_the_flags_of_the_latest_status_frame(
     await wait_for(lambda: gw.metrics.readings_committed.total() == 3, what="status without flags")
     n = await node1()
     assert n["flags"] == 0 and "flags" not in n["readings"] and not n["low_battery"]
+
+
+def test_gateway_check_names_a_missing_ca_file_and_passes_a_good_config(tmp_path: Path) -> None:
+    """The install step run before enabling the unit."""
+    cfg = make_config(tmp_path, _NOWHERE)  # writes the registry
+    toml = tmp_path / "gateway.toml"
+    base = f"""
+[gateway]
+site = "check"
+id = "gw-1"
+registry = "{cfg.registry}"
+data_dir = "{tmp_path / 'data'}"
+[mqtt]
+brokers = ["127.0.0.1:1"]
+"""
+    run = [sys.executable, "-m", "urbansense", "gateway", "check", "--config", str(toml)]
+    toml.write_text(base)
+    ok = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok:"), ok.stderr
+    toml.write_text(base + f'ca_file = "{tmp_path / "ca.crt"}"\n')
+    bad = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert bad.returncode == 2
+    assert f"mqtt.ca_file: file not found: {tmp_path / 'ca.crt'}" in bad.stderr
