@@ -186,7 +186,7 @@ async def _wait_for_stream(cluster: Any, name: str, timeout_s: float = 30.0) -> 
             try:
                 await js.stream_info(name)
                 return
-            except NotFoundError:
+            except (NotFoundError, nats.errors.TimeoutError):  # a loaded machine: ask again
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.1)

@@ -134,11 +134,13 @@ async def _nats_publish(cluster: Any, items: list[tuple[str, bytes]]) -> None:
     try:
         js = nc.jetstream(timeout=10)
         for subject, data in items:
-            for _ in range(100):  # a new stream's leader may still be electing
+            for _ in range(100):
                 try:
                     await js.publish(subject, data)
                     break
-                except nats.js.errors.NoStreamResponseError:
+                # A new stream's leader may still be electing; on a loaded machine the ack may
+                # time out (a second copy of a message is stored once all the same).
+                except (nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError):
                     await asyncio.sleep(0.1)
             else:
                 raise AssertionError("no stream took the message")

@@ -77,7 +77,7 @@ async def _wait_stream(urls: list[str], name: str, timeout_s: float = 60.0) -> N
         js = nc.jetstream(timeout=5)
         deadline = time.monotonic() + timeout_s
         while True:
-            with contextlib.suppress(NotFoundError):
+            with contextlib.suppress(NotFoundError, nats.errors.TimeoutError):
                 await js.stream_info(name)
                 return
             if time.monotonic() > deadline:
