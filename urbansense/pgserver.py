@@ -96,11 +96,16 @@ class PgServer:
     def start(self, timeout_s: float = 60.0) -> PgServer:
         """Start (or restart on the same port); a first start whose free port was taken
         meanwhile by another process picks another, up to three times."""
-        for attempt in range(3):
+        deadline = time.monotonic() + timeout_s
+        for attempt in range(20):
             try:
-                return self._start_once(timeout_s)
+                return self._start_once(max(1.0, deadline - time.monotonic()))
             except RuntimeError as exc:
-                if attempt == 2 or self._started_once or "could not bind" not in str(exc).lower():
+                text = str(exc).lower()
+                if "pre-existing shared memory block" in text and time.monotonic() < deadline:
+                    time.sleep(0.2)  # the killed server's last backends are still exiting
+                    continue
+                if attempt >= 2 or self._started_once or "could not bind" not in text:
                     raise
                 self.port = free_port(self.host)
         return self
@@ -115,6 +120,7 @@ class PgServer:
                  "-p", str(self.port), "-k", "", "-c", "fsync=on",
                  "-c", "max_connections=50", "-c", "shared_buffers=64MB"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # kill() takes the backends with the postmaster
             )
         finally:
             log.close()
@@ -174,12 +180,13 @@ class PgServer:
         self._proc = None
 
     def kill(self) -> None:
-        """SIGKILL the postmaster (crash recovery on the next start)."""
+        """SIGKILL the postmaster and its backends (crash recovery on the next start)."""
         proc = self._proc
         if proc is None:
             return
         if proc.poll() is None:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         self._proc = None
 
