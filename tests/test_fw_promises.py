@@ -113,3 +113,67 @@ def test_a_config_cache_failing_its_crc_is_never_trusted_though_its_json_parses(
     except ValueError:
         assume(False)
     assert us_store.load_config({us_store.CONFIG_CACHE: bytes(blob)}) is None
+
+
+def _saved(state: dict[str, object]) -> tuple[ff.World, object, bytes]:
+    w = ff.make_world("water")
+    rtc = w.hal().machine.RTC()
+    us_store.save_rtc(rtc, state)
+    return w, rtc, bytes(w.rtc_mem)
+
+
+def test_a_torn_or_foreign_rtc_blob_reads_as_a_cold_boot() -> None:
+    w, rtc, blob = _saved({"fc": 5, "fr": 256})
+    assert us_store.load_rtc(rtc) == {"fc": 5, "fr": 256}
+    for i in range(10):  # every header byte: magic, version, CRC kind, length, CRC
+        for flip in (0x01, 0x80):
+            bad = bytearray(blob)
+            bad[i] ^= flip
+            w.rtc_mem = bytes(bad)
+            assert us_store.load_rtc(rtc) is None, (i, flip)
+    for cut in range(len(blob)):  # torn while written
+        w.rtc_mem = blob[:cut]
+        assert us_store.load_rtc(rtc) is None, cut
+    w.rtc_mem = blob + b"C" + bytes(6)  # a tail too short to be a config section
+    assert us_store.load_rtc(rtc) == {"fc": 5, "fr": 256}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(st.integers(1, 9), st.integers(0, 86400), max_size=3),
+       st.lists(st.tuples(st.integers(0, 2**32 - 1), st.binary(min_size=1, max_size=24)), max_size=4),
+       st.booleans())
+def test_rtc_state_round_trips_and_the_callers_dict_is_left_as_it_was(
+    dn: dict[int, int], bl: list[tuple[int, bytes]], with_cache: bool
+) -> None:
+    cache = us_store.config_section({"key": "00" * 16, "node_id": 7}, {"kind": "water"})
+    state: dict[str, object] = {"fc": 9, "fr": 256, "dn": dict(dn), "bl": [[f, b] for f, b in bl]}
+    if with_cache:
+        state[us_store.CONFIG_CACHE] = cache
+    before = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+              for k, v in state.items()}
+    _w, rtc, _ = _saved(state)
+    assert state == before  # save_rtc maps on a copy and puts the cache back
+    back = us_store.load_rtc(rtc)
+    assert back is not None
+    want = {k: v for k, v in before.items() if v or k in ("fc", "fr")}
+    got = {k: v for k, v in back.items() if v or k in ("fc", "fr")}
+    assert got == want
+    if with_cache:
+        assert us_store.load_config(back) is not None
+        us_store.drop_config_cache(rtc)
+        dropped = us_store.load_rtc(rtc)
+        assert dropped is not None and us_store.CONFIG_CACHE not in dropped
+        assert dropped["fc"] == 9
+
+
+def test_nvs_objects_round_trip_and_absent_or_oversized_read_as_none() -> None:
+    w = ff.make_world("water")
+    nvs = ff.FakeNVS(w, us_store.NVS_NAMESPACE)
+    assert us_store.nvs_get_obj(nvs, "down") is None
+    assert us_store.nvs_get_int(nvs, "x", 7) == 7
+    us_store.nvs_set_obj(nvs, "down", {1: 900, 2: [1, 2]})
+    assert us_store.nvs_get_obj(nvs, "down") == {1: 900, 2: [1, 2]}
+    us_store.nvs_set_obj(nvs, "big", list(range(200)))
+    assert us_store.nvs_get_obj(nvs, "big", max_len=16) is None
+    us_store.nvs_set_int(nvs, "x", -5)
+    assert us_store.nvs_get_int(nvs, "x", 7) == -5
