@@ -47,13 +47,13 @@ UP = "urbansense/v1/test-site/gw-1/up"
 class _Stage:
     """Verify and batch over a real outbox, as the gateway wires them (no event loop)."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, cfg: BatchConfig | None = None) -> None:
         self.registry = Registry([Node(n, "water", NodeKeys(KEYS[n])) for n in (1, 2)])
         self.metrics = Metrics()
         self.outbox = Outbox(tmp_path / "o.db", 1 << 20, self.metrics)
         replay = ReplayTable(self.outbox.load_nodes())
         self.verifier = Verifier(self.registry, replay, self.metrics)
-        self.batcher = Batcher(BatchConfig(), self.outbox, self.registry, replay,
+        self.batcher = Batcher(cfg or BatchConfig(), self.outbox, self.registry, replay,
                                Health(HealthConfig(), self.registry, lambda e: None), self.metrics)
 
     def heard(self, data: bytes, acks: list[bytes]) -> Accepted | Duplicate:
