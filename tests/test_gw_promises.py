@@ -404,3 +404,16 @@ def test_a_retransmission_after_a_gateway_restart_is_acked_again(tmp_path: Path)
         assert decode_ack(1, again[0])[0] >= decode_ack(1, acks[-1])[0]
     assert s.outbox.depth == 2  # nothing stored twice
     s.outbox.close()
+
+
+def test_a_bug_in_verify_is_counted_as_verify_s_internal_error_not_a_rejection(tmp_path: Path) -> None:
+    s = _Stage(tmp_path)
+
+    def broken(node_id: int) -> None:
+        raise RuntimeError("a bug")
+
+    s.verifier.registry.get = broken  # type: ignore[method-assign]
+    assert s.verifier.process(Heard(frame(1, 1), "serial")) is None
+    assert s.metrics.internal_errors.get("verify") == 1 and s.metrics.internal_errors.total() == 1
+    assert s.metrics.rejections.total() == 0 and s.metrics.frames_in.get("serial") == 1
+    s.outbox.close()
