@@ -412,7 +412,7 @@ def test_a_bug_in_verify_is_counted_as_verify_s_internal_error_not_a_rejection(t
     def broken(node_id: int) -> None:
         raise RuntimeError("a bug")
 
-    s.verifier.registry.get = broken  # type: ignore[method-assign]
+    s.verifier.registry = SimpleNamespace(get=broken)  # type: ignore[assignment]
     assert s.verifier.process(Heard(frame(1, 1), "serial")) is None
     assert s.metrics.internal_errors.get("verify") == 1 and s.metrics.internal_errors.total() == 1
     assert s.metrics.rejections.total() == 0 and s.metrics.frames_in.get("serial") == 1
