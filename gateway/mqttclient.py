@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import aiomqtt
 from aiomqtt.exceptions import MqttCodeError, MqttConnectError
-from paho.mqtt.client import MQTT_LOG_ERR, MQTT_LOG_WARNING
+from paho.mqtt.client import MQTT_LOG_ERR
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -43,19 +43,35 @@ def keepalive_bound_s(keepalive_s: float) -> float:
 
 class TransportLog:
     """paho's log callback for one client: keeps the last error (a TLS alert, a reset), which
-    paho logs but never raises; forwards everything to the ``gateway.mqtt`` logger."""
+    paho logs (to ``gateway.mqtt``) but never raises.
 
-    __slots__ = ("last_error",)
-    _logger: Final = logging.getLogger("gateway.mqtt")
-    _LEVELS: Final[dict[int, int]] = {MQTT_LOG_ERR: logging.ERROR, MQTT_LOG_WARNING: logging.WARNING}
+    An error while the client waits for its CONNACK fails the connect at once with that error
+    (paho has closed the socket; aiomqtt would wait out ``connect_timeout_s``)."""
+
+    __slots__ = ("_connecting", "_loop", "last_error")
 
     def __init__(self) -> None:
         self.last_error = ""
+        self._connecting: aiomqtt.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch_connect(self, client: aiomqtt.Client) -> None:
+        self._connecting, self._loop = client, asyncio.get_running_loop()
+
+    def connected(self) -> None:
+        self._connecting = None
 
     def __call__(self, client: Any, userdata: Any, level: int, buf: str) -> None:
         if level == MQTT_LOG_ERR:
             self.last_error = buf
-        self._logger.log(self._LEVELS.get(level, logging.DEBUG), "%s", buf)
+            if self._connecting is not None and self._loop is not None:
+                # paho calls from the event loop or from the connect's executor thread.
+                self._loop.call_soon_threadsafe(self._fail_connect, buf)
+
+    def _fail_connect(self, error: str) -> None:
+        client = self._connecting
+        if client is not None and not client._connected.done():
+            client._connected.set_exception(aiomqtt.MqttError(error))
 
 
 def describe(exc: BaseException, transport: TransportLog | None, keepalive_s: float) -> str:
@@ -181,6 +197,7 @@ def build_client(
         timeout=m.connect_timeout_s,
         tls_params=tls,
         max_inflight_messages=max_inflight,
+        logger=logging.getLogger("gateway.mqtt"),
         **kw,
     )
     transport = TransportLog()
@@ -205,9 +222,14 @@ async def connect(client: aiomqtt.Client, timeout_s: float) -> None:
 
     The connect runs in an executor thread that a cancel cannot stop: it is shielded and
     finished before the client is closed, or its socket would outlive us."""
+    transport = client._client.on_log
+    if isinstance(transport, TransportLog):
+        transport.watch_connect(client)
     enter = asyncio.ensure_future(client.__aenter__())
     try:
         await asyncio.shield(enter)
+        if isinstance(transport, TransportLog):
+            transport.connected()
     except asyncio.CancelledError:
         await asyncio.wait({enter}, timeout=timeout_s + 1)
         if enter.done() and not enter.cancelled() and enter.exception() is None:
