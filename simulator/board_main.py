@@ -99,7 +99,10 @@ class BoardMain:
             exec(self.code, {"__name__": "__main__"})
         finally:
             self._node = None
-            mods["us_node"] = real if real is not None else self.firmware
+            if real is not None:
+                mods["us_node"] = real
+            else:  # never leave the firmware under test (a test's stand-in) as us_node
+                del mods["us_node"]
             if not self._batch:
                 self.unbind()
 

@@ -128,3 +128,17 @@ def test_main_py_s_imports_leave_sys_modules_after_a_boot_and_after_a_run() -> N
     us_node = firmware_module("us_node")  # the firmware module again, not main.py's shim
 
     assert hasattr(us_node, "Node")
+
+
+def test_a_stand_in_firmware_never_stays_behind_as_us_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Booted while the real us_node was not imported, a test's stand-in once stayed in
+    sys.modules as us_node: every later Simulation in the process ran the stand-in."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "us_node", raising=False)
+    fw = _firmware(lambda hal: 60_000)
+    sim = Simulation(SCENARIO, firmware=fw)
+    t0 = sim.engine.next_time()
+    assert t0 is not None
+    sim.run_until(t0 + 600.0)
+    assert sys.modules.get("us_node") is not fw
