@@ -86,15 +86,15 @@ class SerialConfig:
 @dataclass(slots=True)
 class BleConfig:
     enabled: bool = False
-    backend: str = "bleak"  # "bleak" (the platform's) or "simulator"
-    sim_socket: str = ""
+    backend: str = "bleak"  # "bleak" (the platform's) or "datagram" (docs/GATEWAY.md)
+    datagram_socket: str = ""  # the datagram input's UNIX socket path
     adapter: str = ""
     company_id: int = 0xFFFF
     watchdog_s: float = 120.0
     power_cycle_command: list[str] = field(default_factory=list)
     power_cycle_timeout_s: float = 30.0  # the command's process group is killed after this
     backoff_max_s: float = 3600.0  # cap of the wait between failed recovery rounds
-    # None: /etc/bluetooth/main.conf with backend "bleak", unchecked with "simulator"
+    # None: /etc/bluetooth/main.conf with backend "bleak", unchecked with "datagram"
     bluez_main_conf: Path | None = None
 
 
@@ -181,10 +181,10 @@ class GatewayConfig:
             raise ConfigError("serial.retry_min_s", "must be > 0 (0 would busy-loop on a missing port)")
         if self.serial.retry_max_s < self.serial.retry_min_s:
             raise ConfigError("serial.retry_max_s", "must be >= serial.retry_min_s")
-        if self.ble.backend not in ("bleak", "simulator"):
-            raise ConfigError("ble.backend", 'must be "bleak" or "simulator"')
-        if self.ble.enabled and self.ble.backend == "simulator" and not self.ble.sim_socket:
-            raise ConfigError("ble.sim_socket", 'required with backend = "simulator"')
+        if self.ble.backend not in ("bleak", "datagram"):
+            raise ConfigError("ble.backend", 'must be "bleak" or "datagram"')
+        if self.ble.enabled and self.ble.backend == "datagram" and not self.ble.datagram_socket:
+            raise ConfigError("ble.datagram_socket", 'required with backend = "datagram"')
         if not 0 <= self.ble.company_id <= 0xFFFF:
             raise ConfigError("ble.company_id", "must be 0..0xFFFF")
         _positive("ble.watchdog_s", self.ble.watchdog_s)
@@ -439,7 +439,7 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path | None = None) -> Ga
     ble = BleConfig(
         enabled=bl.bool_("enabled", False),
         backend=bl.str_("backend", "bleak"),
-        sim_socket=bl.str_("sim_socket", ""),
+        datagram_socket=bl.str_("datagram_socket", ""),
         adapter=bl.str_("adapter", ""),
         company_id=bl.int_("company_id", 0xFFFF),
         watchdog_s=bl.float_("watchdog_s", 120.0),

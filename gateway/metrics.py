@@ -251,6 +251,33 @@ class Metrics:
             p + "ble_recoveries_total", "BLE scanner recovery actions, by step.", "step"
         )
         self.ble_adverts = Counter(p + "ble_adverts_total", "BLE advertisements seen (any company).")
+        self.ble_recovery_step = Gauge(
+            p + "ble_recovery_step",
+            "BLE recovery steps taken in the current stall (0 none, 3 power cycled and backing off).",
+        )
+        self.ble_stall_threshold_seconds = Gauge(
+            p + "ble_stall_threshold_seconds",
+            "Silence after which the BLE scanner counts as stalled (learned).",
+        )
+        self.ble_backoff_seconds = Gauge(
+            p + "ble_backoff_seconds", "Wait after a failed BLE recovery round before the next one."
+        )
+        self.ble_recovered = Counter(
+            p + "ble_recovered_total",
+            "BLE stalls ended by adverts heard again, by the last recovery step taken.", "step",
+        )
+        self.ble_power_cycle_failures = Counter(
+            p + "ble_power_cycle_failures_total", "Power-cycle commands that failed, by reason.", "reason"
+        )
+        self.ble_scan_window_equals_interval = Gauge(
+            p + "ble_scan_window_equals_interval",
+            "1 if BlueZ scans with window = interval, 0 if not, -1 unknown.",
+        )
+        self.ble_scan_window_equals_interval.set(-1)
+        self.datagrams_malformed = Counter(
+            p + "datagrams_malformed_total",
+            "Datagram-input datagrams that are no advert (docs/GATEWAY.md); not counted as frames.",
+        )
         self.nodes_heard = Gauge(p + "nodes_heard", "Nodes heard since start.")
         self.internal_errors = Counter(
             p + "internal_errors_total",

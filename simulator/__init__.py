@@ -6,14 +6,14 @@ In-process API (for the demo and the end-to-end tests)::
     sim = Simulation("scenarios/angers-centre.toml", seed=1, serial="pty")
     sim.registry()        # [NodeInfo(name, node_id, kind, key_hex, transport, gateway, serial_path)]
     sim.serial_ports()    # {node name: pty slave path} -> the gateway's serial config
-    sim.gateways[0].sim_socket = "/run/.../air.sock"   # BLE to a gateway's bleak backend
+    sim.gateways[0].sim_socket = "/run/.../air.sock"   # BLE to a gateway's datagram input
     sim.open_truth("truth.jsonl")
     th = sim.start_realtime(duration_s=3600, speed=60)   # or sim.run() / sim.run_until(t)
     ...; sim.stop(); th.join(); sim.last_summary; sim.close()
 
-Each heard advertisement is one datagram ``cbor2 [address, rssi, {company_id: bytes}]``
-for simulator/bleak_backend.py. Names are imported lazily: the gateway imports
-``simulator.bleak_backend`` without pulling in numpy and the firmware.
+Each heard advertisement is one datagram to the gateway's documented datagram input
+(urbansense/wire/advert.py, docs/GATEWAY.md); the gateway imports nothing from here.
+Names are imported lazily (numpy and the firmware load with the first use).
 """
 
 from __future__ import annotations

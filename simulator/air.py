@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cbor2
 import numpy as np
 import numpy.typing as npt
 
 from urbansense.compat import DATACLASS_SLOTS
+from urbansense.wire.advert import encode_advert
 
 
 @dataclass(**DATACLASS_SLOTS)
@@ -270,7 +270,8 @@ class AirModel:
 
     # ------------------------------------------------------------------ gateway in the loop
     def send_datagram(self, gi: int, address: str, rssi: float, manufacturer_data: dict[int, bytes]) -> bool:
-        """Hand one received advert to gateway ``gi``'s socket -> whether the socket took it."""
+        """Hand one received advert to gateway ``gi``'s datagram input (docs/GATEWAY.md) ->
+        whether the socket took it."""
         path = self.gws[gi].sim_socket
         if path is None:
             return False
@@ -282,7 +283,7 @@ class AirModel:
             sock.settimeout(0.2)
             self._socks[gi] = sock
         try:
-            sock.sendto(cbor2.dumps([address, round(rssi), manufacturer_data]), path)
+            sock.sendto(encode_advert(address, round(rssi), manufacturer_data), path)
         except OSError:
             self.stats.datagram_errors += 1  # gateway not listening yet, or its queue is full
             return False

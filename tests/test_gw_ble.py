@@ -26,8 +26,8 @@ from gateway.transports.ble import (
     parse_scan_params,
     read_scan_params,
 )
+from gateway.transports.datagram import send_advert
 from gateway.verify import Heard
-from simulator.bleak_backend import send_advert
 from tests.test_gw_support import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +60,8 @@ class Rig:
 
     def __init__(self, tmp_path: Path, **cfg: Any) -> None:
         self.air = str(tmp_path / "air.sock")
-        self.cfg = BleConfig(enabled=True, backend="simulator", sim_socket=self.air,
-                                 watchdog_s=120.0, **cfg)
+        self.cfg = BleConfig(enabled=True, backend="datagram", datagram_socket=self.air,
+                             watchdog_s=120.0, **cfg)
         self.clock = FakeClock()
         self.metrics = Metrics()
         self.heard: list[Heard] = []
@@ -187,7 +187,7 @@ async def test_quiet_site_is_not_a_stall(rig_factory: Callable[..., Any]) -> Non
     for t in range(0, 1001, 100):
         await r.advert(float(t))
     assert r.tr.silences.threshold_s == 300.0
-    assert r.metrics.ble_stall_threshold_seconds.get() == 300.0  # type: ignore[attr-defined]
+    assert r.metrics.ble_stall_threshold_seconds.get() == 300.0
     assert r.tr.healthy and r.metrics.ble_scanner_healthy.get() == 1
     await r.at(1000.0 + 290.0)  # the configured watchdog_s (120) is long past
     assert r.recoveries() == dict.fromkeys(STEPS, 0.0)
@@ -227,7 +227,7 @@ async def test_recovery_steps_in_order_then_exponential_backoff(
         (1320.0, ["restart_scan"], True, 1),
     ]
     assert log.read_text().splitlines() == ["hci1", "hci1"]
-    assert r.tr.step == 1 and r.metrics.ble_recovery_step.get() == 1  # type: ignore[attr-defined]
+    assert r.tr.step == 1 and r.metrics.ble_recovery_step.get() == 1
 
 
 async def test_backoff_reaches_its_cap_and_the_scanner_listens_meanwhile(
@@ -242,11 +242,11 @@ async def test_backoff_reaches_its_cap_and_the_scanner_listens_meanwhile(
         waits.append(r.tr.backoff_s)
         t += r.tr.backoff_s
     assert waits == [240.0, 300.0, 300.0, 300.0]
-    assert r.metrics.ble_backoff_seconds.get() == 300.0  # type: ignore[attr-defined]
+    assert r.metrics.ble_backoff_seconds.get() == 300.0
     assert r.tr.step == len(STEPS)
     await r.advert(t - 10.0)  # heard while backing off: the stall is over
     assert r.tr.healthy and r.tr.step == 0 and r.tr.backoff_s == 0.0
-    assert r.metrics.ble_recovered.get("power_cycle") == 1  # type: ignore[attr-defined]
+    assert r.metrics.ble_recovered.get("power_cycle") == 1
 
 
 async def test_backoff_survives_weeks_of_a_dead_adapter(rig_factory: Callable[..., Any]) -> None:
@@ -268,7 +268,7 @@ async def test_hourly_site_learns_its_rhythm_through_escalations(
     assert r.recoveries()["restart_scan"] == 2
     await r.advert(3600.0)  # the node's next report, long after the last action
     assert r.tr.silences.threshold_s == 3 * 3600.0
-    assert r.metrics.ble_recovered.get("restart_scan") == 1  # type: ignore[attr-defined]
+    assert r.metrics.ble_recovered.get("restart_scan") == 1
     before = r.recoveries()
     await r.at(3600.0 + 3599.0)
     await r.advert(7200.0)
@@ -301,7 +301,7 @@ async def test_hung_power_cycle_command_is_killed_with_its_children(
         await r.at(t)
     await r.at(360.0)
     assert r.recoveries()["power_cycle"] == 1
-    assert r.metrics.ble_power_cycle_failures.get("timeout") == 1  # type: ignore[attr-defined]
+    assert r.metrics.ble_power_cycle_failures.get("timeout") == 1
     shell, child = map(int, pids.read_text().split())
     await wait_for(lambda: _gone(shell) and _gone(child), what="command and its child killed")
     assert r.tr.scanner is not None  # and scanning again after it:
@@ -336,7 +336,7 @@ async def test_failed_power_cycle_is_counted_and_scanning_resumes(
     r = await rig_factory(power_cycle_command=[str(cmd)])
     for t in (120.0, 240.0, 360.0):
         await r.at(t)
-    assert r.metrics.ble_power_cycle_failures.get(reason) == 1  # type: ignore[attr-defined]
+    assert r.metrics.ble_power_cycle_failures.get(reason) == 1
     await r.advert(361.0)
     assert r.tr.healthy
 
@@ -387,7 +387,7 @@ async def test_gateway_warns_at_start_when_window_differs(
     before = conf.stat()
     with caplog.at_level(logging.WARNING, logger="gateway.transports.ble"):
         r = await rig_factory(bluez_main_conf=conf)
-    assert r.metrics.ble_scan_window_equals_interval.get() == 0  # type: ignore[attr-defined]
+    assert r.metrics.ble_scan_window_equals_interval.get() == 0
     assert "urbansense_gateway_ble_scan_window_equals_interval 0" in r.metrics.render()
     [warning] = [m for m in caplog.messages if "ble_scan_window_not_interval" in m]
     assert "interval_ms=160 window_ms=30" in warning and "ScanWindowAdvMonitor" in warning
@@ -399,4 +399,4 @@ async def test_gateway_warns_at_start_when_window_differs(
 async def test_simulated_air_has_no_scan_params(rig_factory: Callable[..., Any]) -> None:
     r = await rig_factory()
     assert r.tr.scan_params is None
-    assert r.metrics.ble_scan_window_equals_interval.get() == -1  # type: ignore[attr-defined]
+    assert r.metrics.ble_scan_window_equals_interval.get() == -1

@@ -6,13 +6,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 
+from gateway.transports.datagram import send_advert
 from tests.test_gw_support import PtyNode, frame, make_config, wait_for
 from urbansense.wire import framing
+from urbansense.wire.advert import decode_advert, encode_advert
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def _get(port: int, path: str) -> str:
@@ -106,3 +112,52 @@ async def test_a_bug_in_verify_is_counted_apart_and_logged_loudly(
     assert "KeyError" in bugs[0].getMessage() and "Traceback" in bugs[0].getMessage()
     text = await _get(gw.http_port, "/metrics")
     assert 'urbansense_gateway_internal_errors_total{stage="verify"} 2' in text
+
+
+# -- the datagram input (docs/GATEWAY.md "Datagram input") ----------------------------------
+
+
+def test_the_documented_datagram_example_is_the_encoding() -> None:
+    frame16 = bytes(range(16))
+    address = "AA:BB:CC:00:00:01"
+    expected = (b"\x83" + b"\x71" + address.encode() + b"\x38\x3b" + b"\xa1\x19\xff\xff\x50" + frame16)
+    assert encode_advert(address, -60, {0xFFFF: frame16}) == expected
+    assert decode_advert(expected) == (address, -60, {0xFFFF: frame16})
+    assert "`38 3B` (-60), `A1 19 FF FF 50`" in (ROOT / "docs" / "GATEWAY.md").read_text()
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    (b"\xff", "not CBOR"),
+    (cbor2.dumps(["AA", -60]), "two items"),
+    (cbor2.dumps(["AA", -60, {0xFFFF: b"x"}]) + b"\x00", "bytes after the array"),
+    (cbor2.dumps([b"AA", -60, {}]), "address not text"),
+    (cbor2.dumps(["A" * 65, -60, {}]), "address too long"),
+    (cbor2.dumps(["AA", -128, {}]), "rssi below -127"),
+    (cbor2.dumps(["AA", True, {}]), "rssi a boolean"),
+    (cbor2.dumps(["AA", -60, {0x10000: b"x"}]), "company id above 0xFFFF"),
+    (cbor2.dumps(["AA", -60, {1: "text"}]), "manufacturer data not bytes"),
+    (cbor2.dumps(["AA", -60, {1: bytes(28)}]), "manufacturer data over 27 bytes"),
+    (cbor2.dumps(["AA", -60, {1: bytes(27)}, "x" * 600])[:513], "over 512 bytes"),
+])
+def test_a_datagram_that_is_no_advert_is_refused(data: bytes, why: str) -> None:
+    with pytest.raises(ValueError, match="advert"):
+        decode_advert(data)
+
+
+async def test_the_datagram_input_counts_what_is_no_advert_and_hears_the_rest(
+    tmp_path: Path, mqtt_broker: Any, running: Any
+) -> None:
+    air = str(tmp_path / "air.sock")
+    gw = await running(make_config(tmp_path, mqtt_broker, ble__enabled=True,
+                                   ble__backend="datagram", ble__datagram_socket=air))
+    assert gw.ble is not None
+    await asyncio.wait_for(gw.ble.started.wait(), 5)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(b"\xff", air)
+        s.sendto(encode_advert("AA:BB:CC:00:00:01", -60, {0xFFFF: frame(1, 1)}) + b"\x00", air)
+        s.sendto(encode_advert("A" * 500, -60, {}), air)  # over 512 bytes
+    send_advert(air, "AA:BB:CC:00:00:01", -60, {0xFFFF: frame(1, 2)})
+    await wait_for(lambda: gw.metrics.readings_committed.total() == 1, what="the good advert")
+    assert gw.metrics.datagrams_malformed.total() == 3
+    assert gw.metrics.frames_in.total() == 1 and gw.metrics.rejections.total() == 0
+    assert "urbansense_gateway_datagrams_malformed_total 3" in await _get(gw.http_port, "/metrics")

@@ -13,7 +13,7 @@ import aiomqtt
 import pytest
 
 from gateway.config import BrokerAddress
-from simulator.bleak_backend import send_advert
+from gateway.transports.datagram import send_advert
 from tests.test_gw_support import (
     KEYS,
     PtyNode,
@@ -57,8 +57,8 @@ async def test_ble_advert_via_bleak_reaches_broker(
     tmp_path: Path, mqtt_broker: Any, sub: Subscriber, running: Any
 ) -> None:
     air = str(tmp_path / "air.sock")
-    cfg = make_config(tmp_path, mqtt_broker, ble__enabled=True, ble__backend="simulator",
-                      ble__sim_socket=air)
+    cfg = make_config(tmp_path, mqtt_broker, ble__enabled=True, ble__backend="datagram",
+                      ble__datagram_socket=air)
     gw = await running(cfg)
     assert gw.ble is not None
     await asyncio.wait_for(gw.ble.started.wait(), 5)
@@ -292,8 +292,8 @@ async def test_ble_watchdog_escalates_and_recovers(
     tmp_path: Path, mqtt_broker: Any, running: Any
 ) -> None:
     air = str(tmp_path / "air.sock")
-    cfg = make_config(tmp_path, mqtt_broker, ble__enabled=True, ble__backend="simulator",
-                      ble__sim_socket=air, ble__watchdog_s=0.1)
+    cfg = make_config(tmp_path, mqtt_broker, ble__enabled=True, ble__backend="datagram",
+                      ble__datagram_socket=air, ble__watchdog_s=0.1)
     gw = await running(cfg)
     assert gw.ble is not None
     rec = gw.metrics.ble_recoveries

@@ -27,7 +27,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from gateway.registry import NodeSpec, write_registry
-from simulator.bleak_backend import send_advert
+from gateway.transports.datagram import send_advert
 from tests.test_gw_support import KEYS, frame, make_config
 
 pytestmark = pytest.mark.browser
@@ -112,7 +112,7 @@ def chromium_path() -> Path:
 def gateway(tmp_path: Path, mqtt_broker: Any) -> Iterator[tuple[GatewayThread, Any, str]]:
     air = str(tmp_path / "air.sock")
     cfg = make_config(tmp_path, mqtt_broker, nodes=range(1, 4), ble__enabled=True,
-                      ble__backend="simulator", ble__sim_socket=air, ble__company_id=COMPANY_ID)
+                      ble__backend="datagram", ble__datagram_socket=air, ble__company_id=COMPANY_ID)
     write_registry(cfg.registry, [NodeSpec(n, kind, KEYS[n]) for n, (kind, _, _) in NODES.items()])
     gt = GatewayThread(cfg)
     try:

@@ -286,7 +286,7 @@ BASE = {
         ({"mqtt": {"brokers": []}}, "mqtt.brokers"),
         ({"mqtt": {"protocol": "4"}}, "mqtt.protocol"),
         ({"outbox": {"max_bytes": 10}}, "outbox.max_bytes"),
-        ({"ble": {"enabled": True, "backend": "simulator"}}, "ble.sim_socket"),
+        ({"ble": {"enabled": True, "backend": "datagram"}}, "ble.datagram_socket"),
         ({"ble": {"company_id": 70000}}, "ble.company_id"),
         ({"serial": {"ports": "/dev/ttyUSB0"}}, "serial.ports"),
         ({"http": {"port": 70000}}, "http.port"),

@@ -55,8 +55,8 @@ async def test_ground_truth_matches_the_broker(tmp_path: Path, mqtt_broker: Any,
     cfg.batch.ack_max_delay_ms = 20
     cfg.serial.ports = list(sim.serial_ports().values())
     cfg.ble.enabled = True
-    cfg.ble.backend = "simulator"
-    cfg.ble.sim_socket = air
+    cfg.ble.backend = "datagram"
+    cfg.ble.datagram_socket = air
     gw = Gateway(cfg)
     task = asyncio.create_task(gw.run())
     try:

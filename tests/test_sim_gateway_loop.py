@@ -7,9 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-import cbor2
-
 from simulator.sim import Simulation
+from urbansense.wire.advert import decode_advert
 from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
 
 SCENARIO = {
@@ -20,7 +19,7 @@ SCENARIO = {
 }
 
 
-def test_adverts_reach_the_gateway_socket_as_bleak_backend_datagrams(tmp_path: Path) -> None:
+def test_adverts_reach_the_gateway_socket_as_datagram_input_adverts(tmp_path: Path) -> None:
     path = str(tmp_path / "gw.sock")
     rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     rx.bind(path)
@@ -30,7 +29,7 @@ def test_adverts_reach_the_gateway_socket_as_bleak_backend_datagrams(tmp_path: P
     def reader() -> None:  # the gateway's side: drain the socket as it fills
         while True:
             try:
-                got.append(cbor2.loads(rx.recv(512)))
+                got.append(list(decode_advert(rx.recv(513))))
             except TimeoutError:
                 return
 

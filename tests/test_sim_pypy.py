@@ -48,7 +48,7 @@ def test_text_seeded_streams_are_random_random_of_the_text() -> None:
 
 _WIRE_ON_ANY_PYTHON = """
 import json, pathlib, sys
-from urbansense.wire import body, errors, framing, node_config, protocol, quantities, senml
+from urbansense.wire import advert, body, errors, framing, node_config, protocol, quantities, senml
 vectors = pathlib.Path(sys.argv[1])
 out = []
 for vec in json.loads((vectors / "uplink.json").read_text()):
@@ -70,6 +70,8 @@ try:
 except errors.FrameError as e:
     out.append(e.reason)
 out.append([node_config.KINDS, sorted(quantities.COMMANDS.items())])
+address, rssi, mfr = advert.decode_advert(advert.encode_advert("AA:BB", -60, {0xFFFF: b"\\x10"}))
+out.append([address, rssi, sorted((k, v.hex()) for k, v in mfr.items())])
 out.append(sorted(body.decode_body(bytes.fromhex("a300f50b1901f40c1b0000000100000000")).items()))
 print(json.dumps(out))
 """

@@ -196,8 +196,8 @@ async def run_city(args: argparse.Namespace) -> dict[str, Any]:
             cfg.mqtt.protocol = "3.1.1"  # NATS's MQTT listener speaks 3.1.1 only
             cfg.mqtt.connect_timeout_s = 2.0
             cfg.ble.enabled = True
-            cfg.ble.backend = "simulator"
-            cfg.ble.sim_socket = str(sc.gateways[i]["sim_socket"])
+            cfg.ble.backend = "datagram"
+            cfg.ble.datagram_socket = str(sc.gateways[i]["sim_socket"])
             cfg.serial.ports = [n.serial_path for n in nodes
                                 if n.transport == "serial" and n.gateway == g.gw_id and n.serial_path]
             cfg.http.port = 0

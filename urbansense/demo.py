@@ -177,8 +177,8 @@ async def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             cfg = GatewayConfig(site="angers", gateway_id=g.gw_id, registry=registry, data_dir=gdir / "data")
             cfg.mqtt.brokers = [BrokerAddress(broker.host, broker.port)]
             cfg.ble.enabled = True
-            cfg.ble.backend = "simulator"
-            cfg.ble.sim_socket = str(sc.gateways[i]["sim_socket"])
+            cfg.ble.backend = "datagram"
+            cfg.ble.datagram_socket = str(sc.gateways[i]["sim_socket"])
             cfg.serial.ports = [n.serial_path for n in nodes
                                 if n.transport == "serial" and n.gateway == g.gw_id and n.serial_path]
             cfg.http.port = 0

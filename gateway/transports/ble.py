@@ -33,7 +33,8 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 
 from gateway.config import BleConfig
-from gateway.metrics import Counter, Gauge, Metrics
+from gateway.metrics import Metrics
+from gateway.ratelog import RateLimitedLog
 from gateway.verify import Heard
 
 _log = logging.getLogger(__name__)
@@ -229,23 +230,6 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
     await proc.wait()
 
 
-def _gauge(metrics: Metrics, attr: str, name: str, help_: str, label: str = "") -> Gauge:
-    """A BLE metric registered on ``metrics`` if it does not define it (rendered from vars)."""
-    m = getattr(metrics, attr, None)
-    if not isinstance(m, Gauge):
-        m = Gauge("urbansense_gateway_" + name, help_, label)
-        setattr(metrics, attr, m)
-    return m
-
-
-def _counter(metrics: Metrics, attr: str, name: str, help_: str, label: str = "") -> Counter:
-    m = getattr(metrics, attr, None)
-    if not isinstance(m, Counter):
-        m = Counter("urbansense_gateway_" + name, help_, label)
-        setattr(metrics, attr, m)
-    return m
-
-
 class BleTransport:
     """Scanner plus watchdog.
 
@@ -275,23 +259,12 @@ class BleTransport:
         self._heard = False  # an advert since the last (re)start: only that proves health
         self._last_advert_s: float | None = None
         self._last_action_s = clock()  # the last (re)start, or attempt
-        self._m_step = _gauge(metrics, "ble_recovery_step", "ble_recovery_step",
-                              "BLE recovery steps taken in the current stall (0 none, 3 power "
-                              "cycled and backing off).")
-        self._m_threshold = _gauge(metrics, "ble_stall_threshold_seconds",
-                                   "ble_stall_threshold_seconds",
-                                   "Silence after which the BLE scanner counts as stalled (learned).")
-        self._m_backoff = _gauge(metrics, "ble_backoff_seconds", "ble_backoff_seconds",
-                                 "Wait after a failed BLE recovery round before the next one.")
-        self._m_recovered = _counter(metrics, "ble_recovered", "ble_recovered_total",
-                                     "BLE stalls ended by adverts heard again, by the last "
-                                     "recovery step taken.", "step")
-        self._m_power_fail = _counter(metrics, "ble_power_cycle_failures",
-                                      "ble_power_cycle_failures_total",
-                                      "Power-cycle commands that failed, by reason.", "reason")
-        self._m_scan_params = _gauge(metrics, "ble_scan_window_equals_interval",
-                                     "ble_scan_window_equals_interval",
-                                     "1 if BlueZ scans with window = interval, 0 if not, -1 unknown.")
+        m = metrics
+        self._m_step, self._m_threshold, self._m_backoff = (
+            m.ble_recovery_step, m.ble_stall_threshold_seconds, m.ble_backoff_seconds)
+        self._m_recovered, self._m_power_fail = m.ble_recovered, m.ble_power_cycle_failures
+        self._m_scan_params = m.ble_scan_window_equals_interval
+        self._faults = RateLimitedLog(_log)
         self._m_threshold.set(self.silences.threshold_s)
         self._m_step.set(0)
         self._m_backoff.set(0)
@@ -321,15 +294,21 @@ class BleTransport:
         if data is not None:
             self.put(Heard(bytes(data), "ble", rssi_dbm=adv.rssi))
 
+    def _on_malformed_datagram(self, why: str) -> None:
+        self.metrics.datagrams_malformed.inc()
+        self._faults.log("datagram_malformed", "event=datagram_malformed socket=%s detail=%s",
+                         self.cfg.datagram_socket, why)
+
     def _make_scanner(self) -> BleakScanner:
         backend: type[BaseBleakScanner] | None = None
         kwargs: dict[str, Any] = {}
         bluez: dict[str, Any] = {}
-        if self.cfg.backend == "simulator":
-            from simulator.bleak_backend import SimulatedScanner
+        if self.cfg.backend == "datagram":
+            from gateway.transports.datagram import DatagramScanner
 
-            backend = SimulatedScanner
-            kwargs["sim_socket"] = self.cfg.sim_socket
+            backend = DatagramScanner
+            kwargs["datagram_socket"] = self.cfg.datagram_socket
+            kwargs["on_malformed"] = self._on_malformed_datagram
         else:
             # BlueZ only scans passively with an advertisement-monitor pattern.
             from bleak.args.bluez import OrPattern

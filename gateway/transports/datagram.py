@@ -1,9 +1,12 @@
-"""A bleak scanner backend fed by a UNIX datagram socket: the simulated air.
+"""The datagram input: BLE advertisements from a local UNIX datagram socket, as a bleak backend.
 
-Each datagram is a CBOR list ``[address: str, rssi: int, {company_id: bytes}]``. The gateway
-runs the real ``bleak.BleakScanner`` with ``backend=SimulatedScanner``; the simulator and the
-tests send advertisements to the socket. The socket path comes from ``sim_socket=`` (passed
-through BleakScanner) or the ``URBANSENSE_SIM_AIR`` environment variable.
+With ``ble.backend = "datagram"`` the gateway runs the real ``bleak.BleakScanner`` with
+``backend=DatagramScanner``: adverts arrive as datagrams on ``ble.datagram_socket`` (one
+advert each, the byte format of urbansense/wire/advert.py and docs/GATEWAY.md) instead of
+from BlueZ, and take the same path from there (real ``BLEDevice``/``AdvertisementData``,
+the company-id filter, the watchdog). The simulator writes to it; so can any outside tool
+(``send_advert``). A datagram that is not an advert is dropped and counted
+(``urbansense_gateway_datagrams_malformed_total``).
 """
 
 from __future__ import annotations
@@ -12,34 +15,28 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections.abc import Callable
 from typing import Any, Literal
 
-import cbor2
 from bleak.backends.scanner import (
     AdvertisementData,
     AdvertisementDataCallback,
     BaseBleakScanner,
 )
 
-ENV_SOCKET = "URBANSENSE_SIM_AIR"
-_MAX_DATAGRAM = 512
-
-
-def encode_advert(address: str, rssi_dbm: int, manufacturer_data: dict[int, bytes]) -> bytes:
-    """The datagram a sender writes to the air socket."""
-    return cbor2.dumps([address, rssi_dbm, manufacturer_data])
+from urbansense.wire.advert import MAX_DATAGRAM, decode_advert, encode_advert
 
 
 def send_advert(
     sock_path: str, address: str, rssi_dbm: int, manufacturer_data: dict[int, bytes]
 ) -> None:
-    """Send one advertisement (blocking, for tests and the simulator)."""
+    """Send one advertisement to a gateway's datagram input (blocking: tools and tests)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.sendto(encode_advert(address, rssi_dbm, manufacturer_data), sock_path)
 
 
-class SimulatedScanner(BaseBleakScanner):
-    """Receives advertisements from the air socket while started."""
+class DatagramScanner(BaseBleakScanner):
+    """Receives advertisements from the datagram socket while started (it binds the path)."""
 
     def __init__(
         self,
@@ -49,17 +46,17 @@ class SimulatedScanner(BaseBleakScanner):
         *,
         bluez: object = None,  # accepted because BleakScanner always passes it
         cb: object = None,
-        sim_socket: str | None = None,
+        datagram_socket: str = "",
+        on_malformed: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(detection_callback, service_uuids)
         del bluez, cb
+        if not datagram_socket:
+            raise ValueError("DatagramScanner needs datagram_socket=")
         self.seen_devices = {}
         self.scanning_mode = scanning_mode
-        path = sim_socket or os.environ.get(ENV_SOCKET, "")
-        if not path:
-            raise ValueError(f"SimulatedScanner needs sim_socket= or ${ENV_SOCKET}")
-        self.sim_socket = path
-        self.malformed = 0
+        self.datagram_socket = datagram_socket
+        self._on_malformed = on_malformed
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -67,10 +64,10 @@ class SimulatedScanner(BaseBleakScanner):
         if self._sock is not None:
             return
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.sim_socket)
+            os.unlink(self.datagram_socket)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
-        sock.bind(self.sim_socket)
+        sock.bind(self.datagram_socket)
         self._sock = sock
         self.seen_devices = {}
         self._loop = asyncio.get_running_loop()
@@ -84,7 +81,7 @@ class SimulatedScanner(BaseBleakScanner):
             self._loop.remove_reader(sock.fileno())
         sock.close()
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.sim_socket)
+            os.unlink(self.datagram_socket)
 
     def set_scanning_filter(self, **kwargs: Any) -> None:
         """Nothing to filter at the source: the gateway filters on the company id."""
@@ -95,7 +92,8 @@ class SimulatedScanner(BaseBleakScanner):
             return
         while True:
             try:
-                data = sock.recv(_MAX_DATAGRAM)
+                # One byte over the limit: a longer datagram arrives truncated and is refused.
+                data = sock.recv(MAX_DATAGRAM + 1)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -104,12 +102,10 @@ class SimulatedScanner(BaseBleakScanner):
 
     def _deliver(self, data: bytes) -> None:
         try:
-            address, rssi, mfr = cbor2.loads(data)
-            if not isinstance(address, str) or type(rssi) is not int or not isinstance(mfr, dict):
-                raise ValueError("bad advert shape")
-            manufacturer_data = {int(k): bytes(v) for k, v in mfr.items()}
-        except (ValueError, TypeError, cbor2.CBORDecodeError, OverflowError, RecursionError):
-            self.malformed += 1
+            address, rssi, manufacturer_data = decode_advert(data)
+        except ValueError as exc:
+            if self._on_malformed is not None:
+                self._on_malformed(str(exc))
             return
         adv = AdvertisementData(
             local_name=None,
