@@ -78,9 +78,9 @@ class PostgresStore:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 for stmt in schema.statements("postgres"):
-                    conn.execute(stmt)  # type: ignore[arg-type]  # our own constant SQL
+                    conn.execute(stmt)
             for table in ("readings", "receptions", "node_state"):
-                conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_{'state' if table == 'node_state' else table} "  # type: ignore[arg-type]
+                conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_{'state' if table == 'node_state' else table} "
                              f"(LIKE {table}) ON COMMIT DELETE ROWS")
             conn.commit()
         except psycopg.OperationalError as exc:
@@ -93,19 +93,19 @@ class PostgresStore:
         try:
             with conn.cursor() as cur:
                 if rows.readings:
-                    with cur.copy(f"COPY stage_readings ({_R}) FROM STDIN") as cp:  # type: ignore[arg-type]
+                    with cur.copy(f"COPY stage_readings ({_R}) FROM STDIN") as cp:
                         for row in rows.readings:
                             cp.write_row(row)
-                    with cur.copy(f"COPY stage_receptions ({_H}) FROM STDIN") as cp:  # type: ignore[arg-type]
+                    with cur.copy(f"COPY stage_receptions ({_H}) FROM STDIN") as cp:
                         for row in rows.receptions:
                             cp.write_row(row)
-                    with cur.copy(f"COPY stage_state ({_S}) FROM STDIN") as cp:  # type: ignore[arg-type]
+                    with cur.copy(f"COPY stage_state ({_S}) FROM STDIN") as cp:
                         for row in rows.states:
                             cp.write_row(row)
-                    cur.execute(_MOVE_READINGS)  # type: ignore[arg-type]
+                    cur.execute(_MOVE_READINGS)
                     stored = max(0, cur.rowcount)
-                    cur.execute(_MOVE_RECEPTIONS)  # type: ignore[arg-type]
-                    cur.execute(_MOVE_STATE)  # type: ignore[arg-type]
+                    cur.execute(_MOVE_RECEPTIONS)
+                    cur.execute(_MOVE_STATE)
                 else:
                     stored = 0
                 if rows.statuses:

@@ -211,7 +211,7 @@ def force_close(client: aiomqtt.Client) -> None:
     sock = paho.socket()
     if sock is not None:
         with contextlib.suppress(OSError):
-            paho._sock_close()  # type: ignore[attr-defined]
+            paho._sock_close()
     task = getattr(client, "_misc_task", None)
     if task is not None:
         task.cancel()

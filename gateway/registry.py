@@ -85,7 +85,7 @@ class Registry:
     def __len__(self) -> int:
         return len(self._nodes)
 
-    def __iter__(self) -> Iterable[Node]:  # type: ignore[override]
+    def __iter__(self) -> Iterable[Node]:
         return iter(self._nodes.values())
 
     def nodes(self) -> list[Node]:

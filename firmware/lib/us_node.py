@@ -110,7 +110,7 @@ class Node:
             return False
         m = self.hal.machine
         was = self.st.get("pw", 0)
-        m.Pin(p, m.Pin.OUT, value=1 if on else 0, hold=True)  # type: ignore[call-arg]  # ESP32 port: hold=
+        m.Pin(p, m.Pin.OUT, value=1 if on else 0, hold=True)  # hold=: the ESP32 port keeps the level in deep sleep
         self.st["pw"] = 1 if on else 0
         return bool(on) and not was
 
