@@ -88,3 +88,15 @@ def test_urbansense_wire_runs_on_pypy_as_on_cpython() -> None:
                            env={"PYTHONPATH": str(ROOT)}).stdout
             for python in (sys.executable, PYPY)]
     assert json.loads(runs[0]) and runs[0] == runs[1]
+
+
+def test_the_cli_runs_its_shards_where_the_bench_does() -> None:
+    """``urbansense sim run --processes N``, the command a user types, takes the fast path."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "urbansense", "sim", "run", "--scenario", str(SMOKE), "--seed", "5",
+         "--duration", "2h", "--processes", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"shards: 2 processes on {PYPY or sys.executable}" in proc.stderr
