@@ -157,7 +157,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     from urbansense.pgserver import PgServer
 
     tmp = Path(tempfile.mkdtemp(prefix="urbansense-bench-collector-"))
-    result: dict[str, Any] = {"readings": args.readings, "frames_per_pack": FRAMES_PER_PACK}
+    result: dict[str, Any] = {"readings": args.readings, "frames_per_pack": FRAMES_PER_PACK,
+                              "load_average_1m": round(os.getloadavg()[0], 1), "cores": os.cpu_count()}
     with NatsCluster(tmp / "nats") as cluster, PgServer() as pg:
         # The collector on one core; PostgreSQL and the NATS nodes were started before the
         # pinning and keep every core.
