@@ -245,3 +245,36 @@ def test_the_example_config_loads() -> None:
     cfg = load_config(Path(__file__).parents[1] / "examples" / "collector.toml")
     assert cfg.source.kind == "jetstream" and len(cfg.source.servers) == 3
     assert cfg.store_url.startswith("postgresql://")
+
+
+async def test_status_and_metrics_are_served_on_the_http_port(
+        mqtt_broker: Any, tmp_path: Path, capsys: Any) -> None:
+    import urllib.request
+
+    from urbansense.cli import main
+
+    cfg = CollectorConfig(collector_id="c-status", source=SourceConfig(kind="mqtt", port=mqtt_broker.port),
+                          store_url=f"sqlite:///{tmp_path / 's.db'}", http_port=0)
+    col = Collector(cfg)
+    task = asyncio.create_task(col.run())
+    try:
+        await asyncio.wait_for(col.started.wait(), 20)
+        await asyncio.to_thread(_publish, mqtt_broker.port, [
+            ("urbansense/v1/a/gw1/up", pack([(3, 1), (3, 2)])), ("urbansense/v1/a/gw1/up", b"junk")])
+        await wait_for(lambda: col.metrics.stored.total() == 2 and col.metrics.dead_letters.total() == 1)
+        url = f"http://127.0.0.1:{col.http_port}"
+        rc = await asyncio.to_thread(main, ["collector", "status", "--url", url])
+
+        def get_metrics() -> str:
+            with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+                return str(resp.read().decode())
+
+        metrics = await asyncio.to_thread(get_metrics)
+    finally:
+        await col.stop()
+        await task
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "collector c-status" in out and "stored 2" in out and "sqlite ok" in out
+    assert "urbansense_collector_readings_stored_total 2" in metrics
+    assert 'urbansense_collector_dead_letters_total{reason="bad_pack"} 1' in metrics
