@@ -69,6 +69,17 @@ async def _publish(urls: list[str], packs: list[bytes]) -> None:
         await nc.close()
 
 
+async def _purge(urls: list[str]) -> None:
+    """Empty the stream: each run's consumer sees its own messages only."""
+    import nats
+
+    nc = await nats.connect(servers=urls)
+    try:
+        await nc.jetstream(timeout=30).purge_stream("URBANSENSE")
+    finally:
+        await nc.close()
+
+
 async def _drain(cluster: Any, store_url: str, readings: int, durable: str) -> dict[str, Any]:
     from collector.app import Collector
     from collector.config import CollectorConfig, SourceConfig
@@ -80,6 +91,7 @@ async def _drain(cluster: Any, store_url: str, readings: int, durable: str) -> d
     setup = JetStreamSource(cfg.source, "setup")
     await setup.start()
     await setup.close()
+    await _purge(cluster.urls)
     await _publish(cluster.urls, _packs(readings, time.time()))
     col = Collector(cfg)
     task = asyncio.create_task(col.run())
@@ -107,6 +119,9 @@ async def _latency(cluster: Any, pg: Any, tmp: Path, rate: float, seconds: float
     from gateway.registry import NodeSpec, write_registry
     from tests.test_gw_support import KEYS, frame
 
+    await _purge(cluster.urls)
+    with psycopg.connect(pg.dsn) as conn:  # the drain's rows share (node, fcnt) keys with ours
+        conn.execute("TRUNCATE readings, receptions, node_state")
     col = Collector(CollectorConfig(collector_id="bench-latency", store_url=pg.dsn, http_port=0,
                                     source=SourceConfig(kind="jetstream", servers=cluster.urls,
                                                         durable="latency")))
@@ -138,6 +153,8 @@ async def _latency(cluster: Any, pg: Any, tmp: Path, rate: float, seconds: float
         if col.metrics.stored.total() >= sent:
             break
         await asyncio.sleep(0.05)
+    accepted = gw.metrics.frames_accepted.total()
+    published = gw.metrics.published_readings.total()
     await gw.stop()
     await gtask
     await col.stop()
@@ -147,6 +164,7 @@ async def _latency(cluster: Any, pg: Any, tmp: Path, rate: float, seconds: float
             "SELECT stored_s - time_s FROM readings WHERE site = 'latency'").fetchall())
     q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [0.0] * 99
     return {"frames_per_s": rate, "frames": sent, "stored": len(lat),
+            "gateway_accepted": accepted, "gateway_published": published,
             "p50_ms": round(q[49] * 1000, 1), "p99_ms": round(q[98] * 1000, 1),
             "max_ms": round(lat[-1] * 1000, 1) if lat else None,
             "gateway_batch_max_age_s": gcfg.batch.max_age_s}
