@@ -4,6 +4,12 @@ A pack closes at ``max_records`` frames, before it would pass ``max_bytes``, whe
 frame is ``max_age_s`` old, or ``ack_max_delay_ms`` after a frame that waits for a serial ack.
 Acks are written only after the commit returns: an acked frame is on disk.
 
+A frame no node will send again (BLE gets no ack) is staged: ``durable_ms`` after the first
+such frame of the open batch not yet on disk, those frames are written (``Outbox.stage``)
+and the batch stays open. So the loss window of a power cut is ``durable_ms``, not
+``max_age_s``, and packs stay large. Frames a stopped process left staged become the first
+batch of the next start.
+
 Downlink commands ride with the acks (gateway/downlinks.py decides which, and when a node has
 applied them); what a batch changes in them is committed with it.
 """
@@ -22,10 +28,10 @@ from gateway.downlinks import Downlinks
 from gateway.errors import OutboxFull
 from gateway.health import Health
 from gateway.metrics import Metrics
-from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox
+from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox, StagedFrame
 from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
-from gateway.replay import NodeState, ReplayTable
+from gateway.replay import Freshness, NodeState, ReplayTable
 from gateway.verify import Accepted, Duplicate, Verdict
 from urbansense.wire.protocol import encode_ack
 from urbansense.wire.senml import encode_frame, frame_bytes, join_frames
@@ -64,10 +70,55 @@ class Batcher:
         self._ack_deadline_s: float | None = None
         # None: downlinks whose acks go nowhere (benchmarks, tests of the batcher alone).
         self.downlinks = downlinks or Downlinks(outbox, registry, lambda applied: None, metrics)
+        self._stage_deadline_s: float | None = None
+        self._staged_upto = 0  # frames of the open batch before this index were staged (or wait for an ack)
+        self._staged = False  # the staging journal holds frames of the open batch
+        self._recover_staged()
+
+    def _recover_staged(self) -> None:
+        """Frames a process staged and stopped before their batch closed: those whose
+        counters the replay marks do not hold (the others are in a batch) become one batch
+        now, with their marks, before any frame is verified."""
+        fresh: list[StagedFrame] = []
+        for s in self.outbox.load_staged():
+            verdict = self.replay.get(s.node_id).admit(s.fcnt)  # verify judges by these from now on
+            if verdict is Freshness.NEW or verdict is Freshness.LATE:
+                fresh.append(s)
+        if not fresh:
+            self.outbox.clear_staged()
+            return
+        payload = join_frames([s.frame for s in fresh], sum(s.records for s in fresh))
+        priority = PRIORITY_ALARM if any(s.alarm for s in fresh) else PRIORITY_ORDINARY
+        fcnts: dict[int, list[int]] = {}
+        for s in fresh:
+            fcnts.setdefault(s.node_id, []).append(s.fcnt)
+        advanced, rows = self._advance(fcnts)
+        try:
+            self.outbox.commit_batch(payload, len(fresh), priority, rows, unstage=True)
+        except Exception as exc:  # still in the journal (the marks in memory hold): the next start
+            _log.error("event=staged_frames_not_recovered frames=%d error=%r", len(fresh), exc)
+            return
+        for st, mark, seen in advanced:
+            st.committed, st.committed_seen = mark, seen
+        _log.warning("event=staged_frames_recovered frames=%d", len(fresh))
+
+    def _advance(self, fcnts: dict[int, list[int]]) -> tuple[list[tuple[NodeState, int, int]], list[NodeRow]]:
+        """The committed marks once these counters are on disk (applied by the caller after
+        the write), and the node rows that say so."""
+        advanced: list[tuple[NodeState, int, int]] = []
+        rows: list[NodeRow] = []
+        for node_id, fs in fcnts.items():
+            st = self.replay.get(node_id)
+            mark, seen = st.commit(fs)
+            assert mark is not None  # fs is not empty
+            advanced.append((st, mark, seen))
+            rows.append(st.row(node_id, mark, seen, st.dcnt))
+        return advanced, rows
+
 
     # -- the stage ----------------------------------------------------------------------
 
-    def deadline_s(self) -> float | None:
+    def close_deadline_s(self) -> float | None:
         """Monotonic time at which the open batch must close."""
         if not self._open:
             return None
@@ -75,6 +126,13 @@ class Batcher:
         if self._ack_deadline_s is not None:
             return min(age_deadline, self._ack_deadline_s)
         return age_deadline
+
+    def deadline_s(self) -> float | None:
+        """Monotonic time of the next thing to do: close the batch, or stage frames of it."""
+        close = self.close_deadline_s()
+        if close is None or self._stage_deadline_s is None:
+            return close
+        return min(close, self._stage_deadline_s)
 
     def add(self, v: Verdict) -> None:
         if isinstance(v, Duplicate):
@@ -92,8 +150,11 @@ class Batcher:
             self._opened_s = time.monotonic()
         self._open.append(v)
         self._bytes += size
-        if v.replies and self._ack_deadline_s is None:
-            self._ack_deadline_s = time.monotonic() + self.cfg.ack_max_delay_ms / 1000
+        if v.replies:
+            if self._ack_deadline_s is None:
+                self._ack_deadline_s = time.monotonic() + self.cfg.ack_max_delay_ms / 1000
+        elif self._stage_deadline_s is None:
+            self._stage_deadline_s = time.monotonic() + self.cfg.durable_ms / 1000
         if len(self._open) >= self.cfg.max_records:
             self.flush()
 
@@ -115,9 +176,34 @@ class Batcher:
         self._reply(d.reply, ack)
 
     def tick(self) -> None:
-        deadline = self.deadline_s()
-        if deadline is not None and time.monotonic() >= deadline:
+        now = time.monotonic()
+        close = self.close_deadline_s()
+        if close is not None and now >= close:
             self.flush()
+        elif self._stage_deadline_s is not None and now >= self._stage_deadline_s:
+            self.stage()
+
+    def stage(self) -> None:
+        """Write the open batch's frames that wait for no ack and are not on disk yet; the
+        batch stays open. A failure is counted and logged: those frames then wait for their
+        batch's commit, as without staging."""
+        self._stage_deadline_s = None
+        todo = [acc for acc in self._open[self._staged_upto:] if not acc.replies]
+        self._staged_upto = len(self._open)
+        if not todo:
+            return
+        frames: list[StagedFrame] = []
+        for acc in todo:
+            if acc.packed is None:
+                acc.packed = encode_frame(acc.record)
+            data, n = acc.packed
+            frames.append(StagedFrame(acc.record.node_id, acc.record.fcnt, int(acc.alarm), n, data))
+        try:
+            self.outbox.stage(frames)
+            self._staged = True
+        except Exception as exc:
+            self._faults.log(f"stage/{type(exc).__name__}", "event=outbox_stage_failed frames=%d error=%r",
+                             len(frames), exc)
 
     def flush(self) -> None:
         """Close the open batch: one commit, then the acks."""
@@ -128,6 +214,9 @@ class Batcher:
         self._index.clear()
         self._bytes = 1
         self._ack_deadline_s = None
+        self._stage_deadline_s = None
+        self._staged_upto = 0
+        unstage, self._staged = self._staged, False
 
         # One pass over the frames: the pack's bytes, counters per node, frames per transport.
         parts: list[bytes] = []
@@ -167,20 +256,14 @@ class Batcher:
             st.dcnt += 1
             cmds = plan.for_ack(node_id, st.dcnt)
             acks.append((acc, encode_ack(node.keys, node_id, st.dcnt, acc.record.fcnt, cmds)))
-        advanced: list[tuple[NodeState, int, int]] = []  # applied once the commit returns
-        rows: list[NodeRow] = []
-        for node_id, fs in fcnts.items():
-            st = self.replay.get(node_id)
-            mark, seen = st.commit(fs)
-            assert mark is not None  # fs is not empty
-            advanced.append((st, mark, seen))
-            rows.append(st.row(node_id, mark, seen, st.dcnt))
+        advanced, rows = self._advance(fcnts)  # applied once the commit returns
         try:
-            batch_id = self.outbox.commit_batch(payload, len(batch), priority, rows, plan.done)
+            batch_id = self.outbox.commit_batch(payload, len(batch), priority, rows, plan.done, unstage)
         except Exception as exc:
             # Disk full (after the outbox evicted what it could) or an I/O error: nothing was
-            # acked, so serial nodes keep these frames and retransmit; BLE frames are lost to
-            # this gateway, counted. Roll the in-memory marks back.
+            # acked, so serial nodes keep these frames and retransmit; BLE frames not staged
+            # are lost to this gateway, counted (staged ones wait for the next start). Roll
+            # the in-memory marks back to what is on disk.
             self.metrics.commit_failed_readings.inc(amount=len(batch))
             if isinstance(exc, OutboxFull):
                 self._faults.log("outbox_full_disk", "event=outbox_commit_failed reason=disk_full frames=%d",

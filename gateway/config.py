@@ -36,6 +36,10 @@ class BatchConfig:
     # A batch holding frames that wait for a serial ack closes after this long: a node's
     # retransmit timer is shorter than max_age_s. Quiet serial sites pay one commit per frame.
     ack_max_delay_ms: int = 200
+    # A frame no node will retransmit (BLE: no ack) is on disk this soon after it was
+    # accepted, in a small staging write, while its batch stays open up to max_age_s: the
+    # loss window of a power cut is this, not the batch's age (docs/GATEWAY.md).
+    durable_ms: int = 1000
 
 
 @dataclass(slots=True)
@@ -151,6 +155,8 @@ class GatewayConfig:
         _positive("batch.max_age_s", self.batch.max_age_s)
         if self.batch.ack_max_delay_ms < 0:
             raise ConfigError("batch.ack_max_delay_ms", "must be >= 0")
+        if self.batch.durable_ms < 0:
+            raise ConfigError("batch.durable_ms", "must be >= 0")
         if self.outbox.max_bytes < 4 * self.batch.max_bytes:
             raise ConfigError("outbox.max_bytes", "must hold at least 4 batches (4 x batch.max_bytes)")
         if self.outbox.synchronous not in ("full", "normal"):
@@ -387,6 +393,7 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path | None = None) -> Ga
         b.int_("max_bytes", 16384),
         b.float_("max_age_s", 5.0),
         b.int_("ack_max_delay_ms", 200),
+        b.int_("durable_ms", 1000),
     )
     b.finish()
 

@@ -211,6 +211,10 @@ class Metrics:
             p + "batch_bytes", "SenML-CBOR payload bytes per committed batch.", _BATCH_BYTES_BUCKETS
         )
         self.readings_committed = Counter(p + "readings_committed_total", "Frames committed.")
+        self.staging_commits = Counter(
+            p + "staging_commits_total",
+            "Writes that made BLE frames of an open batch durable (batch.durable_ms).",
+        )
         self.outbox_depth = Gauge(p + "outbox_batches", "Batches waiting in the outbox.")
         self.outbox_bytes = Gauge(
             p + "outbox_bytes",

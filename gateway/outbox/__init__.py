@@ -8,6 +8,13 @@ What survives a kill -9 or a power cut is decided here:
   folded into the ``nodes`` table once it holds a few times as many rows as there are nodes
   (inside a batch's transaction too) and at close. A batch of 100 frames from 100 nodes would
   otherwise rewrite nearly every page of ``nodes``: 25 KB of SD card for 10 KB of readings;
+- a frame that no node will send again (BLE) is made durable within ``batch.durable_ms`` of its
+  acceptance, while its batch stays open: ``stage`` appends it (node, counter, its encoded
+  records) to the staging journal ``<outbox>-staged`` and fdatasyncs; the batch that finally
+  holds it empties the journal once committed. A process that stops in between leaves it
+  there; at start the batcher makes the records whose counters the replay marks do not hold
+  a batch, with their marks, before any frame is verified (``_staging`` says why this needs
+  neither a sync of the truncate nor a record of what a batch covered);
 - ``synchronous=FULL`` fsyncs the WAL at every commit (one fsync per batch, not per reading).
   ``NORMAL`` survives process crashes but may lose the last commits on power loss;
 - a batch leaves only after the broker's PUBACK. Its delete rides with the next batch commit,
@@ -31,6 +38,7 @@ The modules, each private, in the order a reader needs them:
 - ``_pending``: the in-memory index of batches waiting for their PUBACK, and eviction's order;
 - ``_marks``: the marks log and its fold into ``nodes``;
 - ``_sizing``: what a batch costs in the file (``stored_bytes``);
+- ``_staging``: the staging journal of the open batch's BLE frames;
 - ``_sqlite``: the schema, the pragmas and the one write transaction;
 - ``_salvage``: moving a damaged file aside and copying out of it (start-up only).
 Callers import from ``gateway.outbox`` only.
@@ -41,6 +49,7 @@ from gateway.outbox._outbox import ACK_FLUSH_COUNT, Outbox, StoredBatch
 from gateway.outbox._pending import PRIORITY_ALARM, PRIORITY_ORDINARY
 from gateway.outbox._salvage import Salvage
 from gateway.outbox._sizing import SD_PAGE_SIZE, stored_bytes
+from gateway.outbox._staging import StagedFrame
 
 __all__ = [
     "ACK_FLUSH_COUNT",
@@ -50,6 +59,7 @@ __all__ = [
     "NodeRow",
     "Outbox",
     "Salvage",
+    "StagedFrame",
     "StoredBatch",
     "stored_bytes",
 ]

@@ -24,6 +24,7 @@ from gateway.outbox._pending import Pending
 from gateway.outbox._salvage import Salvage, open_or_move_aside, salvage
 from gateway.outbox._sizing import stored_bytes
 from gateway.outbox._sqlite import error_code, write
+from gateway.outbox._staging import StagedFrame, StagingJournal
 from gateway.ratelog import RateLimitedLog
 
 _log = logging.getLogger("gateway.outbox")
@@ -69,6 +70,7 @@ class Outbox:
         if aside is not None:
             self.salvage = salvage(aside, self._db, self.metrics)
         self._marks = MarksLog(self._db)
+        self._staging = StagingJournal(path.with_name(path.name + "-staged"), synchronous == "full")
         self._scan()
 
     def _scan(self) -> None:
@@ -104,6 +106,11 @@ class Outbox:
         """Every node's committed state: the ``nodes`` table, then the marks log in order."""
         return load_nodes(self._db)
 
+    def load_staged(self) -> list[StagedFrame]:
+        """What the staging journal held at open (a process that stopped before the batch
+        closed), in order; some may be in a batch already: their counters say (``_staging``)."""
+        return list(self._staging.frames)
+
     def load_downlinks(self) -> dict[int, str]:
         return dict(self._db.execute("SELECT node_id, commands FROM downlinks").fetchall())
 
@@ -122,8 +129,11 @@ class Outbox:
         priority: int,
         nodes: Iterable[NodeRow] = (),
         downlinks_done: Iterable[int] = (),
+        unstage: bool = False,
     ) -> int:
         """Store one batch and the node state it advances, atomically. Returns the batch id.
+        ``unstage``: the batch holds every frame staged so far (``stage``); the journal is
+        emptied once it is committed.
 
         Raises ``OutboxFull`` when the disk is full even after evicting old batches; nothing of
         this batch (nor its node state) is then stored.
@@ -175,6 +185,8 @@ class Outbox:
                 raise OutboxFull(frames, f"disk full after evicting {len(evict)} batches") from exc2
             self._disk_full(0, len(evict))
         self._next_id = batch_id + 1
+        if unstage:
+            self.clear_staged()
         self._marks.committed(logged, fold)
         self._acked.difference_update(acked)
         for b in evict:
@@ -195,6 +207,19 @@ class Outbox:
         for cb in self._listeners:
             cb()
         return batch_id
+
+    def stage(self, frames: list[StagedFrame]) -> None:
+        """Append frames of a batch that is still open to the staging journal: on disk when
+        this returns (``synchronous = "full"``). Raises ``OSError`` (a full disk included)."""
+        self.metrics.disk_bytes_written.inc(amount=self._staging.append(frames))
+        self.metrics.staging_commits.inc()
+
+    def clear_staged(self) -> None:
+        """Empty the staging journal (what it held is in a committed batch)."""
+        try:
+            self._staging.clear()
+        except OSError as exc:  # harmless: its records are skipped by their counters
+            self._faults.log("staging_clear_failed", "event=outbox_staging_clear_failed error=%r", exc)
 
     def _disk_full(self, frames_lost: int, evicted: int) -> None:
         self._faults.log("disk_full", "event=outbox_disk_full path=%s evicted=%d frames_lost=%d",
@@ -294,4 +319,5 @@ class Outbox:
                     _log.warning("event=outbox_marks_not_folded rows=%d error=%r", self._marks.rows, exc)
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
+            self._staging.close()
             self._db.close()

@@ -1,0 +1,165 @@
+"""BLE frames are on disk within batch.durable_ms of acceptance while their batch stays open
+(gateway/batcher.py ``stage``): what a crash before the batch closes leaves, and what the
+next start makes of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gateway.batcher
+from gateway.batcher import Batcher
+from gateway.config import BatchConfig, HealthConfig
+from gateway.health import Health
+from gateway.metrics import Metrics
+from gateway.outbox import Outbox
+from gateway.outbox._staging import StagedFrame, decode, encode
+from gateway.registry import Node, Registry
+from gateway.replay import ReplayTable
+from gateway.verify import Duplicate, Heard, Verifier
+from tests.test_gw_support import KEYS, frame
+from urbansense.wire.protocol import NodeKeys
+from urbansense.wire.senml import frames_from_pack
+
+REGISTRY = Registry(Node(n, "water", NodeKeys(k)) for n, k in KEYS.items())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
+    c = Clock()
+    monkeypatch.setattr(gateway.batcher.time, "monotonic", c)
+    yield c
+
+
+class Stack:
+    """verify -> batch -> outbox on one file, as the gateway builds them at start."""
+
+    def __init__(self, path: Path, cfg: BatchConfig) -> None:
+        self.metrics = Metrics()
+        self.outbox = Outbox(path, 1 << 26, self.metrics)
+        self.replay = ReplayTable(self.outbox.load_nodes())
+        self.verifier = Verifier(REGISTRY, self.replay, self.metrics)
+        health = Health(HealthConfig(), REGISTRY, lambda *a: None, 0.0)
+        self.batcher = Batcher(cfg, self.outbox, REGISTRY, self.replay, health, self.metrics)
+
+    def hear(self, data: bytes, transport: str = "ble", reply: Any = None) -> Any:
+        v = self.verifier.process(Heard(data, transport, -70, reply))
+        if v is not None:
+            self.batcher.add(v)
+        return v
+
+    def staged(self) -> list[tuple[int, int]]:
+        """(node, fcnt) in the staging journal's file."""
+        frames, _ = decode(self.outbox._staging.path.read_bytes())
+        return [(f.node_id, f.fcnt) for f in frames]
+
+    def stored(self) -> list[tuple[int, int]]:
+        return [(n, f) for b in self.outbox.peek(0, 1000) for n, f, _ in frames_from_pack(b.payload)]
+
+
+def test_a_ble_frame_is_on_disk_within_durable_ms_and_a_crash_keeps_it(tmp_path: Path, clock: Clock) -> None:
+    """The batch stays open (max_age_s 60 s); 50 ms after acceptance the frames and their
+    replay marks are on disk. A process that dies then (the first stack is never closed)
+    leaves them staged: the next start makes them a batch, and hearing them again is a
+    duplicate, not a new frame."""
+    path = tmp_path / "outbox.db"
+    a = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))
+    for n in range(1, 11):
+        a.hear(frame(n, 7))
+    a.batcher.tick()
+    assert a.staged() == []  # not yet: 0 ms
+    clock.now_s += 0.05
+    a.batcher.tick()
+    assert a.staged() == [(n, 7) for n in range(1, 11)] and a.stored() == []  # batch still open
+    assert a.metrics.staging_commits.total() == 1
+    a.hear(frame(11, 7))
+    b = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))  # the crash: a is gone
+    assert sorted(b.stored()) == [(n, 7) for n in range(1, 11)]  # frame 11 was 0 ms old: lost
+    assert b.staged() == []
+    again = [b.hear(frame(n, 7)) for n in range(1, 11)]
+    assert all(isinstance(v, Duplicate) for v in again)
+    assert b.metrics.frames_accepted.total() == 0
+    a.outbox.close()
+    b.outbox.close()
+
+
+def test_a_journal_record_already_in_a_batch_is_not_recovered_twice(tmp_path: Path, clock: Clock) -> None:
+    """A power cut can lose the truncate that follows a batch's commit: the records come
+    back, and their counters (committed with the batch) say they are in it already. A torn
+    last record is cut off, and appends go on after the whole ones."""
+    path = tmp_path / "outbox.db"
+    a = Stack(path, BatchConfig(max_age_s=1.0, durable_ms=50))
+    for n in range(1, 6):
+        a.hear(frame(n, 3))
+    clock.now_s += 0.05
+    a.batcher.tick()
+    journal = a.outbox._staging.path
+    kept = journal.read_bytes()
+    clock.now_s += 1.0
+    a.batcher.tick()  # the batch closes, the journal is emptied
+    assert a.stored() and journal.read_bytes() == b""
+    a.outbox.close()
+    journal.write_bytes(kept + kept[:7])  # the truncate lost, and a torn append after it
+    b = Stack(path, BatchConfig(max_age_s=1.0, durable_ms=50))
+    assert sorted(b.stored()) == [(n, 3) for n in range(1, 6)]  # once
+    assert journal.read_bytes() == b""
+    b.outbox.close()
+
+
+def test_staging_leaves_batches_whole_and_the_close_removes_what_it_staged(tmp_path: Path, clock: Clock) -> None:
+    """250 frames at 10 ms intervals, staged every 100 ms: packs still close at 100 frames,
+    each frame is stored once, nothing stays staged."""
+    s = Stack(tmp_path / "outbox.db", BatchConfig(max_records=100, max_age_s=60.0, durable_ms=100))
+    for i in range(250):
+        s.hear(frame(1 + i % 30, 1 + i // 30))
+        clock.now_s += 0.01
+        s.batcher.tick()
+    clock.now_s += 60.0
+    s.batcher.tick()
+    batches = s.outbox.peek(0, 100)
+    assert [b.frames for b in batches] == [100, 100, 50]
+    assert len(s.stored()) == len(set(s.stored())) == 250
+    assert s.staged() == []
+    assert 20 <= s.metrics.staging_commits.total() <= 26
+
+
+def test_frames_that_wait_for_a_serial_ack_are_not_staged(tmp_path: Path, clock: Clock) -> None:
+    """A serial node keeps its frame until the ack, which follows the batch's commit: the
+    batch closes after ack_max_delay_ms, and staging would be a second write for nothing."""
+    s = Stack(tmp_path / "outbox.db", BatchConfig(max_age_s=60.0, durable_ms=10, ack_max_delay_ms=200))
+    acks: list[bytes] = []
+    s.hear(frame(1, 1), "serial", acks.append)
+    clock.now_s += 0.05
+    s.batcher.tick()
+    assert s.staged() == [] and s.metrics.staging_commits.total() == 0 and not acks
+    clock.now_s += 0.2
+    s.batcher.tick()
+    assert s.stored() == [(1, 1)] and len(acks) == 1
+
+
+_frames = st.lists(st.builds(StagedFrame, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+                             st.integers(0, 1), st.integers(0, 100), st.binary(max_size=80)), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_frames, st.binary(max_size=64))
+def test_the_journal_reads_back_every_whole_record_and_stops_at_damage(frames: list[StagedFrame],
+                                                                       tail: bytes) -> None:
+    """Any bytes after the whole records (a torn append, garbage) are ignored, never raise."""
+    data = encode(frames)
+    got, size = decode(data + tail)
+    assert got[:len(frames)] == frames and size >= len(data)
+    decode(tail)  # arbitrary bytes alone: no exception
