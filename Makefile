@@ -10,8 +10,9 @@ PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 # System packages: the test broker, its certificates, the browser for the status-page test,
 # PyPy for the simulator's shard workers (bench/bench_sim.py; tests/test_sim_pypy.py),
-# the city tier's NATS JetStream cluster and PostgreSQL (tests start private ones: docs/CITY.md).
-APT_PKGS := mosquitto openssl chromium pypy3 pypy3-venv nats-server postgresql
+# the city tier's NATS JetStream cluster and PostgreSQL (tests start private ones: docs/CITY.md),
+# gcc for the power-cut layer the outbox tests run on (tests/support/powercut.c, LD_PRELOAD).
+APT_PKGS := mosquitto openssl chromium pypy3 pypy3-venv nats-server postgresql gcc
 PYPY_VENV := .venv-pypy
 
 # First python3.11+ found (override: make PYTHON=python3.12 setup).

@@ -22,6 +22,7 @@ NODES = (1, 2, 3, 4)
 class GatewayProcess:
     def __init__(self, config: Path) -> None:
         self.config = config
+        self.env: dict[str, str] | None = None  # the process's environment (None: this one's)
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
         self.serial_open = asyncio.Event()
@@ -31,7 +32,7 @@ class GatewayProcess:
         self.serial_open.clear()
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "urbansense", "gateway", "run", "--config", str(self.config),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env,
         )
         self._reader = asyncio.create_task(self._read())
         await asyncio.wait_for(self.serial_open.wait(), 15)

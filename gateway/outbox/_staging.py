@@ -68,7 +68,14 @@ class StagingJournal:
     def __init__(self, path: Path, sync: bool) -> None:
         self.path = path
         self._sync = sync
+        created = not path.exists()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        if created and sync:  # fdatasync keeps the file's data, not its name in the directory
+            d = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(d)
+            finally:
+                os.close(d)
         size = os.fstat(self._fd).st_size
         self.frames, self.size = decode(os.pread(self._fd, size, 0)) if size else ([], 0)
         if self.size != size:  # a torn tail: appends go after the last whole record
