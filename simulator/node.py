@@ -281,6 +281,7 @@ class SimNode:
             t += interval + rng.uniform(0.0, 0.010)  # advDelay: 0-10 ms per event (Core spec)
         self.meter.add("ble_tx", per_event_uc * len(times))
         if frame_idx >= 0 and times:
+            self.sim.frames[frame_idx].adverts += len(times)  # the truth's "transmissions"
             self.sim.air.add_events(self, frame_idx, times, air)
 
     # ------------------------------------------------------------------ the cycle
