@@ -34,7 +34,11 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     # The city tier: a backlog drained by one collector into PostgreSQL and SQLite, latency.
     "collector": ("bench.bench_collector", [], ["--readings", "30000", "--sqlite-readings", "10000",
                                                 "--seconds", "3"]),
+    # What batch.durable_ms costs the SD card (BLE frames on disk within 1 s of receipt).
+    "durable": ("bench.bench_durable", [], []),
 }
+# Written by `make soak` (tests/test_soak_week.py); shown, with its date, when present.
+SOAK_WEEK = ROOT / "out" / "soak-week.json"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -128,6 +132,8 @@ def render(results: dict[str, dict[str, Any]], info: dict[str, Any], quick: bool
     out += _district_section(results.get("district"))
     out += fieldkit_section(results.get("fieldkit"))
     out += _collector_section(results.get("collector"))
+    out += _durable_section(results.get("durable"))
+    out += soak_section(SOAK_WEEK)
     out += ["## Raw results", ""]
     for name, data in results.items():
         out += [f"<details><summary>{name}</summary>", "", "```json",
@@ -332,6 +338,50 @@ def previous_results(path: Path) -> dict[str, dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def _durable_section(d: dict[str, Any] | None) -> list[str]:
+    lines = _header("Durability: what batch.durable_ms costs the SD card", d)
+    if d is None or "error" in d:
+        return lines
+    cols = [("staging_off_max_age_5s", "staging off, max_age_s 5 (loss window 5 s)"),
+            ("durable_1000ms_max_age_5s", "durable_ms 1000 (default), max_age_s 5"),
+            ("durable_1000ms_max_age_30s", "durable_ms 1000, max_age_s 30"),
+            ("no_staging_max_age_1s", "no staging, max_age_s 1")]
+    lines += ["Outbox bytes written (write(2)) per day for BLE frames from 30 nodes, 1 KiB pages, "
+              "and frames per pack on the wire.", "",
+              "| BLE frames/s | " + " | ".join(title for _, title in cols) + " |",
+              "|---" * (len(cols) + 1) + "|"]
+    for rate, row in d.items():
+        if not isinstance(row, dict) or rate.startswith("_"):
+            continue
+        cells = [f"{_fmt(_get(row, k, 'mb_per_day'))} MB/day, {_fmt(_get(row, k, 'frames_per_batch'))}"
+                 for k, _ in cols]
+        lines.append(f"| {rate.split('_')[0]} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def soak_section(path: Path) -> list[str]:
+    lines = ["## A week in the field (make soak)", ""]
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return [*lines, f"Not run here ({path.relative_to(ROOT)} absent): `make soak` writes it.", ""]
+    when = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    led, faults = d.get("ledger", {}), d.get("faults", {})
+    lines += [
+        f"Command: `make soak` (tests/test_soak_week.py), {when}: angers-centre, {_fmt(d.get('nodes'))} nodes, "
+        f"{_fmt(d.get('days'))} simulated days paced at up to {_fmt(d.get('speed'), 0)}x "
+        f"({_fmt(d.get('wall_s'))} s of wall time), both gateways as processes.", "",
+        "Faults: " + ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in sorted(faults.items())) + ".", "",
+        "| sent | at the broker | lost on air | gateway down or socket full | in a cut's durable_ms window "
+        "| serial unacked | unexplained | wrong | invented | extra copies (same values) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(_fmt(led.get(k)) for k in ("sent", "at_broker", "lost_on_air", "gateway_down_or_full",
+                                                      "cut_window", "serial_unacked", "unexplained", "wrong",
+                                                      "invented", "copies")) + " |",
+    ]
+    return [*lines, ""]
 
 
 def _main(args: argparse.Namespace) -> int:
