@@ -90,6 +90,14 @@ def _integrity(data: Path, scratch: Path) -> str:
         db.close()
 
 
+def _stored(data: Path) -> list[tuple[int, int]]:
+    db = sqlite3.connect(data / "outbox.db")
+    try:
+        return [(n, f) for (p,) in db.execute("SELECT payload FROM batches") for n, f, _ in frames_from_pack(p)]
+    finally:
+        db.close()
+
+
 async def powercut_loop(tmp_path: Path, shim: Path, lives: int, seed: int,
                         synchronous: str = "full", durable_ms: int = DURABLE_MS,
                         serial: bool = True, max_records: int = 100) -> dict[str, Any]:
@@ -186,7 +194,7 @@ enabled = false
 
     try:
         for _ in range(lives):
-            powercut.arm(data)
+            await asyncio.to_thread(powercut.arm, data)
             gw.env = powercut.env(data, shim)
             await gw.start()
             await wait_for(air.exists, what="the BLE socket bound")
@@ -195,8 +203,8 @@ enabled = false
             assert await gw.kill() == -signal.SIGKILL
             collect_acks()
             must_keep.update(k for k, t in heard.items() if t <= t_cut - DURABLE_MS / 1000 - SLACK_S)
-            cuts.append(powercut.cut(data, rng, torn=rng.random() < 0.5))
-            assert _integrity(data, tmp_path / "scratch") == "ok"
+            cuts.append(await asyncio.to_thread(powercut.cut, data, rng, rng.random() < 0.5))
+            assert await asyncio.to_thread(_integrity, data, tmp_path / "scratch") == "ok"
         # Last life, power kept: the serial node resends until everything is acked.
         gw.env = None
         await gw.start()
@@ -210,11 +218,7 @@ enabled = false
     finally:
         gw.ensure_dead()
         node.close()
-    db = sqlite3.connect(data / "outbox.db")
-    try:
-        stored = [(n, f) for (p,) in db.execute("SELECT payload FROM batches") for n, f, _ in frames_from_pack(p)]
-    finally:
-        db.close()
+    stored = await asyncio.to_thread(_stored, data)
     return {"lines": gw.lines, "stored_list": stored, "stored": set(stored), "acked": acked,
             "serial_sent": set(serial_sent), "ble_sent": set(ble_sent), "must_keep": must_keep,
             "cuts": cuts, "lives": lives}

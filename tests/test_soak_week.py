@@ -120,7 +120,7 @@ async def test_a_week_in_the_field(tmp_path: Path, mqtt_broker_factory: BrokerFa
     loop = asyncio.get_running_loop()
 
     async def start(gw_id: str) -> None:
-        powercut.arm(data[gw_id])
+        await asyncio.to_thread(powercut.arm, data[gw_id])
         gws[gw_id].env = powercut.env(data[gw_id], shim)
         await gws[gw_id].start()
 
@@ -166,7 +166,7 @@ async def test_a_week_in_the_field(tmp_path: Path, mqtt_broker_factory: BrokerFa
                     wall = time.monotonic()
                     assert await gws[gw_id].kill() == -signal.SIGKILL
                     if kind == "power_cut":
-                        powercut.cut(data[gw_id], rng, torn=rng.random() < 0.5)
+                        await asyncio.to_thread(powercut.cut, data[gw_id], rng, rng.random() < 0.5)
                     cuts[gw_id].append((sim_at(wall - DURABLE_MS / 1000 - SLACK_S), sim.engine.now, kind))
                     down_until[gw_id] = sim.engine.now + rng.uniform(120, 1800)
                     faults[f"gateway_{kind}"] += 1
