@@ -166,6 +166,7 @@ enabled = false
     async def load(duration_s: float) -> dict[tuple[int, int], float]:
         heard: dict[tuple[int, int], float] = {}
         tick = 0
+        last_serial = loop.time()
         end = loop.time() + duration_s
         while loop.time() < end:
             collect_acks()
@@ -175,7 +176,8 @@ enabled = false
             if serial and tick % 10 == 0:
                 for k in [k for k in serial_sent if k not in acked][:8]:
                     node.send(serial_sent[k])
-            if serial and rng.random() < 0.03:
+            if serial and (rng.random() < 0.03 or loop.time() - last_serial > 0.2):
+                last_serial = loop.time()
                 n = rng.choice(SERIAL_NODES)
                 fcnt[n] += 1
                 serial_sent[(n, fcnt[n])] = frame(n, fcnt[n])
