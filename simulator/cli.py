@@ -34,7 +34,7 @@ def add_parser(subparsers: Any) -> None:
                           "this CPython without it), self (fork this CPython), or a path")
     run.add_argument("--gateway-socket", action="append", default=[], metavar="GW=PATH",
                      help="hand gateway GW's adverts to the BLE datagram socket PATH of an "
-                          "`urbansense gateway run` (ble.backend = \"simulator\"); repeatable")
+                          "`urbansense gateway run` (ble.backend = \"datagram\"); repeatable")
     run.add_argument("--wait-gateways", type=duration_arg, default=30.0,
                      help="before the run, wait this long for each gateway socket to be bound")
     run.add_argument("--pty-dir", default=None,
@@ -109,7 +109,7 @@ def _wait_for_sockets(sim: Any, timeout_s: float) -> None:
                     pass
             if time.monotonic() > deadline:
                 raise OSError(f"gateway {g.gw_id}: nothing bound to {g.sim_socket} after {timeout_s:.0f} s "
-                              "(start `urbansense gateway run` with ble.sim_socket set to it)")
+                              "(start `urbansense gateway run` with ble.datagram_socket set to it)")
             time.sleep(0.05)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from gateway.registry import NodeSpec, write_registry
-from simulator.bleak_backend import send_advert
+from gateway.transports.datagram import send_advert
 from tests.support import powercut
 from tests.test_gw_crash import GatewayProcess
 from tests.test_gw_support import KEYS, PtyNode, decode_ack, frame, wait_for
@@ -133,8 +133,8 @@ retry_min_s = 0.05
 retry_max_s = 0.2
 [ble]
 enabled = true
-backend = "simulator"
-sim_socket = "{air}"
+backend = "datagram"
+datagram_socket = "{air}"
 [http]
 enabled = false
 """)

@@ -56,8 +56,8 @@ retry_min_s = 0.1
 retry_max_s = 0.5
 [ble]
 enabled = true
-backend = "simulator"
-sim_socket = "{air}"
+backend = "datagram"
+datagram_socket = "{air}"
 [http]
 enabled = false
 """)
