@@ -190,3 +190,10 @@ def test_doctor_on_a_provisioned_virtual_board(tmp_path: Path, capsys: pytest.Ca
         rc = main(["node", "doctor", "--port", board.port, "--json"])
         res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert rc == 1 and "lib/us_cobs.mpy" in res["stale_files"]
+
+
+def test_a_full_filesystem_says_to_reflash(tmp_path: Path) -> None:
+    with VirtualBoard(tmp_path / "flash", flash_bytes=8000) as board:
+        with pytest.raises(FieldError) as ei:
+            provision(Request(board.port, "bin", "city-wroom32e", "s", tmp_path / "r.jsonl"))
+    assert "filesystem is full" in ei.value.problem and "node flash" in ei.value.next_step

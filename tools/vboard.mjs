@@ -3,7 +3,10 @@
 // like an ESP32's USB serial REPL for the real mpremote (tests/support/vboard.py puts it
 // behind a pty).
 //
-//   node tools/vboard.mjs --fs HOSTDIR [--heap SIZE]
+//   node tools/vboard.mjs --fs HOSTDIR [--heap SIZE] [--flash-bytes N]
+//
+// --flash-bytes N: a filesystem that holds N bytes of file data; a write past that raises
+// OSError(ENOSPC) as a full littlefs does on a board (the VM's own file system has no limit).
 //
 // HOSTDIR is the board's flash: copied into the VM at start, written back (changed files
 // only, deletions too) after every raw-REPL command (the \x04 that ends its output), at
@@ -28,6 +31,7 @@ import path from "node:path";
 const PKG = "@micropython/micropython-webassembly-pyscript";
 const SYSTEM_DIRS = new Set(["dev", "proc", "tmp", "home"]);
 const ERRNO = [
+  [Buffer.from("OSError: 28\r"), Buffer.from("OSError: [Errno 28] ENOSPC\r")],
   [Buffer.from("OSError: 44\r"), Buffer.from("OSError: [Errno 2] ENOENT\r")],
   [Buffer.from("OSError: 20\r"), Buffer.from("OSError: [Errno 17] EEXIST\r")],
 ];
@@ -43,6 +47,41 @@ if (!hostDir) {
   process.exit(2);
 }
 const heap = parseInt(arg("--heap", String(2 * 1024 * 1024)), 10);
+const flashBytes = parseInt(arg("--flash-bytes", "0"), 10);
+// Installed at every boot when --flash-bytes is given: open() hands out files whose write()
+// counts the bytes every file holds and refuses past the limit.
+const QUOTA = `
+def _install_quota(limit):
+    import builtins, os
+    _open = builtins.open
+    def used(top=''):
+        n = 0
+        for e in os.ilistdir(top or '/'):
+            p = (top + '/' + e[0]) if top else e[0]
+            if top == '' and e[0] in ('dev', 'proc', 'tmp', 'home'):
+                continue
+            n += used(p) if e[1] == 0x4000 else os.stat(p)[6]
+        return n
+    class Quota:
+        def __init__(self, f):
+            self.f = f
+        def write(self, b):
+            if used() + len(b) > limit:
+                raise OSError(28)
+            return self.f.write(b)
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+        def __enter__(self):
+            return self
+        def __exit__(self, *a):
+            self.f.close()
+    def open(path, mode='r', *a):
+        f = _open(path, mode, *a)
+        return Quota(f) if ('w' in mode or 'a' in mode) else f
+    builtins.open = open
+_install_quota(${flashBytes})
+del _install_quota
+`;
 fs.mkdirSync(hostDir, { recursive: true });
 
 // -- output, with the errno rewrite -------------------------------------------------------
@@ -158,6 +197,7 @@ let raw = false;
 async function boot(snap, inRaw) {
   mp = await loadMicroPython({ heapsize: heap, stdout: emit, stderr: emit, linebuffer: false });
   restore(mp.FS, snap);
+  if (flashBytes > 0) mp.runPython(QUOTA);
   mute = inRaw; // a raw-REPL soft reset shows no banner, only the raw prompt
   mp.replInit();
   mute = false;

@@ -28,8 +28,9 @@ VBOARD = ROOT / "tools" / "vboard.mjs"
 
 
 class VirtualBoard:
-    def __init__(self, flash_dir: Path) -> None:
+    def __init__(self, flash_dir: Path, flash_bytes: int = 0) -> None:
         self.flash_dir = Path(flash_dir)
+        self.flash_bytes = flash_bytes  # 0: no limit; else writes past it fail with ENOSPC
         self.flash_dir.mkdir(parents=True, exist_ok=True)
         self.port = ""
         self._proc: subprocess.Popen[bytes] | None = None
@@ -54,7 +55,10 @@ class VirtualBoard:
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         self.port = os.ttyname(self._slave)
-        self._proc = subprocess.Popen([node, str(VBOARD), "--fs", str(self.flash_dir)],
+        cmd = [node, str(VBOARD), "--fs", str(self.flash_dir)]
+        if self.flash_bytes:
+            cmd += ["--flash-bytes", str(self.flash_bytes)]
+        self._proc = subprocess.Popen(cmd,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
         self._threads = [threading.Thread(target=self._to_board, daemon=True),
                          threading.Thread(target=self._from_board, daemon=True)]
