@@ -161,15 +161,34 @@ def profile_from_power(board: str, power: dict[str, Any], *, fallback: bool = Fa
     )
 
 
-def load_board(name: str, boards_dir: Path = BOARDS_DIR) -> tuple[dict[str, Any], PowerProfile]:
-    """-> (board json as the firmware reads it, power profile). Falls back when absent."""
+def load_board(name: str, boards_dir: Path = BOARDS_DIR, image: str | None = None
+               ) -> tuple[dict[str, Any], PowerProfile]:
+    """-> (board json as the firmware reads it, power profile). Falls back when absent.
+
+    ``image``: a MicroPython image other than the one the board's ``power`` table assumes,
+    e.g. "stock": its figures (``power_images.stock`` in the board file: boot time and
+    charge of the stock image) replace the board's."""
     path = boards_dir / f"{name}.json"
     if path.is_file():
         data: dict[str, Any] = json.loads(path.read_text())
-        return data, profile_from_power(name, dict(data.get("power", {})))
+        power = dict(data.get("power", {}))
+        if image is not None:
+            images = data.get("power_images", {})
+            if image not in images:
+                raise ValueError(f"board {name} has no power figures for image {image!r} "
+                                 f"(has: {', '.join(images) or 'none'})")
+            power.update(images[image])
+        return data, profile_from_power(name, power)
     data = {"name": name, "chip": "ESP32", "pins": dict(FALLBACK_PINS), "power": FALLBACK_PROFILE,
             "battery_divider": {"r_top_ohm": 1_000_000, "r_bottom_ohm": 1_000_000}}
     return data, profile_from_power(name, {}, fallback=True)
+
+
+def boot_only_life_years(profile: PowerProfile, cell: Cell, wakes_per_day: float) -> float:
+    """Battery life of a node that only wakes and sleeps again (deep sleep, the board's static
+    draw, one boot per wake): the ceiling any firmware on this image gets at that wake rate."""
+    avg_ua = profile.deep_sleep_ua + profile.static_ua + profile.boot_uc * wakes_per_day / 86400.0
+    return cell.life_years(avg_ua)
 
 
 @dataclass(frozen=True, **DATACLASS_SLOTS)
@@ -184,11 +203,25 @@ class Cell:
     usable_fraction: float = 0.85
     self_discharge_per_year: float = 0.01  # "about 1 %/year at 20 C" (Li-SOCl2 datasheets)
     nominal_v: float = 3.6
+    # Rated shelf life: no projection beyond it is shown (a 43-year figure means nothing for a
+    # cell rated for about 20). 20 years is issue 12's figure for bobbin Li-SOCl2 cells; the
+    # Varta Microbattery Li/SOCl2 handbook (section 1, "Advantages") says shelf and operational
+    # life "up to 15 years and more". UNVERIFIED for the modelled D cell: check the datasheet of
+    # the cell actually bought (Tadiran TL-5930, Saft LS 33600) before relying on the cap.
+    shelf_life_years: float = 20.0
 
-    def life_years(self, average_ua: float) -> float:
+    def uncapped_life_years(self, average_ua: float) -> float:
+        """The charge arithmetic alone: usable charge / (load + self-discharge) per year."""
         usable_uah = self.nominal_ah * 1e6 * self.usable_fraction
         per_year_uah = average_ua * HOURS_PER_YEAR + self.nominal_ah * 1e6 * self.self_discharge_per_year
         return usable_uah / per_year_uah
+
+    def life_years(self, average_ua: float) -> float:
+        """Projected life, capped at the cell's rated shelf life (``capped`` tells when)."""
+        return min(self.uncapped_life_years(average_ua), self.shelf_life_years)
+
+    def capped(self, average_ua: float) -> bool:
+        return self.uncapped_life_years(average_ua) > self.shelf_life_years
 
     def voltage_mv(self, used_fraction: float) -> int:
         # Li-SOCl2 is flat at ~3.6 V under light load and falls off at the end of life.

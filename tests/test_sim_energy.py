@@ -81,8 +81,12 @@ def test_battery_life_arithmetic() -> None:
     avg_ua = 20.0
     usable_uah = 19e6 * 0.85
     per_year_uah = avg_ua * HOURS_PER_YEAR + 19e6 * 0.01
-    assert cell.life_years(avg_ua) == pytest.approx(usable_uah / per_year_uah)
-    assert cell.life_years(0.0) == pytest.approx(85.0)  # self-discharge alone
+    assert cell.uncapped_life_years(avg_ua) == pytest.approx(usable_uah / per_year_uah)
+    assert cell.uncapped_life_years(0.0) == pytest.approx(85.0)  # self-discharge alone
+    # Shown capped at the cell's rated shelf life (issue 12), and said to be.
+    assert cell.life_years(avg_ua) == cell.shelf_life_years == 20.0 and cell.capped(avg_ua)
+    assert cell.life_years(1000.0) == pytest.approx(cell.uncapped_life_years(1000.0))
+    assert not cell.capped(1000.0)
     assert cell.voltage_mv(0.0) > cell.voltage_mv(0.99)
 
 
