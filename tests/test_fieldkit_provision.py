@@ -18,7 +18,6 @@ import serial
 from gateway.registry import write_registry
 from tests.support.mpvm import missing_reason, run_micropython
 from tests.support.vboard import VirtualBoard
-from tests.test_fw_vm import FAKE_SOURCES
 from tests.test_gw_support import make_config, wait_for
 from urbansense.cli import main
 from urbansense.fieldkit import FieldError
@@ -26,6 +25,9 @@ from urbansense.fieldkit.provision import Request, provision
 from urbansense.fieldkit.siteregistry import SiteRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
+# The fake HAL and what it imports from the simulator, as tests/test_fw_vm.py mounts them.
+FAKE_SOURCES = (ROOT / "tests" / "fw_fakes.py", ROOT / "simulator" / "esp32_port.py",
+                ROOT / "simulator" / "part_registers.py")
 pytestmark = [pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
               pytest.mark.timeout(120)]
 

@@ -9,8 +9,11 @@ board names (``us_config``, ``us_parking``...) from ``firmware/lib`` as on the b
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
@@ -28,6 +31,23 @@ def firmware_module(name: str) -> ModuleType:
     """-> the firmware module ``name`` (e.g. "us_config") from firmware/lib, through the one
     loader every in-process firmware import uses (simulator/firmware_loader.py)."""
     return _load(name, FIRMWARE_LIB)
+
+
+@contextlib.contextmanager
+def _borrowed_firmware() -> Iterator[None]:
+    """Firmware modules loaded for one check leave again (sys.modules and sys.path as before):
+    the laptop check must not decide which firmware a later in-process user (the simulator, a
+    test with its own firmware directory) gets under the board's module names."""
+    names = {p.stem for p in FIRMWARE_LIB.glob("*.py")}
+    before = set(sys.modules)
+    path = list(sys.path)
+    try:
+        yield
+    finally:
+        for name in set(sys.modules) - before:
+            if name in names:
+                del sys.modules[name]
+        sys.path[:] = path
 
 
 def load_board(name: str) -> dict[str, Any]:
@@ -48,6 +68,11 @@ def board_json_for_node(board: dict[str, Any]) -> bytes:
 def check(cfg: dict[str, Any], board: dict[str, Any]) -> None:
     """Raise FieldError if the node would enter safe mode with this config and board: the
     same checks, in the same order, as us_node.run_cycle at a boot."""
+    with _borrowed_firmware():
+        _check(cfg, board)
+
+
+def _check(cfg: dict[str, Any], board: dict[str, Any]) -> None:
     us_config = firmware_module("us_config")
     text = json.dumps(cfg)
     try:
