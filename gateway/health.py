@@ -13,6 +13,7 @@ until it is heard).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,9 @@ _FIELDS = {key: q.field for key, q in QUANTITIES.items()}
 EventSink = Callable[[dict[str, Any]], None]
 
 
+RSSI_RECENT = 30  # frames of RSSI history per node (a few minutes for a busy node)
+
+
 @dataclass(slots=True)
 class NodeHealth:
     node_id: int
@@ -47,6 +51,8 @@ class NodeHealth:
     silent: bool = False
     # The latest value of each quantity, by key: named only when the status page asks.
     readings: dict[int, int | bool] = field(default_factory=dict)
+    # (received_s, RSSI) of the last frames: the technician's "signal over the last minutes".
+    rssi_recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RSSI_RECENT))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +70,7 @@ class NodeHealth:
             "low_battery": self.low_battery,
             "silent": self.silent,
             "readings": {_FIELDS.get(k) or f"q{k}": v for k, v in self.readings.items()},
+            "rssi_recent": [list(x) for x in self.rssi_recent],
         }
 
 
@@ -104,6 +111,7 @@ class Health:
         h.transport = rec.transport
         if rec.rssi_dbm is not None:
             h.rssi_dbm = rec.rssi_dbm
+            h.rssi_recent.append((rec.received_s, rec.rssi_dbm))
         if h.silent:
             h.silent = False
             self._emit("back", h)

@@ -155,7 +155,7 @@ def test_status_page_lists_nodes_and_updates_live(
             expect(rows).to_have_count(3, timeout=UI_TIMEOUT_MS)
             # Registered nodes are listed before they are heard ("never"): wait for all three.
             expect(page.locator("#nodes")).not_to_contain_text("never", timeout=UI_TIMEOUT_MS)
-            headers = [h.strip() for h in page.locator("thead th").all_inner_texts()]
+            headers = [h.strip() for h in page.locator("#nodes-table thead th").all_inner_texts()]
             for col in ("node", "kind", "last seen", "RSSI", "battery", "last reading", "alarms"):
                 assert col in headers, f"column {col!r} missing from {headers}"
 
@@ -168,11 +168,18 @@ def test_status_page_lists_nodes_and_updates_live(
                 assert c["kind"] == kind
                 assert re.fullmatch(r"\d+ s ago", c["last seen"]), c
                 assert c["RSSI"] == str(rssi)
-                assert c["battery"] == f"{readings[5]} mV"
-                assert f"battery_mv={readings[5]}" in c["last reading"]
-            assert "occupied=true" in cells(1)["last reading"]
-            assert "fill_pct=40" in cells(2)["last reading"]
-            assert "volume_l=12345" in cells(3)["last reading"]
+                # Human units for the technician (issue 12), not raw battery_mv=3610 strings.
+                assert c["battery"] == f"{readings[5] / 1000:.2f} V"
+                assert f"{readings[5] / 1000:.2f} V" in c["last reading"]
+                assert "battery_mv" not in c["last reading"]
+                assert c["rejected"] == "-"
+            assert "occupied" in cells(1)["last reading"]
+            assert "40 % full" in cells(2)["last reading"]
+            assert "12.345 m\u00b3" in cells(3)["last reading"]
+            # The per-kind summary on top: one registered and heard node of each kind.
+            for kind in ("parking", "bin", "water"):
+                krow = page.locator(f'#kinds tr[data-kind="{kind}"] td').all_inner_texts()
+                assert krow[:3] == [kind, "1", "1"], krow
             assert cells(3)["alarms"] == "leak"
             assert cells(1)["alarms"] == cells(2)["alarms"] == "-"
 
@@ -195,15 +202,33 @@ def test_status_page_lists_nodes_and_updates_live(
             # -- live update: the bin node reports a new fill level, stronger signal
             _advert(air, 2, 2, {2: 87, 5: 3540}, -58)
             bin_row = page.locator('#nodes tr[data-node="00000002"]')
-            expect(bin_row).to_contain_text("fill_pct=87", timeout=UI_TIMEOUT_MS)
+            expect(bin_row).to_contain_text("87 % full", timeout=UI_TIMEOUT_MS)
             c = cells(2)
-            assert (c["fcnt"], c["RSSI"], c["battery"]) == ("2", "-58", "3540 mV")
+            assert (c["fcnt"], c["RSSI"], c["battery"]) == ("2", "-58", "3.54 V")
+            assert c["RSSI 5 min"] == "-72 \u2026 -58 dBm (2)"
+
+            # -- why a node's frames are rejected: a board with another key, on the water node
+            send_advert(air, "AA:BB:CC:00:00:03", -90,
+                        {COMPANY_ID: frame(3, 9, {5: 3300}, key=KEYS[9])})
+            expect(page.locator('#nodes tr[data-node="00000003"]')).to_contain_text(
+                "bad_mic \u00d71", timeout=UI_TIMEOUT_MS)
+            krow = page.locator('#kinds tr[data-kind="water"] td').all_inner_texts()
+            assert krow[-1] == "1", krow
+
+            # -- find a node by id (8 hex digits or decimal), and from the address bar
+            page.fill("#find", "00000002")
+            expect(rows).to_have_count(1, timeout=UI_TIMEOUT_MS)
+            page.fill("#find", "3")
+            expect(page.locator('#nodes tr[data-node="00000003"]')).to_have_count(1)
+            expect(rows).to_have_count(1)
+            page.fill("#find", "")
+            expect(rows).to_have_count(3, timeout=UI_TIMEOUT_MS)
             expect(page.locator("#accepted")).to_have_text("4", timeout=UI_TIMEOUT_MS)
             expect(page.locator("#published")).to_have_text("4", timeout=UI_TIMEOUT_MS)
 
             # -- a new alarm on the parking node shows up in the alarms column
             _advert(air, 1, 2, {0: False, 4: 8, 5: 3600}, -61, ftype=2)
-            expect(page.locator('#nodes tr[data-node="00000001"] td').last).to_have_text(
+            expect(page.locator('#nodes tr[data-node="00000001"] td').nth(8)).to_have_text(
                 "tamper", timeout=UI_TIMEOUT_MS)
 
             shot = tmp_path / "statuspage.png"
@@ -218,12 +243,15 @@ def test_status_page_lists_nodes_and_updates_live(
             expect(page.locator("#broker")).to_have_class("bad")
             _advert(air, 3, 2, {3: 12400, 4: 1, 5: 3300}, -83, ftype=2)
             expect(page.locator('#nodes tr[data-node="00000003"]')).to_contain_text(
-                "volume_l=12400", timeout=UI_TIMEOUT_MS)
+                "12.400 m\u00b3", timeout=UI_TIMEOUT_MS)
             expect(page.locator("#outbox")).not_to_have_text(re.compile(r"^0 /"))
             broker.start()
             expect(page.locator("#broker")).to_have_text("online", timeout=UI_TIMEOUT_MS)
             expect(page.locator("#published")).to_have_text("6", timeout=UI_TIMEOUT_MS)
             expect(page.locator("#outbox")).to_have_text(re.compile(r"^0 / "), timeout=UI_TIMEOUT_MS)
+            page.goto(url + "?node=00000001")
+            expect(rows).to_have_count(1, timeout=UI_TIMEOUT_MS)
+            expect(page.locator('#nodes tr[data-node="00000001"]')).to_have_count(1)
             assert errors == [], f"JavaScript errors on the page: {errors}"
         finally:
             browser.close()
