@@ -69,8 +69,10 @@ async def test_blank_board_to_a_verified_first_frame(
     gw = await running(_cfg(tmp_path, mqtt_broker, registry))
     flash = tmp_path / "flash"
     with VirtualBoard(flash) as board:
-        rc, res = _provision(board.port, registry, capsys)
+        label = tmp_path / "label.png"
+        rc, res = _provision(board.port, registry, capsys, "--label-png", str(label))
         assert rc == 0 and res["ok"] and res["files_copied"] >= 20 and res["bytes_copied"] > 20000
+        assert label.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         node_id = res["node_id"]
         key = SiteRegistry(registry).records()[0]["key"]
         assert key not in json.dumps(res)  # never printed

@@ -25,6 +25,7 @@ def add_parser(subparsers: Any) -> None:
                     help="the site registry file (default: sites/SITE/nodes.jsonl)")
     pr.add_argument("--node-id", help="use this id (default: the next free one in the registry)")
     pr.add_argument("--transport", default="ble", choices=("ble", "serial"))
+    pr.add_argument("--label-png", type=Path, help="also write the label as a QR-code PNG here")
     pr.add_argument("--json", action="store_true", help="print the result as JSON (no progress)")
     pr.set_defaults(handler=guarded(_provision))
     fl = sub.add_parser("flash", help="install the board's pinned MicroPython image (esptool; never downloads)")
@@ -72,13 +73,16 @@ class _Bar:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from urbansense.fieldkit.provision import Request, label_text, provision
+    from urbansense.fieldkit.provision import Request, label_text, provision, write_label_png
     from urbansense.fieldkit.siteregistry import parse_node_id
 
     registry = args.registry or Path("sites") / args.site / "nodes.jsonl"
     req = Request(port=args.port, kind=args.kind, board=args.board, site=args.site, registry=registry,
                   node_id=parse_node_id(args.node_id) if args.node_id else None, transport=args.transport)
     result = provision(req, None if args.json else _Bar())
+    if args.label_png:
+        write_label_png(result, args.label_png)
+        result["label_png"] = str(args.label_png)
     text = (f"{label_text(result)}\n"
             f"copied {result['files_copied']} files ({result['bytes_copied']} B), "
             f"{result['files_unchanged']} unchanged; self-check ok (fw {result['self_check'].get('fw')})\n"

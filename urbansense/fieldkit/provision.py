@@ -129,6 +129,22 @@ def provision(req: Request, progress: boardlink.Progress | None = None) -> dict[
     }
 
 
+def label_payload(result: dict[str, Any]) -> str:
+    """What the QR code on the box holds: no key, only what a technician reads on the label."""
+    return (f"urbansense:node={result['node']};kind={result['kind']};site={result['site']};"
+            f"board={result['board']};date={result['date']}")
+
+
+def write_label_png(result: dict[str, Any], path: Path) -> None:
+    """The label as a QR-code PNG (the qrcode package, PNG through Pillow)."""
+    import qrcode  # type: ignore[import-untyped]  # no stubs shipped
+
+    img = qrcode.make(label_payload(result))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        img.save(f)
+
+
 def label_text(result: dict[str, Any]) -> str:
     return (f"urbansense node {result['node']} ({result['node_id']})\n"
             f"kind {result['kind']}  site {result['site']}  board {result['board']}\n"
