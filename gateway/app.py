@@ -348,6 +348,12 @@ class Gateway:
                 "since_s": pub.connected_since_s if pub else 0.0,
                 "last_error": pub.last_error if pub else "",
             },
+            # One per configured broker: where downlinks are received (docs/GATEWAY.md).
+            "downlink_listeners": [
+                {"broker": lis.name, "connected": lis.connected_for_s() is not None,
+                 "last_error": lis.last_error} for lis in self.listeners
+            ],
+            "downlinks_pending": len(self.downlinks.pending) if self.downlinks else 0,
             "frames_in": m.frames_in.values,
             "accepted": m.frames_accepted.total(),
             "rejections": {k: v for k, v in m.rejections.values.items() if v},

@@ -82,7 +82,7 @@ def describe(exc: BaseException, transport: TransportLog | None, keepalive_s: fl
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"tls: {exc.verify_message or exc.reason}"
     if isinstance(exc, ssl.SSLError):
-        return f"tls: {exc.reason or exc}"
+        return f"tls: {exc}"  # e.g. "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required"
     text = str(exc) or type(exc).__name__
     if transport is not None and transport.last_error:
         alert = transport.last_error

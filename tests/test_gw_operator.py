@@ -280,3 +280,14 @@ brokers = ["127.0.0.1:1"]
     bad = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert bad.returncode == 2
     assert f"mqtt.ca_file: file not found: {tmp_path / 'ca.crt'}" in bad.stderr
+
+
+async def test_api_status_shows_each_downlink_listener(
+    tmp_path: Path, mqtt_broker: Any, running: Any
+) -> None:
+    gw = await running(make_config(tmp_path, mqtt_broker))
+    await wait_for(lambda: gw.status()["downlink_listeners"][0]["connected"], what="listener up")
+    st = gw.status()
+    assert st["downlink_listeners"] == [
+        {"broker": f"{mqtt_broker.host}:{mqtt_broker.port}", "connected": True, "last_error": ""}]
+    assert st["downlinks_pending"] == 0
