@@ -179,7 +179,7 @@ class RunningGateway:
 
 async def feed_all(gw: Any, frames: list[bytes], transport: str = "bench") -> None:
     """Feed as fast as the ingress queue takes them; wait for room instead of spinning."""
-    from gateway.verify import Heard
+    from gateway.flow import Heard
 
     q = gw.ingress
     feed = gw.feed

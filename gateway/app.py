@@ -30,6 +30,7 @@ from gateway.batcher import Batcher
 from gateway.config import GatewayConfig
 from gateway.downlinks import Downlinks
 from gateway.errors import ConfigError
+from gateway.flow import Heard, Verdict
 from gateway.health import Health
 from gateway.listener import DownlinkListener
 from gateway.metrics import Metrics
@@ -42,7 +43,7 @@ from gateway.registry_watch import RegistryWatch
 from gateway.replay import ReplayTable
 from gateway.transports.ble import BleTransport
 from gateway.transports.serial import SerialPort
-from gateway.verify import Heard, Verdict, Verifier
+from gateway.verify import Verifier
 
 _log = logging.getLogger(__name__)
 HISTORY_LEN = 300  # samples for the status page charts

@@ -26,13 +26,13 @@ from gateway.config import BatchConfig
 from gateway.dedup import DedupIndex
 from gateway.downlinks import Downlinks
 from gateway.errors import OutboxFull
+from gateway.flow import Accepted, Duplicate, NodeRow, Verdict
 from gateway.health import Health
 from gateway.metrics import Metrics
-from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox, StagedFrame
+from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, Outbox, StagedFrame
 from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
 from gateway.replay import Freshness, NodeState, ReplayTable
-from gateway.verify import Accepted, Duplicate, Verdict
 from urbansense.wire.protocol import encode_ack
 from urbansense.wire.senml import encode_frame, frame_bytes, join_frames
 

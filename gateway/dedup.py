@@ -7,7 +7,7 @@ serial retransmission's reply joins the original's, so both get the ack after th
 
 from __future__ import annotations
 
-from gateway.verify import Accepted, Duplicate
+from gateway.flow import Accepted, Duplicate
 
 
 class DedupIndex:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Final
 
-from gateway.outbox import NodeRow
+from gateway.flow import NodeRow
 
 WINDOW: Final = 64  # counters below the mark still told apart (> the node's serial backlog)
 _MASK: Final = (1 << WINDOW) - 1

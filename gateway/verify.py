@@ -15,11 +15,9 @@ before is a late frame and accepted, a counter below the window is a replay.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.flow import Accepted, Duplicate, Heard, Verdict
 from gateway.metrics import Metrics
 from gateway.ratelog import RateLimitedLog, Traceback
 from gateway.registry import Registry
@@ -36,45 +34,6 @@ _Q_ALARMS = next(k for k, q in QUANTITIES.items() if q.field == "alarms")
 _NEW, _LATE, _DUPLICATE = Freshness.NEW, Freshness.LATE, Freshness.DUPLICATE
 
 REJECTED_NODES_MAX = 1024  # bounded: rejected frames come from outside
-
-Reply = Callable[[bytes], None]
-"""Writes an ack frame back to the node (serial only); the transport wraps it."""
-
-
-@dataclass(slots=True)
-class Heard:
-    """Raw bytes from a transport. ``wrapped``: a serial packet still COBS + CRC encoded."""
-
-    data: bytes
-    transport: str
-    rssi_dbm: int | None = None
-    reply: Reply | None = None
-    wrapped: bool = False
-    received_s: float = field(default_factory=time.time)
-
-
-@dataclass(slots=True)
-class Accepted:
-    record: FrameRecord
-    frame: bytes
-    kind: str
-    alarm: bool
-    replies: list[Reply] = field(default_factory=list)
-    # The frame's SenML records, CBOR-encoded once by the batcher, and how many records that
-    # is; None until then, and again when a duplicate's better RSSI changes the records.
-    packed: tuple[bytes, int] | None = None
-
-
-@dataclass(slots=True)
-class Duplicate:
-    node_id: int
-    fcnt: int
-    rssi_dbm: int | None
-    reply: Reply | None
-
-
-Verdict = Accepted | Duplicate
-
 
 class Verifier:
     def __init__(self, registry: Registry, replay: ReplayTable, metrics: Metrics) -> None:

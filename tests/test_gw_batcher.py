@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from gateway.config import BatchConfig
+from gateway.flow import Accepted, Heard
 from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY
-from gateway.verify import Accepted, Heard
 from tests.test_gw_promises import _Stage
 from tests.test_gw_support import frame
 from urbansense.wire.protocol import T_ALARM

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.config import BleConfig
+from gateway.flow import Heard
 from gateway.metrics import Metrics
 from gateway.transports import ble
 from gateway.transports.ble import (
@@ -27,7 +28,6 @@ from gateway.transports.ble import (
     read_scan_params,
 )
 from gateway.transports.datagram import send_advert
-from gateway.verify import Heard
 from tests.test_gw_support import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from gateway.errors import OutboxFull
+from gateway.flow import NodeRow
 from gateway.metrics import Metrics
 from gateway.outbox import (
     ACK_FLUSH_COUNT,
     PRIORITY_ALARM,
     PRIORITY_ORDINARY,
-    NodeRow,
     Outbox,
     stored_bytes,
 )

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from gateway.app import Gateway
-from gateway.verify import Heard
+from gateway.flow import Heard
 from tests.test_gw_support import Subscriber, frame, make_config, wait_for
 from urbansense.wire.senml import frames_from_pack
 

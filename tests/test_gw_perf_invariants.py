@@ -18,13 +18,14 @@ from hypothesis import strategies as st
 
 from gateway.batcher import Batcher
 from gateway.config import BatchConfig, HealthConfig
+from gateway.flow import Heard, NodeRow
 from gateway.health import Health
 from gateway.metrics import Metrics
-from gateway.outbox import PRIORITY_ORDINARY, SD_PAGE_SIZE, NodeRow, Outbox
+from gateway.outbox import PRIORITY_ORDINARY, SD_PAGE_SIZE, Outbox
 from gateway.outbox import _marks as marks_mod
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
-from gateway.verify import Heard, Verifier
+from gateway.verify import Verifier
 from tests.test_gw_support import KEYS, frame
 from urbansense.wire import senml
 from urbansense.wire.protocol import NodeKeys
@@ -120,7 +121,8 @@ def test_marks_log_folds_into_nodes_and_every_state_reads_back(
 _KILLED = """
 import os, signal, sys
 from pathlib import Path
-from gateway.outbox import NodeRow, Outbox
+from gateway.flow import NodeRow
+from gateway.outbox import Outbox
 ob = Outbox(Path(sys.argv[1]), 10**7)
 for i in range(30):
     ob.commit_batch(b"b%d" % i, 1, 0, [NodeRow(i % 4, 100 + i, i, bytes([i]) * 8)])

@@ -23,12 +23,13 @@ from hypothesis import strategies as st
 
 from gateway.batcher import Batcher
 from gateway.config import BatchConfig, HealthConfig
+from gateway.flow import Accepted, Duplicate, Heard
 from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox
 from gateway.registry import Node, Registry
 from gateway.replay import WINDOW, ReplayTable
-from gateway.verify import Accepted, Duplicate, Heard, Verifier
+from gateway.verify import Verifier
 from tests.test_gw_support import (
     KEYS,
     PtyNode,

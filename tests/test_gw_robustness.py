@@ -27,12 +27,13 @@ from gateway.downlinks import (
     ack_packet_len,
     commands_from_json,
 )
+from gateway.flow import Heard
 from gateway.health import Health
 from gateway.metrics import Counter, Metrics, TransportLedger
 from gateway.outbox import Outbox
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
-from gateway.verify import Heard, Verifier
+from gateway.verify import Verifier
 from simulator.firmware_loader import firmware_module
 from tests.test_gw_support import KEYS, PtyNode, Subscriber, frame, make_config, wait_for
 from urbansense.wire import framing

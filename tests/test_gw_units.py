@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 from gateway.app import Gateway
 from gateway.config import config_from_dict, load_config
 from gateway.errors import ConfigError
+from gateway.flow import Accepted, Duplicate, Heard, NodeRow
 from gateway.metrics import REJECT_REASONS, Metrics
-from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, NodeRow, Outbox
+from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, Outbox
 from gateway.registry import NodeSpec, Registry, load_registry, write_registry
 from gateway.replay import WINDOW, Freshness, ReplayTable, judge, mark_seen
-from gateway.verify import Accepted, Duplicate, Heard, Verifier
+from gateway.verify import Verifier
 from tests.test_gw_support import KEYS, PtyNode, frame, make_config, wait_for
 from urbansense.wire import framing
 from urbansense.wire.protocol import REASONS

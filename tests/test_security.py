@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
+from gateway.flow import Accepted, Heard
 from gateway.metrics import Metrics
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
-from gateway.verify import Accepted, Heard, Verifier
+from gateway.verify import Verifier
 from simulator.firmware_loader import firmware_module
 from simulator.sim import Simulation
 from tests.conftest import BrokerFactory

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.flow import Heard
 from gateway.metrics import REJECT_REASONS
-from gateway.verify import Heard
 from tests.test_gw_units import (
     GOOD,
     _capture,

@@ -44,7 +44,6 @@ The modules, each private, in the order a reader needs them:
 Callers import from ``gateway.outbox`` only.
 """
 
-from gateway.outbox._marks import NodeRow
 from gateway.outbox._outbox import ACK_FLUSH_COUNT, Outbox, StoredBatch
 from gateway.outbox._pending import PRIORITY_ALARM, PRIORITY_ORDINARY
 from gateway.outbox._salvage import Salvage
@@ -56,7 +55,6 @@ __all__ = [
     "PRIORITY_ALARM",
     "PRIORITY_ORDINARY",
     "SD_PAGE_SIZE",
-    "NodeRow",
     "Outbox",
     "Salvage",
     "StagedFrame",

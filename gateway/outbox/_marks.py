@@ -12,7 +12,9 @@ from __future__ import annotations
 import sqlite3
 import struct
 from collections.abc import Iterable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
+
+from gateway.flow import NodeRow
 
 # A node row in the marks log: node id, fcnt, dcnt (4 bytes in an ack too), the replay
 # window's length and the window, zero-padded to 8 bytes (fixed size: unpacked in C).
@@ -26,15 +28,6 @@ _UPSERT_NODES: Final = (
     "INSERT INTO nodes (node_id, fcnt, dcnt, seen) VALUES (?,?,?,?) "
     "ON CONFLICT(node_id) DO UPDATE SET fcnt=excluded.fcnt, dcnt=excluded.dcnt, seen=excluded.seen"
 )
-
-
-class NodeRow(NamedTuple):
-    """A node's committed replay state (a tuple: one per node of every batch, packed as is)."""
-
-    node_id: int
-    fcnt: int
-    dcnt: int
-    seen: bytes  # the replay window below fcnt (gateway/replay.py), 8 bytes little-endian
 
 
 def pack_marks(nodes: Iterable[NodeRow]) -> bytes:

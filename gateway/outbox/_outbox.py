@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Final
 
 from gateway.errors import OutboxFull
+from gateway.flow import NodeRow
 from gateway.metrics import Metrics
-from gateway.outbox._marks import MarksLog, NodeRow, load_nodes, pack_marks
+from gateway.outbox._marks import MarksLog, load_nodes, pack_marks
 from gateway.outbox._pending import Pending
 from gateway.outbox._salvage import Salvage, open_or_move_aside, salvage
 from gateway.outbox._sizing import stored_bytes

@@ -33,9 +33,9 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 
 from gateway.config import BleConfig
+from gateway.flow import Heard
 from gateway.metrics import Metrics
 from gateway.ratelog import RateLimitedLog
-from gateway.verify import Heard
 
 _log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import logging
 import serial
 import serial_asyncio_fast
 
+from gateway.flow import Heard
 from gateway.metrics import Metrics
 from gateway.ratelog import RateLimitedLog
-from gateway.verify import Heard
 from urbansense.wire import framing
 
 _log = logging.getLogger(__name__)
