@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
+from gateway import transports
 from gateway.batcher import Batcher
 from gateway.config import GatewayConfig
 from gateway.downlinks import Downlinks
@@ -41,6 +42,7 @@ from gateway.ratelog import RateLimitedLog, Traceback
 from gateway.registry import Registry, load_registry
 from gateway.registry_watch import RegistryWatch
 from gateway.replay import ReplayTable
+from gateway.transports import Transport
 from gateway.transports.ble import BleTransport
 from gateway.transports.serial import SerialPort
 from gateway.verify import Verifier
@@ -67,14 +69,10 @@ class Gateway:
         self.ingress: asyncio.Queue[Heard] = asyncio.Queue(config.queue_size)
         self.verdicts: asyncio.Queue[Verdict] = asyncio.Queue(config.queue_size)
         self.history: deque[dict[str, float]] = deque(maxlen=HISTORY_LEN)
-        self.serial_ports = [
-            SerialPort(p, config.serial.baudrate, self.ingress, self.metrics,
-                       config.serial.retry_min_s, config.serial.retry_max_s)
-            for p in config.serial.ports
-        ]
-        self.ble = (
-            BleTransport(config.ble, self._put_ble, self.metrics) if config.ble.enabled else None
-        )
+        self.transports: list[Transport] = transports.build(config, self.ingress, self.metrics)
+        # Typed handles for tests and tools that drive one medium.
+        self.serial_ports = [t for t in self.transports if isinstance(t, SerialPort)]
+        self.ble = next((t for t in self.transports if isinstance(t, BleTransport)), None)
         config.check_files()  # a missing or unreadable file, or an open secret: refused at start
         self.protocols = Protocols(config.mqtt.protocol)
         self.credentials = Credentials(config.mqtt)
@@ -100,12 +98,6 @@ class Gateway:
             self.health.registry_changed(registry, added, gone)
 
     # -- feeding ---------------------------------------------------------------------------
-
-    def _put_ble(self, h: Heard) -> None:
-        try:
-            self.ingress.put_nowait(h)
-        except asyncio.QueueFull:
-            self.metrics.queue_drops.inc("ingress")
 
     def feed(
         self, data: bytes, transport: str = "direct", rssi_dbm: int | None = None,
@@ -148,9 +140,7 @@ class Gateway:
             server = await start_http(self, cfg.http.listen, cfg.http.port)
             self.http_port = server.sockets[0].getsockname()[1]
         batcher = self.batcher
-        transports = [self._spawn("serial", p.run, p.path) for p in self.serial_ports]
-        if self.ble is not None:
-            transports.append(self._spawn("ble", self.ble.run))
+        hearing = [self._spawn(t.kind, t.run, t.name) for t in self.transports]
         verify_task = self._spawn("verify", self._verify_loop)
         batch_task = self._spawn("batch", lambda: batcher.run(self.verdicts))
         publish_task = self._spawn("publish", publisher.run)
@@ -164,9 +154,9 @@ class Gateway:
         finally:
             try:
                 # Graceful: stop hearing, push everything heard through verify into the outbox.
-                for t in transports:
+                for t in hearing:
                     t.cancel()
-                await asyncio.gather(*transports, return_exceptions=True)
+                await asyncio.gather(*hearing, return_exceptions=True)
                 for t in (verify_task, batch_task, chores):
                     t.cancel()
                 await asyncio.gather(verify_task, batch_task, chores, return_exceptions=True)
@@ -373,13 +363,12 @@ class Gateway:
                           "readings": m.published_readings.total(),
                           "latency_p50_s": m.publish_latency.quantile(0.5),
                           "latency_p99_s": m.publish_latency.quantile(0.99)},
-            "serial": [{"port": p.path, "open": p.is_open} for p in self.serial_ports],
+            "serial": [t.status() for t in self.transports if t.kind == "serial"],
             "registry": self.registry_watch.status(),
             # The last rejection of the 200 nodes rejected most recently (why a node is not heard).
             "rejected_nodes": {f"{n:08x}": r for n, r in list(
                 (self.verifier.rejected if self.verifier else {}).items())[-200:]},
-            "ble": None if self.ble is None else {"healthy": self.ble.healthy,
-                                                  "recovery_step": self.ble.step},
+            "ble": next((t.status() for t in self.transports if t.kind == "ble"), None),
             # Every registered node, heard or not (last_seen_s null: not heard since start).
             "nodes": [h.as_json() for h in (self.health.nodes.values() if self.health else ())],
             "nodes_heard": self.health.heard if self.health else 0,

@@ -231,7 +231,7 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 
 class BleTransport:
-    """Scanner plus watchdog.
+    """Scanner plus watchdog (a ``Transport``).
 
     ``clock`` and ``tick`` (awaited between two watchdog checks) let tests drive time.
     """
@@ -269,6 +269,15 @@ class BleTransport:
         self._m_step.set(0)
         self._m_backoff.set(0)
         self._m_scan_params.set(-1)
+
+    kind = "ble"
+
+    @property
+    def name(self) -> str:
+        return self.adapter
+
+    def status(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, "recovery_step": self.step}
 
     @property
     def scanner(self) -> BleakScanner | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import serial
 import serial_asyncio_fast
@@ -28,6 +29,9 @@ _TRANSPORT = "serial"
 
 
 class SerialPort:
+    """One serial port (a ``Transport``): COBS packets in, acks out, reopened when it returns."""
+
+    kind = _TRANSPORT
     def __init__(
         self,
         path: str,
@@ -48,6 +52,13 @@ class SerialPort:
         self.opens = 0
         self._writer: asyncio.StreamWriter | None = None
         self._faults = RateLimitedLog(_log)
+
+    @property
+    def name(self) -> str:
+        return self.path
+
+    def status(self) -> dict[str, Any]:
+        return {"port": self.path, "open": self.is_open}
 
     def write_ack(self, frame: bytes) -> None:
         """Reply callback for verify.Heard: the ack goes to this port's current connection."""
