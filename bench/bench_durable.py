@@ -22,12 +22,13 @@ from unittest import mock
 import gateway.batcher
 from gateway.batcher import Batcher
 from gateway.config import BatchConfig, HealthConfig
+from gateway.flow import Heard
 from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import SD_PAGE_SIZE, Outbox
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
-from gateway.verify import Heard, Verifier
+from gateway.verify import Verifier
 from tests.test_gw_support import KEYS, frame
 from urbansense.wire.protocol import NodeKeys
 

@@ -15,13 +15,14 @@ from hypothesis import strategies as st
 import gateway.batcher
 from gateway.batcher import Batcher
 from gateway.config import BatchConfig, HealthConfig
+from gateway.flow import Duplicate, Heard
 from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox
 from gateway.outbox._staging import StagedFrame, decode, encode
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
-from gateway.verify import Duplicate, Heard, Verifier
+from gateway.verify import Verifier
 from tests.test_gw_support import KEYS, frame
 from urbansense.wire.protocol import NodeKeys
 from urbansense.wire.senml import frames_from_pack
