@@ -99,8 +99,14 @@ def readings_from_pack(site: str, gateway_id: str, payload: bytes) -> list[Readi
     """One ``Reading`` per frame (``read_frames``: the wire package's reader)."""
     try:
         frames = read_frames(payload)
-    except ValueError as exc:
-        raise Poison("bad_pack", str(exc)[:200]) from None
+        return _readings(site, gateway_id, frames)
+    except (ValueError, OverflowError, TypeError) as exc:  # outside bytes: a bignum time, ...
+        if isinstance(exc, Poison):
+            raise
+        raise Poison("bad_pack", f"{type(exc).__name__}: {exc}"[:200]) from None
+
+
+def _readings(site: str, gateway_id: str, frames: list[Any]) -> list[Reading]:
     out: list[Reading] = []
     columns_of = _COLUMNS
     for node_id, fcnt, time_s, records in frames:

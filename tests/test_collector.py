@@ -49,6 +49,41 @@ def test_decode_never_raises_anything_but_poison(data: bytes, topic: str) -> Non
         assert exc.reason in ("bad_topic", "bad_pack", "bad_json")
 
 
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**1100, 2**1100), st.floats(), st.text(max_size=40),
+                    st.binary(max_size=8))
+_RECORD = st.dictionaries(st.sampled_from([-6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 99, "n"]),
+                          _VALUES, max_size=6)
+
+
+@given(st.lists(st.one_of(_RECORD, _VALUES), max_size=8))
+@settings(max_examples=500, deadline=None)
+def test_cbor_that_looks_like_senml_is_a_counted_poison_or_readings(records: list[Any]) -> None:
+    """Well-formed CBOR in SenML's shape but not ours: refused as Poison, never another error."""
+    import cbor2
+
+    for rec in records:  # a base name that parses, now and then
+        if isinstance(rec, dict) and -2 in rec and rec[-2] is None:
+            rec[-2] = "urn:dev:org:32473-0000002a:"
+    try:
+        got = decode("urbansense/v1/s/g/up", cbor2.dumps(records))
+    except Poison as exc:
+        assert exc.reason == "bad_pack"
+    else:
+        assert isinstance(got, list)
+
+
+def test_a_bignum_time_or_value_is_poison_not_an_overflow() -> None:
+    """bt = 10**400 (a CBOR bignum) once raised OverflowError out of float()."""
+    import cbor2
+
+    bn = "urn:dev:org:32473-0000002a:"
+    for pack_ in ([{-2: bn, -3: 10**400, 0: "fcnt", 2: 1}],
+                  [{-2: bn, -3: 1.0, 0: "fcnt", 2: 1}, {0: "volume", 1: "m3", 2: 10**400}]):
+        with pytest.raises(Poison) as exc:
+            decode("urbansense/v1/s/g/up", cbor2.dumps(pack_))
+        assert exc.value.reason == "bad_pack"
+
+
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), max_size=20))
 @settings(max_examples=100, deadline=None)
 def test_every_frame_of_a_pack_is_one_reading(frames: list[tuple[int, int]]) -> None:
