@@ -133,7 +133,7 @@ def _readings(site: str, gateway_id: str, frames: list[Any]) -> list[Reading]:
             if units is None:
                 if column == "occupied":
                     columns[column] = bool(value)
-                elif t is int or t is float:
+                elif (t is int or t is float) and -(2**31) <= value < 2**31:  # an int4 column
                     columns[column] = int(value)
             elif t is int or t is float:
                 factor = units.get(unit)

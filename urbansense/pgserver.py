@@ -118,7 +118,9 @@ class PgServer:
             self._proc = self._popen(
                 [str(self.bin / "postgres"), "-D", str(self.datadir), "-h", self.host,
                  "-p", str(self.port), "-k", "", "-c", "fsync=on",
-                 "-c", "max_connections=50", "-c", "shared_buffers=64MB"],
+                 "-c", "max_connections=50", "-c", "shared_buffers=128MB",
+                 # Bulk ingest: fewer checkpoints, so fewer full-page images in the WAL.
+                 "-c", "max_wal_size=4GB", "-c", "checkpoint_timeout=15min"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # kill() takes the backends with the postmaster
             )
