@@ -47,3 +47,30 @@ async def test_verified_or_the_likely_cause(tmp_path: Path, mqtt_broker: Any, ru
 async def test_an_unreachable_gateway(capsys: pytest.CaptureFixture[str]) -> None:
     rc, res = await _verify(capsys, "http://127.0.0.1:9", "1", "1s")
     assert rc == 1 and "not reachable" in res["error"] and "--gateway" in res["next"]
+
+
+@pytest.mark.timeout(60)
+async def test_verify_shows_the_nodes_serial_log_while_waiting(
+        tmp_path: Path, mqtt_broker: Any, running: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    gw = await running(make_config(tmp_path, mqtt_broker, nodes=range(1, 2)))
+    master, slave = os.openpty()
+
+    async def node_prints() -> None:  # the node's console, a line every 0.2 s (opening flushes)
+        while True:
+            os.write(master, b"urbansense: SAFE MODE: serial.rx must be set with serial.tx\r\n")
+            await asyncio.sleep(0.2)
+
+    printer = asyncio.create_task(node_prints())
+    try:
+        rc = await asyncio.to_thread(main, ["node", "verify", "--node", "1", "--gateway",
+                                            f"http://127.0.0.1:{gw.http_port}", "--timeout", "2s",
+                                            "--port", os.ttyname(slave)])
+    finally:
+        printer.cancel()
+        await asyncio.gather(printer, return_exceptions=True)
+        os.close(master)
+        os.close(slave)
+    err = capsys.readouterr().err
+    assert rc == 3 and "SAFE MODE: serial.rx" in err and "not heard at all" in err

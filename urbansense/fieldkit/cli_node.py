@@ -128,7 +128,11 @@ def _verify(args: argparse.Namespace) -> int:
 
     if not args.json:
         print(f"waiting for node {node_id:08x} at {args.gateway} ...", file=sys.stderr)
-    seen = wait_verified(args.gateway, node_id, args.timeout, on_tick=tick)
+    try:
+        seen = wait_verified(args.gateway, node_id, args.timeout, on_tick=tick)
+    finally:
+        if args.port:
+            log_port.close()
     emit(args, {"ok": True, "node_id": node_id, "node": f"{node_id:08x}", **seen},
          f"node {node_id:08x} verified: {seen.get('frames')} frame(s), last via {seen.get('transport')}"
          + (f", RSSI {seen['rssi_dbm']} dBm" if seen.get("rssi_dbm") is not None else ""))
