@@ -55,18 +55,22 @@ def test_a_pack_never_passes_max_bytes_and_closes_only_when_the_next_frame_would
 
 def test_the_deadline_is_the_oldest_frames_age_or_the_ack_delay_whichever_first(tmp_path: Path) -> None:
     s = _Stage(tmp_path, BatchConfig(max_age_s=30, ack_max_delay_ms=200))
-    assert s.batcher.deadline_s() is None
+    assert s.batcher.close_deadline_s() is None
     t0 = time.monotonic()
     s.batcher.add(_accepted(s, 1, 1))
-    d = s.batcher.deadline_s()
+    d = s.batcher.close_deadline_s()
     assert d is not None and t0 + 29 < d <= time.monotonic() + 30
+    # A BLE frame waits for no ack: the stage wakes durable_ms after it to stage it, long
+    # before the pack closes.
+    staged = s.batcher.deadline_s()
+    assert staged is not None and staged <= time.monotonic() + BatchConfig().durable_ms / 1000 < d
     s.batcher.tick()
     assert s.outbox.depth == 0  # not due yet
     s.batcher.add(_accepted(s, 2, 1, serial=True))  # a node waits for its ack
-    d2 = s.batcher.deadline_s()
+    d2 = s.batcher.close_deadline_s()
     assert d2 is not None and d2 <= time.monotonic() + 0.2 and d2 < d
     s.batcher.add(_accepted(s, 1, 2, serial=True))  # a second waiting frame does not push it back
-    assert s.batcher.deadline_s() == d2
+    assert s.batcher.close_deadline_s() == d2
     s.outbox.close()
 
 
