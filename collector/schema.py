@@ -13,7 +13,7 @@ Tables
   gateway_status, gateway_events   the gateways' status (retained + last will) and events
   places        node -> street, zone (written by the city; the views work without it)
   settings      thresholds the views read (bin_fill_threshold, silent_after_s)
-  alarm_names   the alarm bits (gateway.quantities.ALARM_NAMES, their one home)
+  alarm_names   the alarm bits (urbansense.wire.quantities.ALARM_NAMES, their one home)
 
 Views
   v_occupancy_by_street   parking spaces, occupied and free per zone and street, now

@@ -152,3 +152,22 @@ def test_protocol_md_mic_formula_has_hexadecimal_bytes() -> None:
         frame = bytes.fromhex(vec["frame"])
         msg = bytes((0x49, protocol.DIR_UP)) + vec["fcnt"].to_bytes(4, "little") + frame[:-4]
         assert hmac.new(k_mic, msg, hashlib.sha256).digest()[:4] == frame[-4:], vec["name"]
+
+
+def test_kinds_are_written_once_on_the_cpython_side() -> None:
+    """Before: KINDS was defined four times (registry, demo, fieldkit, the firmware's own)."""
+    import ast
+
+    home = ROOT / "urbansense" / "wire" / "node_config.py"
+    found = []
+    for tree in ("gateway", "simulator", "urbansense", "collector"):
+        for path in (ROOT / tree).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Tuple | ast.List) and len(node.elts) == len(node_config.KINDS):
+                    try:
+                        value = tuple(ast.literal_eval(node))
+                    except ValueError:
+                        continue
+                    if value == node_config.KINDS and path != home:
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == []

@@ -9,8 +9,7 @@ from typing import Any
 
 from urbansense.durations import duration_arg
 from urbansense.fieldkit._cli import emit, guarded
-
-KINDS = ("parking", "bin", "water")
+from urbansense.wire.node_config import KINDS
 
 
 def add_parser(subparsers: Any) -> None:
