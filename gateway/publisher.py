@@ -302,6 +302,12 @@ class Publisher:
             await client.publish(
                 self.topic_up, payload, qos=1, properties=props, timeout=self.mqtt.publish_timeout_s
             )
+        except aiomqtt.MqttError as exc:
+            if "timed out" in str(exc).lower():  # aiomqtt's "Operation timed out" names nothing
+                raise aiomqtt.MqttError(
+                    f"publish_timeout: no PUBACK within publish_timeout_s ({self.mqtt.publish_timeout_s:g} s)"
+                ) from exc
+            raise
         finally:
             window.release()
         self.metrics.publish_latency.observe(time.monotonic() - t0)

@@ -73,3 +73,25 @@ async def test_a_hung_broker_is_detected_within_the_keepalive_bound_and_the_gate
     on_first, on_second = await _retained_status(first), await _retained_status(second)
     assert on_first["state"] == "online" and on_first["broker"] == f"{first.host}:{first.port}"
     assert on_second["state"] == "offline" and on_second["moved_to"] == f"{first.host}:{first.port}"
+
+
+@pytest.mark.timeout(60)
+async def test_a_batch_without_puback_ends_the_session_naming_publish_timeout(
+    tmp_path: Path, mqtt_broker: Any, running: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: 'unhandled errors in a TaskGroup (1 sub-exception)'."""
+    caplog.set_level(logging.INFO)
+    gw = await running(make_config(tmp_path, mqtt_broker, mqtt__publish_timeout_s=1.0, mqtt__keepalive_s=30))
+    assert gw.publisher is not None
+    await asyncio.wait_for(gw.publisher.connected.wait(), 10)
+    mqtt_broker.pause()
+    try:
+        gw.feed(frame(1, 1), "test")
+        await wait_for(lambda: any("event=broker_lost" in r.getMessage() for r in caplog.records),
+                       timeout_s=15, what="the session ended")
+    finally:
+        mqtt_broker.resume()
+    lost = next(r.getMessage() for r in caplog.records if "event=broker_lost" in r.getMessage())
+    assert "publish_timeout: no PUBACK within publish_timeout_s (1 s)" in lost
+    assert "TaskGroup" not in lost
+    await wait_for(lambda: gw.metrics.published_readings.total() == 1, timeout_s=20, what="sent again")
