@@ -34,14 +34,14 @@ class Poison(ValueError):
 
 # SenML name -> (typed column, {unit: factor to the column's unit}); None: the value as is.
 _COLUMNS: Final[dict[str, tuple[str, dict[str | None, float] | None]]] = {
-    "occupied": ("occupied", None),
-    "fill": ("fill_ratio", {"/": 1.0, "%": 0.01}),
-    "distance": ("distance_m", {"m": 1.0}),
-    "volume": ("volume_m3", {"m3": 1.0, "l": 0.001}),
-    "battery": ("battery_v", {"V": 1.0}),
-    "temperature": ("temperature_c", {"Cel": 1.0}),
+    "occ": ("occupied", None),
+    "fill": ("fill_ratio", {"/": 1.0, "%": 1.0}),  # "%" is the ratio too (RFC 8428 12.1)
+    "dist": ("distance_m", {"m": 1.0}),
+    "vol": ("volume_m3", {"m3": 1.0, "l": 0.001}),
+    "bat": ("battery_v", {"V": 1.0}),
+    "temp": ("temperature_c", {"Cel": 1.0}),
     "flow": ("flow_m3_s", {"m3/s": 1.0, "l/s": 0.001}),
-    "alarms": ("alarms", None),
+    "alm": ("alarms", None),
     "flags": ("flags", None),
 }
 COLUMNS: Final = tuple(c for c, _ in _COLUMNS.values())

@@ -34,7 +34,7 @@ from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
 from gateway.replay import Freshness, NodeState, ReplayTable
 from urbansense.wire.protocol import encode_ack
-from urbansense.wire.senml import encode_frame, frame_bytes, join_frames
+from urbansense.wire.senml import encode_frame_body, frame_head, frame_key, join_packed
 
 _log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Batcher:
         self._open: list[Accepted] = []
         self._index = DedupIndex()
         self._bytes = 1
+        self._last_key: tuple[int, float] | None = None  # frame_key of the open pack's last frame
         self._opened_s = 0.0
         self._ack_deadline_s: float | None = None
         # None: downlinks whose acks go nowhere (benchmarks, tests of the batcher alone).
@@ -141,11 +142,14 @@ class Batcher:
         if not self._index.add(v):
             return
         # Encoded once, here: the size decides where the pack closes, the bytes go into it.
-        v.packed = packed = encode_frame(v.record)
-        size = frame_bytes(packed)
+        v.packed = packed = encode_frame_body(v.record)
+        key = frame_key(v.record)
+        size = len(frame_head(key, self._last_key)) + len(packed[0])
         if self._open and self._bytes + size > self.cfg.max_bytes:
             self.flush()
             self._index.add(v)  # flush cleared the index; v opens the next batch
+            size = len(frame_head(key, None)) + len(packed[0])
+        self._last_key = key
         if not self._open:
             self._opened_s = time.monotonic()
         self._open.append(v)
@@ -213,13 +217,14 @@ class Batcher:
         self._open = []
         self._index.clear()
         self._bytes = 1
+        self._last_key = None
         self._ack_deadline_s = None
         self._stage_deadline_s = None
         self._staged_upto = 0
         unstage, self._staged = self._staged, False
 
         # One pass over the frames: the pack's bytes, counters per node, frames per transport.
-        parts: list[bytes] = []
+        parts: list[tuple[tuple[int, float], bytes]] = []
         records = 0
         alarm = False
         fcnts: dict[int, list[int]] = {}
@@ -227,8 +232,8 @@ class Batcher:
         waiting: list[Accepted] = []  # frames a serial node waits to see acked
         for acc in batch:
             rec = acc.record
-            data, n = acc.packed or encode_frame(rec)  # None: a better RSSI merged in
-            parts.append(data)
+            data, n = acc.packed or encode_frame_body(rec)  # None: a better RSSI merged in
+            parts.append((frame_key(rec), data))
             records += n
             alarm = alarm or acc.alarm
             fs = fcnts.get(rec.node_id)
@@ -239,7 +244,7 @@ class Batcher:
             by_transport[rec.transport] = by_transport.get(rec.transport, 0) + 1
             if acc.replies:
                 waiting.append(acc)
-        payload = join_frames(parts, records)
+        payload = join_packed(parts, records)
         priority = PRIORITY_ALARM if alarm else PRIORITY_ORDINARY
         # Allocate downlink counters before the commit so they are persisted with it; the
         # frames' dcnt readings first, so a set the node confirms is not sent again.

@@ -14,7 +14,7 @@ WATER, BIN = 0, 1
 NODES = [SimpleNamespace(kind="water", node_id=10), SimpleNamespace(kind="bin", node_id=20)]
 BY_ID = {n.node_id: n for n in NODES}
 READINGS = {3: 12345, 5: 3600}  # volume 12.345 m3, battery 3.6 V
-VALUES = {"volume": 12.345, "battery": 3.6}
+VALUES = {"vol": 12.345, "bat": 3.6}
 
 
 def _frame(node: int, fcnt: int, transport: str = "ble", heard: bool = True, delivered: bool = True,
@@ -52,7 +52,7 @@ def test_a_bad_run_fails_with_each_fault_counted_where_it_belongs() -> None:
         _frame(BIN, 1, heard=False),             # lost on air: not a fault
         _frame(BIN, 2, decode_error="bad cbor"),  # the firmware cannot decode its own frame
     ]
-    wrong = dict(VALUES, volume=12.346)
+    wrong = dict(VALUES, vol=12.346)
     s = _run(frames, {
         (10, 3): [("gw-1", VALUES), ("gw-1", VALUES)],
         (10, 4): [("gw-1", wrong)],
@@ -102,7 +102,7 @@ def test_counts_add_up_frame_by_frame() -> None:
               _frame(WATER, 5, delivered=False), _frame(WATER, 6, delivered=False),
               *[_frame(WATER, f) for f in (7, 8, 9, 10)]]
     both = [("gw-1", VALUES), ("gw-2", VALUES)]
-    wrong = [("gw-1", dict(VALUES, volume=1.0))]
+    wrong = [("gw-1", dict(VALUES, vol=1.0))]
     s = _run(frames, {(10, 7): both, (10, 8): both, (10, 9): wrong, (10, 10): wrong, (10, 11): wrong,
                       (10, 12): wrong})
     assert s["per_kind"]["water"] == {
@@ -112,17 +112,17 @@ def test_counts_add_up_frame_by_frame() -> None:
 
 
 @pytest.mark.parametrize(("readings", "got", "same"), [
-    ({0: 1}, {"occupied": True}, True),
-    ({0: 1}, {"occupied": False}, False),
-    ({0: 0}, {"occupied": False}, True),
-    ({0: 1}, {"occupied": 1}, False),  # a number is not a boolean
-    ({7: 10}, {"ack_rssi": -20.0}, True),  # ack_rssi has an offset of -30
-    ({7: 10}, {"ack_rssi": -40.0}, False),
+    ({0: 1}, {"occ": True}, True),
+    ({0: 1}, {"occ": False}, False),
+    ({0: 0}, {"occ": False}, True),
+    ({0: 1}, {"occ": 1}, False),  # a number is not a boolean
+    ({7: 10}, {"arssi": -20.0}, True),  # ack_rssi has an offset of -30
+    ({7: 10}, {"arssi": -40.0}, False),
     ({99: 7}, {"q99": 7}, True),  # a quantity the table does not know: its raw value
     ({99: 7}, {"q99": 8}, False),
     ({3: 12345}, {}, False),  # a reading missing from the record
-    ({3: 0}, {"volume": 1e-12}, True),  # within 1e-9 of zero
-    ({3: 12345}, {"volume": 12.3451}, False),
+    ({3: 0}, {"vol": 1e-12}, True),  # within 1e-9 of zero
+    ({3: 12345}, {"vol": 12.3451}, False),
 ])
 def test_values_are_compared_by_quantity(readings: dict[int, int], got: dict[str, Any], same: bool) -> None:
     frame = SimpleNamespace(node=WATER, fcnt=1, transport="serial", heard=[], delivered=True,

@@ -29,7 +29,16 @@ from gateway.verify import Verifier
 from tests.test_gw_support import KEYS, frame
 from urbansense.wire import senml
 from urbansense.wire.protocol import NodeKeys
-from urbansense.wire.senml import FrameRecord, encode_frame, frame_bytes, frame_records, join_frames
+from urbansense.wire.senml import (
+    FrameRecord,
+    encode_frame,
+    encode_frame_body,
+    frame_bytes,
+    frame_key,
+    frame_records,
+    join_frames,
+    join_packed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 u32 = st.integers(0, 0xFFFFFFFF)
@@ -54,6 +63,22 @@ def test_encode_frame_writes_the_bytes_cbor2_writes(fr: FrameRecord) -> None:
 def test_join_frames_is_encode_pack(frs: list[FrameRecord]) -> None:
     packed = [encode_frame(fr) for fr in frs]
     assert join_frames([d for d, _ in packed], sum(n for _, n in packed)) == senml.encode_pack(frs)
+
+
+# Frames that share a node block or a second too, so compact packs leave out bn and bt.
+close_frame = st.builds(FrameRecord, st.sampled_from([1, 2, 0xFFF, 0x1000, 0x10000123]), u32,
+                        st.sampled_from([0, 1, 2]), readings,
+                        st.sampled_from([1765000000.0, 1765000000.9, 1765000001.2, 7]),
+                        st.one_of(st.none(), st.integers(-120, 20)))
+
+
+@given(frs=st.lists(st.one_of(frame_record, close_frame), max_size=40))
+def test_join_packed_is_the_compact_pack_cbor2_writes(frs: list[FrameRecord]) -> None:
+    """The batcher's pack: bn and bt only where they change, the bytes of the dict records."""
+    packed = [encode_frame_body(fr) for fr in frs]
+    parts = [(frame_key(fr), data) for fr, (data, _) in zip(frs, packed, strict=True)]
+    assert join_packed(parts, sum(n for _, n in packed)) == senml.encode_compact(frs)
+    assert senml.frames_from_pack(senml.encode_compact(frs)) == senml.frames_from_pack(senml.encode_pack(frs))
 
 
 @given(key=st.binary(min_size=16, max_size=16), direction=st.sampled_from([0, 1]), fcnt=u32,

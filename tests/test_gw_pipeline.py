@@ -44,7 +44,7 @@ async def test_serial_frame_reaches_broker_and_node_gets_ack(
     await wait_for(lambda: sub.frames, what="frame at the broker")
     node_id, fcnt, values = sub.frames[0]
     assert (node_id, fcnt) == (1, 7)
-    assert values["volume"] == pytest.approx(12.345)
+    assert values["vol"] == 12.345
     await wait_for(lambda: node.acks, what="ack on the pty")
     dcnt, acked, commands = decode_ack(1, node.acks[0])
     assert (acked, commands) == (7, None) and dcnt >= 1
@@ -71,7 +71,7 @@ async def test_ble_advert_via_bleak_reaches_broker(
     await asyncio.sleep(0)  # let any (wrong) second publish surface
     assert gw.metrics.frames_in.get("ble") == 3
     assert sub.keys() == [(2, 1)]
-    assert sub.frames[0][2]["occupied"] is True
+    assert sub.frames[0][2]["occ"] is True
     assert sub.frames[0][2]["rssi"] in (-100, -90, -105)  # best RSSI if merged before commit
 
 

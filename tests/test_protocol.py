@@ -295,8 +295,9 @@ def test_senml_pack_roundtrip(frames: list) -> None:
             name = q.senml_name if q else f"q{key}"
             if q is None or q.boolean:
                 assert values[name] == (bool(raw) if q else raw)
-            else:
-                assert values[name] == pytest.approx(int(raw) * q.scale + q.offset)
+            else:  # exact: the nearest double of the decimal value, an int when integral
+                assert values[name] == q.senml_value(raw)
+                assert type(values[name]) is type(q.senml_value(raw))
 
 
 # -- the spec and the code agree -------------------------------------------------------

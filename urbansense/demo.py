@@ -320,7 +320,7 @@ def _expected_values(readings: dict[int, int | bool]) -> dict[str, float | bool]
         elif q.boolean:
             out[q.senml_name] = bool(raw)
         else:
-            out[q.senml_name] = int(raw) * q.scale + q.offset
+            out[q.senml_name] = q.senml_value(int(raw))
     return out
 
 

@@ -14,11 +14,19 @@ from typing import Final, NamedTuple
 class Quantity(NamedTuple):
     key: int
     field: str  # name in firmware and in decoded readings, unit in the name
-    senml_name: str
-    senml_unit: str | None  # RFC 8428 section 12.1 units; None for counts/flags
-    scale: float  # SenML value = wire integer * scale (+ offset)
-    offset: float = 0.0
+    senml_name: str  # short: it travels in every record (docs/PROTOCOL.md section 8)
+    senml_unit: str | None  # recommended RFC 8428 section 12.1 units; None for counts/flags
+    divisor: int = 1  # SenML value = (wire integer + offset) / divisor, exactly
+    offset: int = 0
     boolean: bool = False
+
+    def senml_value(self, raw: int) -> int | float:
+        """The SenML value of a wire integer: an int when integral, else the nearest double.
+
+        Python's int / int is correctly rounded, so 3659 / 1000 is the double nearest 3.659
+        (3659 * 0.001 is not: 3.6590000000000003)."""
+        n = int(raw) + self.offset
+        return n // self.divisor if n % self.divisor == 0 else n / self.divisor
 
 
 # Body keys: Q_ + the field name in capitals, as in the firmware.
@@ -41,21 +49,21 @@ Q_DCNT: Final = 14
 QUANTITIES: Final[dict[int, Quantity]] = {
     q.key: q
     for q in (
-        Quantity(Q_OCCUPIED, "occupied", "occupied", None, 1.0, boolean=True),
-        Quantity(Q_DISTANCE_MM, "distance_mm", "distance", "m", 0.001),
-        Quantity(Q_FILL_PCT, "fill_pct", "fill", "%", 1.0),
-        Quantity(Q_VOLUME_L, "volume_l", "volume", "m3", 0.001),
-        Quantity(Q_ALARMS, "alarms", "alarms", None, 1.0),
-        Quantity(Q_BATTERY_MV, "battery_mv", "battery", "V", 0.001),
-        Quantity(Q_TEMPERATURE_CC, "temperature_cC", "temperature", "Cel", 0.01),
-        Quantity(Q_ACK_RSSI_DBM, "ack_rssi_dbm", "ack_rssi", "dBW", 1.0, offset=-30.0),
-        Quantity(Q_RESET_CAUSE, "reset_cause", "reset_cause", None, 1.0),
-        Quantity(Q_FW_VERSION, "fw_version", "fw_version", None, 1.0),
-        Quantity(Q_FLAGS, "flags", "flags", None, 1.0),
-        Quantity(Q_EVENTS, "events", "events", "count", 1.0),
-        Quantity(Q_FLOW_LPH, "flow_lph", "flow", "l/s", 1.0 / 3600.0),
-        Quantity(Q_DROPPED, "dropped", "dropped", "count", 1.0),
-        Quantity(Q_DCNT, "dcnt", "dcnt", None, 1.0),
+        Quantity(Q_OCCUPIED, "occupied", "occ", None, boolean=True),
+        Quantity(Q_DISTANCE_MM, "distance_mm", "dist", "m", 1000),
+        Quantity(Q_FILL_PCT, "fill_pct", "fill", "/", 100),  # "%" is the ratio too, not percent
+        Quantity(Q_VOLUME_L, "volume_l", "vol", "m3", 1000),
+        Quantity(Q_ALARMS, "alarms", "alm", None),
+        Quantity(Q_BATTERY_MV, "battery_mv", "bat", "V", 1000),
+        Quantity(Q_TEMPERATURE_CC, "temperature_cC", "temp", "Cel", 100),
+        Quantity(Q_ACK_RSSI_DBM, "ack_rssi_dbm", "arssi", "dBW", offset=-30),
+        Quantity(Q_RESET_CAUSE, "reset_cause", "rst", None),
+        Quantity(Q_FW_VERSION, "fw_version", "fw", None),
+        Quantity(Q_FLAGS, "flags", "flags", None),
+        Quantity(Q_EVENTS, "events", "ev", None),
+        Quantity(Q_FLOW_LPH, "flow_lph", "flow", "m3/s", 3_600_000),  # "l/s" is NOT RECOMMENDED
+        Quantity(Q_DROPPED, "dropped", "drop", None),
+        Quantity(Q_DCNT, "dcnt", "dcnt", None),
     )
 }
 BY_FIELD: Final[dict[str, Quantity]] = {q.field: q for q in QUANTITIES.values()}

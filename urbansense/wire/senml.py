@@ -1,18 +1,30 @@
 """SenML (RFC 8428) in CBOR: the pack a batch becomes, and a reader for consumers and tests.
 
-One frame becomes one base record (bn per node, bt the gateway's receive time, the frame
-counter as record ``fcnt``) followed by one record per quantity; consumers deduplicate
-across gateways on (bn, fcnt).
+Plain RFC 8428 SenML-CBOR (docs/PROTOCOL.md section 8): every record resolves to a name
+``urn:dev:org:32473-<node id, 8 hex>:<short name>``, a time, a recommended unit and a value.
+A frame is a record ``fc`` (its counter; consumers deduplicate across gateways on (node, fc))
+and one record per quantity. What makes it small, all base fields used as RFC 8428 section 4.1
+defines them:
+
+- bn carries the URN and the node id's first 5 hex digits, so nodes numbered in blocks of
+  4,096 share it; each record's name carries the other 3 (``3e7:bat``). bn is written in a
+  frame's first record only when it differs from the previous frame's (and in a pack's first);
+- bt is the gateway's receive time in whole seconds, written only when the second changes;
+- values are integers when integral; a reading scaled by a power of ten is otherwise an exact
+  decimal fraction (tag 4, allowed by RFC 8428 section 6: 3659 mV is 3659e-3 V, which reads
+  as the double nearest 3.659); any other ratio (flow: l/h to m3/s) is the nearest double.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from decimal import Decimal
+from typing import Any, Final, Union
 
 import cbor2
 
@@ -44,16 +56,27 @@ _LABELS: Final = {
 
 # Private-enterprise example number (RFC 5612) until the city registers its own.
 URN_PREFIX: Final = "urn:dev:org:32473-"
+FCNT_NAME: Final = "fc"
+RSSI_NAME: Final = "rssi"
+_BLOCK_BITS: Final = 12  # the node id's low 12 bits (3 hex digits) travel in every name
+_NAME_RE: Final = re.compile(r"urn:dev:org:32473-([0-9a-f]{8}):([A-Za-z0-9_.-]+)\Z")
+
+Number = Union[int, float, Decimal]  # noqa: UP007 - a runtime alias; the shards' PyPy 3.9 has no |
 
 
 def base_name(node_id: int) -> str:
+    """The resolved name of a node's records, up to the quantity name."""
     return f"{URN_PREFIX}{node_id:08x}:"
 
 
-def node_id_from_base_name(bn: str) -> int:
-    if not bn.startswith(URN_PREFIX) or not bn.endswith(":"):
-        raise ValueError(f"not an urbansense base name: {bn!r}")
-    return int(bn[len(URN_PREFIX) : -1], 16)
+def block_base_name(node_id: int) -> str:
+    """The bn of a node's block: the URN and the first 5 hex digits of the node id."""
+    return f"{URN_PREFIX}{node_id >> _BLOCK_BITS:05x}"
+
+
+def name_prefix(node_id: int) -> str:
+    """What each record name carries of the node id: its last 3 hex digits and a colon."""
+    return f"{node_id & 0xFFF:03x}:"
 
 
 @dataclass(**DATACLASS_SLOTS)
@@ -69,50 +92,100 @@ class FrameRecord:
     transport: str = ""
 
 
-def frame_records(fr: FrameRecord) -> list[dict[int, Any]]:
-    """SenML records for one frame; the first carries bn, bt and the counter."""
-    records: list[dict[int, Any]] = [
-        {BN: base_name(fr.node_id), BT: fr.received_s, N: "fcnt", V: fr.fcnt}
-    ]
-    if fr.rssi_dbm is not None:
-        records.append({N: "rssi", U: "dBW", V: fr.rssi_dbm - 30})
-    for key in sorted(fr.readings):
-        value = fr.readings[key]
-        q = QUANTITIES.get(key)
-        if q is None:
-            # Unknown to this gateway version: forwarded raw so nothing is lost.
-            records.append({N: f"q{key}", V: int(value)})
-        elif q.boolean:
-            records.append({N: q.senml_name, VB: bool(value)})
-        else:
-            scaled: float | int = int(value) if q.scale == 1.0 and not q.offset else (
-                int(value) * q.scale + q.offset
-            )
-            rec: dict[int, Any] = {N: q.senml_name, V: scaled}
-            if q.senml_unit is not None:
-                rec[U] = q.senml_unit
-            records.append(rec)
+def time_key(received_s: float) -> float:
+    """The bt a frame gets: its receive time's whole second (a non-finite time as it is)."""
+    if type(received_s) is int:
+        return received_s
+    return math.floor(received_s) if math.isfinite(received_s) else received_s
+
+
+def _power_of_ten(divisor: int) -> int:
+    """k when divisor is 10**k (k >= 1), else 0."""
+    k = len(str(divisor)) - 1
+    return k if divisor == 10**k else 0
+
+
+def _exact(n: int, divisor: int) -> Number:
+    """n / divisor as SenML sends it: int, exact decimal fraction (power of ten), or double."""
+    if n % divisor == 0:
+        return n // divisor
+    k = _power_of_ten(divisor)
+    if not k:
+        return n / divisor
+    exponent = -k
+    while n % 10 == 0:  # shortest mantissa: 3650e-3 goes as 365e-2
+        n //= 10
+        exponent += 1
+    return Decimal(f"{n}E{exponent}")
+
+
+# -- the reference encoder: records as dicts, cbor2 writes them ----------------------------
+
+
+def pack_records(frames: Iterable[FrameRecord]) -> list[dict[int, Any]]:
+    """A pack's records; bn and bt only where they change (RFC 8428 section 4.1)."""
+    records: list[dict[int, Any]] = []
+    block: int | None = None
+    second: float | None = None
+    for fr in frames:
+        pre = name_prefix(fr.node_id)
+        first: dict[int, Any] = {}
+        if fr.node_id >> _BLOCK_BITS != block:
+            block = fr.node_id >> _BLOCK_BITS
+            first[BN] = block_base_name(fr.node_id)
+        t = time_key(fr.received_s)
+        if t != second or second is None:
+            second = t
+            first[BT] = t
+        first[N] = pre + FCNT_NAME
+        first[V] = fr.fcnt
+        records.append(first)
+        if fr.rssi_dbm is not None:
+            records.append({N: pre + RSSI_NAME, U: "dBW", V: fr.rssi_dbm - 30})
+        for key in sorted(fr.readings):
+            value = fr.readings[key]
+            q = QUANTITIES.get(key)
+            if q is None:  # unknown to this gateway version: forwarded raw so nothing is lost
+                records.append({N: f"{pre}q{key}", V: int(value)})
+            elif q.boolean:
+                records.append({N: pre + q.senml_name, VB: bool(value)})
+            else:
+                rec: dict[int, Any] = {N: pre + q.senml_name}
+                if q.senml_unit is not None:
+                    rec[U] = q.senml_unit
+                rec[V] = _exact(int(value) + q.offset, q.divisor)
+                records.append(rec)
     return records
 
 
+def encode_compact(frames: Iterable[FrameRecord]) -> bytes:
+    """The pack the gateway publishes (``join_packed`` writes the same bytes)."""
+    return cbor2.dumps(pack_records(frames))
+
+
+def frame_records(fr: FrameRecord) -> list[dict[int, Any]]:
+    """A lone frame's records: its first sets bn and bt."""
+    return pack_records([fr])
+
+
 def encode_pack(frames: Iterable[FrameRecord]) -> bytes:
-    pack: list[dict[int, Any]] = []
-    for fr in frames:
-        pack.extend(frame_records(fr))
-    return cbor2.dumps(pack)
+    """Frames each on their own (each sets bn and bt): larger, as valid (``join_frames``)."""
+    return cbor2.dumps([r for fr in frames for r in frame_records(fr)])
 
 
 # -- the batcher's encoder -----------------------------------------------------------------
-# cbor2.dumps costs more per call than the few records of a frame take to write, and the batcher
-# needs each frame's size as it arrives. So each frame is written once, from byte templates, and
-# a pack is those bytes under one array head: the bytes cbor2.dumps gives for frame_records
-# (definite lengths, shortest heads, floats as doubles), pinned by tests/test_gw_perf_invariants.py.
+# cbor2.dumps costs more per call than a frame's few records take to write, and the batcher
+# needs each frame's size as it arrives. A frame's records are written once, from byte
+# templates, all but the head of its first record (map head, bn, bt), which depends on the
+# frame before it; join_frames writes the heads. The bytes are encode_pack's, pinned by
+# tests/test_gw_perf_invariants.py.
 
 _TINY: Final = tuple(bytes((b,)) for b in range(256))
 _ARG8, _ARG16, _ARG32, _ARG64 = (struct.Struct(f) for f in (">BB", ">BH", ">BI", ">BQ"))
 _F64: Final = struct.Struct(">Bd")
-_UINT, _NINT, _TEXT, _ARRAY = 0x00, 0x20, 0x60, 0x80  # major types, shifted (RFC 8949 3.1)
+_UINT, _NINT, _TEXT, _ARRAY, _MAP = 0x00, 0x20, 0x60, 0x80, 0xA0  # major types (RFC 8949 3.1)
 _TRUE, _FALSE = b"\xf5", b"\xf4"
+_DECIMAL: Final = b"\xc4\x82"  # tag 4, an array of two: [exponent, mantissa]
 
 
 def _head(major: int, n: int) -> bytes:
@@ -132,7 +205,7 @@ def _num(x: float) -> bytes:
     """An int or a float as cbor2 writes it; bignums and non-finite floats go to cbor2."""
     if type(x) is float:
         return _F64.pack(0xFB, x) if math.isfinite(x) else cbor2.dumps(x)
-    if 0 <= x < 24:  # most counts and flags: one byte, no call
+    if 0 <= x < 24:
         return _TINY[int(x)]
     if 0 <= x < 1 << 64:
         return _head(_UINT, int(x))
@@ -146,89 +219,139 @@ def _text(s: str) -> bytes:
     return _head(_TEXT, len(b)) + b
 
 
-@functools.lru_cache(maxsize=4096)
-def _base_head(node_id: int) -> bytes:
-    """The base record up to its bt value: {bn: ..., bt: (the value follows)."""
-    return b"\xa4" + _num(BN) + _text(base_name(node_id)) + _num(BT)
-
-
-_FCNT: Final = _num(N) + _text("fcnt") + _num(V)
-_RSSI: Final = b"\xa3" + _num(N) + _text("rssi") + _num(U) + _text("dBW") + _num(V)
-_UNKNOWN_HEAD: Final = b"\xa2" + _num(N)
-
-
-_AS_BOOL, _AS_INT, _AS_SCALED = 0, 1, 2  # how a quantity's wire integer becomes its value
-# Values written without a call: CBOR unsigned integers 0..255 (counts, flags, percentages)
-# and the whole RSSI record for the RSSIs a radio reports.
 _UINT8: Final = tuple(_num(i) for i in range(0x100))
-_RSSI_RECORDS: Final = {dbm: _RSSI + _num(dbm - 30) for dbm in range(-160, 40)}
+_PREFIX_BYTES: Final = tuple(f"{i:03x}:".encode() for i in range(0x1000))
 _F64_PACK: Final = _F64.pack
-_U16_PACK: Final = _ARG16.pack
-_U32_PACK: Final = _ARG32.pack
 _isfinite: Final = math.isfinite
+_NAME_PRE_LEN: Final = 4  # len("3e7:")
 
 
-def _template(q: Quantity) -> tuple[bytes, bytes, int, float, float]:
-    """(bytes before the value, bytes after it, _AS_*, scale, offset) of a quantity's record."""
+def _named(name: str) -> tuple[bytes, bytes]:
+    """(bytes before the node's 3 hex digits, the name after them) of ``n: "3e7:<name>"``."""
+    return _num(N) + _head(_TEXT, _NAME_PRE_LEN + len(name.encode())), name.encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _bn_entry(block: int) -> bytes:
+    return _num(BN) + _text(f"{URN_PREFIX}{block:05x}")
+
+
+_FC_PRE, _FC_NAME = _named(FCNT_NAME)
+_FC_POST: Final = _FC_NAME + _num(V)
+_RSSI_PRE, _RSSI_NAME = _named(RSSI_NAME)
+_RSSI_POST: Final = _RSSI_NAME + _num(U) + _text("dBW") + _num(V)
+_RSSI_VALUES: Final = {dbm: _num(dbm - 30) for dbm in range(-160, 40)}
+_BT: Final = _num(BT)
+
+_AS_BOOL, _AS_INT, _AS_EXACT = 0, 1, 2  # how a quantity's wire integer becomes its value
+
+
+def _template(q: Quantity) -> tuple[bytes, bytes, int, int, int, int]:
+    """(map head and the name's head, the rest up to the value, _AS_*, offset, divisor, k)."""
+    pre, name = _named(q.senml_name)
     if q.boolean:
-        return b"\xa2" + _num(N) + _text(q.senml_name) + _num(VB), b"", _AS_BOOL, 1.0, 0.0
+        return b"\xa2" + pre, name + _num(VB), _AS_BOOL, 0, 1, 0
     unit = b"" if q.senml_unit is None else _num(U) + _text(q.senml_unit)
-    before = (b"\xa3" if unit else b"\xa2") + _num(N) + _text(q.senml_name) + _num(V)
-    kind = _AS_INT if q.scale == 1.0 and not q.offset else _AS_SCALED
-    return before, unit, kind, q.scale, q.offset
+    head = b"\xa3" if unit else b"\xa2"
+    kind = _AS_INT if q.divisor == 1 else _AS_EXACT
+    return head + pre, name + unit + _num(V), kind, q.offset, q.divisor, _power_of_ten(q.divisor)
 
 
 _TEMPLATES: Final = {key: _template(q) for key, q in QUANTITIES.items()}
+_EXPONENTS: Final = tuple(_DECIMAL + _num(-k) for k in range(24))  # tag 4 and its exponent, -k
 
 
-def encode_frame(fr: FrameRecord) -> tuple[bytes, int]:
-    """The frame's records as they sit inside a pack, and how many records that is.
+def _exact_bytes(n: int, divisor: int, k: int) -> bytes:
+    """_exact(n, divisor) as encode_pack writes it; k: divisor is 10**k (0: it is not)."""
+    if n % divisor == 0:
+        n //= divisor
+        return _UINT8[n] if 0 <= n < 0x100 else _num(n)
+    if not k:
+        return _F64_PACK(0xFB, n / divisor)
+    while n % 10 == 0:
+        n //= 10
+        k -= 1
+    return _EXPONENTS[k] + (_UINT8[n] if 0 <= n < 0x100 else _num(n))
 
-    Per frame and per reading (the batcher's hot path), the common values are written inline
-    (no ``_num`` call): a finite float time, a 32-bit counter, a table RSSI, a scaled reading
-    (a float from an int: always finite below 2**1024), an unsigned byte; anything else goes
-    through ``_num``, which defers to cbor2.
+
+def encode_frame_body(fr: FrameRecord) -> tuple[bytes, int]:
+    """The frame's records but the head of the first, and how many records that is.
+
+    The batcher's hot path: the common values are written inline, anything else through
+    ``_num``, which defers to cbor2.
     """
-    t = fr.received_s
+    pre = _PREFIX_BYTES[fr.node_id & 0xFFF]
     fcnt = fr.fcnt
-    out = _base_head(fr.node_id) + (
-        _F64_PACK(0xFB, t) if type(t) is float and _isfinite(t) else _num(t)
-    ) + _FCNT + (
-        _UINT8[fcnt] if 0 <= fcnt < 0x100 else _U16_PACK(0x19, fcnt) if 0 <= fcnt < 0x10000
-        else _U32_PACK(0x1A, fcnt) if 0 <= fcnt <= 0xFFFFFFFF else _num(fcnt)
-    )
+    out = _FC_PRE + pre + _FC_POST + (_UINT8[fcnt] if 0 <= fcnt < 0x100 else _num(fcnt))
     records = 1
     rssi = fr.rssi_dbm
     if rssi is not None:
-        out += _RSSI_RECORDS.get(rssi) or _RSSI + _num(rssi - 30)
+        out += b"\xa3" + _RSSI_PRE + pre + _RSSI_POST + (_RSSI_VALUES.get(rssi) or _num(rssi - 30))
         records = 2
     readings = fr.readings
     for key in sorted(readings):
         value = readings[key]
         tpl = _TEMPLATES.get(key)
         if tpl is None:  # unknown to this gateway version: forwarded raw
-            out += _UNKNOWN_HEAD + _text(f"q{key}") + _num(V) + _num(int(value))
+            out += b"\xa2" + _named(f"q{key}")[0] + pre + f"q{key}".encode() + _num(V) + _num(int(value))
             continue
-        before, after, kind, scale, offset = tpl
-        if kind == _AS_SCALED:  # int(value): a bool multiplies the same, an int stays exact
-            x = int(value) * scale + offset
-            out += before + (_F64_PACK(0xFB, x) if _isfinite(x) else _num(x)) + after
-        elif kind == _AS_BOOL:
-            out += before + (_TRUE if value else _FALSE)
+        head, post, kind, offset, divisor, k = tpl
+        if kind == _AS_BOOL:
+            out += head + pre + post + (_TRUE if value else _FALSE)
+        elif kind == _AS_INT:
+            n = int(value) + offset
+            out += head + pre + post + (_UINT8[n] if 0 <= n < 0x100 else _num(n))
         else:
-            out += before + (_UINT8[value] if 0 <= value < 0x100 else _num(int(value))) + after
+            out += head + pre + post + _exact_bytes(int(value) + offset, divisor, k)
     return out, records + len(readings)
 
 
+def frame_key(fr: FrameRecord) -> tuple[int, float]:
+    """(block, bt) of a frame: its first record writes each that differs from the frame before."""
+    return fr.node_id >> _BLOCK_BITS, time_key(fr.received_s)
+
+
+def frame_head(key: tuple[int, float], before: tuple[int, float] | None) -> bytes:
+    """The head of a frame's first record, after the frame whose key is ``before``."""
+    block, second = key
+    new_block = before is None or block != before[0]
+    new_second = before is None or second != before[1]
+    if new_block:
+        if new_second:
+            return b"\xa4" + _bn_entry(block) + _BT + _num(second)
+        return b"\xa3" + _bn_entry(block)
+    return (b"\xa3" + _BT + _num(second)) if new_second else b"\xa2"
+
+
+def join_packed(parts: Iterable[tuple[tuple[int, float], bytes]], records: int) -> bytes:
+    """The compact pack from (frame_key, encode_frame_body) in order (``encode_compact``)."""
+    out = [_head(_ARRAY, records)]
+    before = None
+    for key, data in parts:
+        out.append(frame_head(key, before))
+        out.append(data)
+        before = key
+    return b"".join(out)
+
+
+def encode_frame(fr: FrameRecord) -> tuple[bytes, int]:
+    """A lone frame's records (its head sets bn and bt), and how many records that is."""
+    body, n = encode_frame_body(fr)
+    return frame_head(frame_key(fr), None) + body, n
+
+
 def frame_bytes(packed: tuple[bytes, int]) -> int:
-    """Bytes of the frame's records alone as one CBOR array (the batcher's size budget)."""
+    """Bytes of ``encode_frame``'s records alone as one CBOR array."""
     data, records = packed
     return len(_head(_ARRAY, records)) + len(data)
 
 
 def join_frames(parts: Iterable[bytes], records: int) -> bytes:
-    """A pack from frames written by ``encode_frame``: one array head, then their records."""
+    """A pack from lone frames written by ``encode_frame`` (``encode_pack``)."""
     return _head(_ARRAY, records) + b"".join(parts)
+
+
+# -- readers -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, **DATACLASS_SLOTS)
@@ -239,6 +362,15 @@ class Resolved:
     time_s: float | None
     unit: str | None
     value: float | int | bool | str | bytes | None
+
+
+def _number(x: Any) -> int | float:
+    """A SenML number: an int or a float, a decimal fraction (tag 4) read as its nearest double."""
+    if isinstance(x, Decimal):
+        return float(x)
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError(f"not a SenML number: {x!r}")
+    return x
 
 
 def read_pack(data: bytes | Sequence[dict[Any, Any]]) -> list[Resolved]:
@@ -253,14 +385,14 @@ def read_pack(data: bytes | Sequence[dict[Any, Any]]) -> list[Resolved]:
             raise ValueError("SenML record must be a map")
         rec = {_LABELS.get(k, k) if isinstance(k, int) else k: v for k, v in raw.items()}
         bn = rec.get("bn", bn)
-        bt = rec.get("bt", bt)
+        bt = _number(rec.get("bt", bt))
         bu = rec.get("bu", bu)
         bv = rec.get("bv", bv)
         bs = rec.get("bs", bs)
         name = bn + rec.get("n", "")
         value: float | int | bool | str | bytes | None
         if "v" in rec:
-            value = rec["v"] + (bv or 0)
+            value = _number(rec["v"]) + (_number(bv) if bv is not None else 0)
         elif "vb" in rec:
             value = rec["vb"]
         elif "vs" in rec:
@@ -268,18 +400,18 @@ def read_pack(data: bytes | Sequence[dict[Any, Any]]) -> list[Resolved]:
         elif "vd" in rec:
             value = rec["vd"]
         elif "s" in rec:
-            value = rec["s"] + (bs or 0)
+            value = _number(rec["s"]) + (_number(bs) if bs is not None else 0)
         elif bv is not None:
-            value = bv
+            value = _number(bv)
         else:
             value = None
-        t = rec.get("t", 0) + bt
+        t = _number(rec.get("t", 0)) + bt
         out.append(Resolved(name, t, rec.get("u", bu), value))
     return out
 
 
 def frames_from_pack(data: bytes) -> list[tuple[int, int, dict[str, float | int | bool]]]:
-    """(node_id, fcnt, {senml name: value}) per frame in one of our packs; for consumers.
+    """(node_id, fcnt, {short name: value}) per frame in one of our packs; for consumers.
 
     A pack that is not one of ours (bytes off the broker are outside bytes for a consumer)
     raises ValueError, whatever is wrong with it."""
@@ -288,23 +420,28 @@ def frames_from_pack(data: bytes) -> list[tuple[int, int, dict[str, float | int 
     except ValueError:
         raise
     except (cbor2.CBORError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
-            RecursionError) as exc:
+            RecursionError, ArithmeticError) as exc:
         raise ValueError(f"not an urbansense SenML pack: {type(exc).__name__}: {exc}") from None
 
 
 def _frames_from_pack(data: bytes) -> list[tuple[int, int, dict[str, float | int | bool]]]:
     frames: list[tuple[int, int, dict[str, float | int | bool]]] = []
-    pack = cbor2.loads(data)
-    if not isinstance(pack, list):
-        raise ValueError("a SenML pack is an array")
-    for raw in pack:
-        if not isinstance(raw, dict):
-            raise ValueError("a SenML record is a map")
-        if BN in raw:
-            frames.append((node_id_from_base_name(raw[BN]), int(raw[V]), {}))
-        elif frames:
-            name = raw[N]
-            frames[-1][2][name] = raw[VB] if VB in raw else raw[V]
+    for rec in read_pack(data):
+        m = _NAME_RE.match(rec.name) if isinstance(rec.name, str) else None
+        if m is None:
+            raise ValueError(f"not an urbansense record name: {rec.name!r}")
+        node_id, name = int(m.group(1), 16), m.group(2)
+        value = rec.value
+        if not isinstance(value, (bool, int, float)):
+            raise ValueError(f"{rec.name}: no number or boolean value")
+        if name == FCNT_NAME:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{rec.name}: a frame counter is an integer")
+            frames.append((node_id, value, {}))
+        elif frames and frames[-1][0] == node_id:
+            frames[-1][2][name] = value
+        else:
+            raise ValueError(f"{rec.name}: a record outside its node's frame")
     return frames
 
 
@@ -312,18 +449,18 @@ PackFrame = tuple[int, int, float, list[tuple[str, Any, "str | None"]]]
 
 
 def read_frames(data: bytes) -> list[PackFrame]:
-    """(node_id, fcnt, time_s, [(name, value, unit), ...]) per frame of one of our packs.
+    """(node_id, fcnt, time_s, [(short name, value, unit), ...]) per frame of one of our packs.
 
-    The collector's reader: like ``read_pack`` it resolves what our packs use (bn, bt and t
-    for the time, n, u, v, vb, vs, vd), keeping each frame's records together, and like
-    ``frames_from_pack`` it refuses anything else with ValueError; one pass, no per-record
-    objects (a city backlog is millions of frames)."""
+    The collector's reader: it resolves what our packs use (bn, bt and t for the time, n, u,
+    v, vb, vs, vd; a decimal fraction as its nearest double), keeping each frame's records
+    together, and like ``frames_from_pack`` refuses anything else with ValueError; one pass,
+    no per-record objects (a city backlog is millions of frames)."""
     try:
         return _read_frames(data)
     except ValueError:
         raise
     except (cbor2.CBORError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
-            RecursionError) as exc:
+            RecursionError, ArithmeticError) as exc:
         raise ValueError(f"not an urbansense SenML pack: {type(exc).__name__}: {exc}") from None
 
 
@@ -333,22 +470,29 @@ def _read_frames(data: bytes) -> list[PackFrame]:
         raise ValueError("a SenML pack is an array")
     frames: list[PackFrame] = []
     records: list[tuple[str, Any, str | None]] = []
-    bt: float = 0.0
+    bn, bt, node = "", 0.0, -1
+    match = _NAME_RE.match
     for raw in pack:
         if type(raw) is not dict:
             raise ValueError("a SenML record is a map")
         if BN in raw:
-            bt = raw.get(BT, 0.0)
-            if raw.get(N) != "fcnt":
-                raise ValueError("a frame's base record carries its counter as fcnt")
+            bn = raw[BN]
+        if BT in raw:
+            bt = _number(raw[BT])
+        m = match(bn + raw.get(N, ""))
+        if m is None:
+            raise ValueError(f"not an urbansense record name: {bn + raw.get(N, '')!r:.80}")
+        node_id, name = int(m.group(1), 16), m.group(2)
+        if name == FCNT_NAME:
             fcnt = raw[V]
             if type(fcnt) is not int:
-                raise ValueError(f"fcnt {fcnt!r}")
+                raise ValueError(f"fc {fcnt!r}")
             records = []
-            frames.append((node_id_from_base_name(raw[BN]), fcnt, bt + raw.get(T, 0), records))
-        elif frames:
+            frames.append((node_id, fcnt, bt + _number(raw.get(T, 0)), records))
+            node = node_id
+        elif node == node_id:
             value = raw[V] if V in raw else raw[VB] if VB in raw else raw[VS] if VS in raw else raw[VD]
-            records.append((raw[N], value, raw.get(U)))
+            records.append((name, float(value) if type(value) is Decimal else value, raw.get(U)))
         else:
-            raise ValueError("a record before the first frame")
+            raise ValueError(f"{name}: a record outside its node's frame")
     return frames
