@@ -60,7 +60,10 @@ FLOOR_FRAMES_PER_S = 20_000
 # vs ~1000-1300 for Zen 2/3 server cores; pyperformance reports land in the same 3-6x range).
 PI4_SLOWDOWN = 4.0
 SITE, GW_ID = "bench", "gw-1"
-PHASES = {"throughput": 900, "baseline": 900, "latency": 300, "cpu_share": 300, "memory": 1200}  # timeout_s
+# Under callgrind (~50x slower, time dilated): frames per rate, enough for a few batches each.
+CALLGRIND_RATES = [[0, 300], [500, 200], [100, 60]]
+PHASES = {"throughput": 900, "baseline": 900, "latency": 300, "cpu_share": 300, "memory": 1200,
+          "serial_rates": 900, "ble_foreign": 300}  # timeout_s
 UP_TOPIC = f"urbansense/v1/{SITE}/{GW_ID}/up"
 
 
@@ -614,6 +617,8 @@ def child_main(phase: str, ctx_path: str) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ctx = json.loads(Path(ctx_path).read_text())
+    if ctx.get("code_root"):  # measure the gateway of another tree (--previous) with this bench
+        sys.path.insert(0, ctx["code_root"])
     pinned = pin_self()
     with open(ctx["workload"], "rb") as f:
         work: Workload = pickle.load(f)
@@ -627,6 +632,14 @@ def child_main(phase: str, ctx_path: str) -> int:
         res = asyncio.run(phase_memory(ctx, work))
     elif phase == "cpu_share":
         res = asyncio.run(phase_cpu_share(ctx, work))
+    elif phase == "serial_rates":
+        from bench.bench_cost import phase_serial_rates
+
+        res = asyncio.run(phase_serial_rates(ctx, work))
+    elif phase == "ble_foreign":
+        from bench.bench_cost import phase_ble_foreign
+
+        res = asyncio.run(phase_ble_foreign(ctx, work))
     else:
         raise SystemExit(f"unknown phase {phase}")
     res["pinned_cpus"] = pinned
@@ -634,20 +647,39 @@ def child_main(phase: str, ctx_path: str) -> int:
     return 0
 
 
-def run_child(phase: str, ctx: dict[str, Any], tmp: Path, timeout_s: float) -> dict[str, Any]:
-    ctx_path = tmp / f"ctx-{phase}.json"
-    ctx = {**ctx, "tmp": str(tmp / phase)}
+def run_child(phase: str, ctx: dict[str, Any], tmp: Path, timeout_s: float, tag: str = "",
+              callgrind: bool = False) -> dict[str, Any]:
+    """One phase in a child process; ``tag`` names a variant (another tree, callgrind)."""
+    name = phase + (f"-{tag}" if tag else "")
+    ctx_path = tmp / f"ctx-{name}.json"
+    ctx = {**ctx, "tmp": str(tmp / name), "bench_root": str(ROOT)}
     ctx_path.write_text(json.dumps(ctx))
-    log(f"phase {phase} ...")
+    log(f"phase {name} ...")
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "bench.bench_gateway", "--_phase", phase, str(ctx_path)],
-                          cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=timeout_s, check=False)
+    cmd = [sys.executable, "-m", "bench.bench_gateway", "--_phase", phase, str(ctx_path)]
+    env = dict(os.environ)
+    if callgrind:
+        out = tmp / f"callgrind-{name}"
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no", *cmd]
+        env.update(BENCH_CALLGRIND="1", BENCH_CALLGRIND_OUT=str(out))
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=timeout_s,
+                          check=False, env=env)
     if proc.returncode != 0:
-        log(f"phase {phase} FAILED (exit {proc.returncode})")
+        log(f"phase {name} FAILED (exit {proc.returncode})")
         return {"error": f"exit {proc.returncode}"}
     res: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    log(f"phase {phase} done in {time.monotonic() - t0:.1f}s")
+    log(f"phase {name} done in {time.monotonic() - t0:.1f}s")
     return res
+
+
+def previous_tree(rev: str, tmp: Path) -> Path:
+    """The gateway and wire code of another commit, unpacked for ``code_root``."""
+    dest = tmp / f"tree-{rev}"
+    dest.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "gateway", "urbansense"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 # -- parent -----------------------------------------------------------------------------------
@@ -682,6 +714,10 @@ def main() -> int:
     ap.add_argument("--phases", default=",".join(PHASES),
                     help=f"comma-separated phases to run (default: all of {','.join(PHASES)})")
     ap.add_argument("--skip", default="", help="comma-separated phases to skip")
+    ap.add_argument("--previous", default="", metavar="REV",
+                    help="also run each phase on the gateway code of this commit (the previous figure)")
+    ap.add_argument("--callgrind", type=float, default=0.0, metavar="DILATION",
+                    help="also count serial_rates instructions under callgrind, time dilated this much")
     args = ap.parse_args()
     unknown = {s for s in (args.phases + "," + args.skip).split(",") if s} - set(PHASES)
     if unknown:
@@ -699,7 +735,8 @@ def main() -> int:
     # the total, so a throughput-only run measures the same frames as a full one).
     need = max(n, 1,
                0 if "memory" in skip else per_hour * (memory_hours + 1) + 2 * busy_outage,
-               0 if "latency" in skip else int(latency_rate * latency_dur))
+               0 if "latency" in skip else int(latency_rate * latency_dur),
+               0 if "serial_rates" in skip else 10000)
 
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-gw-") as td:
@@ -718,7 +755,13 @@ def main() -> int:
             "latency_quiet_rate": quiet_rate, "latency_quiet_duration_s": quiet_dur,
             "memory_hours": memory_hours, "busy_outage_frames": busy_outage,
             "cpu_window_s": 4.5 if quick else 45.0, "cpu_spacing_s": 1.5,
+            "serial_rates": [[0, 2000], [500, 1500], [100, 500]] if quick else [[0, 10000], [500, 5000], [100, 1500]],
+            "ble_window_s": 5.0 if quick else 20.0, "ble_repeats": 6, "ble_foreign_per_s": 200.0,
+            "ble_node_frames_per_s": 1000 * per_day / 86400,
         }
+        code_roots = {"": ""}
+        if args.previous:
+            code_roots["previous"] = str(previous_tree(args.previous, tmp))
         results: dict[str, Any] = {}
         try:
             for phase, timeout in PHASES.items():
@@ -726,7 +769,14 @@ def main() -> int:
                     continue
                 if phase == "cpu_share" and "throughput" in results:
                     ctx["full_batch_cpu_us_per_frame"] = results["throughput"].get("cpu_us_per_frame")
-                results[phase] = run_child(phase, ctx, tmp, timeout)
+                for tag, code_root in code_roots.items():  # previous and current side by side
+                    key = phase + (f"_{tag}" if tag else "")
+                    results[key] = run_child(phase, {**ctx, "code_root": code_root}, tmp, timeout, tag)
+                    if phase == "serial_rates" and args.callgrind:
+                        cg_ctx = {**ctx, "code_root": code_root, "dilation": args.callgrind,
+                                  "idle_window_s": 10.0, "serial_rates": CALLGRIND_RATES}
+                        results[key + "_callgrind"] = run_child(phase, cg_ctx, tmp, 4 * timeout,
+                                                                (tag + "-" if tag else "") + "callgrind", True)
         finally:
             broker.stop()
         air = on_air(Workload(work.keys, work.kinds, work.frames[:n]))
@@ -789,6 +839,10 @@ def main() -> int:
         "latency": results.get("latency"),
         "memory": results.get("memory"),
         "cpu_share": results.get("cpu_share"),
+        "variants": {k: v for k, v in results.items() if k not in PHASES},
+        "serial_rates": results.get("serial_rates"),
+        "ble_foreign": results.get("ble_foreign"),
+        "previous": args.previous or None,
         "total_wall_s": round(time.monotonic() - t_start, 1),
     }
     print(json.dumps(out, indent=1))
@@ -863,6 +917,10 @@ def _mosquitto_version() -> str:
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "--_phase":
         sys.exit(child_main(sys.argv[2], sys.argv[3]))
+    if len(sys.argv) >= 2 and sys.argv[1] == "--_serial_writer":
+        from bench.bench_cost import writer_main
+
+        sys.exit(writer_main(sys.argv[2], float(sys.argv[3]), float(sys.argv[4])))
     if len(sys.argv) >= 2 and sys.argv[1] == "--_subscriber":
         h, p, e, o, t = sys.argv[2:7]
         sys.exit(subscriber_main(h, int(p), int(e), o, float(t)))

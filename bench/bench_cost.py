@@ -1,0 +1,293 @@
+"""Gateway cost at the rates a street gives it (bench_gateway phases ``serial_rates``, ``ble_foreign``).
+
+``serial_rates``: one pty, a writer process (pinned to the side CPU) writes one serial packet
+per write(2) at a fixed rate, as a USB adapter may deliver them, and reads the acks. The
+gateway's CPU (user + system, ``time.process_time``) from the first frame to the last PUBACK,
+per reading, at full speed, 500/s and 100/s. With ``instructions`` set the phase runs under
+``valgrind --tool=callgrind`` with time dilated by ``dilation`` (rates divided, batch timers
+multiplied: the same frames per wake-up and per batch), and the instructions of the window are
+counted between ``callgrind_control -z`` and ``-d``, less the idle instructions of as long a
+window: a count that does not depend on how busy the shared machine is.
+
+``ble_foreign``: the simulated-air bleak backend fed with 1,000 nodes' frames, each heard
+``repeats`` times, plus 200 foreign adverts/s (other company ids: phones, headphones, cars), for
+``window_s``; CPU per second of such a street, projected to a Pi-class core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import json
+import os
+import random
+import select
+import subprocess
+import sys
+import time
+import tty
+from pathlib import Path
+from typing import Any
+
+IDLE_WINDOW_S = 3.0
+
+
+def writer_main(frames_path: str, rate: float, timeout_s: float) -> int:
+    """The node end of the pty: prints its slave path, writes on "go", reports acks on exit."""
+    from urbansense.wire import framing
+
+    hexes = json.loads(Path(frames_path).read_text())["frames_hex"]
+    packets = [framing.wrap(bytes.fromhex(h)) for h in hexes]
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    print(os.ttyname(slave), flush=True)
+    os.set_blocking(master, False)
+    splitter = framing.PacketSplitter()
+    acks = 0
+
+    def drain() -> None:
+        nonlocal acks
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            acks += len(splitter.feed(data))
+
+    sys.stdin.readline()  # "go"
+    t0 = time.monotonic()
+    for i, p in enumerate(packets):
+        if rate:
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        while p:
+            with contextlib.suppress(BlockingIOError):
+                p = p[os.write(master, p):]  # whole, unless the gateway is behind
+            if p:  # wait for room
+                drain()
+                time.sleep(0.0005)
+        drain()
+    write_s = time.monotonic() - t0
+    deadline = time.monotonic() + timeout_s
+    while acks < len(packets) and time.monotonic() < deadline:
+        drain()
+        time.sleep(0.01)
+    print(json.dumps({"acks": acks, "write_s": write_s}), flush=True)
+    while True:  # keep the pty open and read until the gateway is done (its close drains)
+        readable, _, _ = select.select([sys.stdin, master], [], [], 1.0)
+        if master in readable:
+            drain()
+        if sys.stdin in readable:
+            sys.stdin.readline()
+            break
+    os.close(slave)
+    os.close(master)
+    return 0
+
+
+class Callgrind:
+    """Instruction counts of windows of this process, when it runs under callgrind."""
+
+    def __init__(self) -> None:
+        self.enabled = any(k.startswith("VALGRIND") for k in os.environ) or os.environ.get("BENCH_CALLGRIND") == "1"
+        self.pid = os.getpid()
+
+    async def _control(self, flag: str) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: subprocess.run(
+            ["callgrind_control", flag, str(self.pid)], capture_output=True, timeout=600, check=False))
+
+    async def start(self) -> None:
+        if self.enabled:
+            await self._control("-z")
+
+    async def stop(self) -> int:
+        """Instructions since start()."""
+        if not self.enabled:
+            return 0
+        before = set(glob.glob(f"{os.environ['BENCH_CALLGRIND_OUT']}*"))
+        await self._control("-d")
+        new = sorted(set(glob.glob(f"{os.environ['BENCH_CALLGRIND_OUT']}*")) - before)
+        return max((_total(p) for p in new), default=0)
+
+
+def _total(path: str) -> int:
+    for line in Path(path).read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    return 0
+
+
+async def serial_rate(ctx: dict[str, Any], work: Any, rate: float, n: int, tag: str) -> dict[str, Any]:
+    from bench.bench_gateway import RunningGateway, gateway_config, pin_pid_side, wait_until
+
+    dilation = float(ctx.get("dilation", 1.0))
+    tmp = Path(ctx["tmp"]) / tag
+    tmp.mkdir(parents=True, exist_ok=True)
+    frames = work.frames[:n]
+    fpath = tmp / "frames.json"
+    fpath.write_text(json.dumps({"frames_hex": [f.hex() for f in frames]}))
+    wrate = rate / dilation if rate else 0.0
+    writer = subprocess.Popen(  # noqa: ASYNC220  (started here, talked to through its pipes)
+        [sys.executable, "-m", "bench.bench_gateway", "--_serial_writer", str(fpath), str(wrate), "120"],
+        cwd=ctx["bench_root"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": ctx["bench_root"]},
+    )
+    pin_pid_side(writer.pid)
+    assert writer.stdout is not None and writer.stdin is not None
+    loop = asyncio.get_running_loop()
+    slave = (await loop.run_in_executor(None, writer.stdout.readline)).strip()
+    cfg = gateway_config(tmp, ctx["host"], ctx["port"], work, ctx["per_node_day"])
+    cfg.serial.ports = [slave]
+    cfg.batch.ack_max_delay_ms = int(cfg.batch.ack_max_delay_ms * dilation)
+    cfg.batch.max_age_s *= dilation
+    cg = Callgrind()
+    try:
+        async with RunningGateway(cfg) as gw:
+            m = gw.metrics
+            await asyncio.wait_for(gw.serial_ports[0].opened.wait(), 30)
+            await asyncio.sleep(1.0)
+            idle_s = float(ctx.get("idle_window_s", IDLE_WINDOW_S))
+            await cg.start()
+            cpu0, t0 = time.process_time(), time.monotonic()
+            await asyncio.sleep(idle_s)
+            idle_cpu, idle_wall = time.process_time() - cpu0, time.monotonic() - t0
+            idle_ir = await cg.stop()
+            d0, b0 = m.disk_bytes_written.total(), m.batches.total()
+            await cg.start()
+            cpu0, t0 = time.process_time(), time.monotonic()
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            await wait_until(lambda: m.published_readings.total() >= n and m.acks_sent.total() >= n,
+                             120 + n / (wrate or 1000), f"{tag}: PUBACKs and acks", 0.05)
+            cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
+            ir = await cg.stop()
+            disk, batches = m.disk_bytes_written.total() - d0, m.batches.total() - b0
+            committed = m.readings_committed.total()
+            rejected = m.rejections.total()
+    finally:
+        with contextlib.suppress(OSError, ValueError):  # a writer that died must not hide the error
+            writer.stdin.write("\n")
+            writer.stdin.flush()
+        line = await loop.run_in_executor(None, writer.stdout.readline)
+        with contextlib.suppress(OSError, ValueError):  # a writer that died must not hide the error
+            writer.stdin.write("\n")
+            writer.stdin.close()
+        await loop.run_in_executor(None, writer.wait, 30)
+    wr = json.loads(line) if line.strip().startswith("{") else {}
+    idle_share = idle_cpu / idle_wall
+    res: dict[str, Any] = {
+        "rate_frames_per_s": rate or "full speed",
+        "frames": n,
+        "committed": int(committed),
+        "rejected": int(rejected),
+        "acks_at_node": wr.get("acks"),
+        "wall_s": round(wall, 3),
+        "batches": int(batches),
+        "frames_per_batch_mean": round(n / batches, 1) if batches else None,
+        "disk_write_bytes_per_reading": round(disk / n, 1),
+    }
+    if dilation == 1.0:
+        res.update({
+            "cpu_us_per_reading": round(cpu / n * 1e6, 1),
+            "cpu_us_per_reading_net_of_idle": round(max(0.0, cpu - idle_share * wall) / n * 1e6, 1),
+            "idle_cpu_share_pct": round(idle_share * 100, 3),
+        })
+    if cg.enabled:
+        res.update({
+            "dilation": dilation,
+            "instructions_per_reading": round(ir / n),
+            "instructions_per_reading_net_of_idle": round((ir - idle_ir * wall / idle_wall) / n),
+            "idle_instructions_per_s_dilated": round(idle_ir / idle_wall),
+        })
+    return res
+
+
+async def phase_serial_rates(ctx: dict[str, Any], work: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"how": "one serial packet per write(2) on a pty; gateway CPU from first "
+                                  "frame to last PUBACK and ack, over the frames"}
+    for rate, n in ctx["serial_rates"]:
+        tag = f"rate_{int(rate) or 'full'}"
+        out[tag] = await serial_rate(ctx, work, float(rate), int(n), tag)
+    full = out.get("rate_full", {}).get("cpu_us_per_reading")
+    for r in out.values():
+        if isinstance(r, dict) and full and "cpu_us_per_reading" in r:
+            r["ratio_to_full_speed"] = round(r["cpu_us_per_reading"] / full, 2)
+    return out
+
+
+async def phase_ble_foreign(ctx: dict[str, Any], work: Any) -> dict[str, Any]:
+    """A street's BLE traffic through the simulated-air backend for window_s seconds."""
+    import socket
+
+    from bench.bench_gateway import RunningGateway, gateway_config
+    from simulator.bleak_backend import encode_advert
+
+    tmp = Path(ctx["tmp"]) / "ble"
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = gateway_config(tmp, ctx["host"], ctx["port"], work, ctx["per_node_day"])
+    air = str(tmp / "air.sock")
+    cfg.ble.enabled, cfg.ble.backend, cfg.ble.sim_socket = True, "simulator", air
+    window_s, repeats, foreign_rate = ctx["ble_window_s"], ctx["ble_repeats"], ctx["ble_foreign_per_s"]
+    node_rate = ctx["ble_node_frames_per_s"]
+    rng = random.Random(7)
+    n_frames = int(node_rate * window_s)
+    ours = [encode_advert(f"AA:BB:CC:{i >> 8 & 0xFF:02X}:{i & 0xFF:02X}:01", -70 - rng.randrange(30), {0xFFFF: f})
+            for i, f in enumerate(work.frames[:n_frames])]
+    foreign = [encode_advert(f"{rng.randrange(1 << 48):012X}", -60 - rng.randrange(40),
+                             {rng.choice((0x004C, 0x0006, 0x0075, 0x00E0)): rng.randbytes(rng.randrange(4, 24))})
+               for _ in range(2000)]
+    events: list[tuple[float, bytes]] = []
+    for i, adv in enumerate(ours):
+        t = i / node_rate
+        events += [(t + k * 0.1, adv) for k in range(repeats)]
+    events += [(i / foreign_rate, foreign[i % len(foreign)]) for i in range(int(foreign_rate * window_s))]
+    events.sort(key=lambda e: e[0])
+    async with RunningGateway(cfg) as gw:
+        assert gw.ble is not None
+        await asyncio.wait_for(gw.ble.started.wait(), 10)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        m = gw.metrics
+        await asyncio.sleep(1.0)
+        cpu0, t0 = time.process_time(), time.monotonic()
+        for t, adv in events:
+            delay = t0 + t - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sock.sendto(adv, air)
+        await asyncio.sleep(max(0.0, t0 + window_s - time.monotonic()))
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
+        sock.close()
+        accepted, dups = m.frames_accepted.total(), m.duplicates.total()
+    # The sender runs in this process too: its share is measured alone and taken off.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink_path = str(tmp / "sink.sock")
+    sink.bind(sink_path)
+    sink.setblocking(False)
+    c0 = time.process_time()
+    for i, (_, adv) in enumerate(events):
+        sock.sendto(adv, sink_path)
+        if i % 64 == 0:
+            with contextlib.suppress(OSError):
+                while sink.recv(4096):
+                    pass
+    send_cpu = time.process_time() - c0
+    sock.close()
+    sink.close()
+    share = max(0.0, cpu - send_cpu) / wall
+    return {
+        "window_s": round(wall, 2),
+        "node_frames_per_s": node_rate,
+        "repeats_per_frame": repeats,
+        "foreign_adverts_per_s": foreign_rate,
+        "adverts_total": len(events),
+        "frames_accepted": int(accepted),
+        "duplicates": int(dups),
+        "x86_cpu_share_pct": round(share * 100, 3),
+        "x86_cpu_us_per_advert": round(max(0.0, cpu - send_cpu) / len(events) * 1e6, 1),
+    }
