@@ -9,7 +9,7 @@ multiplied: the same frames per wake-up and per batch), and the instructions of 
 counted between ``callgrind_control -z`` and ``-d``, less the idle instructions of as long a
 window: a count that does not depend on how busy the shared machine is.
 
-``ble_foreign``: the simulated-air bleak backend fed with 1,000 nodes' frames, each heard
+``ble_foreign``: the datagram bleak backend (gateway/transports/datagram.py) fed with 1,000 nodes' frames, each heard
 ``repeats`` times, plus 200 foreign adverts/s (other company ids: phones, headphones, cars), for
 ``window_s``; CPU per second of such a street, projected to a Pi-class core.
 """
@@ -225,13 +225,13 @@ async def phase_ble_foreign(ctx: dict[str, Any], work: Any) -> dict[str, Any]:
     import socket
 
     from bench.bench_gateway import RunningGateway, gateway_config
-    from simulator.bleak_backend import encode_advert
+    from urbansense.wire.advert import encode_advert
 
     tmp = Path(ctx["tmp"]) / "ble"
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = gateway_config(tmp, ctx["host"], ctx["port"], work, ctx["per_node_day"])
     air = str(tmp / "air.sock")
-    cfg.ble.enabled, cfg.ble.backend, cfg.ble.sim_socket = True, "simulator", air
+    cfg.ble.enabled, cfg.ble.backend, cfg.ble.datagram_socket = True, "datagram", air
     window_s, repeats, foreign_rate = ctx["ble_window_s"], ctx["ble_repeats"], ctx["ble_foreign_per_s"]
     node_rate = ctx["ble_node_frames_per_s"]
     rng = random.Random(7)

@@ -250,7 +250,7 @@ def cost_section(d: dict[str, Any] | None) -> list[str]:
         ble = {**ble, "pi4_cpu_share_pct": share * PI4_SLOWDOWN, "zero2w_cpu_share_pct": share * ZERO2W_SLOWDOWN,
                "projection_basis": PROJECTION_BASIS}
         lines += [f"BLE, {_fmt(ble.get('node_frames_per_s'), 2)} node frames/s heard {ble.get('repeats_per_frame')} times "
-                  f"each plus {_fmt(ble.get('foreign_adverts_per_s'), 0)} foreign adverts/s through the simulated-air "
+                  f"each plus {_fmt(ble.get('foreign_adverts_per_s'), 0)} foreign adverts/s through the datagram "
                   f"backend: {_fmt(ble.get('x86_cpu_share_pct'), 2)} % of an x86 core "
                   f"({_fmt(ble.get('x86_cpu_us_per_advert'))} µs per advert); projected "
                   f"{_fmt(ble.get('pi4_cpu_share_pct'), 1)} % of a Pi 4 core and "
