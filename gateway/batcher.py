@@ -34,7 +34,7 @@ from gateway.ratelog import RateLimitedLog
 from gateway.registry import Registry
 from gateway.replay import Freshness, NodeState, ReplayTable
 from urbansense.wire.protocol import encode_ack
-from urbansense.wire.senml import encode_frame_body, frame_head, frame_key, join_packed
+from urbansense.wire.senml import encode_frame_body, frame_head, frame_key, join_frames, join_packed
 
 _log = logging.getLogger(__name__)
 
@@ -199,9 +199,10 @@ class Batcher:
         frames: list[StagedFrame] = []
         for acc in todo:
             if acc.packed is None:
-                acc.packed = encode_frame(acc.record)
-            data, n = acc.packed
-            frames.append(StagedFrame(acc.record.node_id, acc.record.fcnt, int(acc.alarm), n, data))
+                acc.packed = encode_frame_body(acc.record)
+            body, n = acc.packed
+            lone = frame_head(frame_key(acc.record), None) + body  # staged frames stand alone
+            frames.append(StagedFrame(acc.record.node_id, acc.record.fcnt, int(acc.alarm), n, lone))
         try:
             self.outbox.stage(frames)
             self._staged = True
