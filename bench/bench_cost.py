@@ -251,14 +251,23 @@ async def phase_ble_foreign(ctx: dict[str, Any], work: Any) -> dict[str, Any]:
         assert gw.ble is not None
         await asyncio.wait_for(gw.ble.started.wait(), 10)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)  # a blocking send to a full socket would stall the loop that reads it
         m = gw.metrics
         await asyncio.sleep(1.0)
         cpu0, t0 = time.process_time(), time.monotonic()
+        refused = 0
         for t, adv in events:
             delay = t0 + t - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            sock.sendto(adv, air)
+            for _ in range(100):
+                try:
+                    sock.sendto(adv, air)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+            else:
+                refused += 1
         await asyncio.sleep(max(0.0, t0 + window_s - time.monotonic()))
         cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
         sock.close()
@@ -286,6 +295,7 @@ async def phase_ble_foreign(ctx: dict[str, Any], work: Any) -> dict[str, Any]:
         "repeats_per_frame": repeats,
         "foreign_adverts_per_s": foreign_rate,
         "adverts_total": len(events),
+        "adverts_refused_socket_full": refused,
         "frames_accepted": int(accepted),
         "duplicates": int(dups),
         "x86_cpu_share_pct": round(share * 100, 3),

@@ -662,8 +662,12 @@ def run_child(phase: str, ctx: dict[str, Any], tmp: Path, timeout_s: float, tag:
         out = tmp / f"callgrind-{name}"
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no", *cmd]
         env.update(BENCH_CALLGRIND="1", BENCH_CALLGRIND_OUT=str(out))
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=timeout_s,
-                          check=False, env=env)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=timeout_s,
+                              check=False, env=env)
+    except subprocess.TimeoutExpired:  # one phase hung: the others' figures are still reported
+        log(f"phase {name} TIMED OUT after {timeout_s}s")
+        return {"error": f"timeout {timeout_s}s"}
     if proc.returncode != 0:
         log(f"phase {name} FAILED (exit {proc.returncode})")
         return {"error": f"exit {proc.returncode}"}
@@ -843,6 +847,7 @@ def main() -> int:
         "serial_rates": results.get("serial_rates"),
         "ble_foreign": results.get("ble_foreign"),
         "previous": args.previous or None,
+        "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
         "total_wall_s": round(time.monotonic() - t_start, 1),
     }
     print(json.dumps(out, indent=1))
