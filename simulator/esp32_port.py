@@ -6,7 +6,7 @@ Reset causes are MicroPython's (ports/esp32/modmachine.c, ``MP_PWRON_RESET = 1``
 GPIO 7), which ``machine.wake_reason()`` returns as they are. micropython-esp32-stubs'
 machine.pyi names the same constants.
 
-Plain integers in the MicroPython subset: the simulated HAL (simulator/hal.py), the node model
+Plain integers in the MicroPython subset: the simulated HAL (simulator/hal_machine.py), the node model
 (simulator/node.py) and the tests' fake HAL (tests/fw_fakes.py, which also runs on the
 MicroPython VM) import them from here; the firmware's own ``us_node.EXT0_WAKE`` is pinned to
 them by tests/test_hal_contract.py.

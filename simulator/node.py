@@ -22,7 +22,8 @@ from simulator.esp32_port import (
     TIMER_WAKE,
     WDT_RESET,
 )
-from simulator.hal import DeepSleep, SimHAL, SoftReset, WatchdogReset
+from simulator.hal import SimHAL
+from simulator.hal_machine import DeepSleep, SoftReset, WatchdogReset
 from simulator.rng import stream
 from simulator.world import ambient_temperature_c
 
