@@ -22,6 +22,29 @@ RECEPTION_COLUMNS: Final = ("node_id", "fcnt", "gateway_id", "rssi_dbm", "receiv
 STATE_VALUE_COLUMNS: Final = ("occupied", "fill_ratio", "volume_m3", "battery_v", "alarms", "flags")
 STATE_COLUMNS: Final = ("node_id", "site", "last_fcnt", "last_seen_s", *STATE_VALUE_COLUMNS)
 _DUMPS: Final = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+_INF: Final = float("inf")
+
+
+def vals_json(values: dict[str, Any]) -> str:
+    """``values`` as compact JSON, keys sorted: what ``_DUMPS`` writes, for the common case of
+    plain names and finite numbers or booleans written here (a third of the encoder's time per
+    reading); anything else (a string value, a name to escape, NaN) goes to the encoder."""
+    parts = []
+    for k in sorted(values):
+        v = values[k]
+        t = type(v)
+        if t is float and -_INF < v < _INF:
+            text = repr(v)
+        elif t is int:
+            text = str(v)
+        elif t is bool:
+            text = "true" if v else "false"
+        else:
+            return _DUMPS(values)
+        if not k.isidentifier() or not k.isascii():
+            return _DUMPS(values)
+        parts.append(f'"{k}":{text}')
+    return "{" + ",".join(parts) + "}"
 
 
 @dataclass(slots=True)
@@ -50,7 +73,7 @@ def build(readings: list[Reading], notes: list[GatewayNote], now_s: float) -> Ro
         if hkey not in heard:
             heard[hkey] = (r.node_id, r.fcnt, r.gateway_id, r.rssi_dbm, r.time_s)
     state: dict[int, list[Any]] = {}
-    dumps = _DUMPS
+    dumps = vals_json
     out = rows.readings
     for key in sorted(first):
         r = first[key]

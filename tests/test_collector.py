@@ -93,6 +93,15 @@ def test_every_frame_of_a_pack_is_one_reading(frames: list[tuple[int, int]]) -> 
     assert all(r.site == "angers" and r.gateway_id == "gw1" for r in got)
 
 
+@given(st.dictionaries(st.text(max_size=12), st.one_of(
+    st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=5), st.none()), max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_the_fast_vals_json_writes_what_the_json_encoder_writes(values: dict[str, Any]) -> None:
+    from collector.rows import _DUMPS, vals_json
+
+    assert vals_json(values) == _DUMPS(values)
+
+
 def test_fill_is_stored_as_a_ratio_whichever_unit_the_pack_uses() -> None:
     got = decode("urbansense/v1/s/g/up", encode_pack([FrameRecord(1, 1, 1, {2: 55}, 1.0)]))
     assert isinstance(got, list) and got[0].columns["fill_ratio"] == pytest.approx(0.55)
