@@ -65,7 +65,7 @@ $(STAMPS)/npm: package.json package-lock.json
 
 # The simulator's shard workers on PyPy (Debian's pypy3, Python 3.9): numpy, cbor2,
 # cryptography and tomli as binary wheels. The package itself is not installed there (it
-# needs 3.11); the shards run from the tree (simulator.sim._run_shards_in sets PYTHONPATH).
+# needs 3.11); the shards run from the tree (simulator.parallel._run_shards_in sets PYTHONPATH).
 $(STAMPS)/pypy: tools/pypy-requirements.txt
 	@if command -v pypy3 >/dev/null; then \
 	  echo "setup: $(PYPY_VENV) (pypy3) for the simulator's shards"; \

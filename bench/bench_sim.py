@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simulator.sim import Simulation, run_parallel, sim_python  # noqa: E402
+from simulator.parallel import run_parallel, sim_python  # noqa: E402
+from simulator.sim import Simulation  # noqa: E402
 from urbansense.durations import parse_duration_s  # noqa: E402
 
 

@@ -30,9 +30,9 @@ _EXPORTS = {
     "PowerProfile": "simulator.energy",
     "load_board": "simulator.energy",
     "Scenario": "simulator.scenario",
-    "NodeInfo": "simulator.sim",
+    "NodeInfo": "simulator.build",
     "Simulation": "simulator.sim",
-    "run_parallel": "simulator.sim",
+    "run_parallel": "simulator.parallel",
 }
 
 __all__ = sorted(_EXPORTS)

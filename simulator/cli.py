@@ -124,7 +124,8 @@ def _link_ptys(ports: dict[str, str], pty_dir: str) -> None:
 
 
 def _run_checked(args: argparse.Namespace) -> int:
-    from simulator.sim import Simulation, run_parallel, sim_python
+    from simulator.parallel import run_parallel, sim_python
+    from simulator.sim import Simulation
 
     t0 = time.monotonic()
     if args.processes > 1:

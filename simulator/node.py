@@ -263,7 +263,7 @@ class SimNode:
 
     def ble_start_adv(self, interval_us: int, data: bytes) -> None:
         self.ble_stop_adv()
-        frame_idx = self.sim.register_ble_frame(self, self.t, data)
+        frame_idx = self.sim.ledger.register_ble_frame(self, self.t, data)
         self.adv = (self.t, interval_us, data, frame_idx)
 
     def ble_stop_adv(self) -> None:

@@ -70,7 +70,7 @@ class LoopbackLink:
 
     def node_write(self, node: SimNode, data: bytes) -> None:
         for frame in self.sniffer.frames(data):
-            node.sim.register_serial_frame(node, node.t, frame, self.gw_id)
+            node.sim.ledger.register_serial_frame(node, node.t, frame, self.gw_id)
         noisy = add_noise(data, self.ber, node.rng_hw)
         for pkt in self.gw_splitter.feed(noisy):
             try:
@@ -87,7 +87,7 @@ class LoopbackLink:
             self.dcnt += 1
             ack = framing.wrap(encode_ack(self.keys, node.node_id, self.dcnt, fcnt))
             self.rx_at.append((node.t + ACK_LATENCY_S, add_noise(ack, self.ber, node.rng_hw)))
-            node.sim.mark_acked(node, fcnt)
+            node.sim.ledger.mark_acked(node, fcnt)
 
     def _deliver(self, node: SimNode) -> None:
         while self.rx_at and self.rx_at[0][0] <= node.t:
@@ -135,14 +135,14 @@ class PtyLink:
         self.awaiting = False
 
     def node_write(self, node: SimNode, data: bytes) -> None:
-        sent = [node.sim.register_serial_frame(node, node.t, frame, self.gw_id)
+        sent = [node.sim.ledger.register_serial_frame(node, node.t, frame, self.gw_id)
                 for frame in self.sniffer.frames(data)]
         try:
             os.write(self.master, add_noise(data, self.ber, node.rng_hw))
         except OSError:
             return  # the truth file shows it sent but not delivered
         for idx in sent:
-            node.sim.mark_serial_delivered(node, idx)
+            node.sim.ledger.mark_serial_delivered(node, idx)
         self.awaiting = True
 
     def _pull(self, node: SimNode) -> None:
@@ -161,7 +161,7 @@ class PtyLink:
                 except FrameError:
                     continue
                 if len(frame) >= 13 and int.from_bytes(frame[1:5], "little") == node.node_id:
-                    node.sim.mark_acked(node, int.from_bytes(frame[9:13], "little"))
+                    node.sim.ledger.mark_acked(node, int.from_bytes(frame[9:13], "little"))
                     self.awaiting = False
 
     def rx_available(self, node: SimNode) -> int:

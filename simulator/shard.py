@@ -1,7 +1,7 @@
 """One shard of ``run_parallel`` in its own interpreter: ``python -m simulator.shard IN OUT``.
 
 IN holds the pickled job, OUT receives the pickled result. The parent chooses the
-interpreter (simulator.sim.sim_python: PyPy when ``make setup`` could build it), so this
+interpreter (simulator.parallel.sim_python: PyPy when ``make setup`` could build it), so this
 module and everything a shard imports stay valid on Python 3.9 (urbansense/compat.py).
 """
 
@@ -16,7 +16,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m simulator.shard JOB.pickle RESULT.pickle", file=sys.stderr)
         return 2
-    from simulator.sim import _shard_worker
+    from simulator.parallel import _shard_worker
 
     job = pickle.loads(Path(argv[0]).read_bytes())
     result = _shard_worker(job)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.sim import run_parallel, sim_python
+from simulator.parallel import run_parallel, sim_python
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "scenarios" / "smoke.toml"

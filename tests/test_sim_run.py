@@ -8,7 +8,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from simulator.sim import Simulation, run_parallel
+from simulator.parallel import run_parallel
+from simulator.sim import Simulation
 from simulator.world import Bin, ParkingParams, ParkingSpace
 from urbansense.wire.protocol import TYPE_NAMES, NodeKeys, parse_header, verify_uplink
 from urbansense.wire.quantities import QUANTITIES

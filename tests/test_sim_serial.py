@@ -33,7 +33,8 @@ class _Books:
 
 def test_pty_round_trip_with_pyserial() -> None:
     books = _Books()
-    node = types.SimpleNamespace(sim=books, rng_hw=random.Random(1), node_id=0x03000001, t=0.0)
+    node = types.SimpleNamespace(sim=types.SimpleNamespace(ledger=books), rng_hw=random.Random(1),
+                                 node_id=0x03000001, t=0.0)
     link = PtyLink(node, "gw-1")  # type: ignore[arg-type]
     try:
         port = serial.Serial(link.slave_path, 115200, timeout=1.0)
