@@ -18,9 +18,11 @@ VALUES = {"vol": 12.345, "bat": 3.6}
 
 
 def _frame(node: int, fcnt: int, transport: str = "ble", heard: bool = True, delivered: bool = True,
-           decode_error: str | None = None) -> SimpleNamespace:
-    return SimpleNamespace(node=node, fcnt=fcnt, transport=transport, heard=[1] if heard else [],
-                           delivered=delivered, readings=dict(READINGS), decode_error=decode_error)
+           decode_error: str | None = None, acked: bool | None = None) -> SimpleNamespace:
+    """A frame as simulator.ledger.Frame has it; a serial frame is acked when heard unless told."""
+    return SimpleNamespace(node=node, fcnt=fcnt, transport=transport, heard=1 if heard else 0,
+                           delivered=delivered, readings=dict(READINGS), decode_error=decode_error,
+                           acked=(heard and transport == "serial") if acked is None else acked)
 
 
 def _run(frames: list[SimpleNamespace], at_broker: dict[tuple[int, int], list[tuple[str, dict[str, Any]]]]
@@ -83,8 +85,8 @@ def test_any_one_fault_fails_the_verdict(fault: str) -> None:
     assert verdict_ok(total)
 
 
-FIELDS = ("sent", "lost_on_air", "lost_at_gateway", "undecodable", "heard", "delivered", "missing",
-          "duplicated", "wrong", "cross_gateway_copies")
+FIELDS = ("sent", "lost_on_air", "serial_unacked", "lost_at_gateway", "undecodable", "heard", "delivered",
+          "missing", "duplicated", "wrong", "cross_gateway_copies")
 
 
 def test_every_count_is_reported_for_every_kind_and_the_total_even_at_zero() -> None:
@@ -106,8 +108,8 @@ def test_counts_add_up_frame_by_frame() -> None:
     s = _run(frames, {(10, 7): both, (10, 8): both, (10, 9): wrong, (10, 10): wrong, (10, 11): wrong,
                       (10, 12): wrong})
     assert s["per_kind"]["water"] == {
-        "sent": 10, "undecodable": 2, "lost_on_air": 2, "lost_at_gateway": 2, "heard": 6, "delivered": 4,
-        "missing": 0, "duplicated": 0, "wrong": 4, "cross_gateway_copies": 2}
+        "sent": 10, "undecodable": 2, "lost_on_air": 2, "serial_unacked": 0, "lost_at_gateway": 2, "heard": 6,
+        "delivered": 4, "missing": 0, "duplicated": 0, "wrong": 4, "cross_gateway_copies": 2}
     assert s["total"] == s["per_kind"]["water"]
 
 
@@ -125,7 +127,35 @@ def test_counts_add_up_frame_by_frame() -> None:
     ({3: 12345}, {"vol": 12.3451}, False),
 ])
 def test_values_are_compared_by_quantity(readings: dict[int, int], got: dict[str, Any], same: bool) -> None:
-    frame = SimpleNamespace(node=WATER, fcnt=1, transport="serial", heard=[], delivered=True,
-                            readings=readings, decode_error=None)
+    frame = SimpleNamespace(node=WATER, fcnt=1, transport="serial", heard=0, delivered=True,
+                            readings=readings, decode_error=None, acked=False)
     s = _run([frame], {(10, 1): [("gw-1", got)]})
     assert s["total"]["wrong"] == (0 if same else 1)
+
+
+def test_an_unacknowledged_serial_frame_is_reported_not_missing() -> None:
+    """The node keeps it to send again; if it reached the broker anyway (a lost ack) it counts."""
+    frames = [_frame(BIN, 1, transport="serial", heard=False), _frame(BIN, 2, transport="serial", heard=False)]
+    s = _run(frames, {(20, 2): [("gw-1", VALUES)]})
+    b = s["per_kind"]["bin"]
+    assert (b["sent"], b["serial_unacked"], b["heard"], b["missing"], b["delivered"]) == (2, 2, 0, 0, 1)
+    assert verdict_ok(s["total"])
+
+
+def test_heard_means_what_the_simulators_summary_says() -> None:
+    """The demo counts heard, lost on air and unacked serial frames as ``urbansense sim run``
+    does (once, serial frames were all "heard" in the demo, acked or not)."""
+    from simulator.sim import Simulation
+
+    sc = {"sim": {"name": "fates", "seed": 2, "duration": "6h"}, "nodes": [
+        {"kind": "bin", "count": 2, "transport": "serial", "line_noise_ber": 3e-3},
+        {"kind": "parking", "count": 3, "area": [0.0, 0.0, 400.0, 400.0]}]}
+    sim = Simulation(sc)
+    summary = sim.run()
+    sim.close()
+    assert summary["decode_errors"] == {}
+    assert summary["frames"]["bin"]["serial_unacked"] > 0 and summary["frames"]["bin"]["heard"] > 0
+    s = compare(sim, {n.node_id: n for n in sim.nodes}, Received(), [])
+    for kind in ("bin", "parking"):
+        for fate in ("heard", "lost_on_air", "serial_unacked"):
+            assert s["per_kind"][kind][fate] == summary["frames"][kind][fate], (kind, fate)
