@@ -127,7 +127,7 @@ def render(results: dict[str, dict[str, Any]], info: dict[str, Any], quick: bool
         "",
     ]
     out += _gateway_section(results.get("gateway"))
-    out += cost_section(results.get("gateway"))
+    out += cost_section(results.get("gateway")) or cost_section(results.get("gateway-cost"))
     out += _firmware_section(results.get("firmware"))
     out += _sim_section(results.get("simulator"))
     out += _district_section(results.get("district"))
@@ -209,7 +209,10 @@ def cost_section(d: dict[str, Any] | None) -> list[str]:
     v = d.get("variants", {})
     lines = ["## Gateway cost at a street's rates", "",
              f"Each figure beside the same phase run on commit `{d['previous']}` (the previous figure) "
-             "in the same run; the load of the shared machine is in the raw JSON (`load_average`).", ""]
+             "in the same run.", "",
+             f"Command: `{d.get('command')}` ({d.get('date_utc')}; load average at the end "
+             f"{d.get('load_average_at_end')} on {_get(d, 'machine', 'cpus')} cores shared by eight engineers: "
+             "the µs figures are noisy, the instruction and byte counts are not).", ""]
     ours, prev = _get(d, "throughput", "ours") or {}, v.get("throughput_previous") or {}
     base = _get(d, "throughput", "baseline_json") or {}
     if ours and prev:
