@@ -55,7 +55,7 @@ MODULES = [
     Module("batcher", ("gateway/batcher.py", "gateway/dedup.py"), ("tests/test_gw_batcher.py", *GW_UNITS)),
     Module("publisher", ("gateway/publisher.py",), ("tests/test_gw_promises.py", "tests/test_gw_robustness.py",
                                                     *GW_E2E)),
-    Module("verify", ("gateway/verify.py",), (*GW_UNITS, "tests/test_gw_perf_invariants.py")),
+    Module("verify", ("gateway/verify.py",), ("tests/test_gw_verify.py", *GW_UNITS)),
     Module("replay", ("gateway/replay.py",), (*GW_UNITS, "tests/test_gw_perf_invariants.py")),
     Module("us_store", ("firmware/lib/us_store.py",), (*FW, "tests/test_fw_config_cache.py", "tests/test_fw_wake.py")),
     Module("protocol", ("urbansense/wire/protocol.py",), ("tests/test_protocol.py", *GW_UNITS)),
