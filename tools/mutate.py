@@ -212,6 +212,49 @@ def run(m: Module, base: Path, max_children: int) -> dict[str, object]:
             "sql_case_equivalent": len(sql_case), "log": str(log)}
 
 
+def retest(m: Module, base: Path) -> dict[str, object]:
+    """Survivors of a finished run against the test files changed since (new kills from the
+    review): each mutant applied with ``mutmut apply``, the changed files run, the file
+    restored. Cheaper than a new run when a review added a few tests."""
+    work = base / m.name
+    summary = json.loads((work / "summary.json").read_text())
+    changed = []
+    for t in m.tests:
+        old, new = work / t, ROOT / t
+        if new.exists() and (not old.exists() or old.read_bytes() != new.read_bytes()):
+            changed.append(t)
+    for f in ("tests/test_gw_support.py", "tests/fw_fakes.py", "tests/conftest.py"):
+        shutil.copy2(ROOT / f, work / f)
+    for t in changed:
+        shutil.copy2(ROOT / t, work / t)
+    lib = work / "firmware" / "lib"
+    if not lib.exists():
+        lib.symlink_to(Path("..") / "src", target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS")}
+    env["PYTHONPATH"] = str(work)
+    killed_now: list[str] = []
+    for name in list(summary["survivors"]) if changed else []:
+        sources = {f: f.read_bytes() for pat in m.paths for f in work.glob(_mutmut_path(pat))}
+        try:
+            subprocess.run([str(_MUTMUT), "apply", name], cwd=work, check=True, capture_output=True)
+            r = subprocess.run(["nice", "-n", "15", sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:xdist",
+                                "-p", "no:cacheprovider", "--hypothesis-seed=0", *changed],
+                               cwd=work, env=env, capture_output=True, check=False)
+        finally:
+            for src, data in sources.items():
+                src.write_bytes(data)
+        if r.returncode == 1:
+            killed_now.append(name)
+    summary["survivors"] = [n for n in summary["survivors"] if n not in killed_now]
+    summary["killed"] += len(killed_now)
+    summary["killed_on_retest"] = summary.get("killed_on_retest", 0) + len(killed_now)
+    non_equivalent = summary["killed"] + len(summary["survivors"])
+    summary["kill_rate"] = round(100 * summary["killed"] / non_equivalent, 1) if non_equivalent else None
+    summary["retested_with"] = changed
+    (work / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary  # type: ignore[no-any-return]
+
+
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION_START = "<!-- mutation:start (tools/mutate.py writes this section; urbansense bench keeps it) -->"
 SECTION_END = "<!-- mutation:end -->"
@@ -263,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="modules to run (default: all): " + ", ".join(BY_NAME))
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument("--json", action="store_true", help="one JSON line per module")
+    ap.add_argument("--retest", action="store_true",
+                    help="re-check the survivors of finished runs against the test files changed since")
     ap.add_argument("--write-results", action="store_true",
                     help="only rewrite bench/RESULTS.md's section from the summaries already there")
     args = ap.parse_args(argv)
@@ -278,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failed = False
     for name in args.modules or list(BY_NAME):
+        if args.retest:
+            if (base / name / "summary.json").exists():
+                print(json.dumps(retest(BY_NAME[name], base)), flush=True)
+            continue
         res = run(BY_NAME[name], base, args.max_children)
         (base / name / "summary.json").write_text(json.dumps(res, indent=1))
         if args.json:
@@ -291,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         rate = res["kill_rate"]
         failed = failed or res["rc"] != 0 or rate is None or rate < 90.0  # type: ignore[operator]
     write_results(base, machine)
-    return 1 if failed else 0
+    return 1 if failed and not args.retest else 0
 
 
 if __name__ == "__main__":
