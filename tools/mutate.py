@@ -212,42 +212,79 @@ def run(m: Module, base: Path, max_children: int) -> dict[str, object]:
             "sql_case_equivalent": len(sql_case), "log": str(log)}
 
 
+def _apply_diff(tree: Path, diff: list[str]) -> Path | None:
+    """Apply a mutant shown by ``mutmut show`` (a function-relative diff) to the same lines of
+    the current source in ``tree``: the removed lines must appear once there (indentation
+    aside). Returns the file changed, or None when the function changed since the run."""
+    header = next((line for line in diff if line.startswith("--- ")), None)
+    if header is None:
+        return None
+    rel = header[4:].strip()
+    path = tree / ("firmware/lib/" + rel.removeprefix("src/") if rel.startswith("src/") else rel)
+    minus = [line[1:] for line in diff if line.startswith("-") and not line.startswith("---")]
+    plus = [line[1:] for line in diff if line.startswith("+") and not line.startswith("+++")]
+    if not minus or not path.exists():
+        return None
+    lines = path.read_text().split("\n")
+    want = [m.strip() for m in minus]
+    hits = [i for i in range(len(lines) - len(minus) + 1)
+            if [x.strip() for x in lines[i:i + len(minus)]] == want]
+    if len(hits) != 1:
+        return None
+    i = hits[0]
+    pad = len(lines[i]) - len(lines[i].lstrip()) - (len(minus[0]) - len(minus[0].lstrip()))
+    if pad < 0:
+        return None
+    lines[i:i + len(minus)] = [" " * pad + p for p in plus]
+    path.write_text("\n".join(lines))
+    return path
+
+
 def retest(m: Module, base: Path) -> dict[str, object]:
-    """Survivors of a finished run against the test files changed since (new kills from the
-    review): each mutant applied with ``mutmut apply``, the changed files run, the file
-    restored. Cheaper than a new run when a review added a few tests."""
+    """Survivors of a finished run against the test files changed since (the review's new
+    kills): each mutant's diff applied to a fresh copy of the current tree, the changed test
+    files run, the file restored. Much cheaper than a new run when a review added tests; a
+    mutant whose function changed since the run is left as it was."""
     work = base / m.name
     summary = json.loads((work / "summary.json").read_text())
-    changed = []
-    for t in m.tests:
-        old, new = work / t, ROOT / t
-        if new.exists() and (not old.exists() or old.read_bytes() != new.read_bytes()):
-            changed.append(t)
-    for f in ("tests/test_gw_support.py", "tests/fw_fakes.py", "tests/conftest.py"):
-        shutil.copy2(ROOT / f, work / f)
-    for t in changed:
-        shutil.copy2(ROOT / t, work / t)
-    lib = work / "firmware" / "lib"
-    if not lib.exists():
-        lib.symlink_to(Path("..") / "src", target_is_directory=True)
+    changed = [t for t in m.tests if (ROOT / t).exists() and (
+        not (work / "mutants" / t).exists()  # mutmut ran the tests as copied there
+        or (work / "mutants" / t).read_bytes() != (ROOT / t).read_bytes())]
+    tree = base / f"{m.name}-retest"
+    if tree.exists():
+        shutil.rmtree(tree)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for f in files:
+        if f and (ROOT / f).is_file():
+            (tree / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, tree / f)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS")}
-    env["PYTHONPATH"] = str(work)
+    env["PYTHONPATH"] = str(tree)
     killed_now: list[str] = []
+    not_applied: list[str] = []
     for name in list(summary["survivors"]) if changed else []:
-        sources = {f: f.read_bytes() for pat in m.paths for f in work.glob(_mutmut_path(pat))}
+        diff = subprocess.run([str(_MUTMUT), "show", name], cwd=work, capture_output=True, text=True,
+                              check=False).stdout.splitlines()
+        header = next((line for line in diff if line.startswith("--- ")), "--- ?")[4:].strip()
+        target = tree / ("firmware/lib/" + header.removeprefix("src/") if header.startswith("src/") else header)
+        original = target.read_bytes() if target.exists() else None
         try:
-            subprocess.run([str(_MUTMUT), "apply", name], cwd=work, check=True, capture_output=True)
+            if _apply_diff(tree, diff) is None:
+                not_applied.append(name)
+                continue
             r = subprocess.run(["nice", "-n", "15", sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:xdist",
                                 "-p", "no:cacheprovider", "--hypothesis-seed=0", *changed],
-                               cwd=work, env=env, capture_output=True, check=False)
+                               cwd=tree, env=env, capture_output=True, check=False)
+            if r.returncode == 1:
+                killed_now.append(name)
         finally:
-            for src, data in sources.items():
-                src.write_bytes(data)
-        if r.returncode == 1:
-            killed_now.append(name)
+            if original is not None:
+                target.write_bytes(original)
     summary["survivors"] = [n for n in summary["survivors"] if n not in killed_now]
     summary["killed"] += len(killed_now)
     summary["killed_on_retest"] = summary.get("killed_on_retest", 0) + len(killed_now)
+    summary["not_retested"] = not_applied
     non_equivalent = summary["killed"] + len(summary["survivors"])
     summary["kill_rate"] = round(100 * summary["killed"] / non_equivalent, 1) if non_equivalent else None
     summary["retested_with"] = changed
