@@ -221,8 +221,10 @@ def _apply_diff(tree: Path, diff: list[str]) -> Path | None:
         return None
     rel = header[4:].strip()
     path = tree / ("firmware/lib/" + rel.removeprefix("src/") if rel.startswith("src/") else rel)
-    minus = [line[1:] for line in diff if line.startswith("-") and not line.startswith("---")]
-    plus = [line[1:] for line in diff if line.startswith("+") and not line.startswith("+++")]
+    # The hunk with its context: the removed lines alone can occur more than once.
+    body = [line for line in diff[diff.index(header) + 2:] if not line.startswith("@@")]
+    minus = [line[1:] for line in body if line[:1] in (" ", "-")]
+    plus = [line[1:] for line in body if line[:1] in (" ", "+")]
     if not minus or not path.exists():
         return None
     lines = path.read_text().split("\n")
@@ -263,7 +265,7 @@ def retest(m: Module, base: Path) -> dict[str, object]:
     env["PYTHONPATH"] = str(tree)
     killed_now: list[str] = []
     not_applied: list[str] = []
-    for name in list(summary["survivors"]) if changed else []:
+    for name in [n for n in summary["survivors"] if n not in equivalents()] if changed else []:
         diff = subprocess.run([str(_MUTMUT), "show", name], cwd=work, capture_output=True, text=True,
                               check=False).stdout.splitlines()
         header = next((line for line in diff if line.startswith("--- ")), "--- ?")[4:].strip()
@@ -281,7 +283,9 @@ def retest(m: Module, base: Path) -> dict[str, object]:
         finally:
             if original is not None:
                 target.write_bytes(original)
-    summary["survivors"] = [n for n in summary["survivors"] if n not in killed_now]
+    eq = equivalents()  # the review may have written some down since the run
+    summary["equivalent"] += len([n for n in summary["survivors"] if n in eq and n not in killed_now])
+    summary["survivors"] = [n for n in summary["survivors"] if n not in killed_now and n not in eq]
     summary["killed"] += len(killed_now)
     summary["killed_on_retest"] = summary.get("killed_on_retest", 0) + len(killed_now)
     summary["not_retested"] = not_applied
