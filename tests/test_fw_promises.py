@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -177,3 +178,62 @@ def test_nvs_objects_round_trip_and_absent_or_oversized_read_as_none() -> None:
     assert us_store.nvs_get_obj(nvs, "big", max_len=16) is None
     us_store.nvs_set_int(nvs, "x", -5)
     assert us_store.nvs_get_int(nvs, "x", 7) == -5
+
+
+def test_rtc_state_is_compact_and_sized_to_the_byte() -> None:
+    """RTC memory is 2 KiB: the state is compact JSON, a blob of exactly 2048 bytes is
+    written, one byte more is refused; the config cache rides along only while the whole stays
+    within RTC_CACHE_MAX_BYTES."""
+    _, _, blob = _saved({"fc": 1, "fr": 256, "dn": {1: 900}})
+    assert b", " not in blob and b": " not in blob
+    head = len(_saved({"x": ""})[2])  # header + {"x":""}
+    _, _, exact = _saved({"x": "a" * (us_store.RTC_MAX_BYTES - head)})
+    assert len(exact) == us_store.RTC_MAX_BYTES
+    with pytest.raises(ValueError, match="rtc state too large"):
+        _saved({"x": "a" * (us_store.RTC_MAX_BYTES - head + 1)})
+    cache = us_store.config_section({"key": "00" * 16, "node_id": 7}, {"kind": "water"})
+    assert b", " not in cache and b": " not in cache
+    room = us_store.RTC_CACHE_MAX_BYTES - len(cache) - head
+    for pad, kept in ((room, True), (room + 1, False)):
+        _, rtc2, blob2 = _saved({"x": "a" * pad, us_store.CONFIG_CACHE: cache})
+        back = us_store.load_rtc(rtc2)
+        assert back is not None and (us_store.CONFIG_CACHE in back) is kept, pad
+        assert len(blob2) == head + pad + (len(cache) if kept else 0)
+
+
+def test_the_config_cache_keeps_falsy_settings_and_restores_empty_sections() -> None:
+    cfg = {"key": "00" * 16, "node_id": 0, "tamper": False, "intervals": {}, "ble": {"tx_dbm": 0}}
+    sec = us_store.config_section(cfg, {"kind": "water"})
+    assert b"intervals" not in sec  # empty sections are not stored
+    got = us_store.load_config({us_store.CONFIG_CACHE: sec})
+    assert got is not None
+    back, board = got
+    assert back["node_id"] == 0 and back["tamper"] is False and back["ble"] == {"tx_dbm": 0}
+    assert back["intervals"] == {} and back["key_bytes"] == bytes(16) and board == {"kind": "water"}
+    assert us_store.load_config(None) is None and us_store.load_config({}) is None
+
+
+def test_drop_config_cache_keeps_a_long_state_and_ignores_an_empty_rtc() -> None:
+    cache = us_store.config_section({"key": "00" * 16, "node_id": 7}, {"kind": "water"})
+    state = {"fc": 3, "fr": 256, "bl": [[i, bytes(20)] for i in range(8)]}  # body > 256 bytes
+    w, rtc, blob = _saved({**state, us_store.CONFIG_CACHE: cache})
+    assert len(blob) > 256 + len(cache)
+    us_store.drop_config_cache(rtc)
+    back = us_store.load_rtc(rtc)
+    assert back is not None and us_store.CONFIG_CACHE not in back and back["fc"] == 3 and len(back["bl"]) == 8
+    w.rtc_mem = b""
+    us_store.drop_config_cache(rtc)
+    assert w.rtc_mem == b""
+    w.rtc_mem = blob[:6]
+    us_store.drop_config_cache(rtc)
+    assert w.rtc_mem == blob[:6]
+
+
+def test_nvs_reads_default_to_zero_and_a_blob_over_max_len_is_none() -> None:
+    w = ff.make_world("water")
+    nvs = ff.FakeNVS(w, us_store.NVS_NAMESPACE)
+    assert us_store.nvs_get_int(nvs, "never") == 0
+    us_store.nvs_set_obj(nvs, "a", bytes(254))  # 2 bytes of CBOR head: 256 in all
+    assert us_store.nvs_get_obj(nvs, "a") == bytes(254)
+    us_store.nvs_set_obj(nvs, "b", bytes(255))  # 257
+    assert us_store.nvs_get_obj(nvs, "b") is None
