@@ -47,6 +47,7 @@ class Module:
     name: str
     paths: tuple[str, ...]  # files to mutate, repo-relative (firmware: firmware/lib/...)
     tests: tuple[str, ...]
+    review: tuple[str, ...] = ()  # the files the survivors' review adds to (--retest runs these)
 
 
 MODULES = [
@@ -55,16 +56,19 @@ MODULES = [
     Module("batcher", ("gateway/batcher.py", "gateway/dedup.py"), ("tests/test_gw_batcher.py", *GW_UNITS)),
     Module("publisher", ("gateway/publisher.py",), ("tests/test_gw_promises.py", "tests/test_gw_robustness.py",
                                                     *GW_E2E)),
-    Module("verify", ("gateway/verify.py",), ("tests/test_gw_verify.py", *GW_UNITS)),
-    Module("replay", ("gateway/replay.py",), (*GW_UNITS, "tests/test_gw_perf_invariants.py")),
-    Module("us_store", ("firmware/lib/us_store.py",), (*FW, "tests/test_fw_config_cache.py", "tests/test_fw_wake.py")),
+    Module("verify", ("gateway/verify.py",), ("tests/test_gw_verify.py", *GW_UNITS),
+           ("tests/test_gw_verify.py", "tests/test_gw_promises.py")),
+    Module("replay", ("gateway/replay.py",), (*GW_UNITS, "tests/test_gw_perf_invariants.py"),
+           ("tests/test_gw_promises.py",)),
+    Module("us_store", ("firmware/lib/us_store.py",), (*FW, "tests/test_fw_config_cache.py", "tests/test_fw_wake.py"),
+           ("tests/test_fw_promises.py",)),
     Module("protocol", ("urbansense/wire/protocol.py",), ("tests/test_protocol.py", *GW_UNITS)),
     Module("framing", ("urbansense/wire/framing.py",), ("tests/test_protocol.py", *GW_UNITS)),
     Module("us_proto", ("firmware/lib/us_proto.py",), ("tests/test_protocol.py", *FW)),
     Module("us_serial", ("firmware/lib/us_serial.py",), ("tests/test_protocol.py", "tests/test_gw_robustness.py", *FW)),
     Module("us_water", ("firmware/lib/us_water.py",), ("tests/test_fw_logic.py", "tests/test_fw_node.py")),
     Module("us_parking", ("firmware/lib/us_parking.py",), ("tests/test_fw_logic.py", "tests/test_fw_node.py")),
-    Module("demo", ("urbansense/demo.py",), ("tests/test_demo_verdict.py",)),
+    Module("demo", ("urbansense/demo.py",), ("tests/test_demo_verdict.py",), ("tests/test_demo_verdict.py",)),
 ]
 BY_NAME = {m.name: m for m in MODULES}
 
@@ -252,6 +256,8 @@ def retest(m: Module, base: Path) -> dict[str, object]:
     changed = [t for t in m.tests if (ROOT / t).exists() and (
         not (work / "mutants" / t).exists()  # mutmut ran the tests as copied there
         or (work / "mutants" / t).read_bytes() != (ROOT / t).read_bytes())]
+    if m.review:
+        changed = [t for t in changed if t in m.review]
     tree = base / f"{m.name}-retest"
     if tree.exists():
         shutil.rmtree(tree)
