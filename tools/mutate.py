@@ -23,6 +23,7 @@ Equivalent mutants, with the reason, are listed in bench/mutation-equivalents.md
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -364,7 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(os.environ.get("MUTATE_DIR", ROOT / "build" / "mutate")).resolve()
     import platform
 
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    machine = f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
     if args.write_results:
         write_results(base, machine)
         return 0
