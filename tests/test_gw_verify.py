@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
+from gateway.flow import NodeRow
 from gateway.metrics import Metrics
-from gateway.outbox import NodeRow
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
 from gateway.verify import Accepted, Heard, Verifier
