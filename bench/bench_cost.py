@@ -278,13 +278,16 @@ async def phase_ble_foreign(ctx: dict[str, Any], work: Any) -> dict[str, Any]:
     sink_path = str(tmp / "sink.sock")
     sink.bind(sink_path)
     sink.setblocking(False)
+    sock.setblocking(False)
     c0 = time.process_time()
-    for i, (_, adv) in enumerate(events):
-        sock.sendto(adv, sink_path)
-        if i % 64 == 0:
-            with contextlib.suppress(OSError):
+    for _, adv in events:
+        try:
+            sock.sendto(adv, sink_path)
+        except BlockingIOError:  # the sink's queue is full (10 datagrams): empty it, send again
+            with contextlib.suppress(BlockingIOError):
                 while sink.recv(4096):
                     pass
+            sock.sendto(adv, sink_path)
     send_cpu = time.process_time() - c0
     sock.close()
     sink.close()
