@@ -189,7 +189,7 @@ def test_rtc_state_is_compact_and_sized_to_the_byte() -> None:
     head = len(_saved({"x": ""})[2])  # header + {"x":""}
     _, _, exact = _saved({"x": "a" * (us_store.RTC_MAX_BYTES - head)})
     assert len(exact) == us_store.RTC_MAX_BYTES
-    with pytest.raises(ValueError, match="rtc state too large"):
+    with pytest.raises(ValueError, match=r"^rtc state too large$"):
         _saved({"x": "a" * (us_store.RTC_MAX_BYTES - head + 1)})
     cache = us_store.config_section({"key": "00" * 16, "node_id": 7}, {"kind": "water"})
     assert b", " not in cache and b": " not in cache

@@ -9,10 +9,12 @@ dropped uncounted, a splitter that keeps everything it is fed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 import tempfile
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -414,7 +416,22 @@ def test_a_bug_in_verify_is_counted_as_verify_s_internal_error_not_a_rejection(t
         raise RuntimeError("a bug")
 
     s.verifier.registry = SimpleNamespace(get=broken)  # type: ignore[assignment]
-    assert s.verifier.process(Heard(frame(1, 1), "serial")) is None
+    with _records("gateway.verify") as records:
+        assert s.verifier.process(Heard(frame(1, 1), "serial")) is None
+    assert [r.levelno for r in records] == [logging.ERROR]  # loud: a bug, not outside bytes
     assert s.metrics.internal_errors.get("verify") == 1 and s.metrics.internal_errors.total() == 1
     assert s.metrics.rejections.total() == 0 and s.metrics.frames_in.get("serial") == 1
     s.outbox.close()
+
+
+@contextlib.contextmanager
+def _records(name: str) -> Iterator[list[logging.LogRecord]]:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

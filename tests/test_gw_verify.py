@@ -60,3 +60,16 @@ def test_a_counter_far_past_2_to_the_16_is_rebuilt_from_the_high_water_mark() ->
 def test_the_alarm_flag(ftype: int, readings: dict[int, int], alarm: bool) -> None:
     got = _verifier().process(Heard(frame(1, 1, readings, ftype=ftype), "ble"))
     assert isinstance(got, Accepted) and got.alarm is alarm
+
+
+def test_an_accepted_frame_carries_what_was_heard() -> None:
+    """The record and the verdict keep the frame, its type, the node's kind, the RSSI and the
+    reply of the transport that heard it (BLE: none)."""
+    data = frame(1, 1, {5: 3600}, ftype=T_ALARM)
+    replies: list[bytes] = []
+    ble = _verifier().process(Heard(data, "ble", rssi_dbm=-70))
+    assert isinstance(ble, Accepted)
+    assert (ble.frame, ble.kind, ble.record.ftype, ble.record.rssi_dbm, ble.replies) == (
+        data, "water", T_ALARM, -70, [])
+    serial = _verifier().process(Heard(data, "serial", reply=replies.append))
+    assert isinstance(serial, Accepted) and serial.replies == [replies.append]
