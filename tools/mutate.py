@@ -233,9 +233,17 @@ def _apply_diff(tree: Path, diff: list[str]) -> Path | None:
     if not minus or not path.exists():
         return None
     lines = path.read_text().split("\n")
-    want = [m.strip() for m in minus]
-    hits = [i for i in range(len(lines) - len(minus) + 1)
-            if [x.strip() for x in lines[i:i + len(minus)]] == want]
+
+    def find(block: list[str]) -> list[int]:
+        want = [b.strip() for b in block]
+        return [i for i in range(len(lines) - len(block) + 1)
+                if [x.strip() for x in lines[i:i + len(block)]] == want]
+
+    hits = find(minus)
+    if len(hits) != 1:  # the function changed around the mutant since the run: the changed lines alone
+        minus = [line[1:] for line in body if line[:1] == "-"]
+        plus = [line[1:] for line in body if line[:1] == "+"]
+        hits = find(minus) if minus else []
     if len(hits) != 1:
         return None
     i = hits[0]
