@@ -280,6 +280,7 @@ def retest(m: Module, base: Path) -> dict[str, object]:
     env["PYTHONPATH"] = str(tree)
     killed_now: list[str] = []
     not_applied: list[str] = []
+    gone: list[str] = []
     for name in [n for n in summary["survivors"] if n not in equivalents()] if changed else []:
         diff = subprocess.run([str(_MUTMUT), "show", name], cwd=work, capture_output=True, text=True,
                               check=False).stdout.splitlines()
@@ -288,7 +289,10 @@ def retest(m: Module, base: Path) -> dict[str, object]:
         original = target.read_bytes() if target.exists() else None
         try:
             if _apply_diff(tree, diff) is None:
-                not_applied.append(name)
+                if original is not None and f"def {_function_of(name)}(" not in original.decode():
+                    gone.append(name)  # the function was removed since the run: no mutant left
+                else:
+                    not_applied.append(name)
                 continue
             r = subprocess.run(["nice", "-n", "15", sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:xdist",
                                 "-p", "no:cacheprovider", "--hypothesis-seed=0", *changed],
@@ -300,7 +304,9 @@ def retest(m: Module, base: Path) -> dict[str, object]:
                 target.write_bytes(original)
     eq = equivalents()  # the review may have written some down since the run
     summary["equivalent"] += len([n for n in summary["survivors"] if n in eq and n not in killed_now])
-    summary["survivors"] = [n for n in summary["survivors"] if n not in killed_now and n not in eq]
+    summary["survivors"] = [n for n in summary["survivors"] if n not in killed_now and n not in eq and n not in gone]
+    summary["mutants"] -= len(gone)
+    summary["gone"] = summary.get("gone", []) + gone
     summary["killed"] += len(killed_now)
     summary["killed_on_retest"] = summary.get("killed_on_retest", 0) + len(killed_now)
     summary["not_retested"] = not_applied
