@@ -30,7 +30,7 @@ from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox
 from gateway.registry import Node, Registry
-from gateway.replay import WINDOW, ReplayTable
+from gateway.replay import WINDOW, Freshness, ReplayTable, judge, mark_seen
 from gateway.verify import Verifier
 from tests.test_gw_support import (
     KEYS,
@@ -435,3 +435,16 @@ def _records(name: str) -> Iterator[list[logging.LogRecord]]:
         yield records
     finally:
         logger.removeHandler(handler)
+
+
+def test_the_window_edges_accepting_twice_changes_nothing_and_a_jump_of_exactly_the_window() -> None:
+    """mark_seen's contract (RFC 4303 3.4.3): accepting the mark or a counter already in the
+    window changes nothing; after a jump of exactly WINDOW the old mark is still remembered,
+    one more and it falls out."""
+    mark, seen = mark_seen(None, 0, 100)
+    mark, seen = mark_seen(mark, seen, 98)
+    assert mark_seen(mark, seen, 100) == (mark, seen) and mark_seen(mark, seen, 98) == (mark, seen)
+    m2, s2 = mark_seen(100, 0, 100 + WINDOW)
+    assert judge(m2, s2, 100) is Freshness.DUPLICATE and judge(m2, s2, 101) is Freshness.LATE
+    m3, s3 = mark_seen(100, 0, 101 + WINDOW)
+    assert judge(m3, s3, 100) is Freshness.REPLAY and judge(m3, s3, 101) is Freshness.LATE
