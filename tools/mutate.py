@@ -325,15 +325,16 @@ SECTION_END = "<!-- mutation:end -->"
 def _previous_rates(text: str) -> dict[str, str]:
     """Kill rate per module in the section as it stands (the 'previous' column)."""
     block = text.partition(SECTION_START)[2].partition(SECTION_END)[0]
-    return {m.group(1): m.group(2) for m in re.finditer(r"^\| (\w+) \|(?:[^|]*\|){6} ([\d.]+ %|n/a) \|", block, re.M)}
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\| (\w+) \|(?:[^|]*\|){5} ([\d.]+ %|n/a) \|", block, re.M)}
 
 
 def write_results(base: Path, machine: str) -> None:
     """The per-module table in bench/RESULTS.md, from each module's summary.json under ``base``."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     previous = _previous_rates(text)
-    rows = ["| module | files | mutants | killed | equivalent (listed + SQL case) | surviving | kill rate "
-            "| previous | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| module | files | mutants | killed (of which by the review's tests, --retest) "
+            "| equivalent (listed + SQL case) | surviving | kill rate | previous | mutmut wall s |",
+            "|---|---|---|---|---|---|---|---|---|"]
     not_run = []
     for m in MODULES:
         f = base / m.name / "summary.json"
@@ -342,9 +343,9 @@ def write_results(base: Path, machine: str) -> None:
             continue
         r = json.loads(f.read_text())
         rate = f"{r['kill_rate']} %" if r["kill_rate"] is not None else "n/a"
-        rows.append(f"| {m.name} | {', '.join(m.paths)} | {r['mutants']} | {r['killed']} | "
+        rows.append(f"| {m.name} | {', '.join(m.paths)} | {r['mutants']} | {r['killed']} ({r.get('killed_on_retest', 0)}) | "
                     f"{r['equivalent']} + {r.get('sql_case_equivalent', 0)} | {len(r['survivors'])} | {rate} | "
-                    f"{previous.get(m.name, '-')} | {r['wall_s']} |")
+                    f"{previous.get(m.name, '-')} | {r['wall_s'] or 'n/a'} |")
     block = [
         SECTION_START, "## Mutation testing", "",
         "Command: `make mutate` (`nice -n 15 python tools/mutate.py`, mutmut 3, 2 workers); "
@@ -353,7 +354,9 @@ def write_results(base: Path, machine: str) -> None:
         "each mutant only against the tests that reach its function. Kill rate = killed (a test "
         "failed or ran out of time) / (all mutants - equivalent ones); floor 90 %. Equivalent "
         "mutants and the rules (log statements not mutated, SQL case) are in "
-        "bench/mutation-equivalents.md.", "", *rows, ""]
+        "bench/mutation-equivalents.md. A module's survivors were reviewed after its run: the "
+        "tests written for them were run against each surviving mutant (`tools/mutate.py --retest`), "
+        "not a whole new run.", "", *rows, ""]
     if not_run:
         block += [f"Not run in this pass: {', '.join(not_run)}.", ""]
     block.append(SECTION_END)
