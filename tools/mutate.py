@@ -120,7 +120,7 @@ def _setup_cfg(m: Module) -> str:
     lines += [f"    {_mutmut_path(p)}" for p in m.paths]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in m.tests]
     lines += ["also_copy ="] + [f"    {p}" for p in (*copies, "boards", "scenarios", "tools", "bench",
-                                                     "examples", "deploy")]
+                                                     "examples", "deploy", "docs", "README.md", "Makefile")]
     # -p no:xdist: mutmut forks its own workers; a fixed hypothesis seed: every mutant meets the
     # same examples, so a kill is reproducible.
     lines += ["pytest_add_cli_args =", "    -p", "    no:xdist", "    -p", "    no:cacheprovider",
