@@ -107,13 +107,21 @@ class Received:
 
 async def _subscribe(host: str, port: int, rx: Received) -> None:
     import aiomqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
 
     from urbansense.wire.senml import frames_from_pack
 
+    # A persistent session (no clean start, an hour's expiry): packs a gateway publishes while
+    # this consumer reconnects after a broker restart wait for it in the broker instead of
+    # going to no subscriber, which a ledger would count as lost at the gateway.
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 3600
     while True:
         try:
             async with aiomqtt.Client(host, port, identifier="urbansense-demo-consumer",
-                                      protocol=aiomqtt.ProtocolVersion.V5) as client:
+                                      protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
+                                      properties=props) as client:
                 await client.subscribe("urbansense/v1/+/+/up", qos=1)
                 rx.ready.set()
                 async for msg in client.messages:
