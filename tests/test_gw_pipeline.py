@@ -127,6 +127,8 @@ async def test_downlink_rides_with_every_ack_until_the_node_reports_its_dcnt(
     gw = await running(make_config(tmp_path, mqtt_broker, serial__ports=[node.path]))
     assert gw.publisher is not None
     await asyncio.wait_for(gw.publisher.connected.wait(), 5)
+    # The downlink listener is its own session: until its SUBACK the broker keeps nothing for it.
+    await wait_for(lambda: gw.listeners[0].connected_for_s() is not None, what="listener subscribed")
     async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as c:
         await c.publish("urbansense/v1/test-site/gw-1/down",
                         json.dumps({"node_id": 4, "commands": {"report_interval_s": 900}, "id": "op-7"}),
