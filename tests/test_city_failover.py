@@ -43,6 +43,9 @@ def _count(pg: Any, sql: str) -> Any:
         return row[0] if row and len(row) == 1 else row
 
 
+# In make soak until its intermittent timeout ("every reception stored", about one fresh-clone
+# run in four on 2 cores) is understood; the other city failover tests stay in the default run.
+@pytest.mark.slow
 async def test_gateways_fail_over_between_nats_nodes_and_each_reading_is_stored_once(
         tmp_path: Path, nats_cluster: Any, pg_server: Any) -> None:
     cols = [_collector(nats_cluster, pg_server, f"c{i}") for i in range(2)]
