@@ -329,10 +329,18 @@ def _previous_rates(text: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r"^\| (\w+) \|(?:[^|]*\|){5} ([\d.]+ %|n/a) \|", block, re.M)}
 
 
+def _previous_rows(text: str) -> dict[str, str]:
+    """Each module's row in the section as it stands: a run over some modules (or in another
+    MUTATE_DIR) keeps the others' rows instead of dropping them."""
+    block = text.partition(SECTION_START)[2].partition(SECTION_END)[0]
+    return {m.group(1): m.group(0) for m in re.finditer(r"^\| (\w+) \|.*\|$", block, re.M) if m.group(1) in BY_NAME}
+
+
 def write_results(base: Path, machine: str) -> None:
     """The per-module table in bench/RESULTS.md, from each module's summary.json under ``base``."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     previous = _previous_rates(text)
+    kept = _previous_rows(text)
     rows = ["| module | files | mutants | killed (of which by the review's tests, --retest) "
             "| equivalent (listed + SQL case) | surviving | kill rate | previous | mutmut wall s |",
             "|---|---|---|---|---|---|---|---|---|"]
@@ -340,7 +348,10 @@ def write_results(base: Path, machine: str) -> None:
     for m in MODULES:
         f = base / m.name / "summary.json"
         if not f.exists():
-            not_run.append(m.name)
+            if m.name in kept:
+                rows.append(kept[m.name])
+            else:
+                not_run.append(m.name)
             continue
         r = json.loads(f.read_text())
         rate = f"{r['kill_rate']} %" if r["kill_rate"] is not None else "n/a"
