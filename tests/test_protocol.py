@@ -117,6 +117,45 @@ def test_firmware_rejects_tampered_ack(vec: dict) -> None:
         frame[i] ^= 0x01
 
 
+def _signed_down(key: bytes, head: bytes, dcnt: int) -> bytes:
+    """``head`` with the MIC the gateway's keys give it (direction down, counter ``dcnt``)."""
+    return head + NodeKeys(key).mic(1, dcnt, head)
+
+
+@pytest.mark.parametrize("first", [0x28, 0x10, 0x12, 0x19, 0x08])
+def test_firmware_rejects_a_signed_frame_that_is_no_v1_ack(first: int) -> None:
+    """The node reads only a v1 ack: a later version's ack or another frame type carrying a
+    right MIC is not taken for one (the MIC alone would let it through)."""
+    key, node_id, dcnt, acked = bytes(range(16)), 0x0A0B0C0D, 5, 9
+    head = bytes((first,)) + node_id.to_bytes(4, "little") + dcnt.to_bytes(4, "little") + acked.to_bytes(4, "little")
+    with pytest.raises(ValueError):
+        us_proto.decode_ack(us_proto.Keys(key), node_id, _signed_down(key, head, dcnt))
+    ack = _signed_down(key, b"\x18" + head[1:], dcnt)  # the same with the v1 ack header is read
+    assert us_proto.decode_ack(us_proto.Keys(key), node_id, ack) == (dcnt, acked, None)
+
+
+@pytest.mark.parametrize("acked_bytes", [0, 1, 2, 3])
+def test_firmware_rejects_a_signed_ack_shorter_than_its_header(acked_bytes: int) -> None:
+    """An ack is at least 13 header + 4 MIC bytes (PROTOCOL.md): a shorter frame with a right
+    MIC over what it has is refused, not read with the MIC as its acknowledged counter."""
+    key, node_id, dcnt = bytes(range(16)), 0x0A0B0C0D, 5
+    head = b"\x18" + node_id.to_bytes(4, "little") + dcnt.to_bytes(4, "little") + bytes(acked_bytes)
+    with pytest.raises(ValueError):
+        us_proto.decode_ack(us_proto.Keys(key), node_id, _signed_down(key, head, dcnt))
+
+
+@pytest.mark.parametrize("vec", UPLINKS, ids=[v["name"] for v in UPLINKS])
+def test_firmware_frame_limit_is_inclusive(vec: dict) -> None:
+    """A frame of exactly max_len bytes goes out (the fullest BLE frame is 27 bytes, the
+    ble_max_body vector); one byte less of room refuses it."""
+    keys = us_proto.Keys(bytes.fromhex(vec["key"]))
+    readings = {k: v for k, v in vec["readings"]}
+    args = (keys, vec["node_id"], vec["fcnt"], vec["ftype"], readings)
+    assert us_proto.encode_uplink(*args, vec["length"]).hex() == vec["frame"]
+    with pytest.raises(ValueError):
+        us_proto.encode_uplink(*args, vec["length"] - 1)
+
+
 @pytest.mark.parametrize(("key", "plain", "cipher"), AES)
 def test_aes_fallback_matches_fips197(key: str, plain: str, cipher: str) -> None:
     assert us_aes.AES128(bytes.fromhex(key)).encrypt(bytes.fromhex(plain)).hex() == cipher
