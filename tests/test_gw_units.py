@@ -63,6 +63,7 @@ def test_golden_literal_still_verifies() -> None:
     ("reason", "data", "wrapped"),
     [
         ("bad_cobs", b"\x05\x01", True),  # block claims 4 more bytes than there are
+        ("bad_cobs", b"\x02\x01\x00\x01", True),  # a delimiter inside the packet
         ("bad_crc", framing.wrap(GOOD)[:-3] + b"\x55\x55", True),  # wrong CRC bytes
         ("too_short", b"\x10\x01\x00\x00\x00", False),
         ("too_long", b"\x10" + b"\x01" * 64, False),

@@ -64,8 +64,8 @@ MODULES = [
     Module("us_store", ("firmware/lib/us_store.py",), (*FW, "tests/test_fw_config_cache.py", "tests/test_fw_wake.py"),
            ("tests/test_fw_promises.py",)),
     Module("protocol", ("urbansense/wire/protocol.py",), ("tests/test_protocol.py", *GW_UNITS)),
-    Module("framing", ("urbansense/wire/framing.py",), ("tests/test_protocol.py", "tests/test_gw_promises.py"),
-           ("tests/test_gw_promises.py",)),
+    Module("framing", ("urbansense/wire/framing.py",), ("tests/test_protocol.py", *GW_UNITS),
+           ("tests/test_gw_promises.py", "tests/test_protocol.py", "tests/test_gw_units.py")),
     Module("us_proto", ("firmware/lib/us_proto.py",), ("tests/test_protocol.py", *FW)),
     Module("us_serial", ("firmware/lib/us_serial.py",), ("tests/test_protocol.py", "tests/test_gw_robustness.py", *FW)),
     Module("us_water", ("firmware/lib/us_water.py",), ("tests/test_fw_logic.py", "tests/test_fw_node.py")),
@@ -177,6 +177,34 @@ def _sql_case_only(work: Path, name: str) -> bool:
         a != b and a.lower() == b.lower() and _SQL.search(a) for a, b in zip(minus, plus, strict=True))
 
 
+def _frame_error_detail_only(work: Path, name: str) -> bool:
+    """The mutant only changes a ``FrameError``'s detail (the arguments after the reason): the
+    detail is read by nothing but the verify stage's rejection log line, so it is equivalent
+    by the log rule (a rule, not a list). The reason, which is counted, must be unchanged."""
+    import ast
+
+    out = subprocess.run([str(_MUTMUT), "show", name], cwd=work, capture_output=True, text=True,
+                         check=False).stdout.splitlines()
+    minus = [line[1:].strip() for line in out if line.startswith("-") and not line.startswith("---")]
+    plus = [line[1:].strip() for line in out if line.startswith("+") and not line.startswith("+++")]
+
+    def call(line: str) -> ast.Call | None:
+        try:
+            node = ast.parse(line.removeprefix("raise ").removeprefix("return ")).body[0]
+        except (SyntaxError, IndexError):
+            return None
+        c = node.value if isinstance(node, ast.Expr) else None
+        ok = isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id == "FrameError"
+        return c if ok and c.args and not c.keywords else None  # type: ignore[return-value]
+
+    def same_reason(a: str, b: str) -> bool:
+        ca, cb = call(a), call(b)
+        return ca is not None and cb is not None and ast.dump(ca.args[0]) == ast.dump(cb.args[0])
+
+    return bool(minus) and len(minus) == len(plus) and all(
+        same_reason(a, b) for a, b in zip(minus, plus, strict=True))
+
+
 def equivalents() -> set[str]:
     """Mutant names written down as equivalent: every `NAME__mutmut_N` in
     bench/mutation-equivalents.md (each listed with its reason)."""
@@ -206,8 +234,8 @@ def run(m: Module, base: Path, max_children: int) -> dict[str, object]:
     r = results(work, SKIP_FUNCTIONS.get(m.name, ()))
     eq = equivalents()
     not_killed = r["survived"] + r["no_tests"] + r["other"]
-    sql_case = [n for n in not_killed if n not in eq and _sql_case_only(work, n)]
-    live = [n for n in not_killed if n not in eq and n not in sql_case]
+    by_rule = [n for n in not_killed if n not in eq and (_sql_case_only(work, n) or _frame_error_detail_only(work, n))]
+    live = [n for n in not_killed if n not in eq and n not in by_rule]
     killed = len(r["killed"])
     total = killed + len(not_killed)
     non_equivalent = killed + len(live)
@@ -215,7 +243,7 @@ def run(m: Module, base: Path, max_children: int) -> dict[str, object]:
             "killed": killed, "equivalent": len(not_killed) - len(live), "survivors": live,
             "no_tests": len(r["no_tests"]),
             "kill_rate": round(100 * killed / non_equivalent, 1) if non_equivalent else None,
-            "sql_case_equivalent": len(sql_case), "log": str(log)}
+            "rule_equivalent": len(by_rule), "log": str(log)}
 
 
 def _apply_diff(tree: Path, diff: list[str]) -> Path | None:
@@ -282,6 +310,11 @@ def retest(m: Module, base: Path) -> dict[str, object]:
     killed_now: list[str] = []
     not_applied: list[str] = []
     gone: list[str] = []
+    by_rule = [n for n in summary["survivors"] if n not in equivalents()
+               and (_sql_case_only(work, n) or _frame_error_detail_only(work, n))]
+    summary["survivors"] = [n for n in summary["survivors"] if n not in by_rule]
+    summary["equivalent"] += len(by_rule)
+    summary["rule_equivalent"] = summary.get("rule_equivalent", summary.get("sql_case_equivalent", 0)) + len(by_rule)
     for name in [n for n in summary["survivors"] if n not in equivalents()] if changed else []:
         diff = subprocess.run([str(_MUTMUT), "show", name], cwd=work, capture_output=True, text=True,
                               check=False).stdout.splitlines()
@@ -342,7 +375,7 @@ def write_results(base: Path, machine: str) -> None:
     previous = _previous_rates(text)
     kept = _previous_rows(text)
     rows = ["| module | files | mutants | killed (of which by the review's tests, --retest) "
-            "| equivalent (listed + SQL case) | surviving | kill rate | previous | mutmut wall s |",
+            "| equivalent (listed + by rule) | surviving | kill rate | previous | mutmut wall s |",
             "|---|---|---|---|---|---|---|---|---|"]
     not_run = []
     for m in MODULES:
@@ -355,8 +388,9 @@ def write_results(base: Path, machine: str) -> None:
             continue
         r = json.loads(f.read_text())
         rate = f"{r['kill_rate']} %" if r["kill_rate"] is not None else "n/a"
+        rule = r.get("rule_equivalent", r.get("sql_case_equivalent", 0))  # included in "equivalent"
         rows.append(f"| {m.name} | {', '.join(m.paths)} | {r['mutants']} | {r['killed']} ({r.get('killed_on_retest', 0)}) | "
-                    f"{r['equivalent']} + {r.get('sql_case_equivalent', 0)} | {len(r['survivors'])} | {rate} | "
+                    f"{r['equivalent'] - rule} + {rule} | {len(r['survivors'])} | {rate} | "
                     f"{previous.get(m.name, '-')} | {r['wall_s'] or 'n/a'} |")
     block = [
         SECTION_START, "## Mutation testing", "",
@@ -365,7 +399,7 @@ def write_results(base: Path, machine: str) -> None:
         "Each module's mutants run against the test files that cover it (tools/mutate.py MODULES), "
         "each mutant only against the tests that reach its function. Kill rate = killed (a test "
         "failed or ran out of time) / (all mutants - equivalent ones); floor 90 %. Equivalent "
-        "mutants and the rules (log statements not mutated, SQL case) are in "
+        "mutants and the rules (log statements not mutated, SQL case, FrameError detail) are in "
         "bench/mutation-equivalents.md. A module's survivors were reviewed after its run: the "
         "tests written for them were run against each surviving mutant (`tools/mutate.py --retest`), "
         "not a whole new run.", "", *rows, ""]
