@@ -79,11 +79,38 @@ def test_a_missing_image_or_pin_says_what_to_do(tmp_path: Path, capsys: pytest.C
                "--image", str(tmp_path / "x.bin"), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 2 and not out["ok"]
+    # The repository's pin: a file of another size is named as a cut download.
     (tmp_path / "x.bin").write_bytes(b"image")
     rc = main(["node", "flash", "--port", "/dev/null", "--board", "city-wroom32e",
                "--image", str(tmp_path / "x.bin"), "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert rc == 2 and "pins no sha256" in out["error"]  # the repository's pin awaits its hash
+    assert rc == 2 and "has 5 bytes, the pinned ESP32_GENERIC-20250415-v1.25.0.bin has 1,702,240" in out["error"]
+    assert "micropython.org/resources/firmware/ESP32_GENERIC-20250415-v1.25.0.bin" in out["next"]
+    # A board whose pin has no hash yet (the C3's) refuses any file.
+    rc = main(["node", "flash", "--port", "/dev/null", "--board", "esp32c3-devkitm-1",
+               "--image", str(tmp_path / "x.bin"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 2 and "pins no sha256" in out["error"]
+
+
+def test_a_file_of_the_pinned_size_with_other_bytes_is_refused_by_its_hash(tmp_path: Path) -> None:
+    board, path, image = _board(tmp_path)
+    board["image"]["size"] = len(image)
+    path.write_bytes(bytes(len(image)))
+    with pytest.raises(FieldError) as ei:
+        flash("/dev/null", board, path, quiet=True)
+    assert hashlib.sha256(bytes(len(image))).hexdigest() in ei.value.problem and ei.value.exit_code == 2
+
+
+@pytest.mark.parametrize("name", ["city-wroom32e", "esp32-devkitc"])
+def test_the_esp32_boards_pin_one_checked_official_image(name: str) -> None:
+    """chip, version, file, size, sha256 and the official address agree with each other."""
+    pin = load_board(name)["image"]
+    assert pin["chip"] == "ESP32" and pin["micropython"] == "1.25.0"
+    assert pin["file"] == "ESP32_GENERIC-20250415-v1.25.0.bin" and pin["size"] == 1_702_240
+    assert pin["sha256"] == "1eb1a88473e32aa6a4d45dc1b5b6ad40bc1f06128e7aa8548e438cfa4633da1b"
+    assert pin["source"] == "https://micropython.org/resources/firmware/" + pin["file"]
+    assert f"v{pin['micropython']}" in pin["file"]
 
 
 def test_a_port_where_no_bootloader_answers(tmp_path: Path) -> None:

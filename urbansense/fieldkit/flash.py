@@ -1,8 +1,9 @@
 """``urbansense node flash``: MicroPython onto a board with esptool as a library.
 
 The image is a local file pinned per board (boards/<board>.json "image": chip, MicroPython
-version, file name, sha256): nothing is downloaded at flash time, and a file whose SHA-256
-is not the pinned one, or a chip that is not the board's, is refused with what was found.
+version, file name, size, sha256, and the official download address the technician takes it
+from): nothing is downloaded at flash time, and a file whose size or SHA-256 is not the pinned
+one, or a chip that is not the board's, is refused with what was found.
 Steps: detect the chip (esptool.cmds.detect_chip), read the MAC, load the stub and erase the
 whole flash (the ESP32's ROM loader cannot erase all; without the stub the ROM erases the
 sectors FLASH_BEGIN announces), write at the chip's offset (0x1000 on the ESP32, 0x0 on the
@@ -47,6 +48,11 @@ def check_image(board: dict[str, Any], image: Path | None) -> tuple[bytes, dict[
                          f"{pin.get('source', 'micropython.org')}) to {IMAGES_DIR} or pass --image FILE",
                          exit_code=2) from None
     found = hashlib.sha256(data).hexdigest()
+    size = pin.get("size")
+    if isinstance(size, int) and len(data) != size:
+        raise FieldError(f"{path.name} has {len(data):,} bytes, the pinned {pin['file']} has {size:,} "
+                         "(a cut download, or another file)",
+                         f"download {pin.get('source', pin['file'])} again", exit_code=2)
     want = pin.get("sha256")
     if not want:
         raise FieldError(f"board {board.get('name')} pins no sha256 for {pin['file']} (found {found})",
@@ -54,7 +60,8 @@ def check_image(board: dict[str, Any], image: Path | None) -> tuple[bytes, dict[
                          "as image.sha256 in the board's file", exit_code=2)
     if found != want:
         raise FieldError(f"{path.name} has SHA-256 {found}, the board pins {want}",
-                         f"use the pinned file {pin['file']} (MicroPython {pin.get('micropython')})", exit_code=2)
+                         f"use the pinned file {pin['file']} (MicroPython {pin.get('micropython')}, "
+                         f"from {pin.get('source', 'micropython.org')})", exit_code=2)
     return data, pin
 
 
