@@ -55,6 +55,12 @@ class FakeLIS3MDL:
         self.field_nt = list(field_nt)
         self._update_int()
 
+    def power_off(self):
+        # Behind the load switch: registers back to their power-on values, INT undriven.
+        self.regs = _regs.lis3mdl_registers()
+        if self.int_pin is not None and self.world is not None:
+            self.world.pins.pop(self.int_pin, None)
+
     def _lsb(self, i):
         return _regs.lis3mdl_lsb(self.field_nt[i] / 100000, (self.regs[0x21] >> 5) & 3)
 
@@ -306,9 +312,14 @@ def _make_pin(world):
                 if self.id in world.pins:
                     return world.pins[self.id]
                 return 1 if world.pulls.get(self.id) == Pin.PULL_UP else 0
+            was = world.pins.get(self.id)
             world.pins[self.id] = 1 if x else 0
             if self.id == world.board.get("pins", {}).get("sensor_power"):
                 world.power_log.append((world.clock_ms, world.pins[self.id]))
+                if was == 1 and not x:
+                    for d in world.i2c_devices.values():
+                        if hasattr(d, "power_off"):
+                            d.power_off()
             if self.id == world.jsn_trig and world.jsn is not None and x:
                 world.jsn.triggers += 1
             return None
@@ -345,6 +356,16 @@ def _make_i2c(world):
             self._dev(addr).write(memaddr, bytes(buf), addrsize)
 
     return SoftI2C
+
+
+def _make_hw_i2c(soft):
+    # The port's hardware bus: machine.I2C(id, *, scl, sda, freq, timeout) (micropython-esp32-stubs).
+    class I2C(soft):
+        def __init__(self, id, *, scl=None, sda=None, freq=400000, timeout=50000):
+            soft.__init__(self, scl, sda, freq=freq, timeout=timeout)
+            self.id = id
+
+    return I2C
 
 
 def _make_adc(world):
@@ -434,7 +455,7 @@ class FakeMachine:
         self._w = world
         self.Pin = _make_pin(world)
         self.SoftI2C = _make_i2c(world)
-        self.I2C = self.SoftI2C
+        self.I2C = _make_hw_i2c(self.SoftI2C)
         self.ADC = _make_adc(world)
         self.UART = _make_uart(world)
         self.RTC = _make_rtc(world)

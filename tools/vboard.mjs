@@ -3,7 +3,13 @@
 // like an ESP32's USB serial REPL for the real mpremote (tests/support/vboard.py puts it
 // behind a pty).
 //
-//   node tools/vboard.mjs --fs HOSTDIR [--heap SIZE] [--flash-bytes N]
+//   node tools/vboard.mjs --fs HOSTDIR [--heap SIZE] [--flash-bytes N] [--rom ROMDIR]
+//
+// --rom ROMDIR: what the chip and its image hold outside the filesystem, at /rom in the VM
+// (hidden from the board's files like /dev): copied in at every boot, its _boot.py run before
+// boot.py (as the ESP32 port runs its frozen _boot.py), and files the VM changed there (the
+// fake NVS partition) written back to ROMDIR with the board's files. tests/support/vboard_rom.py
+// puts simulated parts (machine, esp32) and frozen firmware modules there.
 //
 // --flash-bytes N: a filesystem that holds N bytes of file data; a write past that raises
 // OSError(ENOSPC) as a full littlefs does on a board (the VM's own file system has no limit).
@@ -29,7 +35,7 @@ import fs from "node:fs";
 import path from "node:path";
 
 const PKG = "@micropython/micropython-webassembly-pyscript";
-const SYSTEM_DIRS = new Set(["dev", "proc", "tmp", "home"]);
+const SYSTEM_DIRS = new Set(["dev", "proc", "tmp", "home", "rom"]);
 const ERRNO = [
   [Buffer.from("OSError: 28\r"), Buffer.from("OSError: [Errno 28] ENOSPC\r")],
   [Buffer.from("OSError: 44\r"), Buffer.from("OSError: [Errno 2] ENOENT\r")],
@@ -48,6 +54,7 @@ if (!hostDir) {
 }
 const heap = parseInt(arg("--heap", String(2 * 1024 * 1024)), 10);
 const flashBytes = parseInt(arg("--flash-bytes", "0"), 10);
+const romDir = arg("--rom", null);
 // Installed at every boot when --flash-bytes is given: open() hands out files whose write()
 // counts the bytes every file holds and refuses past the limit.
 const QUOTA = `
@@ -58,7 +65,7 @@ def _install_quota(limit):
         n = 0
         for e in os.ilistdir(top or '/'):
             p = (top + '/' + e[0]) if top else e[0]
-            if top == '' and e[0] in ('dev', 'proc', 'tmp', 'home'):
+            if top == '' and e[0] in ('dev', 'proc', 'tmp', 'home', 'rom'):
                 continue
             n += used(p) if e[1] == 0x4000 else os.stat(p)[6]
         return n
@@ -180,6 +187,32 @@ function writeBack(FS) {
   const gone = [...hostSnapshot(hostDir).dirs].filter((d) => !snap.dirs.includes(d)).reverse();
   for (const d of gone) fs.rmSync(path.join(hostDir, d), { recursive: true, force: true });
   written = snap.files;
+  if (romDir) romWriteBack(FS);
+}
+
+function romWriteBack(FS) {
+  if (!FS.analyzePath("/rom").exists) return;
+  for (const name of FS.readdir("/rom")) {
+    const p = `/rom/${name}`;
+    if (name === "." || name === ".." || FS.isDir(FS.stat(p).mode)) continue;
+    const data = Buffer.from(FS.readFile(p));
+    const full = path.join(romDir, name);
+    if (fs.existsSync(full) && fs.readFileSync(full).equals(data)) continue;
+    fs.writeFileSync(full, data);
+  }
+}
+
+function romLoad(FS, host = romDir, vm = "/rom") {
+  try {
+    FS.mkdir(vm);
+  } catch {
+    // exists
+  }
+  for (const name of fs.readdirSync(host).sort()) {
+    const full = path.join(host, name);
+    if (fs.statSync(full).isDirectory()) romLoad(FS, full, `${vm}/${name}`);
+    else FS.writeFile(`${vm}/${name}`, new Uint8Array(fs.readFileSync(full)));
+  }
 }
 
 // -- the interpreter ----------------------------------------------------------------------
@@ -197,6 +230,7 @@ let raw = false;
 async function boot(snap, inRaw) {
   mp = await loadMicroPython({ heapsize: heap, stdout: emit, stderr: emit, linebuffer: false });
   restore(mp.FS, snap);
+  if (romDir) romLoad(mp.FS);
   if (flashBytes > 0) mp.runPython(QUOTA);
   mute = inRaw; // a raw-REPL soft reset shows no banner, only the raw prompt
   mp.replInit();
@@ -209,6 +243,13 @@ async function boot(snap, inRaw) {
       emit(Buffer.from(String(e.message || e).replace(/\n/g, "\r\n")));
     }
   };
+  if (romDir && mp.FS.analyzePath("/rom/_boot.py").exists) {
+    try {
+      mp.runPython('exec(open("/rom/_boot.py").read(), {"__name__": "_boot"})');
+    } catch (e) {
+      emit(Buffer.from(String(e.message || e).replace(/\n/g, "\r\n")));
+    }
+  }
   runIfThere("boot.py");
   if (inRaw) {
     raw = true;

@@ -105,7 +105,7 @@ class Detector:
         return 4 >> best, (abs(base[best]) + abs(last[best])) // 2
 
 
-def _sample(mag, hal, n=4):
+def sample_nt(mag, hal, n=4):
     """Mean of n samples in nT (the sum converted once: no per-sample rounding)."""
     sx = sy = sz = 0
     for _ in range(n):
@@ -122,6 +122,25 @@ def _sample(mag, hal, n=4):
         sz += s[2]
     lsb_to_nt = us_lis3mdl.lsb_to_nt
     return [lsb_to_nt(sx) // n, lsb_to_nt(sy) // n, lsb_to_nt(sz) // n]
+
+
+def _install_samples(mag, hal):
+    return [sample_nt(mag, hal, 2) for _ in range(INSTALL_SAMPLES)]
+
+
+def calibrate_empty(mag, hal, nvs, config_base):
+    """The installer's empty-space step (``urbansense node doctor --calibrate-empty``): the
+    baseline measured as the install boot measures it, stored where _load_base looks: alone,
+    or tagged with config.json's calibration.baseline_nt (config_base) so that it wins over
+    that config baseline. The node applies it at its next cold boot (RTC state cleared).
+    -> the baseline [x, y, z] nT."""
+    det = Detector({}, 1, 0, 1)
+    det.calibrate(_install_samples(mag, hal))
+    rec = list(det.st["b"])
+    if config_base is not None:
+        rec.extend(config_base)
+    us_store.nvs_set_obj(nvs, _NVS_BASE, rec)
+    return rec[:3]
 
 
 def check_config(cfg):
@@ -194,13 +213,13 @@ def run(node):
             st["b"] = base
         else:
             # Install: the space is empty when the installer powers the node up.
-            det.calibrate([_sample(mag, hal, 2) for _ in range(INSTALL_SAMPLES)])
+            det.calibrate(_install_samples(mag, hal))
             us_store.nvs_set_obj(node.nvs, _NVS_BASE, st["b"])
             node.flags |= us_proto.F_CALIBRATING
         st["bs"] = list(st["b"])
         sample = None
     else:
-        sample = _sample(mag, hal)
+        sample = sample_nt(mag, hal)
     changed = det.update(sample) if sample is not None else False
     _save_base(node, st, off_nt)
 

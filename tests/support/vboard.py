@@ -10,6 +10,8 @@ between two openers (a technician's successive commands). ``pull_cable()`` close
 under the client (its next read or write fails, as with a USB cable pulled mid-copy);
 ``plug_in()`` gives the same board (the same flash directory) a new pty, as a replugged
 adapter may get a new name. ``flash_dir`` holds the board's files as the VM wrote them.
+``rom_dir`` (tests/support/vboard_rom.py makes one) holds what the chip has outside its
+filesystem: simulated parts behind ``machine``/``esp32``, frozen firmware modules, NVS.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ VBOARD = ROOT / "tools" / "vboard.mjs"
 
 
 class VirtualBoard:
-    def __init__(self, flash_dir: Path, flash_bytes: int = 0) -> None:
+    def __init__(self, flash_dir: Path, flash_bytes: int = 0, rom_dir: Path | None = None) -> None:
         self.flash_dir = Path(flash_dir)
+        self.rom_dir = rom_dir
         self.flash_bytes = flash_bytes  # 0: no limit; else writes past it fail with ENOSPC
         self.flash_dir.mkdir(parents=True, exist_ok=True)
         self.port = ""
@@ -58,6 +61,8 @@ class VirtualBoard:
         cmd = [node, str(VBOARD), "--fs", str(self.flash_dir)]
         if self.flash_bytes:
             cmd += ["--flash-bytes", str(self.flash_bytes)]
+        if self.rom_dir is not None:
+            cmd += ["--rom", str(self.rom_dir)]
         self._proc = subprocess.Popen(cmd,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
         self._threads = [threading.Thread(target=self._to_board, daemon=True),

@@ -7,18 +7,31 @@ is deterministic, so an unchanged tree gives byte-identical files and a re-provi
 nothing (boardlink compares hashes). Order matters for a copy cut short: config.json first
 (a re-run finds the node's identity on the board and reuses it), main.py last (a board never
 boots a new main.py beside old libraries).
+
+A board whose image freezes firmware/lib (firmware/board/URBANSENSE_CITY) gets config.json,
+board.json, boot.py and main.py only: the frozen modules come first on its sys.path
+(".frozen" before "/lib"), so copied .mpy files would only take flash. Which firmware an image
+froze is told by the stamp module ``us_build`` frozen with it (``SOURCE_SHA256``, the digest of
+firmware/lib's sources that ``python -m urbansense.fieldkit.build stamp`` writes before the
+image is built, docs/BUILD-IMAGE.md); provision and doctor read it over the REPL and compare it
+with this tree's ``source_digest()``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from urbansense.fieldkit._errors import FieldError
 from urbansense.fieldkit.nodeconfig import FIRMWARE_DIR, FIRMWARE_LIB
+
+if TYPE_CHECKING:
+    from urbansense.fieldkit.boardlink import BoardLink
 
 # mpy-cross -march per chip (mpy-cross --help; the ESP32 and S3 are Xtensa LX6/LX7 with the
 # windowed ABI, the C3 is RISC-V rv32imc).
@@ -49,10 +62,74 @@ def compile_lib(chip: str) -> dict[str, bytes]:
     return out
 
 
-def node_files(chip: str, config_json: bytes, board_json: bytes) -> dict[str, bytes]:
-    """Every file of the node's flash, in copy order."""
+STAMP_PATH: Final = FIRMWARE_DIR / "board" / "URBANSENSE_CITY" / "us_build.py"
+
+# Run on the board: where us_node comes from. A module imported from the filesystem carries
+# the path it was read from (/lib/us_node.mpy); a frozen one its name inside the image, which
+# is no file on the board.
+FROZEN_QUERY = """
+import json, os
+r = None
+try:
+    import us_node
+    f = us_node.__file__
+    try:
+        os.stat(f)
+    except OSError:
+        try:
+            import us_build
+            src = us_build.SOURCE_SHA256
+        except ImportError:
+            src = None
+        r = {'fw': us_node.FW_VERSION, 'source': src, 'file': f}
+except ImportError:
+    pass
+print(json.dumps(r))
+"""
+
+
+def source_digest() -> str:
+    """SHA-256 over firmware/lib's module names and sources, in name order."""
+    h = hashlib.sha256()
+    for src in sorted(FIRMWARE_LIB.glob("*.py")):
+        data = src.read_bytes()
+        h.update(f"{src.name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def stamp_source() -> str:
+    """us_build.py, the module frozen beside firmware/lib that names the sources frozen."""
+    return ("# Written by `python -m urbansense.fieldkit.build stamp`: the firmware/lib this image froze.\n"
+            f"SOURCE_SHA256 = {source_digest()!r}\n")
+
+
+def query_frozen(link: BoardLink) -> dict[str, Any] | None:
+    """-> {"fw", "source", "file"} when the board's image freezes the firmware, else None."""
+    r = link.run_json(FROZEN_QUERY)
+    return r if isinstance(r, dict) else None
+
+
+def node_files(chip: str, config_json: bytes, board_json: bytes, *, frozen: bool = False) -> dict[str, bytes]:
+    """Every file of the node's flash, in copy order (no lib/ when the image freezes it)."""
     files = {"config.json": config_json, "board.json": board_json}
-    files.update(compile_lib(chip))
+    if not frozen:
+        files.update(compile_lib(chip))
     files["boot.py"] = (FIRMWARE_DIR / "boot.py").read_bytes()
     files["main.py"] = (FIRMWARE_DIR / "main.py").read_bytes()
     return files
+
+
+def main(argv: list[str]) -> int:
+    """``python -m urbansense.fieldkit.build stamp [PATH]``: write the stamp module."""
+    if not argv or argv[0] != "stamp" or len(argv) > 2:
+        print("usage: python -m urbansense.fieldkit.build stamp [PATH]", file=sys.stderr)
+        return 2
+    path = Path(argv[1]) if len(argv) == 2 else STAMP_PATH
+    path.write_text(stamp_source(), encoding="utf-8")
+    print(json.dumps({"stamp": str(path), "source_sha256": source_digest()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

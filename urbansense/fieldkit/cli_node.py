@@ -45,8 +45,10 @@ def add_parser(subparsers: Any) -> None:
     vf.add_argument("--port", help="also show the node's serial output from this port")
     vf.add_argument("--json", action="store_true", help="print the result as JSON")
     vf.set_defaults(handler=guarded(_verify))
-    dr = sub.add_parser("doctor", help="self-test a board over the raw REPL (writes nothing)")
+    dr = sub.add_parser("doctor", help="self-test a board over the raw REPL (writes nothing unless --calibrate-empty)")
     dr.add_argument("--port", required=True, help="serial port of the board")
+    dr.add_argument("--calibrate-empty", action="store_true",
+                    help="parking: with the space empty, measure the magnetometer baseline and store it on the node")
     dr.add_argument("--json", action="store_true", help="print the result as JSON")
     dr.set_defaults(handler=guarded(_doctor))
 
@@ -141,14 +143,18 @@ def _verify(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from urbansense.fieldkit.doctor import doctor
 
-    res = doctor(args.port)
+    res = doctor(args.port, calibrate_empty=args.calibrate_empty)
     hw = res["hardware"]
     lines = [f"board on {args.port}: {res['self_check'].get('version', '?')}",
              f"node {res['self_check'].get('node_id', '?')} {res['kind']}, firmware {res['self_check'].get('fw', '?')}",
              f"heap free {hw.get('heap_free')} B, flash free {hw.get('flash_free')} B"]
-    for k in ("i2c", "battery_mv", "wake_pins", "rtc_memory_bytes", "nvs", "hardware"):
+    if res["frozen"] is not None:
+        lines.append(f"firmware frozen in the image (source stamp {str(res['frozen'].get('source'))[:12]})")
+    for k in ("i2c", "field_nt", "distance_mm", "battery_mv", "wake_pins", "rtc_memory_bytes", "nvs", "hardware"):
         if k in hw:
             lines.append(f"{k}: {hw[k]}")
+    if "baseline_nt" in hw:
+        lines.append(f"empty-space baseline stored: {hw['baseline_nt']} nT (applied at the node's next boot)")
     lines += [f"PROBLEM: {p}" for p in res["problems"]] or ["no problems found"]
     emit(args, res, "\n".join(lines))
     return 0 if res["ok"] else 1

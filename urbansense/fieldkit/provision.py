@@ -10,7 +10,9 @@ Steps (each error a FieldError with the next step):
    its lock, written 0600; the running gateway picks the node up without a restart).
 4. Copy config.json, board.json, the firmware compiled by mpy-cross for the chip, boot.py and
    main.py: only files whose SHA-256 differs, each verified after the copy; stale firmware
-   modules removed.
+   modules removed. A board whose image freezes the firmware (build.py) gets no lib/ at all,
+   once the image's source stamp matches this tree's firmware/lib (checked before step 3, so
+   a mismatched image takes no id).
 5. Soft reset (raw REPL: boot.py runs, main.py does not, so the board does not go to sleep
    under us) and run the self-check on the board: the firmware's modules load from the
    copied .mpy files and accept the copied config and board files.
@@ -45,7 +47,8 @@ try:
         k.check_config(cfg)
     import us_node
     r = {'node_id': cfg['node_id'], 'kind': cfg['kind'], 'transport': cfg['transport'],
-         'fw': us_node.FW_VERSION, 'platform': sys.platform, 'version': sys.version}
+         'fw': us_node.FW_VERSION, 'fw_file': us_node.__file__, 'platform': sys.platform,
+         'version': sys.version}
 except Exception as e:
     r = {'error': e.__class__.__name__ + ': ' + str(e)}
 print(json.dumps(r))
@@ -87,6 +90,13 @@ def provision(req: Request, progress: boardlink.Progress | None = None) -> dict[
     nodeconfig.make_config(0, bytes(16), req.kind, board, req.transport)  # refused before any change
     site = SiteRegistry(req.registry)
     with boardlink.connect(req.port, req.connect_timeout_s) as link:
+        frozen = build.query_frozen(link)
+        if frozen is not None and frozen.get("source") != build.source_digest():
+            raise FieldError(
+                f"the board's image freezes other firmware (source stamp {str(frozen.get('source'))[:12]}, "
+                f"firmware {frozen.get('fw')}) than this laptop's ({build.source_digest()[:12]})",
+                "flash an image built from this tree (docs/BUILD-IMAGE.md), or the pinned stock image "
+                "(`urbansense node flash --port PORT`), then provision again", exit_code=2)
         rec = _existing_identity(link, site)
         reused = False
         if rec is not None and not rec.get("revoked") and req.node_id in (None, rec["node_id"]):
@@ -103,7 +113,8 @@ def provision(req: Request, progress: boardlink.Progress | None = None) -> dict[
                                 extra={"board": req.board, "site": req.site, "transport": req.transport})
             node_id = int(pub["node_id"])
         cfg = nodeconfig.make_config(node_id, key, req.kind, board, req.transport)
-        files = build.node_files(chip, (json.dumps(cfg) + "\n").encode(), nodeconfig.board_json_for_node(board))
+        files = build.node_files(chip, (json.dumps(cfg) + "\n").encode(), nodeconfig.board_json_for_node(board),
+                                 frozen=frozen is not None)
         counts = link.sync(files, progress)
         removed = link.remove_stale(files)
         link.soft_reset()
@@ -123,8 +134,8 @@ def provision(req: Request, progress: boardlink.Progress | None = None) -> dict[
     return {
         "ok": True, "node_id": node_id, "node": f"{node_id:08x}", "kind": req.kind, "site": req.site,
         "board": req.board, "transport": req.transport, "date": dt.date.today().isoformat(),
-        "reused_identity": reused, **counts, "files_removed": removed,
-        "self_check": {k: check[k] for k in ("fw", "platform", "version") if k in check},
+        "reused_identity": reused, **counts, "files_removed": removed, "frozen_firmware": frozen is not None,
+        "self_check": {k: check[k] for k in ("fw", "fw_file", "platform", "version") if k in check},
         "registry": str(req.registry),
     }
 
