@@ -204,10 +204,13 @@ class Cell:
     self_discharge_per_year: float = 0.01  # "about 1 %/year at 20 C" (Li-SOCl2 datasheets)
     nominal_v: float = 3.6
     # Rated shelf life: no projection beyond it is shown (a 43-year figure means nothing for a
-    # cell rated for about 20). 20 years is issue 12's figure for bobbin Li-SOCl2 cells; the
-    # Varta Microbattery Li/SOCl2 handbook (section 1, "Advantages") says shelf and operational
-    # life "up to 15 years and more". UNVERIFIED for the modelled D cell: check the datasheet of
-    # the cell actually bought (Tadiran TL-5930, Saft LS 33600) before relying on the cap.
+    # cell rated for about 20). No datasheet found gives a shelf life in years for the
+    # modelled 19 Ah D cell (Tadiran TL-5930, or Saft LS 33600 at 17 Ah): Saft's LS-series
+    # datasheets ("Benefits") give a self-discharge under 1 % after a year at +20 C, Varta
+    # Microbattery's Li/SOCl2 handbook (section 1, "Advantages") shelf and operational life
+    # "up to 15 years and more", Tadiran's own articles on bobbin cells "up to 40 years".
+    # 20 years is issue 12's figure, inside that range, not a datasheet value: check the
+    # datasheet of the cell actually bought before relying on the cap.
     shelf_life_years: float = 20.0
 
     def uncapped_life_years(self, average_ua: float) -> float:

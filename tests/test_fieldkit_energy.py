@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -34,9 +35,14 @@ def test_the_documented_table_is_what_the_model_gives() -> None:
 def test_the_stock_image_costs_what_its_source_says_and_water_misses_16_years() -> None:
     _, stock = load_board("city-wroom32e", image="stock")
     _, city = load_board("city-wroom32e")
-    assert stock.boot_ms == pytest.approx(635.1) and stock.boot_uc == pytest.approx(41_900)
+    # glenn20's ESP32-S3 stock wake without the image validation (stock since MicroPython
+    # v1.21): a proxy, not an ESP32 figure, and the board file says so.
+    assert stock.boot_ms == pytest.approx(418) and stock.boot_uc == pytest.approx(26_500)
     assert city.boot_uc == pytest.approx(3_300)
-    assert 9.5 < boot_only_life_years(stock, CELLS["lisocl2_d_19ah"], 300) < 16
+    assert 14 < boot_only_life_years(stock, CELLS["lisocl2_d_19ah"], 300) < 16
+    for key in ("boot_ms", "boot_mc"):
+        source = json.loads((ROOT / "boards" / "city-wroom32e.json").read_text())["power_images"]["stock"][key]["source"]
+        assert source.startswith("PROXY, not an ESP32 figure") and "#12252" in source
 
 
 def test_an_unknown_image_is_refused() -> None:
