@@ -356,10 +356,11 @@ SECTION_START = "<!-- mutation:start (tools/mutate.py writes this section; urban
 SECTION_END = "<!-- mutation:end -->"
 
 
-def _previous_rates(text: str) -> dict[str, str]:
-    """Kill rate per module in the section as it stands (the 'previous' column)."""
+def _previous_rates(text: str) -> dict[str, tuple[str, str]]:
+    """Kill rate and 'previous' column per module in the section as it stands."""
     block = text.partition(SECTION_START)[2].partition(SECTION_END)[0]
-    return {m.group(1): m.group(2) for m in re.finditer(r"^\| (\w+) \|(?:[^|]*\|){5} ([\d.]+ %|n/a) \|", block, re.M)}
+    return {m.group(1): (m.group(2), m.group(3)) for m in re.finditer(
+        r"^\| (\w+) \|(?:[^|]*\|){5} ([\d.]+ %|n/a) \| ([^|]*?) \|", block, re.M)}
 
 
 def _previous_rows(text: str) -> dict[str, str]:
@@ -389,9 +390,12 @@ def write_results(base: Path, machine: str) -> None:
         r = json.loads(f.read_text())
         rate = f"{r['kill_rate']} %" if r["kill_rate"] is not None else "n/a"
         rule = r.get("rule_equivalent", r.get("sql_case_equivalent", 0))  # included in "equivalent"
+        # 'previous' is the rate before it last changed: rewriting an unchanged row keeps it.
+        old_rate, old_previous = previous.get(m.name, ("-", "-"))
+        before = old_previous if old_rate == rate else old_rate
         rows.append(f"| {m.name} | {', '.join(m.paths)} | {r['mutants']} | {r['killed']} ({r.get('killed_on_retest', 0)}) | "
                     f"{r['equivalent'] - rule} + {rule} | {len(r['survivors'])} | {rate} | "
-                    f"{previous.get(m.name, '-')} | {r['wall_s'] or 'n/a'} |")
+                    f"{before} | {r['wall_s'] or 'n/a'} |")
     block = [
         SECTION_START, "## Mutation testing", "",
         "Command: `make mutate` (`nice -n 15 python tools/mutate.py`, mutmut 3, 2 workers); "
