@@ -392,6 +392,7 @@ def _make_uart(world):
         def __init__(self, id, baudrate=115200, *, tx=None, rx=None, **kw):
             self.id = id
             world.uart_pins = (tx, rx)  # None: the port's default pins (the flash on an ESP32)
+            world.uart_port = (id, baudrate)
 
         def write(self, buf):
             if world.uart_peer is not None:
