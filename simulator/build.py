@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from simulator import board_flash
 from simulator import scenario as scenario_mod
 from simulator.devices import LIS3MDL, VL53L1X, ConstWire, Echo, LIS3MDLIntWire, PulseWire
 from simulator.energy import load_board
@@ -104,10 +105,15 @@ class DistrictBuilder:
     def _add_node(self, index: int, gi: int, grp: scenario_mod.Group, node_id: int, name: str) -> None:
         sim = self.sim
         board, profile = self._board(grp.board)
+        key = node_key(sim.seed, node_id)
+        flash = None
+        if grp.flash is not None:  # a provisioned board's own files (simulator/board_flash.py)
+            flash = board_flash.load(Path(grp.flash))
+            board_flash.check_firmware(flash)
+            board, node_id, key = flash.board, flash.node_id, flash.key
         place = stream(f"{sim.seed}:{node_id}:place")
         x0, y0, x1, y1 = grp.area
         pos = (place.uniform(x0, x1), place.uniform(y0, y1))
-        key = node_key(sim.seed, node_id)
         node = SimNode(sim, index, name, grp.kind, node_id, key, grp.transport, board, profile,
                        sim.cell, pos, sim.seed, sim.fw)
         node.group = gi
@@ -120,6 +126,10 @@ class DistrictBuilder:
             "node_id": node_id, "key": key.hex(), "kind": grp.kind, "board": grp.board,
             "transport": grp.transport, **{section: {} for section in SECTIONS},
         }
+        if flash is not None:  # the world reads its settings; the node gets the file as it is
+            cfg.update(json.loads(flash.config_json))
+            for section in SECTIONS:
+                cfg[section] = dict(cfg.get(section) or {})
         for sect, val in grp.config.items():
             if isinstance(val, dict) and isinstance(cfg.get(sect), dict):
                 cfg[sect].update(val)
@@ -162,11 +172,15 @@ class DistrictBuilder:
             node.battery_pin = int(pins["battery_adc"])
             div = board.get("battery_divider", {})
             node.battery_ratio = (div.get("r_top_ohm", 1) + div.get("r_bottom_ohm", 1)) / div.get("r_bottom_ohm", 1)
-        node.files["config.json"] = json.dumps(cfg).encode()
-        bj = self._board_json.get(grp.board)
-        if bj is None:  # the same file on every node of a board
-            bj = self._board_json[grp.board] = json.dumps(board).encode()
-        node.files["board.json"] = bj
+        if flash is not None:
+            node.files["config.json"] = flash.config_json
+            node.files["board.json"] = flash.board_json
+        else:
+            node.files["config.json"] = json.dumps(cfg).encode()
+            bj = self._board_json.get(grp.board)
+            if bj is None:  # the same file on every node of a board
+                bj = self._board_json[grp.board] = json.dumps(board).encode()
+            node.files["board.json"] = bj
         node.initial_used_uah = grp.initial_used_fraction * sim.cell.nominal_ah * 1e6
         gw = grp.gateway or sim.gateways[0].gw_id
         node.gw_id = gw

@@ -29,6 +29,7 @@ class Group:
     sensor: str = "vl53l1x"
     line_noise_ber: float = 0.0
     initial_used_fraction: float = 0.0
+    flash: str | None = None  # a provisioned board's files (simulator/board_flash.py): one node
 
 
 @dataclass(**DATACLASS_SLOTS)
@@ -88,6 +89,12 @@ def from_dict(d: dict[str, Any], name: str = "scenario") -> Scenario:
     sc.gateways = [dict(g) for g in d.get("gateways", [])] or [{"id": "gw-1", "x": 0.0, "y": 0.0}]
     sc.radio = dict(d.get("radio", {}))
     for g in d.get("nodes", []):
+        if "flash" in g:  # one node, of the kind and board its own files name
+            from simulator import board_flash
+
+            fl = board_flash.load(Path(str(g["flash"])))
+            g = {**g, "kind": fl.config.get("kind"), "board": fl.board["name"], "count": 1,
+                 "transport": fl.config.get("transport", "ble")}
         kind = str(g["kind"])
         if kind not in KIND_CODES:
             raise ValueError(f"scenario {sc.name}: unknown node kind {kind!r}")
@@ -104,6 +111,7 @@ def from_dict(d: dict[str, Any], name: str = "scenario") -> Scenario:
             sensor=str(g.get("sensor", "vl53l1x")),
             line_noise_ber=float(g.get("line_noise_ber", 0.0)),
             initial_used_fraction=float(g.get("initial_used_fraction", 0.0)),
+            flash=str(g["flash"]) if "flash" in g else None,
         ))
     for f in d.get("faults", []):
         sc.faults.append(Fault(

@@ -1,9 +1,12 @@
 """``urbansense node provision`` against the virtual board (tests/support/vboard.py), end to
-end: the board's own files then run on the MicroPython VM and a gateway that picked the node
-up from the registry without a restart verifies its first frame."""
+end: the board's own files then run on the MicroPython VM (the copied .mpy) and in the
+simulator (simulator/board_flash.py: its config and board files as copied, its firmware
+checked to be what was copied), and a gateway that picked the node up from the registry
+without a restart verifies the simulated node's first frame."""
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import contextlib
 import json
@@ -16,6 +19,7 @@ import pytest
 import serial
 
 from gateway.registry import write_registry
+from simulator.sim import Simulation
 from tests.support.mpvm import missing_reason, run_micropython
 from tests.support.vboard import VirtualBoard
 from tests.test_gw_support import make_config, wait_for
@@ -23,6 +27,7 @@ from urbansense.cli import main
 from urbansense.fieldkit import FieldError
 from urbansense.fieldkit.provision import Request, provision
 from urbansense.fieldkit.siteregistry import SiteRegistry
+from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
 
 ROOT = Path(__file__).resolve().parents[1]
 # The fake HAL and what it imports from the simulator, as tests/test_fw_vm.py mounts them.
@@ -66,7 +71,10 @@ async def test_blank_board_to_a_verified_first_frame(
         tmp_path: Path, mqtt_broker: Any, running: Any, capsys: pytest.CaptureFixture[str]) -> None:
     registry = tmp_path / "site" / "nodes.jsonl"
     write_registry(registry, [])
-    gw = await running(_cfg(tmp_path, mqtt_broker, registry))
+    air = str(tmp_path / "air.sock")
+    gw = await running(_cfg(tmp_path, mqtt_broker, registry, air))
+    assert gw.ble is not None
+    await asyncio.wait_for(gw.ble.started.wait(), 5)
     flash = tmp_path / "flash"
     with VirtualBoard(flash) as board:
         label = tmp_path / "label.png"
@@ -83,24 +91,56 @@ async def test_blank_board_to_a_verified_first_frame(
         assert again["node_id"] == node_id and len(SiteRegistry(registry).records()) == 1
     # The gateway picked the node up from the registry file, without a restart.
     await wait_for(lambda: gw.registry.get(node_id) is not None, what="registry reload")
-    # What was copied boots: the board's .mpy files and config, on the MicroPython VM.
+    # What was copied runs: the board's .mpy files and config on the MicroPython VM build a
+    # frame that the key provisioning generated verifies.
     proc = run_micropython(BOOT_BOARD_FILES, mounts=board_mounts(flash), timeout_s=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "module /lib/us_node.mpy" in lines
     frames = [binascii.unhexlify(x.split()[1]) for x in lines if x.startswith("frame ")]
     assert frames, proc.stdout
-    for f in frames:
-        gw.feed(f, transport="ble", rssi_dbm=-71)
-    await wait_for(lambda: gw.metrics.frames_accepted.total() >= 1, what="first frame verified")
+    up = verify_uplink(NodeKeys(bytes.fromhex(key)), frames[0], parse_header(frames[0]), None)
+    assert up.node_id == node_id
+    # The simulator boots that board's files (its config.json and board.json as copied; its
+    # firmware only once the copied .mpy are what this tree compiles to) and its first advert
+    # reaches the gateway over the air, which verifies it with the provisioned key.
+    sim = Simulation({"sim": {"name": "fieldkit", "seed": 3, "duration": "2h"},
+                      "gateways": [{"id": "gw-1", "x": 0.0, "y": 0.0, "sim_socket": air}],
+                      "nodes": [{"flash": str(flash), "area": [0, 0, 5, 5]}]})
+    assert [(n.node_id, n.key_hex) for n in sim.registry()] == [(node_id, key)]
+    th = sim.start_realtime(7200.0, speed=1200.0)
+    try:
+        await wait_for(lambda: gw.metrics.frames_accepted.total() >= 1, timeout_s=30, what="first frame verified")
+    finally:
+        sim.stop()
+        await asyncio.to_thread(th.join, 30.0)
+        sim.close()
     assert gw.metrics.rejections.total() == 0
     await wait_for(lambda: any(n["node_id"] == node_id and n["last_seen_s"] for n in gw.status()["nodes"]),
                    what="the node seen on the status page")
 
 
-def _cfg(tmp_path: Path, broker: Any, registry: Path) -> Any:
+def test_the_simulator_refuses_a_board_whose_firmware_is_not_this_trees(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    with VirtualBoard(flash) as board:
+        provision(Request(board.port, "parking", "city-wroom32e", "s", tmp_path / "r.jsonl"))
+    scenario = {"sim": {"name": "x"}, "nodes": [{"flash": str(flash)}]}
+    Simulation(scenario).close()  # as copied: taken
+    (flash / "lib" / "us_cobs.mpy").write_bytes(b"M\x06 other firmware")
+    with pytest.raises(ValueError, match=r"lib/us_cobs\.mpy is different"):
+        Simulation(scenario)
+    (flash / "lib" / "us_cobs.mpy").unlink()
+    with pytest.raises(ValueError, match=r"lib/us_cobs\.mpy is missing"):
+        Simulation(scenario)
+
+
+def _cfg(tmp_path: Path, broker: Any, registry: Path, air: str | None = None) -> Any:
     cfg = make_config(tmp_path / "gw", broker, nodes=range(0))
     cfg.registry = registry
+    if air is not None:
+        cfg.ble.enabled = True
+        cfg.ble.backend = "datagram"
+        cfg.ble.datagram_socket = air
     return cfg
 
 
