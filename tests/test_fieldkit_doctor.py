@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mpremote.transport_serial import SerialTransport
 
 from simulator.firmware_loader import firmware_module
 from tests import fw_fakes as ff
@@ -106,3 +107,15 @@ def test_calibrate_empty_is_refused_on_other_kinds(tmp_path: Path, capsys: pytes
         rc, res = _doctor(vb.port, capsys, "--calibrate-empty")
     assert rc == 2 and "parking sensor's step" in res["error"]
     assert nvs(tmp_path / "rom") == {}
+
+
+def test_a_damaged_board_file_is_named_not_a_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hw = Hardware(BOARD, lis3mdl_nt=FIELD_NT, adc_uv={PINS["battery_adc"]: 1_800_000})
+    with _board(tmp_path, "parking", hw) as vb:
+        t = SerialTransport(vb.port)
+        t.enter_raw_repl(soft_reset=False)
+        t.fs_writefile("board.json", b"{ cut short")  # as a pulled cable can leave it
+        t.exit_raw_repl()
+        t.close()
+        rc, res = _doctor(vb.port, capsys)
+    assert rc == 1 and "board.json is damaged" in res["error"] and "provision the board again" in res["next"]

@@ -123,3 +123,12 @@ def test_a_port_where_no_bootloader_answers(tmp_path: Path) -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_a_write_that_fails_midway_says_to_run_again(tmp_path: Path) -> None:
+    board, path, image = _board(tmp_path)
+    with FakeEsp32Rom(fail_data_after=3) as rom:
+        with pytest.raises(FieldError) as ei:
+            flash(rom.port, board, path, use_stub=False, connect_mode="no-reset", quiet=True)
+        assert rom.commands[FLASH_DATA] >= 4 and rom.flash[0x1000:0x1000 + len(image)] != image
+    assert ei.value.problem.startswith("flashing failed: ") and "run the same command again" in ei.value.next_step

@@ -45,8 +45,9 @@ def slip(data: bytes) -> bytes:
 
 class FakeEsp32Rom:
     def __init__(self, flash_size: int = 4 * 1024 * 1024, mac: bytes = bytes.fromhex("246f28a1b2c3"),
-                 magic: int = ESP32_MAGIC) -> None:
+                 magic: int = ESP32_MAGIC, fail_data_after: int | None = None) -> None:
         self.flash = bytearray(b"\xff" * flash_size)
+        self.fail_data_after = fail_data_after  # FLASH_DATA blocks taken before the flash fails
         self.mac = mac
         self.magic = magic
         self.commands: Counter[int] = Counter()
@@ -157,6 +158,9 @@ class FakeEsp32Rom:
             payload = data[16:16 + length]
             if self._checksum(payload) != checksum:
                 self._reply(op, error=0x07)  # bad data checksum
+                return
+            if self.fail_data_after is not None and self.commands[op] > self.fail_data_after:
+                self._reply(op, error=0x08)  # the ROM's "failed to act on received message"
                 return
             at = self._write_at + seq * self._block_size
             self.flash[at:at + len(payload)] = payload

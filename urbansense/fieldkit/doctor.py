@@ -159,9 +159,13 @@ def doctor(port: str, timeout_s: float = 10.0, *, calibrate_empty: bool = False)
         if cfg_text is None or board_text is None:
             raise FieldError("the board has no config.json/board.json: it is not provisioned",
                              "run `urbansense node provision --port PORT --kind KIND --board BOARD --site SITE`")
-        cfg = json.loads(cfg_text)
-        board = json.loads(board_text)
-        kind = str(cfg.get("kind"))
+        try:
+            cfg, board = json.loads(cfg_text), json.loads(board_text)
+            kind = str(cfg.get("kind"))
+        except (ValueError, AttributeError):
+            raise FieldError("the board's config.json or board.json is damaged (not a JSON object)",
+                             "provision the board again: it rewrites both and keeps the node's id "
+                             "when config.json still names it") from None
         if calibrate_empty and kind != "parking":
             raise FieldError(f"--calibrate-empty is the parking sensor's step; this board is a {kind} node",
                              "leave out --calibrate-empty", exit_code=2)
