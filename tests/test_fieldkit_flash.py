@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 
 from tests.support.esprom import (
+    ERASE_FLASH,
     FLASH_BEGIN,
+    FLASH_DEFL_DATA,
+    MEM_END,
     FLASH_DATA,
     READ_REG,
     SPI_ATTACH,
@@ -47,6 +50,24 @@ def test_the_pinned_image_is_written_at_0x1000_and_verified(tmp_path: Path) -> N
         for op in (SYNC, READ_REG, SPI_ATTACH, FLASH_BEGIN, FLASH_DATA, SPI_FLASH_MD5):
             assert rom.commands[op] >= 1, hex(op)
     assert res["chip"] == "ESP32" and res["mac"] == "24:6f:28:a1:b2:c3" and res["offset"] == 0x1000
+
+
+def test_the_default_path_runs_the_stub_erases_everything_and_writes_compressed(tmp_path: Path) -> None:
+    """What `urbansense node flash` does by default: esptool's stub, a whole-chip erase (an
+    old filesystem must not survive), compressed blocks, the MD5 check."""
+    board, path, _ = _board(tmp_path)
+    image = os.urandom(20_000) + bytes(range(256)) * 500  # compressible, as a real image is
+    path.write_bytes(image)
+    board["image"]["sha256"] = hashlib.sha256(image).hexdigest()
+    with FakeEsp32Rom() as rom:
+        rom.flash[0x200000:0x200010] = b"old filesystem!!"
+        res = flash(rom.port, board, path, connect_mode="no-reset", quiet=True)
+        assert rom.stub and rom.commands[MEM_END] == 1 and rom.commands[ERASE_FLASH] == 1
+        assert rom.commands[FLASH_DEFL_DATA] >= 1 and rom.commands[FLASH_DATA] == 0
+        assert rom.commands[SPI_FLASH_MD5] >= 1
+        assert rom.flash[0x1000:0x1000 + len(image)] == image
+        assert rom.flash[0x200000:0x200010] == b"\xff" * 16 and rom.flash[:0x1000] == b"\xff" * 0x1000
+    assert res["erased_all"] and res["bytes"] == len(image) and res["mac"] == "24:6f:28:a1:b2:c3"
 
 
 def test_a_wrong_hash_is_refused_before_the_port_is_touched(tmp_path: Path) -> None:

@@ -9,6 +9,12 @@ ROM erases what FLASH_BEGIN announces) and SPI_FLASH_MD5. Anything else is answe
 the ESP32 ROM answers an unknown command (status 1, error 5), e.g. GET_SECURITY_INFO, which
 the ESP32's ROM does not have: that is how esptool tells an ESP32 from a C3 or S3.
 
+With the stub (the default of ``urbansense node flash``): MEM_BEGIN / MEM_DATA / MEM_END load
+esptool's stub to RAM and run it, which is modelled by what the stub then does, not by
+executing its code: it greets with "OHAI", answers with 2 status bytes instead of 4, erases
+the whole chip (ERASE_FLASH), takes zlib-compressed writes (FLASH_DEFL_BEGIN / DATA / END,
+erasing as it writes) and returns MD5 digests as 16 raw bytes.
+
 ``flash`` is the chip's flash (erased = 0xFF); ``commands`` counts what was asked.
 """
 
@@ -20,11 +26,16 @@ import select
 import struct
 import threading
 import tty
+import zlib
 from collections import Counter
+from typing import Any
 
 SYNC, READ_REG, WRITE_REG = 0x08, 0x0A, 0x09
 FLASH_BEGIN, FLASH_DATA, FLASH_END = 0x02, 0x03, 0x04
 SPI_SET_PARAMS, SPI_ATTACH, SPI_FLASH_MD5 = 0x0B, 0x0D, 0x13
+MEM_BEGIN, MEM_END, MEM_DATA = 0x05, 0x06, 0x07
+FLASH_DEFL_BEGIN, FLASH_DEFL_DATA, FLASH_DEFL_END = 0x10, 0x11, 0x12
+ERASE_FLASH = 0xD0  # the stub's: the ROM has no whole-chip erase
 CHECKSUM_SEED = 0xEF
 ESP32_MAGIC = 0x00F01D83  # esptool targets/esp32.py CHIP_DETECT_MAGIC_VALUE
 EFUSE_BASE = 0x3FF5A000
@@ -61,6 +72,9 @@ class FakeEsp32Rom:
             UART_CLKDIV_REG: 40_000_000 // 115200,
         }
         self._write_at = 0
+        self.stub = False  # True once a program was loaded to RAM and run (esptool's stub)
+        self.ram_bytes = 0  # what MEM_DATA loaded
+        self._inflate: Any = None
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         self.port = os.ttyname(self._slave)
@@ -117,7 +131,8 @@ class FakeEsp32Rom:
                     buf.append(b)
 
     def _reply(self, op: int, value: int = 0, data: bytes = b"", error: int = 0) -> None:
-        body = data + bytes((1 if error else 0, error, 0, 0))  # the ESP32 ROM's 4 status bytes
+        # The ESP32 ROM sends 4 status bytes, the stub 2 (esptool loader.check_command).
+        body = data + bytes((1 if error else 0, error) + ((0, 0) if not self.stub else ()))
         pkt = struct.pack("<BBHI", 1, op, len(body), value) + body
         try:
             os.write(self._master, slip(pkt))
@@ -168,13 +183,43 @@ class FakeEsp32Rom:
             pass
         elif op == SPI_FLASH_MD5:
             addr, length = struct.unpack("<II", data[:8])
-            digest = hashlib.md5(self.flash[addr:addr + length]).hexdigest().encode()
-            self._reply(op, data=digest)  # the ROM answers 32 hex characters
+            md5 = hashlib.md5(self.flash[addr:addr + length])
+            # The ROM answers 32 hex characters, the stub the 16 raw bytes.
+            self._reply(op, data=md5.digest() if self.stub else md5.hexdigest().encode())
             return
+        elif op in (MEM_BEGIN, MEM_DATA):
+            self.ram_bytes += len(data) - 16 if op == MEM_DATA else 0
+        elif op == MEM_END:
+            self._reply(op)
+            # The loaded program runs: esptool's stub greets with "OHAI" and then speaks the
+            # stub protocol (2 status bytes, whole-chip erase, compressed writes, raw MD5).
+            self.stub = True
+            os.write(self._master, slip(b"OHAI"))
+            return
+        elif self.stub and op == ERASE_FLASH:
+            self.flash[:] = b"\xff" * len(self.flash)
+        elif self.stub and op == FLASH_DEFL_BEGIN:
+            size, _blocks, _block, offset = struct.unpack("<IIII", data[:16])
+            if offset + size > len(self.flash):
+                self._reply(op, error=0x06)
+                return
+            self._write_at, self._inflate = offset, zlib.decompressobj()
+        elif self.stub and op == FLASH_DEFL_DATA:
+            length, _seq = struct.unpack("<II", data[:8])
+            payload = data[16:16 + length]
+            if self._checksum(payload) != checksum:
+                self._reply(op, error=0x07)
+                return
+            out = self._inflate.decompress(payload)
+            self.flash[self._write_at:self._write_at + len(out)] = out  # the stub erases as it writes
+            self._write_at += len(out)
+        elif self.stub and op == FLASH_DEFL_END:
+            pass
         else:
             self._reply(op, error=ERR_INVALID_CMD)
             return
-        if op in (FLASH_BEGIN, FLASH_DATA, FLASH_END):
+        if op in (FLASH_BEGIN, FLASH_DATA, FLASH_END, MEM_BEGIN, MEM_DATA, ERASE_FLASH,
+                  FLASH_DEFL_BEGIN, FLASH_DEFL_DATA, FLASH_DEFL_END):
             self._reply(op)
 
     def _spi_command(self, command: int) -> None:
