@@ -14,9 +14,9 @@ import pytest
 from tests.support.esprom import (
     ERASE_FLASH,
     FLASH_BEGIN,
+    FLASH_DATA,
     FLASH_DEFL_DATA,
     MEM_END,
-    FLASH_DATA,
     READ_REG,
     SPI_ATTACH,
     SPI_FLASH_MD5,
