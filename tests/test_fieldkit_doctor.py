@@ -48,6 +48,9 @@ def test_the_hardware_checks_run_on_a_parking_board(tmp_path: Path, capsys: pyte
     """The magnetometer answers only behind the load switch: the doctor switches it on, scans,
     reads the field with the firmware's driver, and reads the battery through the divider."""
     hw = Hardware(BOARD, lis3mdl_nt=FIELD_NT, adc_uv={PINS["battery_adc"]: 1_820_000})
+    make_rom(tmp_path / "rom", hardware=hw)
+    # The node's NVS as a node that ran leaves it: its frame-counter reservation (us_store).
+    (tmp_path / "rom" / "nvs.json").write_text(json.dumps({"urbansense": {"fcnt_res": ["i", 512]}}))
     with _board(tmp_path, "parking", hw) as vb:
         rc, res = _doctor(vb.port, capsys)
     assert rc == 0 and res["ok"] and res["problems"] == [], res
@@ -56,7 +59,8 @@ def test_the_hardware_checks_run_on_a_parking_board(tmp_path: Path, capsys: pyte
     assert all(abs(a - b) <= 20 for a, b in zip(h["field_nt"], FIELD_NT, strict=True)), h["field_nt"]
     assert h["battery_mv"] == 3640  # 1.82 V through 1 MOhm / 1 MOhm
     assert h["wake_pins"] == {"4": 0, "25": 0, "26": 0}
-    assert h["nvs"] == "ok" and h["rtc_memory_bytes"] == 0 and "hardware" not in h
+    assert h["nvs"] == "ok" and h["nvs_fcnt_reserved"] == 512 and "hardware" not in h
+    assert h["rtc_memory_bytes"] == 0 and h["rtc_state"] == "empty"
 
 
 def test_a_missing_sensor_a_low_battery_and_a_stuck_wake_pin_are_named(

@@ -150,7 +150,8 @@ def _doctor(args: argparse.Namespace) -> int:
              f"heap free {hw.get('heap_free')} B, flash free {hw.get('flash_free')} B"]
     if res["frozen"] is not None:
         lines.append(f"firmware frozen in the image (source stamp {str(res['frozen'].get('source'))[:12]})")
-    for k in ("i2c", "field_nt", "distance_mm", "battery_mv", "wake_pins", "rtc_memory_bytes", "nvs", "hardware"):
+    for k in ("i2c", "field_nt", "distance_mm", "battery_mv", "wake_pins", "rtc_memory_bytes", "rtc_state", "nvs",
+              "nvs_fcnt_reserved", "hardware"):
         if k in hw:
             lines.append(f"{k}: {hw[k]}")
     if "baseline_nt" in hw:

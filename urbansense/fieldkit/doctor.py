@@ -6,7 +6,9 @@ this laptop's (the copied files' SHA-256, or the frozen image's source stamp), a
 port has the hardware modules (``machine``, ``esp32``): the I2C scan against the sensors the
 kind needs, a live reading of the kind's sensor (parking: the magnetometer field; bin: the
 VL53L1X distance), the battery voltage, the wake pins' levels as found (a pin already at its
-wake level makes the node poll instead of sleeping) and whether RTC memory and NVS answer. The sensors are
+wake level makes the node poll instead of sleeping), whether RTC memory holds a valid state
+(us_store.load_rtc: a torn blob means the next wake is a cold boot) and NVS answers, with the
+frame-counter reservation it holds (-1: the node never ran). The sensors are
 switched on through the board's load switch (``sensor_power``) for the test, as the firmware
 does, and the switch is left as it was found. The board-side code uses the firmware's own
 drivers (us_lis3mdl, us_vl53l1x, us_battery) from the board. Parts the board cannot run (a
@@ -108,11 +110,19 @@ else:
     except Exception as e:
         r['battery_error'] = repr(e)
     try:
-        r['rtc_memory_bytes'] = len(machine.RTC().memory())
+        import us_store
+        rtc = machine.RTC()
+        raw = rtc.memory()
+        r['rtc_memory_bytes'] = len(raw)
+        if us_store.load_rtc(rtc) is not None:
+            r['rtc_state'] = 'valid'
+        else:
+            r['rtc_state'] = 'empty' if not raw else 'no valid state (the next wake is a cold boot)'
     except Exception as e:
         r['rtc_error'] = repr(e)
     try:
-        esp32.NVS('urbansense')
+        nvs = esp32.NVS(us_store.NVS_NAMESPACE)
+        r['nvs_fcnt_reserved'] = us_store.nvs_get_int(nvs, us_store.NVS_FCNT, -1)
         r['nvs'] = 'ok'
     except Exception as e:
         r['nvs'] = repr(e)
