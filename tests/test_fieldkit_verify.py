@@ -74,3 +74,30 @@ async def test_verify_shows_the_nodes_serial_log_while_waiting(
         os.close(slave)
     err = capsys.readouterr().err
     assert rc == 3 and "SAFE MODE: serial.rx" in err and "not heard at all" in err
+
+
+@pytest.mark.timeout(60)
+async def test_verify_at_the_broker(tmp_path: Path, mqtt_broker: Any, running: Any,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--mqtt: the node's first frame that a gateway published; a timeout sends to --gateway."""
+    gw = await running(make_config(tmp_path, mqtt_broker, nodes=range(1, 3)))
+    broker = f"{mqtt_broker.host}:{mqtt_broker.port}"
+    waiting = asyncio.create_task(asyncio.to_thread(
+        main, ["node", "verify", "--node", "00000001", "--mqtt", broker, "--timeout", "20s", "--json"]))
+    fcnt = 0
+    while not waiting.done():  # the node wakes and reports until verify has seen a frame
+        fcnt += 1
+        gw.feed(frame(2, fcnt), transport="ble")  # another node: not it
+        gw.feed(frame(1, fcnt), transport="ble", rssi_dbm=-75)
+        await asyncio.wait([waiting], timeout=0.3)
+    rc = waiting.result()
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and res["ok"] and res["node_id"] == 1 and res["transport"] == "mqtt"
+    assert res["topic"] == "urbansense/v1/test-site/gw-1/up" and 1 <= res["fcnt"] <= fcnt
+    rc = await asyncio.to_thread(main, ["node", "verify", "--node", "2", "--mqtt", broker, "--timeout", "1s", "--json"])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 3 and "no frame of it published" in res["error"] and "--gateway" in res["next"]
+    rc = await asyncio.to_thread(main, ["node", "verify", "--node", "2", "--mqtt", "127.0.0.1:9", "--timeout", "5s",
+                                        "--json"])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 1 and "broker not reachable" in res["error"]

@@ -41,6 +41,8 @@ def add_parser(subparsers: Any) -> None:
     vf = sub.add_parser("verify", help="wait for the node's first verified frame at the gateway")
     vf.add_argument("--node", required=True, help="node id (decimal, or 8 hex digits as on the label)")
     vf.add_argument("--gateway", default="http://127.0.0.1:9105", help="the gateway's status address")
+    vf.add_argument("--mqtt", metavar="HOST[:PORT]",
+                    help="wait at this MQTT broker instead (every gateway's up topic); cannot name causes")
     vf.add_argument("--timeout", default=600.0, type=duration_arg, help="how long to wait (90s, 10m)")
     vf.add_argument("--port", help="also show the node's serial output from this port")
     vf.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -107,7 +109,7 @@ def _flash(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from urbansense.fieldkit.siteregistry import parse_node_id
-    from urbansense.fieldkit.verify import wait_verified
+    from urbansense.fieldkit.verify import wait_published, wait_verified
 
     node_id = parse_node_id(args.node)
     tick = None
@@ -127,10 +129,14 @@ def _verify(args: argparse.Namespace) -> int:
             if data and not args.json:
                 sys.stderr.write(data.decode("utf-8", "replace"))
 
+    where = args.mqtt or args.gateway
     if not args.json:
-        print(f"waiting for node {node_id:08x} at {args.gateway} ...", file=sys.stderr)
+        print(f"waiting for node {node_id:08x} at {where} ...", file=sys.stderr)
     try:
-        seen = wait_verified(args.gateway, node_id, args.timeout, on_tick=tick)
+        if args.mqtt:
+            seen = wait_published(args.mqtt, node_id, args.timeout, on_tick=tick)
+        else:
+            seen = wait_verified(args.gateway, node_id, args.timeout, on_tick=tick)
     finally:
         if args.port:
             log_port.close()

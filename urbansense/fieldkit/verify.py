@@ -7,10 +7,16 @@ counted for that node: its last rejection (``rejected_nodes``: wrong key -> ``ba
 in the gateway's registry -> ``unknown_node``, revoked, counters behind) or, if nothing with
 its id was heard at all, the gateway's BLE and serial state. With ``--port`` the node's serial
 output is shown meanwhile.
+
+With ``--mqtt HOST[:PORT]`` instead, it waits at the broker: subscribed to every gateway's
+``urbansense/v1/+/+/up``, the node is verified once a pack holds one of its frames (gateways
+publish only frames their verify stage accepted). The broker cannot say why a frame is
+missing, so a timeout there only says so and points at ``--gateway``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -89,3 +95,64 @@ def wait_verified(url: str, node_id: int, timeout_s: float, poll_s: float = 1.0,
         if on_tick is not None:
             on_tick()
         time.sleep(poll_s)  # polling a remote HTTP endpoint: there is nothing local to wait on
+
+
+UP_TOPIC = "urbansense/v1/+/+/up"
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", "1883")
+    try:
+        return host, int(port)
+    except ValueError:
+        raise FieldError(f"not a broker address: {text!r}", "use --mqtt HOST or HOST:PORT", exit_code=2) from None
+
+
+async def _first_published(host: str, port: int, node_id: int, on_tick: Callable[[], None] | None) -> dict[str, Any]:
+    import aiomqtt
+
+    from urbansense.wire.senml import read_frames
+
+    async def ticks(tick: Callable[[], None]) -> None:
+        while True:
+            tick()
+            await asyncio.sleep(0.2)
+
+    ticker = asyncio.create_task(ticks(on_tick)) if on_tick is not None else None
+    try:
+        async with aiomqtt.Client(host, port, identifier=f"urbansense-verify-{node_id:08x}") as client:
+            await client.subscribe(UP_TOPIC, qos=1)
+            async for msg in client.messages:
+                if not isinstance(msg.payload, (bytes, bytearray)):
+                    continue
+                try:
+                    frames = read_frames(bytes(msg.payload))
+                except ValueError:
+                    continue  # not one of our packs: not this node's either
+                for nid, fcnt, _t, records in frames:
+                    if nid == node_id:
+                        values = {name: value for name, value, _u in records}
+                        return {"frames": 1, "fcnt": fcnt, "topic": str(msg.topic), "transport": "mqtt",
+                                "rssi_dbm": values.get("rssi")}
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+    raise FieldError("the broker closed the subscription", "run the same command again")
+
+
+def wait_published(broker: str, node_id: int, timeout_s: float,
+                   on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
+    """-> the first of the node's frames a gateway published; FieldError (exit 3) on timeout."""
+    from aiomqtt import MqttError
+
+    host, port = parse_broker(broker)
+    try:
+        return asyncio.run(asyncio.wait_for(_first_published(host, port, node_id, on_tick), timeout_s))
+    except TimeoutError:
+        raise FieldError(f"node {node_id:08x}: no frame of it published at {broker} within {timeout_s:.0f} s",
+                         "the broker cannot tell why: run `urbansense node verify --node N --gateway "
+                         "http://GATEWAY:9105` for the gateway's view (not heard, wrong key, ...)",
+                         exit_code=3) from None
+    except (MqttError, OSError) as exc:
+        raise FieldError(f"broker not reachable at {broker}: {exc}",
+                         "check the address (--mqtt HOST:PORT) and that the broker runs") from None
