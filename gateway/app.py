@@ -2,6 +2,8 @@
 
     transports --ingress--> verify --verdicts--> batch -> outbox (commit, then acks) -> publisher
 
+(a frame with nothing queued ahead of it skips the two queues: gateway/ingest.py)
+
 In-process use (demo, bench, tests)::
 
     gw = Gateway(load_config("gateway.toml"))
@@ -33,6 +35,7 @@ from gateway.downlinks import Downlinks
 from gateway.errors import ConfigError
 from gateway.flow import Heard, Verdict
 from gateway.health import Health
+from gateway.ingest import Ingest
 from gateway.listener import DownlinkListener
 from gateway.metrics import Metrics
 from gateway.mqttclient import Credentials, Protocols
@@ -69,7 +72,7 @@ class Gateway:
         self.ingress: asyncio.Queue[Heard] = asyncio.Queue(config.queue_size)
         self.verdicts: asyncio.Queue[Verdict] = asyncio.Queue(config.queue_size)
         self.history: deque[dict[str, float]] = deque(maxlen=HISTORY_LEN)
-        self.transports: list[Transport] = transports.build(config, self.ingress, self.metrics)
+        self.transports: list[Transport] = transports.build(config, self, self.metrics)
         # Typed handles for tests and tools that drive one medium.
         self.serial_ports = [t for t in self.transports if isinstance(t, SerialPort)]
         self.ble = next((t for t in self.transports if isinstance(t, BleTransport)), None)
@@ -80,9 +83,8 @@ class Gateway:
         self.http_port = 0
         self._stop = asyncio.Event()
         self._faults = RateLimitedLog(_log)
-        # A verdict the verify loop holds while the verdicts queue is full: shutdown keeps it.
-        self._held: Verdict | None = None
         # Built in run(): they open files.
+        self.ingest: Ingest | None = None
         self.outbox: Outbox | None = None
         self.batcher: Batcher | None = None
         self.publisher: Publisher | None = None
@@ -111,6 +113,21 @@ class Gateway:
             self.metrics.queue_drops.inc("ingress")
             return False
 
+    def offer(self, h: Heard) -> bool:
+        """A transport's frame (gateway/ingest.py); False when the ingress queue is full."""
+        ingest = self.ingest
+        if ingest is not None:
+            return ingest.offer(h)
+        try:  # before run() built the stages: queued for them
+            self.ingress.put_nowait(h)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def put(self, h: Heard) -> None:
+        """A transport's frame, waiting for room in the ingress queue (behind what is queued)."""
+        await self.ingress.put(h)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -133,6 +150,9 @@ class Gateway:
         self.health = Health(cfg.health, self.registry, self.publisher.emit_event, self.started_s)
         self.batcher = Batcher(cfg.batch, self.outbox, self.registry, replay, self.health, self.metrics,
                                self.downlinks)
+        self.batcher.on_error = self._batch_failed
+        self.ingest = ingest = Ingest(self.ingress, self.verdicts, self.verifier, self.batcher,
+                                      self._batch_failed)
         server = None
         if cfg.http.enabled:
             from gateway.statuspage import start_http
@@ -141,7 +161,7 @@ class Gateway:
             self.http_port = server.sockets[0].getsockname()[1]
         batcher = self.batcher
         hearing = [self._spawn(t.kind, t.run, t.name) for t in self.transports]
-        verify_task = self._spawn("verify", self._verify_loop)
+        verify_task = self._spawn("verify", ingest.run_verify)
         batch_task = self._spawn("batch", lambda: batcher.run(self.verdicts))
         publish_task = self._spawn("publish", publisher.run)
         listen_tasks = [self._spawn("listen", lis.run, lis.name) for lis in self.listeners]
@@ -160,7 +180,7 @@ class Gateway:
                 for t in (verify_task, batch_task, chores):
                     t.cancel()
                 await asyncio.gather(verify_task, batch_task, chores, return_exceptions=True)
-                self._drain()
+                ingest.drain()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(publisher.announce_offline(), 3)
                 for t in (publish_task, *listen_tasks):
@@ -175,20 +195,6 @@ class Gateway:
                     _log.exception("event=outbox_close_failed")
                 _log.info("event=gateway_stopped")
                 self.stopped.set()
-
-    def _drain(self) -> None:
-        """At shutdown, in arrival order: queued verdicts, the held one, frames not yet verified."""
-        assert self.batcher is not None and self.verifier is not None
-        while not self.verdicts.empty():
-            self.batcher.add(self.verdicts.get_nowait())
-        if self._held is not None:
-            self.batcher.add(self._held)
-            self._held = None
-        while not self.ingress.empty():
-            v = self.verifier.process(self.ingress.get_nowait())
-            if v is not None:
-                self.batcher.add(v)
-        self.batcher.flush()
 
     def _spawn(self, stage: str, run: Stage, what: str = "") -> asyncio.Task[None]:
         name = f"{stage}:{what}" if what else stage
@@ -211,15 +217,23 @@ class Gateway:
                 exc = error
             if time.monotonic() - began >= _RESTART_RESET_S:
                 delay_s = _RESTART_MIN_S
-            self.metrics.stage_restarts.inc(stage)
-            cause = first_cause(exc)
-            self._faults.log(
-                f"stage/{name}/{type(cause).__name__}",
-                "event=stage_failed stage=%s error=%r restart_in_s=%.1f exc=%s",
-                name, cause, delay_s, Traceback(exc),
-            )
+            self._stage_failed(stage, name, exc, delay_s)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, _RESTART_MAX_S)
+
+    def _stage_failed(self, stage: str, name: str, exc: BaseException, restart_in_s: float) -> None:
+        self.metrics.stage_restarts.inc(stage)
+        cause = first_cause(exc)
+        self._faults.log(
+            f"stage/{name}/{type(cause).__name__}",
+            "event=stage_failed stage=%s error=%r restart_in_s=%.1f exc=%s",
+            name, cause, restart_in_s, Traceback(exc),
+        )
+
+    def _batch_failed(self, exc: Exception) -> None:
+        """A bug in the batcher outside its task (its timer, a transport's direct hand-off):
+        counted and logged as a failure of the batch stage, which goes on."""
+        self._stage_failed("batch", "batch", exc, 0.0)
 
     def reload(self) -> None:
         """SIGHUP: re-read what may change without a restart, in one place so one signal
@@ -266,25 +280,6 @@ class Gateway:
     def _batcher(self) -> Batcher:
         assert self.batcher is not None
         return self.batcher
-
-    async def _verify_loop(self) -> None:
-        assert self.verifier is not None
-        process = self.verifier.process
-        ingress, verdicts = self.ingress, self.verdicts
-        take, give = ingress.get_nowait, verdicts.put_nowait
-        while True:
-            if self._held is None:
-                self._held = process(await ingress.get())
-            if self._held is not None:
-                # Held until queued: a cancel while the queue is full must not drop a verdict.
-                await verdicts.put(self._held)
-                self._held = None
-            # Drain what is queued without a scheduler round trip per frame (throughput); the
-            # counts are taken once, as nothing else runs until this loop yields.
-            for _ in range(min(ingress.qsize(), verdicts.maxsize - verdicts.qsize())):
-                v = process(take())
-                if v is not None:
-                    give(v)
 
     async def _chores(self) -> None:
         assert self.outbox is not None and self.health is not None

@@ -12,14 +12,20 @@ batch of the next start.
 
 Downlink commands ride with the acks (gateway/downlinks.py decides which, and when a node has
 applied them); what a batch changes in them is committed with it.
+
+The deadlines are kept by one event-loop timer (``_arm``), set when a deadline appears (at
+most three times a batch: the batch opens, its first frame waiting for an ack, its first
+frame to stage), never per frame: frames may be added from the batch task or synchronously
+from a transport's callback (gateway/ingest.py), and a timer per frame cost more than the
+frame at a street's rates (issue 16).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from gateway.config import BatchConfig
@@ -43,6 +49,7 @@ _ACK_TRANSPORT: Final = "serial"  # the only transport that carries acks (PROTOC
 # proportional, so a sweep (O(outbox depth)) comes once per depth/8 commits at most.
 _LEDGER_SLACK_MIN: Final = 64
 _LEDGER_SLACK_DIV: Final = 8
+_RETRY_S: Final = 1.0  # after a bug in a timed close or stage: not a busy loop of the same bug
 
 
 class Batcher:
@@ -74,6 +81,12 @@ class Batcher:
         self._stage_deadline_s: float | None = None
         self._staged_upto = 0  # frames of the open batch before this index were staged (or wait for an ack)
         self._staged = False  # the staging journal holds frames of the open batch
+        # The deadline timer: armed once run() gave the batcher its loop (tests of the batcher
+        # alone tick by hand). A bug in a timed close reaches on_error (the gateway counts it
+        # as a restart of the batch stage), not the loop's exception handler.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.on_error: Callable[[Exception], None] = self._log_error
         self._recover_staged()
 
     def _recover_staged(self) -> None:
@@ -150,22 +163,28 @@ class Batcher:
             self._index.add(v)  # flush cleared the index; v opens the next batch
             size = len(frame_head(key, None)) + len(packed[0])
         self._last_key = key
-        if not self._open:
+        new_deadline = not self._open
+        if new_deadline:
             self._opened_s = time.monotonic()
         self._open.append(v)
         self._bytes += size
         if v.replies:
             if self._ack_deadline_s is None:
                 self._ack_deadline_s = time.monotonic() + self.cfg.ack_max_delay_ms / 1000
+                new_deadline = True
         elif self._stage_deadline_s is None:
             self._stage_deadline_s = time.monotonic() + self.cfg.durable_ms / 1000
+            new_deadline = True
         if len(self._open) >= self.cfg.max_records:
             self.flush()
+        elif new_deadline:
+            self._arm()
 
     def _duplicate(self, d: Duplicate) -> None:
         if self._index.merge(d):
             if d.reply is not None and self._ack_deadline_s is None:
                 self._ack_deadline_s = time.monotonic() + self.cfg.ack_max_delay_ms / 1000
+                self._arm()
             return
         st = self.replay.peek(d.node_id)
         node = self.registry.get(d.node_id)
@@ -179,8 +198,10 @@ class Batcher:
             node.keys, d.node_id, st.dcnt, d.fcnt, self.downlinks.commands_for(d.node_id))
         self._reply(d.reply, ack)
 
-    def tick(self) -> None:
-        now = time.monotonic()
+    def tick(self, now: float | None = None) -> None:
+        """Close or stage what is due at ``now`` (default: the monotonic clock)."""
+        if now is None:
+            now = time.monotonic()
         close = self.close_deadline_s()
         if close is not None and now >= close:
             self.flush()
@@ -306,24 +327,54 @@ class Batcher:
         except Exception as exc:  # a port gone between frame and ack: the node retransmits
             _log.info("event=ack_write_failed error=%r", exc)
 
+    # -- the deadline timer ---------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """Make the timer fire by the next deadline. A timer already due sooner is kept (it
+        fires, finds less or nothing to do, and arms for what is left): one timer a batch."""
+        loop = self._loop
+        due = self.deadline_s()
+        if loop is None or due is None:
+            return
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= due:
+                return
+            timer.cancel()
+        self._timer = loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        # The loop runs a timer up to its clock resolution early; what was due is due.
+        now = time.monotonic() if timer is None else max(time.monotonic(), timer.when())
+        try:
+            self.tick(now)
+        except Exception as exc:  # a bug: reported as the batch stage's, retried later
+            self.on_error(exc)
+            if self._loop is not None and self._timer is None:
+                self._timer = self._loop.call_later(_RETRY_S, self._on_timer)
+            return
+        self._arm()
+
+    def _log_error(self, exc: Exception) -> None:
+        self._faults.log(f"timer/{type(exc).__name__}", "event=batch_timer_failed error=%r", exc)
+
+    def close(self) -> None:
+        """Stop the timer (at shutdown, after the last flush)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._loop = None
+
     async def run(self, queue: asyncio.Queue[Verdict]) -> None:
-        """Consume verdicts until cancelled; the caller flushes on shutdown."""
+        """Consume verdicts until cancelled; the caller flushes on shutdown. Deadlines are
+        the timer's: this task only waits for verdicts."""
+        self._loop = asyncio.get_running_loop()
+        self._arm()
+        add, take = self.add, queue.get_nowait
         while True:
-            deadline = self.deadline_s()
-            if deadline is None:
-                self.add(await queue.get())
-            else:
-                timeout = deadline - time.monotonic()
-                if timeout > 0:
-                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the shutdown's
-                    # cancel when the get completes at the same moment, and the stage never ends.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(timeout):
-                            v = await queue.get()
-                        self.add(v)
+            add(await queue.get())
             # Drain what is already queued without yielding per item (throughput); nothing
             # else runs until this loop yields, so the count is taken once.
-            add, take = self.add, queue.get_nowait
             for _ in range(queue.qsize()):
                 add(take())
-            self.tick()

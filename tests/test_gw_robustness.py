@@ -150,16 +150,16 @@ async def test_a_serial_port_task_that_crashes_is_restarted(
     node = PtyNode()
     gw = Gateway(make_config(tmp_path, mqtt_broker, serial__ports=[node.path]))
     port = gw.serial_ports[0]
-    real_read = port._read
+    real_session = port._session
     calls = [0]
 
-    async def read(reader: asyncio.StreamReader) -> None:
+    async def session() -> None:
         calls[0] += 1
         if calls[0] == 1:
             raise RuntimeError("bug in the reader")
-        await real_read(reader)
+        await real_session()
 
-    port._read = read  # type: ignore[method-assign]
+    port._session = session  # type: ignore[method-assign]
     await running(gw)
     await wait_for(lambda: port.opens == 2 and port.is_open, what="port reopened by the supervisor")
     node.send(frame(2, 1))

@@ -2,20 +2,21 @@
 
 Every transport is a ``Transport``; ``build`` makes the configured ones, so the gateway runs
 and reports them without knowing which media exist (as bleak's ``BleakScanner`` picks its
-backend in one place). Serial ports put with backpressure (a node keeps unacked frames);
-BLE puts without waiting and counts a full queue as a drop (an advert cannot wait).
+backend in one place). Each hands its frames to a ``Sink`` (the gateway, gateway/ingest.py),
+whose ``offer`` returns False when the gateway's ingress queue is full: a serial port then
+stops reading and ``put``s what it read, waiting for room (backpressure: a node keeps unacked
+frames); BLE counts a drop (an advert cannot wait).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Protocol
 
 from gateway.config import GatewayConfig
 from gateway.flow import Heard
 from gateway.metrics import Metrics
 
-__all__ = ["Transport", "build"]
+__all__ = ["Sink", "Transport", "build"]
 
 
 class Transport(Protocol):
@@ -40,23 +41,35 @@ class Transport(Protocol):
         ...
 
 
-def build(config: GatewayConfig, ingress: asyncio.Queue[Heard], metrics: Metrics) -> list[Transport]:
+class Sink(Protocol):
+    """Where transports hand their frames (the gateway: gateway/ingest.py)."""
+
+    def offer(self, h: Heard) -> bool:
+        """Take ``h`` now; False when there is no room (the caller keeps it)."""
+        ...
+
+    async def put(self, h: Heard) -> None:
+        """Take ``h``, waiting for room (behind everything offered before it)."""
+        ...
+
+
+def build(config: GatewayConfig, sink: Sink, metrics: Metrics) -> list[Transport]:
     """The transports the configuration enables, serial ports first."""
     from gateway.transports.serial import SerialPort
 
     out: list[Transport] = [
-        SerialPort(p, config.serial.baudrate, ingress, metrics,
+        SerialPort(p, config.serial.baudrate, sink, metrics,
                    config.serial.retry_min_s, config.serial.retry_max_s)
         for p in config.serial.ports
     ]
     if config.ble.enabled:
         from gateway.transports.ble import BleTransport
 
-        def put_nowait(h: Heard) -> None:
-            try:
-                ingress.put_nowait(h)
-            except asyncio.QueueFull:
+        offer = sink.offer
+
+        def put(h: Heard) -> None:
+            if not offer(h):
                 metrics.queue_drops.inc("ingress")
 
-        out.append(BleTransport(config.ble, put_nowait, metrics))
+        out.append(BleTransport(config.ble, put, metrics))
     return out
