@@ -90,6 +90,9 @@ async def test_mqtt5_refused_falls_back_to_311(
         # Retained birth, and the downlink subscription works over 3.1.1 too.
         births = [m for m in sub311.messages if str(m.topic).endswith("/status")]
         assert births and json.loads(births[-1].payload)["state"] == "online"  # type: ignore[arg-type]
+        # Only once the listener has its SUBACK: a first session keeps nothing sent before.
+        await wait_for(lambda: gw.listeners[0].connected_for_s() is not None, timeout_s=15,
+                       what="downlink listener subscribed")
         async with aiomqtt.Client(broker311.host, broker311.port,
                                   protocol=aiomqtt.ProtocolVersion.V311) as c:
             await c.publish(f"urbansense/v1/{cfg.site}/{cfg.gateway_id}/down",
