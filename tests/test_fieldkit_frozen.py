@@ -89,3 +89,22 @@ def test_compiled_files_name_the_module_not_the_laptops_checkout() -> None:
     here = str(build.FIRMWARE_LIB).encode()
     assert lib and not [path for path, data in lib.items() if here in data]
     assert all(Path(path).stem.encode() + b".py" in data for path, data in lib.items())
+
+
+def test_the_code_the_laptop_runs_on_the_board_typechecks_against_the_esp32_stubs(tmp_path: Path) -> None:
+    """doctor's, provision's and the frozen-image query's board-side code, checked as the
+    firmware is (tools/mypy-firmware.ini: micropython-esp32-stubs, not CPython's library)."""
+    from urbansense.fieldkit.doctor import HARDWARE
+    from urbansense.fieldkit.provision import SELF_CHECK
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "tools" / "mpy_typeshed.py")], cwd=root, check=True,
+                   capture_output=True)
+    scripts = {"board_doctor.py": "CALIBRATE = False\n" + HARDWARE, "board_self_check.py": SELF_CHECK,
+               "board_frozen_query.py": build.FROZEN_QUERY}
+    for name, code in scripts.items():
+        (tmp_path / name).write_text(code, encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(root / "tools" / "mypy-firmware.ini"),
+                        *sorted(str(tmp_path / n) for n in scripts)],
+                       cwd=root, capture_output=True, text=True, check=False, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr

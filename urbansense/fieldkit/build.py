@@ -80,7 +80,7 @@ try:
         os.stat(f)
     except OSError:
         try:
-            import us_build
+            import us_build  # type: ignore[import-not-found]  # only in a frozen city image
             src = us_build.SOURCE_SHA256
         except ImportError:
             src = None

@@ -39,7 +39,7 @@ HARDWARE = """
 import sys, json, gc, os, time
 if '/lib' not in sys.path:
     sys.path.append('/lib')
-r = {}
+r = {}  # type: dict
 gc.collect()
 r['heap_free'] = gc.mem_free()
 try:
@@ -53,16 +53,17 @@ kind = cfg.get('kind')
 p = b.get('pins', {})
 try:
     import machine, esp32
+    ported = True
 except ImportError:
-    machine = None
-if machine is None:
+    ported = False
+if not ported:
     r['hardware'] = 'skipped: no machine module (not an ESP32 port)'
 else:
-    class _Hal:
-        pass
+    class _Hal:  # what the firmware's sample_nt takes from a HAL
+        def __init__(self):
+            self.time = time
+            self.machine = machine
     hal = _Hal()
-    hal.time = time
-    hal.machine = machine
     # The wake pins as found, before the test touches the sensors.
     r['wake_pins'] = {}
     for pin in b.get('rtc_wake_pins', []):
