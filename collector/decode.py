@@ -45,7 +45,10 @@ _COLUMNS: Final[dict[str, tuple[str, dict[str | None, float] | None]]] = {
     "flags": ("flags", None),
 }
 COLUMNS: Final = tuple(c for c, _ in _COLUMNS.values())
-_INT_COLUMNS: Final = frozenset({"alarms", "flags"})
+# name -> (its column's index in COLUMNS, units): what _readings looks up per record.
+_SLOTS: Final = {name: (i, units) for i, (name, (_, units)) in enumerate(_COLUMNS.items())}
+_OCCUPIED: Final = COLUMNS.index("occupied")
+NO_COLUMNS: Final[tuple[None, ...]] = (None,) * len(COLUMNS)
 
 
 @dataclass(slots=True)
@@ -59,7 +62,11 @@ class Reading:
     gateway_id: str
     rssi_dbm: float | None = None
     values: dict[str, Any] = field(default_factory=dict)
-    columns: dict[str, float | int | bool] = field(default_factory=dict)
+    # The typed columns in COLUMNS order, None where the frame had no such value.
+    columns: tuple[float | int | bool | None, ...] = NO_COLUMNS
+
+    def column(self, name: str) -> float | int | bool | None:
+        return self.columns[COLUMNS.index(name)]
 
 
 @dataclass(slots=True)
@@ -108,36 +115,44 @@ def readings_from_pack(site: str, gateway_id: str, payload: bytes) -> list[Readi
 
 def _readings(site: str, gateway_id: str, frames: list[Any]) -> list[Reading]:
     out: list[Reading] = []
-    columns_of = _COLUMNS
+    slots = _SLOTS
+    width = len(COLUMNS)
     for node_id, fcnt, time_s, records in frames:
         if not 0 <= fcnt < 1 << 32 or type(time_s) not in (float, int) or time_s != time_s:
             raise Poison("bad_pack", f"fcnt {fcnt!r} time {time_s!r}")
         values: dict[str, Any] = {}
-        columns: dict[str, float | int | bool] = {}
+        columns: list[float | int | bool | None] | None = None
         rssi: float | None = None
-        for name, value, unit in records:
-            if type(name) is not str:
-                raise Poison("bad_pack", f"record name {name!r:.80}")
+        for name, value, unit in records:  # names are str: read_frames resolved them
             if name == "rssi":
                 if type(value) in (int, float):
                     rssi = value + 30.0 if unit == "dBW" else float(value)
                 continue
-            if type(value) is bytes:
+            t = type(value)
+            if t is bytes:
                 value = value.hex()
             values[name] = value
-            spec = columns_of.get(name)
+            spec = slots.get(name)
             if spec is None or value is None:
                 continue
-            column, units = spec
-            t = type(value)
+            i, units = spec
             if units is None:
-                if column == "occupied":
-                    columns[column] = bool(value)
+                if i == _OCCUPIED:
+                    v: float | int | bool = bool(value)
                 elif (t is int or t is float) and -(2**31) <= value < 2**31:  # an int4 column
-                    columns[column] = int(value)
+                    v = int(value)
+                else:
+                    continue
             elif t is int or t is float:
                 factor = units.get(unit)
-                if factor is not None:
-                    columns[column] = value * factor
-        out.append(Reading(node_id, fcnt, float(time_s), site, gateway_id, rssi, values, columns))
+                if factor is None:
+                    continue
+                v = value * factor
+            else:
+                continue
+            if columns is None:
+                columns = [None] * width
+            columns[i] = v
+        out.append(Reading(node_id, fcnt, float(time_s), site, gateway_id, rssi, values,
+                           NO_COLUMNS if columns is None else tuple(columns)))
     return out

@@ -104,7 +104,7 @@ def test_the_fast_vals_json_writes_what_the_json_encoder_writes(values: dict[str
 
 def test_fill_is_stored_as_a_ratio_whichever_unit_the_pack_uses() -> None:
     got = decode("urbansense/v1/s/g/up", encode_pack([FrameRecord(1, 1, 1, {2: 55}, 1.0)]))
-    assert isinstance(got, list) and got[0].columns["fill_ratio"] == pytest.approx(0.55)
+    assert isinstance(got, list) and got[0].column("fill_ratio") == pytest.approx(0.55)
 
 
 def test_a_config_with_an_unknown_source_kind_is_refused() -> None:
