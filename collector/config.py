@@ -15,7 +15,7 @@
     [store]
     url = "sqlite:///var/lib/urbansense/collector.db"   # or "postgresql://user@host/db"
     [batch]
-    max_messages = 256              # messages per fetch and per transaction
+    max_messages = 1024             # messages per fetch and per transaction
     fetch_timeout_s = 0.5
     [http]
     listen = "127.0.0.1"            # /metrics (Prometheus) and /api/status
@@ -61,7 +61,7 @@ class CollectorConfig:
     collector_id: str = "collector"
     source: SourceConfig = field(default_factory=SourceConfig)
     store_url: str = "sqlite:///collector.db"
-    max_messages: int = 256
+    max_messages: int = 1024
     fetch_timeout_s: float = 0.5
     http_listen: str = "127.0.0.1"
     http_port: int = 9106

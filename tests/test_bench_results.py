@@ -18,4 +18,4 @@ def test_a_partial_run_keeps_the_previous_figures_of_the_other_benches(tmp_path:
     assert back["district"]["total"]["sent"] == 7
     assert back["collector"]["postgres"]["readings_per_s"] == 61234
     text = path.read_text()
-    assert "| readings stored per second (floor 50,000 into PostgreSQL: met) | 61,234 |" in text
+    assert "| readings stored per second, wall clock (floor 50,000 into PostgreSQL: met) | 61,234 |" in text

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from urbansense.benchcity import city_section, collector_section
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
@@ -32,8 +34,12 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     # A blank virtual board to a verified first frame (urbansense node provision).
     "fieldkit": ("bench.bench_fieldkit", [], []),
     # The city tier: a backlog drained by one collector into PostgreSQL and SQLite, latency.
-    "collector": ("bench.bench_collector", [], ["--readings", "30000", "--sqlite-readings", "10000",
-                                                "--seconds", "3"]),
+    # The previous figure: the collector of 95b70b3 (before the HOT upsert, the receptions'
+    # fast path and 1,024-message batches), run turn about in the same run.
+    "collector": ("bench.bench_collector", ["--previous", "95b70b3"],
+                  ["--readings", "30000", "--sqlite-readings", "10000", "--seconds", "3"]),
+    # A day of 100,000 nodes through the cluster into PostgreSQL, with the ledger (several minutes).
+    "city": ("bench.bench_city", [], ["--nodes", "2000"]),
     # What batch.durable_ms costs the SD card (BLE frames on disk within 1 s of receipt).
     "durable": ("bench.bench_durable", [], []),
 }
@@ -132,7 +138,8 @@ def render(results: dict[str, dict[str, Any]], info: dict[str, Any], quick: bool
     out += _sim_section(results.get("simulator"))
     out += _district_section(results.get("district"))
     out += fieldkit_section(results.get("fieldkit"))
-    out += _collector_section(results.get("collector"))
+    out += collector_section(results.get("collector"))
+    out += city_section(results.get("city"))
     out += _durable_section(results.get("durable"))
     out += soak_section(SOAK_WEEK)
     out += ["## Raw results", ""]
@@ -358,42 +365,6 @@ def fieldkit_section(d: dict[str, Any] | None) -> list[str]:
         f"({_fmt(rp.get('files_unchanged'), 0)} files checked by SHA-256, {_fmt(d.get('reprovision_s'))} s) |",
     ]
     return [*lines, ""]
-
-
-def _collector_section(d: dict[str, Any] | None) -> list[str]:
-    lines = _header("City tier: collector", d)
-    if d is None or "error" in d:
-        return lines
-    pg, lite, lat = d.get("postgres", {}), d.get("sqlite", {}), d.get("latency", {})
-    lines += [
-        f"A backlog of readings ({_fmt(d.get('frames_per_pack'))} frames per pack) in the JetStream stream "
-        "of a private 3-node cluster, drained by one collector pinned to one core (the database and the "
-        "NATS nodes on the other).",
-        "",
-        "| figure | PostgreSQL (COPY + INSERT ... ON CONFLICT) | SQLite (WAL, synchronous=FULL) |",
-        "|---|---|---|",
-        f"| readings stored per second (floor 50,000 into PostgreSQL: "
-        f"{'met' if d.get('meets_floor_pg') else 'NOT met'}) | {_fmt(pg.get('readings_per_s'))} | "
-        f"{_fmt(lite.get('readings_per_s'))} |",
-        f"| readings per second of the collector's own CPU | {_fmt(pg.get('readings_per_cpu_s'))} | "
-        f"{_fmt(lite.get('readings_per_cpu_s'))} |",
-        f"| readings drained | {_fmt(pg.get('readings'))} in {_fmt(pg.get('wall_s'))} s | "
-        f"{_fmt(lite.get('readings'))} in {_fmt(lite.get('wall_s'))} s |",
-        "",
-        f"A day of a 300,000-inhabitant city (10 million readings) drains into PostgreSQL in "
-        f"{_fmt(d.get('day_of_10m_readings_drains_in_s'))} s at this rate.",
-        "",
-    ]
-    if lat:
-        lines += [f"Gateway receive to database commit, a real gateway at default batching (batch max age "
-                  f"{_fmt(lat.get('gateway_batch_max_age_s'))} s) through the cluster's MQTT listener, "
-                  f"{_fmt(lat.get('frames_per_s'), 0)} frames/s: p50 {_fmt(lat.get('p50_ms'))} ms, "
-                  f"p99 {_fmt(lat.get('p99_ms'))} ms ({_fmt(lat.get('stored'))} of {_fmt(lat.get('frames'))} "
-                  "frames stored).", ""]
-    if d.get("load_average_1m") is not None:
-        lines += [f"Load average (1 min) of the machine when the run started: {d['load_average_1m']} "
-                  f"on {d.get('cores')} cores.", ""]
-    return lines
 
 
 def previous_results(path: Path) -> dict[str, dict[str, Any]]:
