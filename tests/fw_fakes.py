@@ -361,7 +361,7 @@ def _make_i2c(world):
 def _make_hw_i2c(soft):
     # The port's hardware bus: machine.I2C(id, *, scl, sda, freq, timeout) (micropython-esp32-stubs).
     class I2C(soft):
-        def __init__(self, id, *, scl=None, sda=None, freq=400000, timeout=50000):
+        def __init__(self, id, *, scl, sda, freq=400000, timeout=50000):
             soft.__init__(self, scl, sda, freq=freq, timeout=timeout)
             self.id = id
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,3 +153,23 @@ def test_reset_and_wake_numbers_have_one_home() -> None:
         assert {n: getattr(hal.machine, n) for n in names} == {n: getattr(esp32_port, n) for n in names}
     assert firmware_module("us_node").EXT0_WAKE == esp32_port.EXT0_WAKE
     assert (esp32_port.PWRON_RESET, esp32_port.DEEPSLEEP_RESET, esp32_port.TIMER_WAKE) == (1, 4, 4)
+
+
+def test_the_fakes_hardware_i2c_takes_the_ports_arguments() -> None:
+    """machine.I2C(id, /, *, scl, sda, freq=400_000, timeout=50_000) in micropython-esp32-stubs
+    (the doctor's board code may use it): the fake takes the same names, kinds and defaults
+    (its id is not positional-only: MicroPython's parser has no "/")."""
+    import ast
+    import site
+
+    stub = next(Path(d) / "machine.pyi" for d in site.getsitepackages() if (Path(d) / "machine.pyi").exists())
+    tree = ast.parse(stub.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "I2C")
+    inits = [f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"]
+    wanted = next(f.args for f in inits if [a.arg for a in f.args.kwonlyargs][:2] == ["scl", "sda"])
+    want = [(a.arg, d is None) for a, d in zip(wanted.kwonlyargs, wanted.kw_defaults, strict=True)]
+    fake = ff.FakeMachine(ff.make_world("parking")).I2C
+    params = list(inspect.signature(fake.__init__).parameters.values())[1:]
+    assert [p.name for p in params[:1]] == [a.arg for a in wanted.posonlyargs[1:] + wanted.args[1:]][:1] == ["id"]
+    got = [(p.name, p.default is inspect.Parameter.empty) for p in params if p.kind is p.KEYWORD_ONLY]
+    assert got == want
