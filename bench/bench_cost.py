@@ -14,9 +14,7 @@ gateway's idle cost (chores and keepalives, per second of real time) is given ap
 rate undilated. The window ends when every frame is acked and published and every node event
 the frames raised is published (``node_events``; none with this workload: see below).
 
-``ble_foreign``: the datagram bleak backend (gateway/transports/datagram.py) fed with 1,000 nodes' frames, each heard
-``repeats`` times, plus 200 foreign adverts/s (other company ids: phones, headphones, cars), for
-``window_s``; CPU per second of such a street, projected to a Pi-class core.
+``ble_foreign``: bench/bench_ble.py.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ import contextlib
 import glob
 import json
 import os
-import random
 import select
 import subprocess
 import sys
@@ -274,89 +271,3 @@ async def phase_serial_rates(ctx: dict[str, Any], work: Any) -> dict[str, Any]:
         if isinstance(r, dict) and full and "cpu_us_per_reading" in r:
             r["ratio_to_full_speed"] = round(r["cpu_us_per_reading"] / full, 2)
     return out
-
-
-async def phase_ble_foreign(ctx: dict[str, Any], work: Any) -> dict[str, Any]:
-    """A street's BLE traffic through the simulated-air backend for window_s seconds."""
-    import socket
-
-    from bench.bench_gateway import RunningGateway, gateway_config
-    from urbansense.wire.advert import encode_advert
-
-    tmp = Path(ctx["tmp"]) / "ble"
-    tmp.mkdir(parents=True, exist_ok=True)
-    cfg = gateway_config(tmp, ctx["host"], ctx["port"], work, ctx["per_node_day"])
-    air = str(tmp / "air.sock")
-    cfg.ble.enabled, cfg.ble.backend, cfg.ble.datagram_socket = True, "datagram", air
-    window_s, repeats, foreign_rate = ctx["ble_window_s"], ctx["ble_repeats"], ctx["ble_foreign_per_s"]
-    node_rate = ctx["ble_node_frames_per_s"]
-    rng = random.Random(7)
-    n_frames = int(node_rate * window_s)
-    ours = [encode_advert(f"AA:BB:CC:{i >> 8 & 0xFF:02X}:{i & 0xFF:02X}:01", -70 - rng.randrange(30), {0xFFFF: f})
-            for i, f in enumerate(work.frames[:n_frames])]
-    foreign = [encode_advert(f"{rng.randrange(1 << 48):012X}", -60 - rng.randrange(40),
-                             {rng.choice((0x004C, 0x0006, 0x0075, 0x00E0)): rng.randbytes(rng.randrange(4, 24))})
-               for _ in range(2000)]
-    events: list[tuple[float, bytes]] = []
-    for i, adv in enumerate(ours):
-        t = i / node_rate
-        events += [(t + k * 0.1, adv) for k in range(repeats)]
-    events += [(i / foreign_rate, foreign[i % len(foreign)]) for i in range(int(foreign_rate * window_s))]
-    events.sort(key=lambda e: e[0])
-    async with RunningGateway(cfg) as gw:
-        assert gw.ble is not None
-        await asyncio.wait_for(gw.ble.started.wait(), 10)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.setblocking(False)  # a blocking send to a full socket would stall the loop that reads it
-        m = gw.metrics
-        await asyncio.sleep(1.0)
-        cpu0, t0 = time.process_time(), time.monotonic()
-        refused = 0
-        for t, adv in events:
-            delay = t0 + t - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            for _ in range(100):
-                try:
-                    sock.sendto(adv, air)
-                    break
-                except BlockingIOError:
-                    await asyncio.sleep(0.001)
-            else:
-                refused += 1
-        await asyncio.sleep(max(0.0, t0 + window_s - time.monotonic()))
-        cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
-        sock.close()
-        accepted, dups = m.frames_accepted.total(), m.duplicates.total()
-    # The sender runs in this process too: its share is measured alone and taken off.
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sink_path = str(tmp / "sink.sock")
-    sink.bind(sink_path)
-    sink.setblocking(False)
-    sock.setblocking(False)
-    c0 = time.process_time()
-    for _, adv in events:
-        try:
-            sock.sendto(adv, sink_path)
-        except BlockingIOError:  # the sink's queue is full (10 datagrams): empty it, send again
-            with contextlib.suppress(BlockingIOError):
-                while sink.recv(4096):
-                    pass
-            sock.sendto(adv, sink_path)
-    send_cpu = time.process_time() - c0
-    sock.close()
-    sink.close()
-    share = max(0.0, cpu - send_cpu) / wall
-    return {
-        "window_s": round(wall, 2),
-        "node_frames_per_s": node_rate,
-        "repeats_per_frame": repeats,
-        "foreign_adverts_per_s": foreign_rate,
-        "adverts_total": len(events),
-        "adverts_refused_socket_full": refused,
-        "frames_accepted": int(accepted),
-        "duplicates": int(dups),
-        "x86_cpu_share_pct": round(share * 100, 3),
-        "x86_cpu_us_per_advert": round(max(0.0, cpu - send_cpu) / len(events) * 1e6, 1),
-    }

@@ -62,6 +62,7 @@ PI4_SLOWDOWN = 4.0
 SITE, GW_ID = "bench", "gw-1"
 # Under callgrind (~50x slower, time dilated): frames per rate, enough for a few batches each.
 CALLGRIND_RATES = [[0, 300], [500, 200], [100, 60]]
+BLE_CALLGRIND_DILATION = 10.0
 PHASES = {"throughput": 900, "baseline": 900, "latency": 300, "cpu_share": 300, "memory": 1200,
           "serial_rates": 900, "ble_foreign": 300}  # timeout_s
 UP_TOPIC = f"urbansense/v1/{SITE}/{GW_ID}/up"
@@ -637,7 +638,7 @@ def child_main(phase: str, ctx_path: str) -> int:
 
         res = asyncio.run(phase_serial_rates(ctx, work))
     elif phase == "ble_foreign":
-        from bench.bench_cost import phase_ble_foreign
+        from bench.bench_ble import phase_ble_foreign
 
         res = asyncio.run(phase_ble_foreign(ctx, work))
     else:
@@ -721,7 +722,8 @@ def main() -> int:
     ap.add_argument("--previous", default="", metavar="REV",
                     help="also run each phase on the gateway code of this commit (the previous figure)")
     ap.add_argument("--callgrind", type=float, default=0.0, metavar="DILATION",
-                    help="also count serial_rates instructions under callgrind, time dilated this much")
+                    help="also count serial_rates (and ble_foreign) instructions under callgrind, "
+                         "time dilated this much (ble_foreign: 10)")
     args = ap.parse_args()
     unknown = {s for s in (args.phases + "," + args.skip).split(",") if s} - set(PHASES)
     if unknown:
@@ -776,9 +778,12 @@ def main() -> int:
                 for tag, code_root in code_roots.items():  # previous and current side by side
                     key = phase + (f"_{tag}" if tag else "")
                     results[key] = run_child(phase, {**ctx, "code_root": code_root}, tmp, timeout, tag)
-                    if phase == "serial_rates" and args.callgrind:
+                    if phase in ("serial_rates", "ble_foreign") and args.callgrind:
                         cg_ctx = {**ctx, "code_root": code_root, "dilation": args.callgrind,
                                   "idle_window_s": 10.0, "serial_rates": CALLGRIND_RATES}
+                        if phase == "ble_foreign":  # ~200 adverts/s: less dilation, a shorter street
+                            cg_ctx.update(dilation=BLE_CALLGRIND_DILATION, ble_window_s=6.0,
+                                          ble_foreign_window_s=3.0)
                         results[key + "_callgrind"] = run_child(phase, cg_ctx, tmp, 4 * timeout,
                                                                 (tag + "-" if tag else "") + "callgrind", True)
         finally:
@@ -926,6 +931,10 @@ if __name__ == "__main__":
         from bench.bench_cost import writer_main
 
         sys.exit(writer_main(sys.argv[2], float(sys.argv[3]), float(sys.argv[4])))
+    if len(sys.argv) >= 2 and sys.argv[1] == "--_ble_sender":
+        from bench.bench_ble import sender_main
+
+        sys.exit(sender_main(sys.argv[2], sys.argv[3]))
     if len(sys.argv) >= 2 and sys.argv[1] == "--_subscriber":
         h, p, e, o, t = sys.argv[2:7]
         sys.exit(subscriber_main(h, int(p), int(e), o, float(t)))

@@ -161,3 +161,16 @@ async def test_the_datagram_input_counts_what_is_no_advert_and_hears_the_rest(
     assert gw.metrics.datagrams_malformed.total() == 3
     assert gw.metrics.frames_in.total() == 1 and gw.metrics.rejections.total() == 0
     assert "urbansense_gateway_datagrams_malformed_total 3" in await _get(gw.http_port, "/metrics")
+
+
+def test_the_datagram_scanners_device_table_stays_bounded_on_rotating_addresses() -> None:
+    """Phones rotate random addresses: a street's scan used to keep every address it ever heard
+    (one BLEDevice and AdvertisementData each) for as long as it ran."""
+    from gateway.transports.datagram import SEEN_DEVICES_MAX, DatagramScanner
+
+    heard: list[str] = []
+    scanner = DatagramScanner(lambda d, a: heard.append(d.address), None, datagram_socket="unused")
+    for i in range(3 * SEEN_DEVICES_MAX):
+        scanner._deliver(encode_advert(f"{i:012X}", -70, {0x004C: b"\x02\x15"}))
+    assert len(heard) == 3 * SEEN_DEVICES_MAX  # every advert still reaches the callback
+    assert 0 < len(scanner.seen_devices) <= SEEN_DEVICES_MAX

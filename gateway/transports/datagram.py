@@ -7,6 +7,10 @@ from BlueZ, and take the same path from there (real ``BLEDevice``/``Advertisemen
 the company-id filter, the watchdog). The simulator writes to it; so can any outside tool
 (``send_advert``). A datagram that is not an advert is dropped and counted
 (``urbansense_gateway_datagrams_malformed_total``).
+
+``seen_devices`` (bleak's table of the devices heard, which nothing here reads) is bounded:
+phones rotate their random addresses every few minutes, so a street's table grew by every
+address ever heard, about a kilobyte each, for as long as the scan ran.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from bleak.backends.scanner import (
 )
 
 from urbansense.wire.advert import MAX_DATAGRAM, decode_advert, encode_advert
+
+SEEN_DEVICES_MAX = 1024  # then the table starts again (bleak's BlueZ backend forgets devices too)
 
 
 def send_advert(
@@ -116,5 +122,7 @@ class DatagramScanner(BaseBleakScanner):
             rssi=rssi,
             platform_data=(data,),
         )
+        if len(self.seen_devices) >= SEEN_DEVICES_MAX and address not in self.seen_devices:
+            self.seen_devices.clear()
         device = self.create_or_update_device(address, address, None, None, adv)
         self.call_detection_callbacks(device, adv)
