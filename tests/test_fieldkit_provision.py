@@ -24,7 +24,7 @@ from tests.support.mpvm import missing_reason, run_micropython
 from tests.support.vboard import VirtualBoard
 from tests.test_gw_support import make_config, wait_for
 from urbansense.cli import main
-from urbansense.fieldkit import FieldError
+from urbansense.fieldkit import FieldError, build, nodeconfig
 from urbansense.fieldkit.provision import Request, provision
 from urbansense.fieldkit.siteregistry import SiteRegistry
 from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
@@ -121,9 +121,13 @@ async def test_blank_board_to_a_verified_first_frame(
 
 
 def test_the_simulator_refuses_a_board_whose_firmware_is_not_this_trees(tmp_path: Path) -> None:
-    flash = tmp_path / "flash"
-    with VirtualBoard(flash) as board:
-        provision(Request(board.port, "parking", "city-wroom32e", "s", tmp_path / "r.jsonl"))
+    flash = tmp_path / "flash"  # the files provision writes (build.node_files), without a board
+    board = nodeconfig.load_board("city-wroom32e")
+    cfg = nodeconfig.make_config(7, bytes(range(16)), "parking", board)
+    files = build.node_files("ESP32", (json.dumps(cfg) + "\n").encode(), nodeconfig.board_json_for_node(board))
+    for path, data in files.items():
+        (flash / path).parent.mkdir(parents=True, exist_ok=True)
+        (flash / path).write_bytes(data)
     scenario = {"sim": {"name": "x"}, "nodes": [{"flash": str(flash)}]}
     Simulation(scenario).close()  # as copied: taken
     (flash / "lib" / "us_cobs.mpy").write_bytes(b"M\x06 other firmware")

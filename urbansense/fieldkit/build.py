@@ -46,9 +46,20 @@ def march_for(chip: str) -> str:
                          f"use a board whose chip is one of: {', '.join(MARCH)}", exit_code=2) from None
 
 
+_COMPILED: dict[tuple[str, str], dict[str, bytes]] = {}  # (march, source digest) -> files
+
+
 def compile_lib(chip: str) -> dict[str, bytes]:
-    """-> {"lib/us_x.mpy": bytes} for every module of firmware/lib."""
+    """-> {"lib/us_x.mpy": bytes} for every module of firmware/lib (compiled once a process
+    for the same sources: mpy-cross is deterministic)."""
     march = march_for(chip)
+    key = (march, source_digest())
+    if key not in _COMPILED:
+        _COMPILED[key] = _compile(march)
+    return dict(_COMPILED[key])
+
+
+def _compile(march: str) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="urbansense-mpy-") as tmp:
         for src in sorted(FIRMWARE_LIB.glob("*.py")):
