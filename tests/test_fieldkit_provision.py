@@ -80,6 +80,12 @@ async def test_blank_board_to_a_verified_first_frame(
         label = tmp_path / "label.png"
         rc, res = _provision(board.port, registry, capsys, "--label-png", str(label))
         assert rc == 0 and res["ok"] and res["files_copied"] >= 20 and res["bytes_copied"] > 20000
+        # What the board's boot banner says; the VM's MicroPython is not the pinned image's.
+        assert res["self_check"]["banner"].startswith("MicroPython v1.")
+        assert res["warnings"] == [f"the board runs MicroPython {res['self_check']['micropython']}, "
+                                   "boards/city-wroom32e.json pins 1.25.0: flash the pinned image "
+                                   "(`urbansense node flash --port PORT --board city-wroom32e`) unless "
+                                   "this one is known to work"]
         assert label.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         node_id = res["node_id"]
         key = SiteRegistry(registry).records()[0]["key"]

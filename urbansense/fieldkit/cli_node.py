@@ -87,6 +87,8 @@ def _provision(args: argparse.Namespace) -> int:
         write_label_png(result, args.label_png)
         result["label_png"] = str(args.label_png)
     text = (f"{label_text(result)}\n"
+            f"board: {result['self_check'].get('banner', '?')}\n"
+            + "".join(f"WARNING: {w}\n" for w in result["warnings"]) +
             f"copied {result['files_copied']} files ({result['bytes_copied']} B), "
             f"{result['files_unchanged']} unchanged; self-check ok (fw {result['self_check'].get('fw')})\n"
             f"next: install the board, then `urbansense node verify --node {result['node']}`")

@@ -15,7 +15,9 @@ Steps (each error a FieldError with the next step):
    a mismatched image takes no id).
 5. Soft reset (raw REPL: boot.py runs, main.py does not, so the board does not go to sleep
    under us) and run the self-check on the board: the firmware's modules load from the
-   copied .mpy files and accept the copied config and board files.
+   copied .mpy files and accept the copied config and board files. It also reads what the
+   board's boot banner says (MicroPython version and build, the board's name): a version
+   other than the board definition's pinned image is a warning, not an error.
 The node key goes to the registry and the board only: it is never printed or logged.
 """
 
@@ -48,7 +50,9 @@ try:
     import us_node
     r = {'node_id': cfg['node_id'], 'kind': cfg['kind'], 'transport': cfg['transport'],
          'fw': us_node.FW_VERSION, 'fw_file': us_node.__file__, 'platform': sys.platform,
-         'version': sys.version}
+         'version': sys.version,
+         'banner': sys.version.split('; ', 1)[-1] + '; ' + getattr(sys.implementation, '_machine', '?'),
+         'micropython': '.'.join([str(v) for v in sys.implementation.version[:3]])}
 except Exception as e:
     r = {'error': e.__class__.__name__ + ': ' + str(e)}
 print(json.dumps(r))
@@ -131,11 +135,18 @@ def provision(req: Request, progress: boardlink.Progress | None = None) -> dict[
         if check.get("node_id") != node_id:
             raise FieldError(f"the board reports node {check.get('node_id')}, expected {node_id}",
                              "run the same command again")
+    warnings = []
+    pin = board.get("image") or {}
+    if pin.get("micropython") and check.get("micropython") and check["micropython"] != pin["micropython"]:
+        warnings.append(f"the board runs MicroPython {check['micropython']}, boards/{req.board}.json pins "
+                        f"{pin['micropython']}: flash the pinned image (`urbansense node flash --port PORT "
+                        f"--board {req.board}`) unless this one is known to work")
     return {
-        "ok": True, "node_id": node_id, "node": f"{node_id:08x}", "kind": req.kind, "site": req.site,
+        "ok": True, "warnings": warnings, "node_id": node_id, "node": f"{node_id:08x}", "kind": req.kind, "site": req.site,
         "board": req.board, "transport": req.transport, "date": dt.date.today().isoformat(),
         "reused_identity": reused, **counts, "files_removed": removed, "frozen_firmware": frozen is not None,
-        "self_check": {k: check[k] for k in ("fw", "fw_file", "platform", "version") if k in check},
+        "self_check": {k: check[k] for k in ("fw", "fw_file", "platform", "version", "banner", "micropython")
+                       if k in check},
         "registry": str(req.registry),
     }
 
