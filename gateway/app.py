@@ -36,6 +36,7 @@ from gateway.errors import ConfigError
 from gateway.flow import Heard, Verdict
 from gateway.health import Health
 from gateway.ingest import Ingest
+from gateway.jspublisher import JetStreamPublisher
 from gateway.listener import DownlinkListener
 from gateway.metrics import Metrics
 from gateway.mqttclient import Credentials, Protocols
@@ -87,7 +88,7 @@ class Gateway:
         self.ingest: Ingest | None = None
         self.outbox: Outbox | None = None
         self.batcher: Batcher | None = None
-        self.publisher: Publisher | None = None
+        self.publisher: Publisher | JetStreamPublisher | None = None
         self.verifier: Verifier | None = None
         self.health: Health | None = None
         self.downlinks: Downlinks | None = None
@@ -136,10 +137,15 @@ class Gateway:
                              ack_flush_s=cfg.outbox.ack_flush_s, page_size=SD_PAGE_SIZE)
         replay = ReplayTable(self.outbox.load_nodes())
         self.verifier = Verifier(self.registry, replay, self.metrics)
-        self.publisher = publisher = Publisher(
-            cfg, self.outbox, self.metrics, self.protocols, self.credentials,
-            preferred_up_s=lambda i: self.listeners[i].connected_for_s(),
-        )
+        publisher: Publisher | JetStreamPublisher
+        if cfg.publish.backend == "jetstream":
+            publisher = JetStreamPublisher(cfg, self.outbox, self.metrics, self.credentials)
+        else:
+            publisher = Publisher(
+                cfg, self.outbox, self.metrics, self.protocols, self.credentials,
+                preferred_up_s=lambda i: self.listeners[i].connected_for_s(),
+            )
+        self.publisher = publisher
         self.downlinks = Downlinks(self.outbox, self.registry, publisher.emit_applied, self.metrics)
         faults = RateLimitedLog(logging.getLogger("gateway.listener"))
         self.listeners = [

@@ -80,6 +80,14 @@ class MqttConfig:
 
 
 @dataclass(slots=True)
+class PublishConfig:
+    # "mqtt": uplinks over the MQTT session (mqtt.*); "jetstream": uplinks as JetStream
+    # publishes to a NATS cluster, each batch deleted at the stream's own ack (docs/CITY.md).
+    backend: str = "mqtt"
+    servers: list[str] = field(default_factory=list)  # jetstream: ["nats://host:4222", ...]
+
+
+@dataclass(slots=True)
 class SerialConfig:
     ports: list[str] = field(default_factory=list)
     baudrate: int = 115200
@@ -131,6 +139,7 @@ class GatewayConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     queue_size: int = 10000
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
     @property
     def outbox_path(self) -> Path:
@@ -161,6 +170,10 @@ class GatewayConfig:
             raise ConfigError("outbox.max_bytes", "must hold at least 4 batches (4 x batch.max_bytes)")
         if self.outbox.synchronous not in ("full", "normal"):
             raise ConfigError("outbox.synchronous", 'must be "full" or "normal"')
+        if self.publish.backend not in ("mqtt", "jetstream"):
+            raise ConfigError("publish.backend", 'must be "mqtt" or "jetstream"')
+        if self.publish.backend == "jetstream" and not self.publish.servers:
+            raise ConfigError("publish.servers", 'required with backend "jetstream" (["nats://host:4222", ...])')
         if self.mqtt.protocol not in ("auto", "5", "3.1.1"):
             raise ConfigError("mqtt.protocol", 'must be "auto", "5" or "3.1.1"')
         _positive("outbox.ack_flush_s", self.outbox.ack_flush_s)
@@ -367,7 +380,7 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path | None = None) -> Ga
     """Build and validate a config from parsed TOML; relative paths are taken from base_dir."""
     base = base_dir or Path.cwd()
     top = _Section(raw, "", base)
-    for name in ("gateway", "batch", "outbox", "mqtt", "serial", "ble", "http", "health"):
+    for name in ("gateway", "batch", "outbox", "publish", "mqtt", "serial", "ble", "http", "health"):
         top.raw(name)
     queue_size = top.int_("queue_size", 10000)
     top.finish()
@@ -405,6 +418,10 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path | None = None) -> Ga
         o.float_("ack_flush_s", 30.0),
     )
     o.finish()
+
+    pu = _table(raw, "publish", base)
+    publish = PublishConfig(pu.str_("backend", "mqtt"), pu.str_list("servers"))
+    pu.finish()
 
     m = _table(raw, "mqtt", base)
     mqtt = MqttConfig(
@@ -471,7 +488,7 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path | None = None) -> Ga
     he.finish()
 
     cfg = GatewayConfig(
-        site, gw_id, registry, data_dir, batch, outbox, mqtt, serial, ble, http, health, queue_size
+        site, gw_id, registry, data_dir, batch, outbox, mqtt, serial, ble, http, health, queue_size, publish
     )
     cfg.validate()
     return cfg

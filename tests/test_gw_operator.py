@@ -189,7 +189,7 @@ def _keys_the_loader_reads() -> list[str]:
         seen.append(self._key(k))
         return real(self, k)
 
-    sections = {"gateway", "batch", "outbox", "mqtt", "serial", "ble", "http", "health"}
+    sections = {"gateway", "batch", "outbox", "publish", "mqtt", "serial", "ble", "http", "health"}
     raw = {"gateway": {"site": "s", "id": "g", "registry": "r", "data_dir": "d"}, "mqtt": {"brokers": ["h:1"]}}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(config_mod._Section, "_get", record)

@@ -1,0 +1,179 @@
+"""What a gateway's acknowledgement means on the city path (docs/CITY.md, "What a PUBACK means").
+
+nats-server 2.9's MQTT listener PUBACKs a QoS 1 PUBLISH once the message is in its own
+``$MQTT_msgs`` stream (server/mqtt.go, ``mqttProcessPub``, tag v2.9.10); the ``URBANSENSE``
+stream gets a core-NATS copy that only its leader subscribes to (server/stream.go,
+``setLeader`` -> ``subscribeToStream``), unacknowledged. Killing that stream's leader while a
+gateway publishes through another node opens the window: the control below shows PUBACKed
+batches lost with ``publish.backend = "mqtt"``, and the test above it shows none lost with
+``"jetstream"`` (each batch deleted at the stream's own PubAck).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from collector.app import Collector
+from collector.config import CollectorConfig, SourceConfig
+from gateway.app import Gateway
+from gateway.config import BrokerAddress
+from gateway.jspublisher import msg_id, subject_of
+from tests.test_gw_support import frame, make_config, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def stream_leaders(nc: Any) -> dict[str, int]:
+    """Stream name -> index of the node leading it (n1 -> 0)."""
+    js = nc.jetstream(timeout=5)
+    out = {}
+    for name in ("URBANSENSE", "$MQTT_msgs"):
+        info = await js.stream_info(name)
+        assert info.cluster is not None and info.cluster.leader
+        out[name] = int(info.cluster.leader.lstrip("n")) - 1
+    return out
+
+
+async def place_stream_leader(nc: Any, ok: Any, move: tuple[str, ...] = ("URBANSENSE",)) -> int:
+    """Step the leaders of ``move`` down until ``ok(leaders)``; returns URBANSENSE's node."""
+    for _ in range(60):
+        try:
+            leaders = await stream_leaders(nc)
+        except Exception:  # electing after a step-down: ask again
+            await asyncio.sleep(0.2)
+            continue
+        if ok(leaders):
+            return leaders["URBANSENSE"]
+        for name in move:
+            await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{name}", b"", timeout=5)
+        await asyncio.sleep(0.5)
+    raise AssertionError("could not place the stream leader")
+
+
+async def _kill_the_stream_leader_under_load(tmp_path: Path, cluster: Any, backend: str) -> tuple[int, int, int]:
+    """A gateway publishing through node g, the stream's leader on another node (and, for
+    MQTT, not on the ``$MQTT_msgs`` leader's either) SIGKILLed mid-load. Returns (frames
+    accepted, frames the gateway counts as acknowledged, frames stored)."""
+    import nats
+
+    g = 0
+    col = Collector(CollectorConfig(
+        collector_id="c1", source=SourceConfig(kind="jetstream", servers=cluster.urls, ack_wait_s=5.0),
+        store_url=f"sqlite:///{tmp_path / 'city.db'}", http_port=0, max_messages=64, fetch_timeout_s=0.2))
+    col_task = asyncio.create_task(col.run())
+    nc = await nats.connect(servers=cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    gw: Gateway | None = None
+    gw_task = None
+    nodes = range(1, 11)
+    try:
+        await asyncio.wait_for(col.started.wait(), 30)
+        cfg = make_config(tmp_path, SimpleNamespace(host="127.0.0.1", port=cluster.mqtt_ports[g]),
+                          nodes=nodes, gateway_id="gw0")
+        cfg.mqtt.protocol = "3.1.1"
+        cfg.mqtt.brokers = [BrokerAddress("127.0.0.1", cluster.mqtt_ports[g])]
+        cfg.publish.backend = backend
+        cfg.publish.servers = [cluster.urls[g]]
+        gw = Gateway(cfg)
+        gw_task = asyncio.create_task(gw.run())
+        await asyncio.wait_for(gw.started.wait(), 10)
+        assert gw.publisher is not None
+        await asyncio.wait_for(gw.publisher.connected.wait(), 30)
+        # The downlink listener's MQTT session exists: so does $MQTT_msgs.
+        await wait_for(lambda: gw is not None and all(lis.connected_for_s() is not None for lis in gw.listeners),
+                       timeout_s=30, what="listener up")
+        victim = await place_stream_leader(
+            nc, lambda ld: ld["URBANSENSE"] not in (g, ld["$MQTT_msgs"]))
+        sent = 0
+        for fcnt in range(1, 41):
+            for n in nodes:
+                gw.feed(frame(n, fcnt), "t", rssi_dbm=-60)
+                sent += 1
+            if fcnt == 10:
+                await asyncio.to_thread(cluster.node(victim).kill)
+            await asyncio.sleep(0.05)
+        await wait_for(lambda: gw is not None and gw.metrics.frames_accepted.total() == sent
+                       and gw.metrics.published_readings.total() >= sent and gw.metrics.outbox_depth.get() == 0,
+                       timeout_s=90, what="the gateway drained")
+        db = tmp_path / "city.db"
+        if backend == "jetstream":
+            await wait_for(lambda: _stored(db) >= sent, timeout_s=60, what="every frame stored")
+        # Caught up: nothing pending or unacknowledged in the consumer, twice over a fetch.
+        for _ in range(2):
+            await wait_for(lambda: col.metrics.pending.get() == 0, timeout_s=60, what="consumer drained")
+            col.metrics.pending.set(-1)
+        return sent, int(gw.metrics.published_readings.total()), _stored(db)
+    finally:
+        if gw is not None:
+            await gw.stop()
+        if gw_task is not None:
+            await asyncio.gather(gw_task, return_exceptions=True)
+        await col.stop()
+        await asyncio.gather(col_task, return_exceptions=True)
+        await nc.close()
+
+
+def _stored(db: Path) -> int:
+    try:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+async def test_with_the_jetstream_backend_no_acknowledged_batch_is_lost_when_the_stream_leader_dies(
+        tmp_path: Path, nats_cluster: Any) -> None:
+    sent, acked, stored = await _kill_the_stream_leader_under_load(tmp_path, nats_cluster, "jetstream")
+    assert (acked, stored) == (sent, sent)
+
+
+async def test_control_with_the_mqtt_backend_puback_batches_are_lost_when_the_stream_leader_dies(
+        tmp_path: Path, nats_cluster: Any) -> None:
+    """The window docs/CITY.md describes: every frame PUBACKed, some never in the stream."""
+    sent, acked, stored = await _kill_the_stream_leader_under_load(tmp_path, nats_cluster, "mqtt")
+    assert acked == sent
+    assert stored < sent
+
+
+def test_a_batch_keeps_its_message_id_and_two_outboxes_numbering_alike_do_not_collide() -> None:
+    assert msg_id("gw0", 7, b"abc") == msg_id("gw0", 7, b"abc")
+    assert msg_id("gw0", 7, b"abc") != msg_id("gw0", 7, b"abd")  # a fresh outbox's batch 7
+    assert msg_id("gw0", 7, b"abc") != msg_id("gw1", 7, b"abc")
+    assert subject_of("urbansense/v1/angers/gw-nord/up") == "urbansense.v1.angers.gw-nord.up"
+
+
+async def test_a_batch_published_before_the_stream_exists_waits_for_it(tmp_path: Path, nats_cluster: Any) -> None:
+    """No stream captures the subject yet: "no responders" leaves the batches in the outbox;
+    the first collector creates the stream and they arrive, none lost."""
+    cfg = make_config(tmp_path, SimpleNamespace(host="127.0.0.1", port=nats_cluster.mqtt_ports[0]),
+                      nodes=range(1, 6), gateway_id="gw0")
+    cfg.mqtt.protocol = "3.1.1"
+    cfg.publish.backend = "jetstream"
+    cfg.publish.servers = nats_cluster.urls
+    gw = Gateway(cfg)
+    gw_task = asyncio.create_task(gw.run())
+    col = Collector(CollectorConfig(
+        collector_id="c1", source=SourceConfig(kind="jetstream", servers=nats_cluster.urls, ack_wait_s=5.0),
+        store_url=f"sqlite:///{tmp_path / 'city.db'}", http_port=0, max_messages=64, fetch_timeout_s=0.2))
+    col_task: asyncio.Task[None] | None = None
+    try:
+        await asyncio.wait_for(gw.started.wait(), 10)
+        for n in range(1, 6):
+            gw.feed(frame(n, 1), "t", rssi_dbm=-60)
+        await wait_for(lambda: gw.metrics.outbox_depth.get() >= 1, timeout_s=30, what="in the outbox")
+        errors = gw.metrics.broker_errors.total()
+        await wait_for(lambda: gw.metrics.broker_errors.total() >= errors + 2, timeout_s=30, what="refused twice more")
+        assert gw.metrics.published_readings.total() == 0 and gw.metrics.outbox_depth.get() >= 1
+        col_task = asyncio.create_task(col.run())
+        await wait_for(lambda: _stored(tmp_path / "city.db") == 5, timeout_s=60, what="stored once the stream exists")
+    finally:
+        await gw.stop()
+        await asyncio.gather(gw_task, return_exceptions=True)
+        await col.stop()
+        if col_task is not None:
+            await asyncio.gather(col_task, return_exceptions=True)
