@@ -91,6 +91,7 @@ class JetStreamPublisher:
         self._wakeup = asyncio.Event()
         self._end = asyncio.Event()
         self._end_reason = ""
+        self._renew = False
         self._faults = RateLimitedLog(_log)
         outbox.add_listener(self._wakeup.set)
 
@@ -107,6 +108,11 @@ class JetStreamPublisher:
             self.metrics.events_dropped.inc()
 
     def end_session(self, reason: str) -> None:
+        """New credentials (SIGHUP): a new connection, nats-py's reconnects keep the old ones."""
+        self._renew = True
+        self._end_now(reason)
+
+    def _end_now(self, reason: str) -> None:
         self._end_reason = reason
         self._end.set()
 
@@ -129,7 +135,7 @@ class JetStreamPublisher:
         async def on_disconnect() -> None:
             # In-flight requests went to the lost node: end the session now, not after
             # publish_timeout_s; the next one resends them (same Nats-Msg-Id).
-            self.end_session("nats connection lost")
+            self._end_now("nats connection lost")
 
         async def on_reconnect() -> None:
             self._note_server()
@@ -162,10 +168,14 @@ class JetStreamPublisher:
         attempt = 0
         try:
             while True:
-                self._end.clear()
                 try:
+                    if self._renew and self._nc is not None:
+                        self._renew = False
+                        with contextlib.suppress(Exception):
+                            await self._nc.close()
                     if self._nc is None or self._nc.is_closed:
                         await self._connect()
+                    self._end.clear()  # after the close above, whose callback sets it
                     await self._session()
                 except (nats.errors.Error, OSError, TimeoutError, _SessionEnd) as exc:
                     cause = f"{type(exc).__name__}: {exc}" if not isinstance(exc, _SessionEnd) else str(exc)
