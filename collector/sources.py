@@ -59,6 +59,7 @@ class JetStreamSource:
 
     async def start(self) -> None:
         import nats
+        import nats.errors
         from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
         async def on_disconnect() -> None:
@@ -87,9 +88,17 @@ class JetStreamSource:
             durable_name=self.cfg.durable, ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.cfg.ack_wait_s, max_deliver=-1, max_ack_pending=-1,
         )
-        self._sub = await self._js.pull_subscribe(
-            "", durable=self.cfg.durable, stream=self.cfg.stream, config=consumer
-        )
+        for attempt in range(50):  # the consumer's group may be electing; a loaded cluster is slow
+            try:
+                self._sub = await self._js.pull_subscribe(
+                    "", durable=self.cfg.durable, stream=self.cfg.stream, config=consumer
+                )
+                break
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                if attempt == 49:
+                    raise
+                _log.info("event=consumer_create_retry attempt=%d", attempt + 1)
+                await asyncio.sleep(0.2)
 
     async def _ensure_stream(self, config: Any) -> None:
         from nats.js.errors import BadRequestError
