@@ -1,5 +1,6 @@
-"""``urbansense demo --city``: the city tier end to end with a NATS node stopped and a collector
-SIGKILLed mid-run; the database read back against the simulator's truth."""
+"""``urbansense demo --city``: the city tier end to end, every part a child process (NATS nodes,
+PostgreSQL, collectors, gateways), with a NATS node stopped and a collector SIGKILLed mid-run;
+the database read back against the simulator's truth."""
 
 from __future__ import annotations
 
@@ -32,3 +33,7 @@ def test_city_demo_stores_every_heard_frame_once_through_failures(tmp_path: Path
     assert any("stopped NATS node" in e for e in s["events"])
     assert any("SIGKILLed collector" in e for e in s["events"])
     assert len(s["simulation"]["gateways"]) == 3
+    for gw in s["simulation"]["gateways"]:  # each gateway its own `urbansense gateway run` process
+        log = (out / f"{gw}.log").read_text()
+        assert "event=gateway_started" in log and "protocol=jetstream" in log
+        assert s["gateway"][gw]["published_readings"] > 0

@@ -1,10 +1,13 @@
 """``urbansense demo --city``: the city tier on one machine, checked against ground truth.
 
-A private 3-node NATS JetStream cluster and a private PostgreSQL (or SQLite, ``--store
-sqlite``) as child processes in a temp dir, two ``urbansense collector run`` child processes
-sharing one durable consumer, the Angers-centre district with a third gateway between the two
-(overlapping coverage: most frames are heard by two or three), each gateway configured with
-all three NATS nodes' MQTT listeners. A third of the way in, the NATS node the first gateway
+Every part a child process on loopback in a temp dir: a private 3-node NATS JetStream
+cluster, a private PostgreSQL (or SQLite, ``--store sqlite``), two ``urbansense collector run``
+sharing one durable consumer, and one ``urbansense gateway run --config`` per gateway of the
+Angers-centre district plus a third between the two (overlapping coverage: most frames are
+heard by two or three). The simulator runs here and feeds the gateways through their
+documented inputs: BLE adverts on each gateway's datagram socket, serial nodes on ptys. Each
+gateway publishes with ``publish.backend = "jetstream"`` to all three nodes (docs/CITY.md) and
+reports through its ``/api/status``. A third of the way in, the NATS node the first gateway
 publishes through is stopped; half way, one collector is SIGKILLed (its unacknowledged
 messages go to the other after ``ack_wait_s``). At the end the database is read back and every
 frame the simulator sent is accounted for: sent / lost on air / stored / missing / duplicated
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -32,10 +36,11 @@ ACK_WAIT_S = 5.0
 DRAIN_TIMEOUT_S = 90.0
 
 
-class CollectorChild:
-    """``urbansense collector run`` as a child process."""
+class Child:
+    """``urbansense <part> run --config F`` as a child process (part: collector, gateway)."""
 
-    def __init__(self, name: str, config: Path, log: Path) -> None:
+    def __init__(self, part: str, name: str, config: Path, log: Path) -> None:
+        self.part = part
         self.name = name
         self.config = config
         self.log = log
@@ -44,8 +49,11 @@ class CollectorChild:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "urbansense", "collector", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "urbansense", self.part, "run", "--config", str(self.config)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -66,6 +74,33 @@ def _collector_toml(name: str, servers: list[str], store_url: str, http_port: in
     return (f'[collector]\nid = "{name}"\n[source]\nkind = "jetstream"\nservers = [{urls}]\n'
             f'ack_wait_s = {ACK_WAIT_S}\n[store]\nurl = "{store_url}"\n'
             f'[batch]\nmax_messages = 256\nfetch_timeout_s = 0.5\n[http]\nport = {http_port}\n')
+
+
+def _gateway_toml(gw_id: str, gdir: Path, servers: list[str], mqtt_ports: list[int], socket: str,
+                  serial_ports: list[str], http_port: int) -> str:
+    q = json.dumps  # a JSON string is a TOML basic string
+    return (f'[gateway]\nsite = "angers"\nid = {q(gw_id)}\nregistry = {q(str(gdir / "nodes.jsonl"))}\n'
+            f'data_dir = {q(str(gdir / "data"))}\n'
+            f'[publish]\nbackend = "jetstream"\nservers = {q(servers)}\n'
+            f'[mqtt]\nbrokers = {q([f"127.0.0.1:{p}" for p in mqtt_ports])}\nprotocol = "3.1.1"\n'
+            f'connect_timeout_s = 2.0\n'
+            f'[serial]\nports = {q(serial_ports)}\n'
+            f'[ble]\nenabled = true\nbackend = "datagram"\ndatagram_socket = {q(socket)}\n'
+            f'[http]\nport = {http_port}\n')
+
+
+def gateway_status(port: int) -> dict[str, Any] | None:
+    """A gateway child's ``/api/status`` (None while it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2) as resp:
+            data: dict[str, Any] = json.load(resp)
+            return data
+    except (OSError, ValueError):
+        return None
+
+
+def _drained(st: dict[str, Any] | None) -> bool:
+    return st is not None and st["published"]["readings"] >= st["accepted"] and st["outbox"]["batches"] == 0
 
 
 async def _wait_stream(urls: list[str], name: str, timeout_s: float = 60.0) -> None:
@@ -131,8 +166,6 @@ def read_back(store_url: str) -> Received:
 
 
 async def run_city(args: argparse.Namespace) -> dict[str, Any]:
-    from gateway.app import Gateway
-    from gateway.config import BrokerAddress, GatewayConfig
     from gateway.registry import NodeSpec, write_registry
     from simulator import scenario as scenario_mod
     from simulator.sim import Simulation
@@ -162,11 +195,10 @@ async def run_city(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         http_ports.append(port)
         cfg_path.write_text(_collector_toml(f"collector-{i + 1}", cluster.urls, store_url, port))
-        c = CollectorChild(f"collector-{i + 1}", cfg_path, out / f"collector-{i + 1}.log")
+        c = Child("collector", f"collector-{i + 1}", cfg_path, out / f"collector-{i + 1}.log")
         c.start()
         collectors.append(c)
-    gateways: list[Gateway] = []
-    tasks: list[asyncio.Task[None]] = []
+    gateways: list[tuple[Child, int]] = []  # (process, its HTTP status port)
     sim = None
     sim_thread = None
     events: list[str] = []
@@ -189,26 +221,26 @@ async def run_city(args: argparse.Namespace) -> dict[str, Any]:
         for i, g in enumerate(sim.gateways):
             gdir = work / g.gw_id
             gdir.mkdir()
-            registry = gdir / "nodes.jsonl"
-            write_registry(registry, [NodeSpec(n.node_id, n.kind, bytes.fromhex(n.key_hex)) for n in nodes])
-            cfg = GatewayConfig(site="angers", gateway_id=g.gw_id, registry=registry, data_dir=gdir / "data")
-            cfg.mqtt.brokers = [BrokerAddress("127.0.0.1", ports[(i + k) % 3]) for k in range(3)]
-            cfg.mqtt.protocol = "3.1.1"  # NATS's MQTT listener speaks 3.1.1 only
-            cfg.mqtt.connect_timeout_s = 2.0
-            cfg.ble.enabled = True
-            cfg.ble.backend = "datagram"
-            cfg.ble.datagram_socket = str(sc.gateways[i]["sim_socket"])
-            cfg.serial.ports = [n.serial_path for n in nodes
-                                if n.transport == "serial" and n.gateway == g.gw_id and n.serial_path]
-            cfg.http.port = 0
-            cfg.validate()
-            gw = Gateway(cfg)
-            gateways.append(gw)
-            tasks.append(asyncio.create_task(gw.run(), name=f"gateway {g.gw_id}"))
-        await asyncio.wait_for(asyncio.gather(*(gw.started.wait() for gw in gateways)), 30)
-        for gw in gateways:
-            assert gw.publisher is not None
-            await asyncio.wait_for(gw.publisher.connected.wait(), 30)
+            write_registry(gdir / "nodes.jsonl",
+                           [NodeSpec(n.node_id, n.kind, bytes.fromhex(n.key_hex)) for n in nodes])
+            http_port = free_port()
+            cfg_path = gdir / "gateway.toml"
+            serial = [n.serial_path for n in nodes
+                      if n.transport == "serial" and n.gateway == g.gw_id and n.serial_path]
+            # Each gateway starts from a different node: the load spreads over the cluster.
+            cfg_path.write_text(_gateway_toml(
+                g.gw_id, gdir, [cluster.urls[(i + k) % 3] for k in range(3)],
+                [ports[(i + k) % 3] for k in range(3)], str(sc.gateways[i]["sim_socket"]), serial, http_port))
+            child = Child("gateway", g.gw_id, cfg_path, out / f"{g.gw_id}.log")
+            child.start()
+            gateways.append((child, http_port))
+        deadline = time.monotonic() + 60
+        for child, port in gateways:
+            while not ((st := await asyncio.to_thread(gateway_status, port)) and st["broker"]["connected"]):
+                if not child.running() or time.monotonic() > deadline:
+                    raise RuntimeError(f"gateway {child.name} not connected; log {child.log}")
+                await asyncio.sleep(0.2)
+        say(f"gateways: {len(gateways)} processes (status on ports {[p for _, p in gateways]})")
         sim_duration_s = args.duration * args.speed
         say(f"running {args.duration:.0f} s of wall time at {args.speed:g}x")
         sim_thread = sim.start_realtime(sim_duration_s, speed=args.speed)
@@ -218,11 +250,11 @@ async def run_city(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(sim_thread.join, 0.5)
             el = time.monotonic() - t0
             if not stopped_node and el > args.duration / 3:
-                pub = gateways[0].publisher
-                addr = pub.broker if pub is not None else ""
-                idx = next((k for k, p in enumerate(ports) if addr.endswith(f":{p}")), 0)
+                st = await asyncio.to_thread(gateway_status, gateways[0][1])
+                addr = st["broker"]["address"] if st else ""
+                idx = next((k for k, n in enumerate(cluster.nodes) if addr.endswith(f":{n.ports.client}")), 0)
                 await asyncio.to_thread(cluster.node(idx).stop)
-                events.append(f"{el:.0f} s: stopped NATS node n{idx + 1} ({gateways[0].config.gateway_id} published through it)")
+                events.append(f"{el:.0f} s: stopped NATS node n{idx + 1} ({gateways[0][0].name} published through it)")
                 say(events[-1])
                 stopped_node = True
             if not killed and el > args.duration / 2:
@@ -235,16 +267,15 @@ async def run_city(args: argparse.Namespace) -> dict[str, Any]:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         drained = False
         while time.monotonic() < deadline:
-            gw_done = all(gw.metrics.published_readings.total() >= gw.metrics.frames_accepted.total()
-                          and gw.metrics.outbox_depth.get() == 0 for gw in gateways)
-            if gw_done and await _consumer_backlog(cluster.urls) == 0:
+            statuses = [await asyncio.to_thread(gateway_status, port) for _, port in gateways]
+            if all(map(_drained, statuses)) and await _consumer_backlog(cluster.urls) == 0:
                 drained = True
                 break
             await asyncio.sleep(0.5)
         if not drained:
             say("warning: not drained within the deadline")
         rx = await asyncio.to_thread(read_back, store_url)
-        summary = compare(sim, by_id, rx, gateways)
+        summary = compare(sim, by_id, rx, [])
         t = summary["total"]
         # compare() counts a frame stored by two gateways as one delivery and two copies; here
         # the database is the consumer: "stored" is what it holds, "duplicated" a row twice.
@@ -256,10 +287,12 @@ async def run_city(args: argparse.Namespace) -> dict[str, Any]:
         summary["simulation"] = {"scenario": sc.name, "seed": sim.seed, "speed": args.speed,
                                  "simulated_s": sim_summary.get("duration_s"),
                                  "nodes": dict(counts), "gateways": [g.gw_id for g in sim.gateways]}
-        summary["gateway"] = {gw.config.gateway_id: {
-            "accepted": gw.metrics.frames_accepted.total(),
-            "published_readings": gw.metrics.published_readings.total(),
-            "broker": gw.publisher.broker if gw.publisher else None} for gw in gateways}
+        summary["gateway"] = {}
+        for child, port in gateways:
+            st = await asyncio.to_thread(gateway_status, port) or {}
+            summary["gateway"][child.name] = {
+                "accepted": st.get("accepted"), "published_readings": st.get("published", {}).get("readings"),
+                "broker": st.get("broker", {}).get("address")}
         summary["store"] = args.store
         summary["wall_s"] = round(time.monotonic() - t_start, 1)
         (out / "city-summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
@@ -268,12 +301,7 @@ async def run_city(args: argparse.Namespace) -> dict[str, Any]:
         if sim is not None and sim_thread is not None and sim_thread.is_alive():
             sim.stop()
             await asyncio.to_thread(sim_thread.join, 10)
-        for gw in gateways:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(gw.stop(), 10)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(asyncio.to_thread(child.stop) for child, _ in gateways))
         if sim is not None:
             sim.close()
         for c in collectors:
@@ -308,7 +336,7 @@ def main_city(args: argparse.Namespace) -> int:
     from urbansense.broker import BrokerUnavailable
 
     args.out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(filename=args.out / "gateway.log", filemode="w", level=logging.INFO,
+    logging.basicConfig(filename=args.out / "demo.log", filemode="w", level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
     try:
         summary = asyncio.run(run_city(args))
