@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from simulator import board_flash
 from simulator import scenario as scenario_mod
+from simulator.bins import Bin, BinParams
 from simulator.devices import LIS3MDL, VL53L1X, ConstWire, Echo, LIS3MDLIntWire, PulseWire
 from simulator.energy import load_board
 from simulator.node import SimNode
+from simulator.parking import ParkingParams, ParkingSpace
 from simulator.rng import stream
 from simulator.scenario import KIND_CODES, Fault, Scenario
 from simulator.serial_link import LoopbackLink, PtyLink
-from simulator.world import Bin, BinParams, Household, ParkingParams, ParkingSpace, WaterParams
+from simulator.water import Household, WaterParams
 from urbansense.compat import DATACLASS_SLOTS
 from urbansense.wire.node_config import SECTIONS
 

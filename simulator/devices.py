@@ -14,6 +14,8 @@ from math import cos as _cos
 from math import pi as _PI
 from typing import TYPE_CHECKING, Final, Protocol
 
+from simulator.bins import Bin
+from simulator.parking import ParkingSpace
 from simulator.part_registers import (
     LIS3MDL_LSB_PER_GAUSS,
     VL53L1X_NREGS,
@@ -23,8 +25,9 @@ from simulator.part_registers import (
     lis3mdl_stored,
     vl53l1x_registers,
 )
+from simulator.water import Household
 from simulator.world import DAY_S as _DAY_S
-from simulator.world import Bin, Household, ParkingSpace, _gauss
+from simulator.world import gauss
 
 if TYPE_CHECKING:
     from simulator.node import SimNode
@@ -266,7 +269,7 @@ class VL53L1X:
         return 0 if self.regs[0x0030] & 0x10 else 1
 
     def _result(self) -> None:
-        mm = self.bin.distance_mm(self.node.t) + _gauss(self.rng, self.noise_mm)
+        mm = self.bin.distance_mm(self.node.t) + gauss(self.rng, self.noise_mm)
         status = 9 if self.rng.random() >= self.fail_p else self.rng.choice((4, 5, 7))
         mm_i = max(0, min(0xFFFF, int(mm)))
         regs = self.regs

@@ -8,9 +8,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from simulator.bins import Bin
 from simulator.parallel import run_parallel
+from simulator.parking import ParkingParams, ParkingSpace
 from simulator.sim import Simulation
-from simulator.world import Bin, ParkingParams, ParkingSpace
 from urbansense.wire.protocol import TYPE_NAMES, NodeKeys, parse_header, verify_uplink
 from urbansense.wire.quantities import QUANTITIES
 

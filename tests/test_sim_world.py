@@ -10,16 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.world import (
-    DAY_S,
-    PARKING_PROFILE,
-    Bin,
-    BinParams,
-    Household,
-    ParkingParams,
-    ParkingSpace,
-    WaterParams,
-)
+from simulator.bins import Bin, BinParams
+from simulator.parking import PARKING_PROFILE, ParkingParams, ParkingSpace
+from simulator.water import Household, WaterParams
+from simulator.world import DAY_S
 
 
 def test_parking_arrivals_per_hour_match_the_profile_while_free() -> None:
