@@ -179,3 +179,56 @@ async def test_a_batch_published_before_the_stream_exists_waits_for_it(tmp_path:
         await col.stop()
         if col_task is not None:
             await asyncio.gather(col_task, return_exceptions=True)
+
+
+async def test_a_batch_published_again_after_a_crash_is_stored_once_in_the_stream(
+        tmp_path: Path, nats_cluster: Any) -> None:
+    """The stream's PubAck came but the outbox's delete never reached the disk (deletes wait up
+    to ``outbox.ack_flush_s``; a crash loses them): the restarted gateway publishes the same
+    batches again, with the same ``Nats-Msg-Id``, and the stream keeps one copy of each."""
+    import shutil
+
+    import nats
+
+    from collector.sources import JetStreamSource
+    from gateway.jspublisher import JetStreamPublisher
+    from gateway.metrics import Metrics
+    from gateway.mqttclient import Credentials
+    from gateway.outbox import PRIORITY_ORDINARY, Outbox
+
+    source = JetStreamSource(SourceConfig(kind="jetstream", servers=nats_cluster.urls), "c1")
+    await source.start()  # the stream, as the first collector creates it
+    await source.close()
+    cfg = make_config(tmp_path, SimpleNamespace(host="127.0.0.1", port=nats_cluster.mqtt_ports[0]))
+    cfg.publish.backend = "jetstream"
+    cfg.publish.servers = nats_cluster.urls
+    path = tmp_path / "outbox.db"
+    ob = Outbox(path, 1 << 20)
+    for i in range(3):
+        ob.commit_batch(f"pack {i}".encode(), 1, PRIORITY_ORDINARY)
+    ob.close()
+    shutil.copy(path, tmp_path / "as-on-disk-at-the-crash.db")
+
+    async def publish_all(outbox_path: Path) -> Metrics:
+        m = Metrics()
+        outbox = Outbox(outbox_path, 1 << 20, m)
+        pub = JetStreamPublisher(cfg, outbox, m, Credentials(cfg.mqtt))
+        task = asyncio.create_task(pub.run())
+        try:
+            await wait_for(lambda: m.published_batches.total() == 3, timeout_s=60, what="3 PubAcks")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            outbox.close()
+        return m
+
+    await publish_all(path)
+    again = await publish_all(tmp_path / "as-on-disk-at-the-crash.db")
+    assert again.published_batches.total() == 3  # a duplicate's PubAck is an ack
+    nc = await nats.connect(servers=nats_cluster.urls)
+    try:
+        info = await nc.jetstream(timeout=10).stream_info("URBANSENSE", subjects_filter=">")
+        assert info.state.subjects is not None
+        assert info.state.subjects[subject_of(f"{cfg.topic_prefix}/up")] == 3
+    finally:
+        await nc.close()
