@@ -232,3 +232,47 @@ async def test_a_batch_published_again_after_a_crash_is_stored_once_in_the_strea
         assert info.state.subjects[subject_of(f"{cfg.topic_prefix}/up")] == 3
     finally:
         await nc.close()
+
+
+async def test_a_hung_nats_node_is_left_by_pings_not_by_the_publish_timeout(
+        tmp_path: Path, nats_cluster: Any) -> None:
+    """SIGSTOP the node the gateway publishes through: nats-py's pings (``keepalive_s`` apart,
+    the third unanswered drops it) move it to the next server long before a publish would time
+    out (``publish_timeout_s`` 60 s here); what it accepted meanwhile reaches the stream."""
+    import signal
+
+    from collector.sources import JetStreamSource
+
+    source = JetStreamSource(SourceConfig(kind="jetstream", servers=nats_cluster.urls), "c1")
+    await source.start()
+    await source.close()
+    cfg = make_config(tmp_path, SimpleNamespace(host="127.0.0.1", port=nats_cluster.mqtt_ports[0]),
+                      nodes=range(1, 6))
+    cfg.mqtt.protocol = "3.1.1"
+    cfg.mqtt.keepalive_s = 1
+    cfg.mqtt.publish_timeout_s = 60.0
+    cfg.publish.backend = "jetstream"
+    cfg.publish.servers = nats_cluster.urls
+    gw = Gateway(cfg)
+    task = asyncio.create_task(gw.run())
+    proc = None
+    try:
+        await asyncio.wait_for(gw.started.wait(), 10)
+        assert gw.publisher is not None
+        await asyncio.wait_for(gw.publisher.connected.wait(), 30)
+        first = gw.publisher.broker
+        assert first == nats_cluster.urls[0].removeprefix("nats://")
+        proc = nats_cluster.node(0)._proc
+        assert proc is not None
+        proc.send_signal(signal.SIGSTOP)
+        t0 = asyncio.get_running_loop().time()
+        for n in range(1, 6):
+            gw.feed(frame(n, 1), "t", rssi_dbm=-60)
+        await wait_for(lambda: gw.publisher is not None and gw.publisher.broker not in ("", first)
+                       and gw.metrics.published_readings.total() == 5, timeout_s=30, what="on another node")
+        assert asyncio.get_running_loop().time() - t0 < 20  # well under publish_timeout_s
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGCONT)
+        await gw.stop()
+        await asyncio.gather(task, return_exceptions=True)
