@@ -1,16 +1,18 @@
 """MicroPython ``bluetooth`` for one simulated node: a BLE advertiser.
 
 Contract: ``BLE()`` returns the node's one radio; ``active(True)`` powers it
-(``SimNode.ble_on``), ``active(False)`` stops advertising. ``gap_advertise(interval_us,
+(``Advertiser.power_on``), ``active(False)`` stops advertising. ``gap_advertise(interval_us,
 adv_data)`` on an inactive radio raises ``OSError(EPERM)``, advertising data over 31 bytes
-``ValueError``; ``gap_advertise(None)`` stops. Adverts go to the node, which puts them on the
-air (simulator/air.py). No connections, scanning or GATT: the firmware only advertises.
+``ValueError``; ``gap_advertise(None)`` stops. Adverts go to the node's advertiser
+(simulator/advertising.py), which puts them on the air (simulator/air.py). No connections, scanning or GATT: the firmware only advertises.
 """
 
 from __future__ import annotations
 
 import errno
 from typing import TYPE_CHECKING, Any, Final
+
+from simulator.advertising import address_bytes
 
 if TYPE_CHECKING:
     from simulator.node import SimNode
@@ -27,15 +29,15 @@ class SimBLE:
         if active is None:
             return self._active
         if active and not self._active:
-            self._n.ble_on()
+            self._n.radio.power_on()
         if not active:
-            self._n.ble_stop_adv()
+            self._n.radio.stop()
         self._active = bool(active)
         return None
 
     def config(self, *args: Any, **kwargs: Any) -> Any:
         if args and args[0] == "mac":
-            return (0, self._n.ble_address_bytes())
+            return (0, address_bytes(self._n.node_id))
         return None
 
     def irq(self, handler: Any) -> None:
@@ -46,11 +48,11 @@ class SimBLE:
         if not self._active:
             raise OSError(errno.EPERM, "EPERM")
         if interval_us is None:
-            self._n.ble_stop_adv()
+            self._n.radio.stop()
             return
         if adv_data is not None and len(adv_data) > 31:
             raise ValueError("advertising data too long")
-        self._n.ble_start_adv(int(interval_us), bytes(adv_data or b""))
+        self._n.radio.start(int(interval_us), bytes(adv_data or b""))
 
 
 class SimBluetooth:

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from simulator.advertising import address_bytes
 from simulator.fw_codec import FirmwareCodec, FrameDecodeError
 from simulator.summary import FrameOutcome
 from urbansense.wire.protocol import TYPE_NAMES
@@ -178,7 +179,7 @@ class TruthLedger:
         sim = self.sim
         if sim.gateways[gi].sim_socket is not None:
             node = sim.nodes_by_index[fr.node]
-            addr = ":".join(f"{b:02X}" for b in node.ble_address_bytes())
+            addr = ":".join(f"{b:02X}" for b in address_bytes(node.node_id))
             mfr = {} if fr.company is None else {fr.company: fr.payload}
             if sim.air.send_datagram(gi, addr, rssi, mfr):
                 fr.delivered |= 1 << gi

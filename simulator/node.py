@@ -1,14 +1,21 @@
-"""One simulated node: its hardware state, its wake cycle around the real firmware, its energy."""
+"""One simulated node: its hardware state, its wake cycle around the real firmware, its energy.
+
+``SimNode`` is the board: pins, RTC memory, NVS and files survive what they survive on an
+ESP32 (``fault``), and ``boot`` runs one cycle of firmware/main.py, then schedules the next
+wake (timer or pin, searched a window at a time) on the engine. Awake time is charged by the
+state the firmware declares; deep sleep from its start to the next boot. The radio is the
+node's ``Advertiser`` (simulator.advertising), its prints go to simulator.console.
+"""
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 from collections import Counter
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
+from simulator.advertising import Advertiser
 from simulator.devices import ConstWire, Echo, Wire
 from simulator.energy import Cell, Meter, PowerProfile
 from simulator.esp32_port import (
@@ -32,40 +39,8 @@ if TYPE_CHECKING:
 
 
 LIGHT_SLEEP_UA: Final = 800.0  # ESP32 datasheet via FIELD-FACTS: light sleep 0.8 mA
-# Air time of one legacy ADV_NONCONN_IND PDU at 1 Mb/s: preamble 1 + access address 4 +
-# header 2 + AdvA 6 + data + CRC 3 bytes. Each advertising event sends it on 37, 38, 39.
-RADIO_RAMP_US: Final = 150.0
 # Pin wakes are searched at least this far ahead at a time (the world is drawn a day at a time).
 WAKE_WINDOW_S: Final = 86400.0
-
-
-class Console(io.TextIOBase):
-    """sys.stdout while a node runs: what it prints goes to that node's serial console."""
-
-    KEEP: Final = 20
-
-    def __init__(self) -> None:
-        self.node: SimNode | None = None
-        self._partial = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, s: str) -> int:
-        n = self.node
-        if n is not None:
-            text = self._partial + s
-            *lines, self._partial = text.split("\n")
-            for line in lines:
-                n.console_lines += 1
-                n.console.append(line)
-                if len(n.console) > self.KEEP:
-                    del n.console[0]
-        return len(s)
-
-
-def pdu_airtime_s(adv_len: int) -> float:
-    return (1 + 4 + 2 + 6 + adv_len + 3) * 8e-6
 
 
 class SimNode:
@@ -133,8 +108,7 @@ class SimNode:
         self.sleep_start: float | None = None
         self.sleep_ua = 0.0
         self.hung = False
-        # BLE
-        self.adv: tuple[float, int, bytes, int] | None = None  # (t_start, interval_us, data, frame)
+        self.radio = Advertiser(self)
         # books
         self.meter = Meter()
         self.cycles = 0
@@ -160,14 +134,6 @@ class SimNode:
 
     def temperature_c(self, t: float) -> float:
         return ambient_temperature_c(t, self.sim.t_day0)
-
-    def _rate_ua(self, state: str) -> float:
-        p = self.profile
-        if state == "light_sleep":
-            return LIGHT_SLEEP_UA
-        if state == "sensor":
-            return p.active_ua + self.sensor_active_ua
-        return p.active_ua
 
     def advance(self, dt: float, state: str | None = None) -> None:
         """Spend ``dt`` seconds awake in ``state`` (charged when the cycle ends)."""
@@ -254,37 +220,6 @@ class SimNode:
         self.advance(us / 1e6)
         return us
 
-    # ------------------------------------------------------------------ BLE
-    def ble_address_bytes(self) -> bytes:
-        return bytes((0xC0 | 0x10, 0x55)) + self.node_id.to_bytes(4, "big")
-
-    def ble_on(self) -> None:
-        self.advance(self.profile.ble_init_ms / 1000.0, "cpu")
-
-    def ble_start_adv(self, interval_us: int, data: bytes) -> None:
-        self.ble_stop_adv()
-        frame_idx = self.sim.ledger.register_ble_frame(self, self.t, data)
-        self.adv = (self.t, interval_us, data, frame_idx)
-
-    def ble_stop_adv(self) -> None:
-        if self.adv is None:
-            return
-        t0, interval_us, data, frame_idx = self.adv
-        self.adv = None
-        interval = max(interval_us, 20_000) / 1e6
-        t = t0
-        air = self.pdu_air = pdu_airtime_s(len(data))
-        per_event_uc = self.profile.ble_tx_ua * 3 * (air + RADIO_RAMP_US * 1e-6)
-        times: list[float] = []
-        rng = self.rng_air
-        while t < self.t:
-            times.append(t)
-            t += interval + rng.uniform(0.0, 0.010)  # advDelay: 0-10 ms per event (Core spec)
-        self.meter.add("ble_tx", per_event_uc * len(times))
-        if frame_idx >= 0 and times:
-            self.sim.frames[frame_idx].adverts += len(times)  # the truth's "transmissions"
-            self.sim.air.add_events(self, frame_idx, times, air)
-
     # ------------------------------------------------------------------ the cycle
     def boot(self, t: float, cause: int, wake: int) -> None:
         """Power up (cold, reset or from deep sleep) and run one firmware cycle."""
@@ -309,7 +244,7 @@ class SimNode:
         self.wdt_deadline = math.inf
         self.ext0 = None
         self.ext1 = None
-        self.adv = None
+        self.radio.current = None
         self.pin_out.clear()
         self.pin_out.update(self.held)  # un-held pads come out of deep sleep reset
         if self.power_pin is not None:
@@ -330,24 +265,24 @@ class SimNode:
         try:
             self.sim.board_main.run(self)
         except DeepSleep as ds:
-            self._end_radio()
+            self.radio.stop()
             self._sleep(None if ds.ms is None else float(ds.ms))
             return
         except SoftReset:
-            self._end_radio()
+            self.radio.stop()
             self.sim.engine.at(self.t, self._event(SOFT_RESET, 0))
             return
         except WatchdogReset:
-            self._end_radio()
+            self.radio.stop()
             self.errors["watchdog"] += 1
             self.sim.engine.at(self.t, self._event(WDT_RESET, 0, keep_rtc=True))
             return
         except Exception as exc:  # escaped main.py itself: the board drops to the REPL
-            self._end_radio()
+            self.radio.stop()
             self.errors[f"main.py: {type(exc).__name__}: {exc}"[:120]] += 1
             self._repl()
             return
-        self._end_radio()
+        self.radio.stop()
         self.errors["main.py returned without deep sleep"] += 1
         self._repl()
 
@@ -362,9 +297,6 @@ class SimNode:
             self.hung = True
             self.sleep_start = self.t
             self.sleep_ua = self.profile.active_ua
-
-    def _end_radio(self) -> None:
-        self.ble_stop_adv()
 
     def _event(self, cause: int, wake: int, keep_rtc: bool = True) -> Any:
         gen = self.gen

@@ -36,7 +36,7 @@ def _shard_worker(args: tuple[Any, int, int, int | None, float, Path]) -> dict[s
     sim = Simulation(sc, seed=seed, shard=(k, n), boards_dir=boards_dir)
     sim.run_until(duration)
     for node in sim.nodes:
-        node.ble_stop_adv()
+        node.radio.stop()
     return {
         "nodes": [o.wire() for o in sim.node_outcomes(duration)],
         "frames": sim.ledger.wire_outcomes(),

@@ -16,11 +16,12 @@ from typing import IO, Any, Final
 from simulator.air import AirModel, Gateway, RadioParams
 from simulator.board_main import BoardMain
 from simulator.build import DistrictBuilder, NodeInfo, load_scenario
+from simulator.console import Console
 from simulator.energy import BOARDS_DIR, CELLS
 from simulator.engine import Engine
 from simulator.firmware_loader import load_firmware
 from simulator.ledger import Frame, TruthLedger
-from simulator.node import Console, SimNode
+from simulator.node import SimNode
 from simulator.scenario import Scenario
 from simulator.serial_link import PtyLink
 from simulator.summary import NodeOutcome, build_summary
@@ -165,7 +166,7 @@ class Simulation:
 
     def finish(self, t_end: float) -> None:
         for n in self.nodes:
-            n.ble_stop_adv()
+            n.radio.stop()
         self.settle(math.inf)
         self.t_end = t_end
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from simulator.advertising import RADIO_RAMP_US, pdu_airtime_s
 from simulator.energy import BOARDS_DIR, FALLBACK_PROFILE, HOURS_PER_YEAR, Cell
 from simulator.firmware_loader import firmware_module
-from simulator.node import RADIO_RAMP_US, pdu_airtime_s
 from simulator.sim import Simulation
 
 ADV = bytes([30, 0xFF, 0xFF, 0xFF]) + bytes(27)  # 31 bytes; not a frame of ours
