@@ -63,8 +63,9 @@ class Stack:
         return v
 
     def staged(self) -> list[tuple[int, int]]:
-        """(node, fcnt) in the staging journal's file."""
-        frames, _ = decode(self.outbox._staging.path.read_bytes())
+        """(node, fcnt) staged since the last batch closed: the journal's file up to its
+        write position (older records after it are in batches)."""
+        frames, _ = decode(self.outbox._staging.path.read_bytes()[: self.outbox._staging.size])
         return [(f.node_id, f.fcnt) for f in frames]
 
     def stored(self) -> list[tuple[int, int]]:
@@ -98,9 +99,10 @@ def test_a_ble_frame_is_on_disk_within_durable_ms_and_a_crash_keeps_it(tmp_path:
 
 
 def test_a_journal_record_already_in_a_batch_is_not_recovered_twice(tmp_path: Path, clock: Clock) -> None:
-    """A power cut can lose the truncate that follows a batch's commit: the records come
-    back, and their counters (committed with the batch) say they are in it already. A torn
-    last record is cut off, and appends go on after the whole ones."""
+    """The journal is written from its start again after each batch, never truncated: the
+    records of earlier batches stay in the file behind the new ones. At the next start their
+    counters (committed with their batch) say they are in it already, so each frame is stored
+    once; a torn last record ends the reading."""
     path = tmp_path / "outbox.db"
     a = Stack(path, BatchConfig(max_age_s=1.0, durable_ms=50))
     for n in range(1, 6):
@@ -110,14 +112,24 @@ def test_a_journal_record_already_in_a_batch_is_not_recovered_twice(tmp_path: Pa
     journal = a.outbox._staging.path
     kept = journal.read_bytes()
     clock.now_s += 1.0
-    a.batcher.tick()  # the batch closes, the journal is emptied
-    assert a.stored() and journal.read_bytes() == b""
-    a.outbox.close()
-    journal.write_bytes(kept + kept[:7])  # the truncate lost, and a torn append after it
-    b = Stack(path, BatchConfig(max_age_s=1.0, durable_ms=50))
-    assert sorted(b.stored()) == [(n, 3) for n in range(1, 6)]  # once
-    assert journal.read_bytes() == b""
+    a.batcher.tick()  # the batch closes; its records stay in the file
+    assert sorted(a.stored()) == [(n, 3) for n in range(1, 6)] and a.staged() == []
+    assert journal.read_bytes() == kept
+    a.hear(frame(6, 4))
+    clock.now_s += 0.05
+    a.batcher.tick()  # staged over the first record; (2..5, 3) still behind it
+    assert a.staged() == [(6, 4)]
+    assert [(f.node_id, f.fcnt) for f in decode(journal.read_bytes())[0]] == [(6, 4)] + [(n, 3) for n in range(2, 6)]
+    b = Stack(path, BatchConfig(max_age_s=1.0, durable_ms=50))  # the crash: a is gone
+    assert sorted(b.stored()) == [(n, 3) for n in range(1, 6)] + [(6, 4)]  # each once
+    assert b.staged() == []
     b.outbox.close()
+    journal.write_bytes(kept + kept[:7])  # old records, and a torn append after them
+    c = Stack(path, BatchConfig(max_age_s=1.0, durable_ms=50))
+    assert sorted(c.stored()) == [(n, 3) for n in range(1, 6)] + [(6, 4)]
+    assert c.staged() == []
+    c.outbox.close()
+    a.outbox.close()
 
 
 def test_staging_leaves_batches_whole_and_the_close_removes_what_it_staged(tmp_path: Path, clock: Clock) -> None:

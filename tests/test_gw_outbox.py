@@ -6,6 +6,7 @@ import functools
 import gc
 import logging
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -52,7 +53,8 @@ def _rows(path: Path) -> dict[int, tuple[int, int, bytes]]:
 
 
 def _payload(i: int, size: int = 1000) -> bytes:
-    return i.to_bytes(4, "little") * (size // 4)
+    """Bytes that do not deflate, so each row takes ``size`` bytes of the file."""
+    return random.Random(i).randbytes(size)
 
 
 # -- disk full ------------------------------------------------------------------------------

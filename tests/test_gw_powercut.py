@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from gateway.outbox import load_pack
 from gateway.registry import NodeSpec, write_registry
 from gateway.transports.datagram import send_advert
 from tests.support import powercut
@@ -90,10 +91,17 @@ def _integrity(data: Path, scratch: Path) -> str:
         db.close()
 
 
+def _pack(stored: bytes, crc: int) -> bytes:
+    pack = load_pack(stored, crc)
+    assert pack is not None, "a stored batch fails its CRC"
+    return pack
+
+
 def _stored(data: Path) -> list[tuple[int, int]]:
     db = sqlite3.connect(data / "outbox.db")
     try:
-        return [(n, f) for (p,) in db.execute("SELECT payload FROM batches") for n, f, _ in frames_from_pack(p)]
+        return [(n, f) for p, c in db.execute("SELECT payload, crc FROM batches")
+                for n, f, _ in frames_from_pack(_pack(p, c))]
     finally:
         db.close()
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from gateway.outbox import load_pack
 from gateway.registry import NodeSpec, write_registry
 from simulator import scenario as scenario_mod
 from simulator.sim import Simulation
@@ -223,11 +224,18 @@ def _write_summary(summary: dict[str, Any]) -> None:
     OUT.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
 
 
+def _pack(stored: bytes, crc: int) -> bytes:
+    pack = load_pack(stored, crc)
+    assert pack is not None, "a stored batch fails its CRC"
+    return pack
+
+
 def _outbox_keys(data: Path) -> set[tuple[int, int]]:
     """(node, fcnt) of the batches a stopped gateway still holds for the broker."""
     db = sqlite3.connect(data / "outbox.db")
     try:
-        return {(n, f) for (p,) in db.execute("SELECT payload FROM batches") for n, f, _ in frames_from_pack(p)}
+        return {(n, f) for p, c in db.execute("SELECT payload, crc FROM batches")
+                for n, f, _ in frames_from_pack(_pack(p, c))}
     finally:
         db.close()
 

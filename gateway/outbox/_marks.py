@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+import zlib
 from collections.abc import Iterable
 from typing import Any, Final
 
 from gateway.flow import NodeRow
+from gateway.outbox._deflate import load_marks, store_marks
 
 # A node row in the marks log: node id, fcnt, dcnt (4 bytes in an ack too), the replay
 # window's length and the window, zero-padded to 8 bytes (fixed size: unpacked in C).
@@ -31,12 +33,19 @@ _UPSERT_NODES: Final = (
 
 
 def pack_marks(nodes: Iterable[NodeRow]) -> bytes:
-    return b"".join([MARK.pack(node_id, fcnt, dcnt, len(seen), seen) for node_id, fcnt, dcnt, seen in nodes])
+    """One marks-log row, deflated when that is smaller (gateway/outbox/_deflate.py)."""
+    rows = b"".join([MARK.pack(node_id, fcnt, dcnt, len(seen), seen) for node_id, fcnt, dcnt, seen in nodes])
+    return store_marks(rows, MARK.size) if rows else rows
 
 
 def unpack_marks(blob: object) -> list[tuple[int, int, int, bytes]]:
-    """The node rows of one marks-log row; a damaged tail is ignored."""
+    """The node rows of one marks-log row; a damaged tail is ignored, a row that does not
+    inflate yields none."""
     if not isinstance(blob, bytes):
+        return []
+    try:
+        blob = load_marks(blob, MARK.size)
+    except zlib.error:
         return []
     whole = blob[: len(blob) - len(blob) % MARK.size]
     return [(node_id, fcnt, dcnt, seen[:n]) for node_id, fcnt, dcnt, n, seen in MARK.iter_unpack(whole)]
@@ -59,8 +68,7 @@ class MarksLog:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
-        logged = db.execute("SELECT coalesce(sum(length(rows)), 0) FROM marks").fetchone()[0]
-        self.rows = int(logged) // MARK.size  # node rows in the log
+        self.rows = sum(len(unpack_marks(blob)) for (blob,) in db.execute("SELECT rows FROM marks"))
         self._fold_at = self._threshold()
 
     def _threshold(self) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Final
 from gateway.errors import OutboxFull
 from gateway.flow import NodeRow
 from gateway.metrics import Metrics
+from gateway.outbox._deflate import crc_ok, load_pack, store_pack
 from gateway.outbox._marks import MarksLog, load_nodes, pack_marks
 from gateway.outbox._pending import Pending
 from gateway.outbox._salvage import Salvage, open_or_move_aside, salvage
@@ -82,7 +82,7 @@ class Outbox:
             "SELECT id, priority, frames, crc, payload FROM batches ORDER BY id"
         ):
             last_id = batch_id
-            if not isinstance(payload, bytes) or zlib.crc32(payload) != crc:
+            if not crc_ok(payload, crc):
                 bad.append(batch_id)
                 continue
             nbytes = self._stored(len(payload))
@@ -140,7 +140,8 @@ class Outbox:
         this batch (nor its node state) is then stored.
         """
         created = time.time()
-        size = self._stored(len(payload))
+        stored, crc = store_pack(payload)
+        size = self._stored(len(stored))
         # One packed log row instead of an upsert per node (see gateway/outbox/_marks.py).
         node_rows = list(nodes)
         marks = pack_marks(node_rows)
@@ -158,7 +159,7 @@ class Outbox:
                 self._db.executemany("DELETE FROM batches WHERE id=?", gone)
             self._db.execute(
                 "INSERT INTO batches (id, priority, frames, created_s, crc, payload) VALUES (?,?,?,?,?,?)",
-                (batch_id, priority, frames, created, zlib.crc32(payload), payload),
+                (batch_id, priority, frames, created, crc, stored),
             )
             if marks:
                 self._marks.append(marks, fold)
@@ -216,11 +217,8 @@ class Outbox:
         self.metrics.staging_commits.inc()
 
     def clear_staged(self) -> None:
-        """Empty the staging journal (what it held is in a committed batch)."""
-        try:
-            self._staging.clear()
-        except OSError as exc:  # harmless: its records are skipped by their counters
-            self._faults.log("staging_clear_failed", "event=outbox_staging_clear_failed error=%r", exc)
+        """Empty the staging journal (what it held is in a committed batch): no write."""
+        self._staging.clear()
 
     def _disk_full(self, frames_lost: int, evicted: int) -> None:
         self._faults.log("disk_full", "event=outbox_disk_full path=%s evicted=%d frames_lost=%d",
@@ -290,11 +288,12 @@ class Outbox:
             ):
                 if batch_id not in self._pending:
                     continue  # acked out of order, delete pending
-                if zlib.crc32(payload) != crc:
+                pack = load_pack(payload, crc)
+                if pack is None:
                     self.metrics.outbox_corrupt.inc()
                     self.ack(batch_id)
                     continue
-                out.append(StoredBatch(batch_id, priority, frames, created, payload))
+                out.append(StoredBatch(batch_id, priority, frames, created, pack))
             after_id = ids[-1]
         return out
 

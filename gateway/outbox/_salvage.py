@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from gateway.metrics import Metrics
+from gateway.outbox._deflate import crc_ok
 from gateway.outbox._marks import unpack_marks
 from gateway.outbox._sqlite import UNREADABLE, connect, error_code, write
 
@@ -156,8 +156,7 @@ def _batches(s: Salvage, old: sqlite3.Connection, db: sqlite3.Connection, metric
     try:
         for row in rows:
             payload = row[5]
-            if not (isinstance(payload, bytes) and zlib.crc32(payload) == row[4]
-                    and type(row[0]) is int and type(row[2]) is int):
+            if not (crc_ok(payload, row[4]) and type(row[0]) is int and type(row[2]) is int):
                 bad += 1
                 continue
             chunk.append(row)
