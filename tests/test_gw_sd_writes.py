@@ -79,11 +79,11 @@ def test_a_lone_frame_commit_stays_bounded(tmp_path: Path) -> None:
 
 
 def test_packs_and_marks_are_stored_deflated_and_read_back(tmp_path: Path) -> None:
-    """A pack that deflates is stored deflated with the flag in its crc column; one that does
-    not (a lone frame) stays as it is; marks rows likewise. Both read back exactly."""
+    """A pack that deflates is stored deflated with the flag in its crc column; a lone
+    frame's (below MIN_DEFLATE_BYTES) stays as it is; marks rows likewise. Both read back."""
     rng = random.Random(3)
-    body = b"".join(b"\xa2\x00ev\x02" + rng.randbytes(3) for _ in range(100))
-    pack = b"\x98\x64" + body
+    body = b"".join(b"\xa2\x00ev\x02" + rng.randbytes(3) for _ in range(200))
+    pack = b"\x98\xc8" + body
     raw = b"\x81" + rng.randbytes(60)
     rows = [NodeRow(0x10000000 + n, 5000 + n, 3, b"\xff" * 8) for n in range(100)]
     ob = Outbox(tmp_path / "o.db", 1 << 28)
@@ -139,7 +139,7 @@ def test_a_deflated_row_that_does_not_inflate_is_dropped_and_counted(tmp_path: P
     the CRC with them) is not published as garbage: dropped, counted as corrupt."""
     m = Metrics()
     ob = Outbox(tmp_path / "o.db", 1 << 28, m)
-    good = b"\x98\x64" + bytes(500)
+    good = b"\x98\x64" + bytes(1500)
     a = ob.commit_batch(good, 100, PRIORITY_ORDINARY)
     b = ob.commit_batch(good, 100, PRIORITY_ORDINARY)
     (stored,) = ob._db.execute("SELECT payload FROM batches WHERE id=?", (a,)).fetchone()

@@ -3,8 +3,10 @@
 Why: SD cards wear out by writes, and every byte of a row is written twice (WAL, then its
 checkpoint). A full pack of 100 SenML frames deflates about 2.9x (the same names, units and
 base times, frame after frame), a marks-log row about 4.6x (node ids, counters and windows
-that differ in few bytes), so a full batch writes half the pages. A lone frame's pack barely
-shrinks and is kept as is.
+that differ in few bytes), so a full batch writes half the pages. Below ``MIN_DEFLATE_BYTES``
+nothing is deflated: such a row shares a leaf page, which a commit writes whole anyway, and
+zlib's set-up alone costs ~70,000 instructions (a 100-byte pack; 6 KB: ~1,000,000 to deflate
+and inflate), which a quiet site would pay per frame for no byte less on the card.
 
 How a reader tells them apart, without a schema change (old files read as before):
 - a batch row's ``crc`` column holds the CRC-32 of the stored bytes, plus ``DEFLATED``
@@ -13,9 +15,10 @@ How a reader tells them apart, without a schema change (old files read as before
   deflated row has any other length (a zero byte is appended when it would not, which the
   inflater leaves unread).
 
-Level 1 with a 4 KiB window: 2.92x on the benchmark's full packs (level 6: 3.24x for half as
-many instructions again); a pack is at most ``batch.max_bytes`` (16 KiB), so a larger window
-buys nothing. Inflating runs once per publish, on ``peek``.
+Level 1 with a 4 KiB window: 2.92x on the benchmark's full packs, as with zlib's 32 KiB (the
+repeats are a frame apart), for a smaller state to set up; level 6 gives 3.24x for half as
+many instructions again, and no fewer pages written (bench/bench_sd.py). Inflating runs once
+per publish, on ``peek``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ _LEVEL: Final = 1
 _WBITS: Final = 12  # a 4 KiB window: the CMF byte is 0x48
 _MEM_LEVEL: Final = 5  # zlib's state for that window: 17 KiB, allocated per call
 DEFLATED: Final = 1 << 32
+MIN_DEFLATE_BYTES: Final = 1024  # a 1 KiB page's worth (gateway/outbox/_sizing.py SD_PAGE_SIZE)
 
 
 def _deflate(data: bytes) -> bytes:
@@ -45,7 +49,7 @@ def _inflate(data: bytes) -> bytes:
 
 def store_pack(pack: bytes) -> tuple[bytes, int]:
     """The bytes to store for a SenML pack, deflated if that is smaller, and its ``crc`` column."""
-    z = _deflate(pack)
+    z = _deflate(pack) if len(pack) >= MIN_DEFLATE_BYTES else pack
     if len(z) < len(pack):
         return z, zlib.crc32(z) | DEFLATED
     return pack, zlib.crc32(pack)
@@ -70,6 +74,8 @@ def load_pack(stored: bytes, crc: int) -> bytes | None:
 
 def store_marks(rows: bytes, row_size: int) -> bytes:
     """The bytes to store for packed marks (whole rows of ``row_size``): deflated if smaller."""
+    if len(rows) < MIN_DEFLATE_BYTES:
+        return rows
     z = _deflate(rows)
     if len(z) % row_size == 0:
         z += b"\0"
