@@ -68,8 +68,10 @@ def _device_sectors(path: Path) -> int | None:
         return None
 
 
-def run_scenario(transport: str, rate_hz: float, warmup: int, frames: int, data_dir: Path) -> dict[str, Any]:
-    """One scenario in this process; ``data_dir`` is emptied first."""
+def run_scenario(transport: str, rate_hz: float, warmup: int, frames: int, data_dir: Path,
+                 settings: dict[str, str] | None = None) -> dict[str, Any]:
+    """One scenario in this process, in an empty ``data_dir``. ``settings``: ``batch.<field>``
+    or ``outbox.synchronous`` values other than the defaults."""
     from unittest import mock
 
     import gateway.batcher
@@ -93,11 +95,18 @@ def run_scenario(transport: str, rate_hz: float, warmup: int, frames: int, data_
         for mod in (gateway.batcher, gateway.outbox._outbox):
             stack.enter_context(mock.patch.object(mod.time, "monotonic", lambda: clock[0]))
         metrics = Metrics()
-        outbox = Outbox(data_dir / "outbox.db", 1 << 28, metrics, page_size=SD_PAGE_SIZE)
+        cfg, synchronous = BatchConfig(), "full"
+        for key, value in (settings or {}).items():
+            if key == "outbox.synchronous":
+                synchronous = value
+            else:
+                field = key.removeprefix("batch.")
+                setattr(cfg, field, type(getattr(cfg, field))(value))
+        outbox = Outbox(data_dir / "outbox.db", 1 << 28, metrics, synchronous, page_size=SD_PAGE_SIZE)
         replay = ReplayTable(outbox.load_nodes())
         verifier = Verifier(registry, replay, metrics)
         health = Health(HealthConfig(), registry, lambda *a: None, 0.0)
-        batcher = Batcher(BatchConfig(), outbox, registry, replay, health, metrics)
+        batcher = Batcher(cfg, outbox, registry, replay, health, metrics)
         committed: list[int] = []
         outbox.add_listener(lambda: committed.append(1))
         next_tick, next_flush = clock[0] + TICK_S, clock[0] + 1.0
@@ -175,7 +184,8 @@ def _child(code_root: Path, scenario: str, args: argparse.Namespace, data_dir: P
     warmup = args.warmup if args.warmup is not None else (WARMUP_FULL if rate == FULL_RATE else WARMUP_SLOW)
     frames = args.frames if args.frames is not None else (FRAMES_FULL if rate == FULL_RATE else FRAMES_SLOW)
     cmd = [*wrap, sys.executable, "-m", "bench.bench_sd", "--_child", scenario, "--_dir", str(data_dir),
-           "--warmup", str(warmup), "--frames", "0" if warmup_only else str(frames)]
+           "--warmup", str(warmup), "--frames", "0" if warmup_only else str(frames),
+           *(f"--set={s}" for s in args.set)]
     env = {**os.environ, "PYTHONPATH": f"{code_root}{os.pathsep}{ROOT}"}
     # Not ROOT as the working directory: ``-m`` puts it first on sys.path, before code_root.
     return subprocess.run(cmd, cwd=data_dir, env=env, capture_output=True, text=True, check=True)
@@ -220,6 +230,8 @@ def main() -> int:
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of " + ", ".join(SCENARIOS))
     ap.add_argument("--previous", default="", metavar="REV", help="also measure the outbox code of this commit")
     ap.add_argument("--dir", default="", help="where the outbox goes (a file system of its own for `device`)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="batch.<field> or outbox.synchronous other than the default (repeatable)")
     ap.add_argument("--per-file", action="store_true", help="write(2) bytes and fsyncs per file (strace)")
     ap.add_argument("--callgrind", action="store_true", help="instructions per reading (valgrind)")
     ap.add_argument("--_child", default="", help=argparse.SUPPRESS)
@@ -227,7 +239,8 @@ def main() -> int:
     args = ap.parse_args()
     if args._child:
         transport, rate = SCENARIOS[args._child]
-        print(json.dumps(run_scenario(transport, rate, args.warmup or 0, args.frames, Path(args._dir))))
+        settings = dict(kv.split("=", 1) for kv in args.set)
+        print(json.dumps(run_scenario(transport, rate, args.warmup or 0, args.frames, Path(args._dir), settings)))
         return 0
     from bench.bench_gateway import previous_tree
 
@@ -235,7 +248,7 @@ def main() -> int:
         roots = {"now": ROOT}
         if args.previous:
             roots[f"previous ({args.previous})"] = previous_tree(args.previous, Path(tmp))
-        result = {"command": " ".join(sys.argv),
+        result = {"command": " ".join(sys.argv), "settings": args.set,
                   "load_average": os.getloadavg()}
         for tag, root in roots.items():
             result[tag] = measure(root, args, Path(tmp) / tag.split()[0])
