@@ -99,20 +99,7 @@ def _r(x: float, nd: int = 3) -> float:
 def build_summary(sc: Scenario, cell: Any, gateways: list[Gateway], nodes: list[NodeOutcome],
                   frames: list[FrameOutcome],
                   air: Any, t_end: float, decode_errors: dict[str, int]) -> dict[str, Any]:
-    kind_of = {n.index: n.kind for n in nodes}
     kinds = sorted({n.kind for n in nodes})
-    per_kind: dict[str, dict[str, Any]] = {}
-    for k in kinds:
-        per_kind[k] = {"sent": 0, "lost_on_air": 0, "heard": 0, "serial_unacked": 0, "lost_at_gateway": 0,
-                       "by_type": Counter(), "check": {"n": 0, "agree": 0, "abs_err": 0.0}}
-    for f in frames:
-        kind = kind_of[f.node]
-        pk = per_kind[kind]
-        pk["sent"] += 1
-        pk["lost_at_gateway"] += f.lost_at_boundary
-        pk["by_type"][TYPE_NAMES.get(f.ftype, str(f.ftype)) if f.ftype >= 0 else "undecodable"] += 1
-        pk[fate(f.transport, f.heard, f.acked)] += 1
-        _check(kind, pk["check"], f.truth, f.readings)
     energy: dict[str, Any] = {}
     life: dict[str, Any] = {}
     for k in kinds:
@@ -131,21 +118,6 @@ def build_summary(sc: Scenario, cell: Any, gateways: list[Gateway], nodes: list[
         years = [cell.life_years(a) for a in avg]
         life[k] = {"min": _r(min(years), 2), "p5": _r(_pct(years, 0.05), 2), "p50": _r(_pct(years, 0.5), 2),
                    "mean": _r(sum(years) / len(years), 2), "max": _r(max(years), 2)}
-    frames_out: dict[str, Any] = {}
-    tot = Counter[str]()
-    for k in kinds:
-        pk = per_kind[k]
-        chk = pk.pop("check")
-        pk["by_type"] = dict(sorted(pk["by_type"].items()))
-        if chk["n"]:
-            pk["truth_check"] = ({"frames": chk["n"], "agree": chk["agree"], "share": _r(chk["agree"] / chk["n"], 4)}
-                                 if k == "parking" else
-                                 {"frames": chk["n"], "mean_abs_error": _r(chk["abs_err"] / chk["n"], 2),
-                                  "unit": "pct" if k == "bin" else "l"})
-        frames_out[k] = pk
-        for field in ("sent", "lost_on_air", "heard", "serial_unacked", "lost_at_gateway"):
-            tot[field] += pk[field]
-    frames_out["total"] = dict(tot)
     errors: Counter[str] = Counter()
     resets: Counter[str] = Counter()
     for n in nodes:
@@ -163,7 +135,7 @@ def build_summary(sc: Scenario, cell: Any, gateways: list[Gateway], nodes: list[
         "duration_s": _r(t_end, 3),
         "nodes": {k: sum(1 for n in nodes if n.kind == k) for k in kinds},
         "wake_cycles": sum(n.cycles for n in nodes),
-        "frames": frames_out,
+        "frames": frame_counts(nodes, frames),
         "air": {"adv_events": air.events, "received": dict(air.received), "collided": dict(air.collided),
                 "below_sensitivity": dict(air.below_sensitivity), "out_of_range": dict(air.out_of_range),
                 "datagrams": air.datagrams, "datagram_errors": air.datagram_errors},
@@ -185,6 +157,42 @@ def build_summary(sc: Scenario, cell: Any, gateways: list[Gateway], nodes: list[
         "flash_writes_per_node": _r(sum(n.flash_writes for n in nodes) / max(1, len(nodes)), 2),
         "decode_errors": dict(sorted(decode_errors.items())),
     }
+
+
+def frame_counts(nodes: list[NodeOutcome], frames: list[FrameOutcome]) -> dict[str, Any]:
+    """The summary's "frames": per kind and in total, frames sent and what became of them
+    (``fate``; lost at the gateway boundary counted beside it), per kind by type and how far
+    their readings are from the world's truth."""
+    kind_of = {n.index: n.kind for n in nodes}
+    kinds = sorted({n.kind for n in nodes})
+    per_kind: dict[str, dict[str, Any]] = {}
+    for k in kinds:
+        per_kind[k] = {"sent": 0, "lost_on_air": 0, "heard": 0, "serial_unacked": 0, "lost_at_gateway": 0,
+                       "by_type": Counter(), "check": {"n": 0, "agree": 0, "abs_err": 0.0}}
+    for f in frames:
+        kind = kind_of[f.node]
+        pk = per_kind[kind]
+        pk["sent"] += 1
+        pk["lost_at_gateway"] += f.lost_at_boundary
+        pk["by_type"][TYPE_NAMES.get(f.ftype, str(f.ftype)) if f.ftype >= 0 else "undecodable"] += 1
+        pk[fate(f.transport, f.heard, f.acked)] += 1
+        _check(kind, pk["check"], f.truth, f.readings)
+    frames_out: dict[str, Any] = {}
+    tot = Counter[str]()
+    for k in kinds:
+        pk = per_kind[k]
+        chk = pk.pop("check")
+        pk["by_type"] = dict(sorted(pk["by_type"].items()))
+        if chk["n"]:
+            pk["truth_check"] = ({"frames": chk["n"], "agree": chk["agree"], "share": _r(chk["agree"] / chk["n"], 4)}
+                                 if k == "parking" else
+                                 {"frames": chk["n"], "mean_abs_error": _r(chk["abs_err"] / chk["n"], 2),
+                                  "unit": "pct" if k == "bin" else "l"})
+        frames_out[k] = pk
+        for field in ("sent", "lost_on_air", "heard", "serial_unacked", "lost_at_gateway"):
+            tot[field] += pk[field]
+    frames_out["total"] = dict(tot)
+    return frames_out
 
 
 def _check(kind: str, chk: dict[str, Any], truth: dict[str, Any], readings: Readings) -> None:

@@ -68,9 +68,23 @@ MODULES = [
            ("tests/test_gw_promises.py", "tests/test_protocol.py", "tests/test_gw_units.py")),
     Module("us_proto", ("firmware/lib/us_proto.py",), ("tests/test_protocol.py", *FW)),
     Module("us_serial", ("firmware/lib/us_serial.py",), ("tests/test_protocol.py", "tests/test_gw_robustness.py", *FW)),
-    Module("us_water", ("firmware/lib/us_water.py",), ("tests/test_fw_logic.py", "tests/test_fw_node.py")),
-    Module("us_parking", ("firmware/lib/us_parking.py",), ("tests/test_fw_logic.py", "tests/test_fw_node.py")),
+    Module("us_water", ("firmware/lib/us_water.py",), ("tests/test_fw_logic.py", *FW, "tests/test_fw_wake.py",
+                                                       "tests/test_fw_water.py"), ("tests/test_fw_water.py",)),
+    # Not test_fw_config_cache.py: it reads the firmware's source for the board keys it uses,
+    # and a mutated file holds every mutant's copy of them.
+    Module("us_parking", ("firmware/lib/us_parking.py",), ("tests/test_fw_logic.py", *FW, "tests/test_fw_wake.py",
+                                                           "tests/test_fw_drivers.py")),
     Module("demo", ("urbansense/demo.py",), ("tests/test_demo_verdict.py",), ("tests/test_demo_verdict.py",)),
+    # The simulator's books: what each frame became (sent, heard, lost on air, lost at the
+    # gateway boundary, serial unacked) and the summary's counts. Only the tests that check
+    # them: the long runs elsewhere reach the same functions and check the world or energy.
+    Module("sim_accounting", ("simulator/ledger.py", "simulator/summary.py"),
+           ("tests/test_sim_accounting.py", "tests/test_sim_truth.py", "tests/test_sim_serial.py",
+            "tests/test_demo_verdict.py", "tests/test_sim_run.py::test_same_seed_same_summary_and_truth",
+            "tests/test_sim_run.py::test_sharded_run_gives_the_same_summary",
+            "tests/test_sim_run.py::test_every_frame_in_the_truth_decodes_with_the_gateway_codec",
+            "tests/test_sim_cli.py::test_json_only_and_reproducible"),
+           ("tests/test_sim_accounting.py",)),
 ]
 BY_NAME = {m.name: m for m in MODULES}
 
@@ -79,6 +93,8 @@ BY_NAME = {m.name: m for m in MODULES}
 SKIP_FUNCTIONS = {
     "demo": ("add_parser", "_main", "_subscribe", "run_demo", "_progress", "_drain", "render",
              "__init__", "__call__"),
+    # the summary's energy, battery life, world and assumptions; the truth file's opening
+    "sim_accounting": ("build_summary", "_pct", "_truth_at", "open_truth", "close"),
 }
 
 # mutmut exit codes (mutmut/stats.py status_by_exit_code)
@@ -163,14 +179,50 @@ def results(work: Path, skip: tuple[str, ...] = ()) -> dict[str, list[str]]:
     return out
 
 
+_SHOW_ALL = """
+import json, sys
+from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant
+out = {}
+for name in json.load(sys.stdin):
+    try:
+        out[name] = get_diff_for_mutant(name, path=find_mutant(name).path)
+    except Exception as exc:  # reported as an empty diff: the rules then match nothing
+        out[name] = ""
+        print(name, repr(exc), file=sys.stderr)
+json.dump(out, sys.stdout)
+"""
+_SHOWN: dict[tuple[Path, str], list[str]] = {}
+
+
+def _show_all(work: Path, names: list[str]) -> None:
+    """The diffs of ``names`` (what ``mutmut show NAME`` prints) in one process: ``mutmut
+    show`` takes seconds a call on a loaded machine, and the rules below read every survivor."""
+    todo = [n for n in names if (work, n) not in _SHOWN]
+    if not todo:
+        return
+    r = subprocess.run([sys.executable, "-c", _SHOW_ALL], cwd=work, input=json.dumps(todo), capture_output=True,
+                       text=True, check=False)
+    diffs = json.loads(r.stdout) if r.returncode == 0 else {}
+    for n in todo:
+        if n in diffs:
+            _SHOWN[(work, n)] = diffs[n].splitlines()
+
+
+def _show(work: Path, name: str) -> list[str]:
+    """The lines of ``mutmut show NAME`` (from _show_all's cache when it has them)."""
+    if (work, name) not in _SHOWN:
+        _SHOWN[(work, name)] = subprocess.run([str(_MUTMUT), "show", name], cwd=work, capture_output=True,
+                                              text=True, check=False).stdout.splitlines()
+    return _SHOWN[(work, name)]
+
+
 _SQL = re.compile(r"\b(SELECT|INSERT|DELETE|UPDATE|CREATE|PRAGMA|BEGIN|COMMIT|ROLLBACK|VALUES|WHERE)\b", re.I)
 
 
 def _sql_case_only(work: Path, name: str) -> bool:
     """The mutant only changes the case of SQL text: SQLite reads keywords and identifiers
     case-insensitively, so it is equivalent (a rule, not a list)."""
-    out = subprocess.run([str(_MUTMUT), "show", name], cwd=work, capture_output=True, text=True,
-                         check=False).stdout.splitlines()
+    out = _show(work, name)
     minus = [line[1:] for line in out if line.startswith("-") and not line.startswith("---")]
     plus = [line[1:] for line in out if line.startswith("+") and not line.startswith("+++")]
     return bool(minus) and len(minus) == len(plus) and all(
@@ -183,8 +235,7 @@ def _frame_error_detail_only(work: Path, name: str) -> bool:
     by the log rule (a rule, not a list). The reason, which is counted, must be unchanged."""
     import ast
 
-    out = subprocess.run([str(_MUTMUT), "show", name], cwd=work, capture_output=True, text=True,
-                         check=False).stdout.splitlines()
+    out = _show(work, name)
     minus = [line[1:].strip() for line in out if line.startswith("-") and not line.startswith("---")]
     plus = [line[1:].strip() for line in out if line.startswith("+") and not line.startswith("+++")]
 
@@ -230,16 +281,22 @@ def run(m: Module, base: Path, max_children: int) -> dict[str, object]:
     with log.open("w") as out:
         proc = subprocess.run(["nice", "-n", "15", str(mutmut), "run", "--max-children", str(max_children)],
                               cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
-    wall_s = time.monotonic() - t0
+    return summarize(m, work, proc.returncode, time.monotonic() - t0)
+
+
+def summarize(m: Module, work: Path, rc: int, wall_s: float) -> dict[str, object]:
+    """A finished mutmut run in ``work`` counted: killed, equivalent (listed or by rule), survivors."""
+    log = work / "mutmut.log"
     r = results(work, SKIP_FUNCTIONS.get(m.name, ()))
     eq = equivalents()
     not_killed = r["survived"] + r["no_tests"] + r["other"]
+    _show_all(work, [n for n in not_killed if n not in eq])
     by_rule = [n for n in not_killed if n not in eq and (_sql_case_only(work, n) or _frame_error_detail_only(work, n))]
     live = [n for n in not_killed if n not in eq and n not in by_rule]
     killed = len(r["killed"])
     total = killed + len(not_killed)
     non_equivalent = killed + len(live)
-    return {"module": m.name, "rc": proc.returncode, "wall_s": round(wall_s), "mutants": total,
+    return {"module": m.name, "rc": rc, "wall_s": round(wall_s), "mutants": total,
             "killed": killed, "equivalent": len(not_killed) - len(live), "survivors": live,
             "no_tests": len(r["no_tests"]),
             "kill_rate": round(100 * killed / non_equivalent, 1) if non_equivalent else None,
@@ -310,14 +367,14 @@ def retest(m: Module, base: Path) -> dict[str, object]:
     killed_now: list[str] = []
     not_applied: list[str] = []
     gone: list[str] = []
+    _show_all(work, [n for n in summary["survivors"] if n not in equivalents()])
     by_rule = [n for n in summary["survivors"] if n not in equivalents()
                and (_sql_case_only(work, n) or _frame_error_detail_only(work, n))]
     summary["survivors"] = [n for n in summary["survivors"] if n not in by_rule]
     summary["equivalent"] += len(by_rule)
     summary["rule_equivalent"] = summary.get("rule_equivalent", summary.get("sql_case_equivalent", 0)) + len(by_rule)
     for name in [n for n in summary["survivors"] if n not in equivalents()] if changed else []:
-        diff = subprocess.run([str(_MUTMUT), "show", name], cwd=work, capture_output=True, text=True,
-                              check=False).stdout.splitlines()
+        diff = _show(work, name)
         header = next((line for line in diff if line.startswith("--- ")), "--- ?")[4:].strip()
         target = tree / ("firmware/lib/" + header.removeprefix("src/") if header.startswith("src/") else header)
         original = target.read_bytes() if target.exists() else None
