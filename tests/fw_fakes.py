@@ -216,6 +216,7 @@ class World:
         self.power_on_ms = 0
         self.pins = {}  # levels driven onto the pads (by the test or a fake part)
         self.pulls = {}  # pin -> the pull last configured (an undriven pad reads it)
+        self.modes = {}  # pin -> the mode last configured (Pin.IN, Pin.OUT ...)
         self.held = {}  # pin -> hold enabled (ESP32 Pin(..., hold=True))
         self.power_log = []  # (clock_ms, level) written to the sensor_power pin
         self.adc_uv = {}
@@ -258,6 +259,7 @@ class World:
     def power_loss(self, off_ms=1000):
         self.rtc_mem = b""
         self.held = {}
+        self.modes = {}
         sp = self.board.get("pins", {}).get("sensor_power")
         if sp is not None:
             self.pins[sp] = 0
@@ -300,6 +302,8 @@ def _make_pin(world):
             self.init(mode, pull, value=value, hold=hold)
 
         def init(self, mode=-1, pull=-1, *, value=None, hold=None):
+            if mode != -1:  # None (the port: leave the mode as it is) is kept as None
+                world.modes[self.id] = mode
             if pull != -1:  # the port leaves the pad's pull alone when none is given
                 world.pulls[self.id] = pull
             if value is not None:
@@ -309,6 +313,8 @@ def _make_pin(world):
 
         def value(self, x=None):
             if x is None:
+                if world.modes.get(self.id) is None:
+                    return 0  # never made an input since power-up: the pad's input buffer is off
                 if self.id in world.pins:
                     return world.pins[self.id]
                 return 1 if world.pulls.get(self.id) == Pin.PULL_UP else 0
