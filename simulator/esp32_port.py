@@ -8,8 +8,8 @@ machine.pyi names the same constants.
 
 Plain integers in the MicroPython subset: the simulated HAL (simulator/hal_machine.py), the node model
 (simulator/node.py) and the tests' fake HAL (tests/fw_fakes.py, which also runs on the
-MicroPython VM) import them from here; the firmware's own ``us_node.EXT0_WAKE`` is pinned to
-them by tests/test_hal_contract.py.
+MicroPython VM) import them from here; the firmware's own ``us_wake.EXT0_WAKE`` (EXT1, GPIO) is
+pinned to them by tests/test_hal_contract.py.
 """
 
 PWRON_RESET = 1

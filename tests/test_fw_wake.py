@@ -12,6 +12,7 @@ from urbansense.wire.protocol import NodeKeys, Uplink, parse_header, verify_upli
 
 us_node = firmware_module("us_node")
 us_proto = firmware_module("us_proto")
+us_wake = firmware_module("us_wake")
 
 
 KEYS = NodeKeys(binascii.unhexlify(ff.KEY_HEX))
@@ -90,12 +91,12 @@ def test_c3_pulse_pin_has_priority_and_tamper_is_read_on_timer_wakes() -> None:
     w.run_cycle(us_node)
     assert w.gpio_wake == ([3], 0)  # reed closing; tamper (wants 1) waits for a timer wake
     w.pins[3] = 0  # reed closes
-    w.sleep(4000, us_node.GPIO_WAKE)
+    w.sleep(4000, us_wake.GPIO_WAKE)
     w.run_cycle(us_node)
     assert pulses(w) == 1
     assert w.gpio_wake == ([3, 4], 1)  # both want high now: reed release, lid opening
     w.pins[4] = 1  # lid opened while the reed is closed: a GPIO wake that is not a pulse
-    w.sleep(4000, us_node.GPIO_WAKE)
+    w.sleep(4000, us_wake.GPIO_WAKE)
     w.run_cycle(us_node)
     assert pulses(w) == 1
     assert [a & us_proto.A_TAMPER for a in alarms(w)] == [us_proto.A_TAMPER]
@@ -105,10 +106,10 @@ def test_c3_pulse_pin_has_priority_and_tamper_is_read_on_timer_wakes() -> None:
     w.run_cycle(us_node)
     assert [a & us_proto.A_TAMPER for a in alarms(w)] == [0]
     w.pins[3] = 1  # reed released
-    w.sleep(4000, us_node.GPIO_WAKE)
+    w.sleep(4000, us_wake.GPIO_WAKE)
     w.run_cycle(us_node)
     assert pulses(w) == 1 and w.gpio_wake == ([3], 0)  # lid closed wants high: not armed
-    w.sleep(4000, us_node.GPIO_WAKE)  # reed closed and opened again within the boot
+    w.sleep(4000, us_wake.GPIO_WAKE)  # reed closed and opened again within the boot
     w.run_cycle(us_node)
     assert pulses(w) == 2
 

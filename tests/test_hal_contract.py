@@ -151,7 +151,9 @@ def test_reset_and_wake_numbers_have_one_home() -> None:
              "PIN_WAKE", "EXT0_WAKE", "EXT1_WAKE", "TIMER_WAKE", "ULP_WAKE")
     for hal in (*_sim_hals().values(), *_fake_hals().values()):
         assert {n: getattr(hal.machine, n) for n in names} == {n: getattr(esp32_port, n) for n in names}
-    assert firmware_module("us_node").EXT0_WAKE == esp32_port.EXT0_WAKE
+    us_wake = firmware_module("us_wake")
+    assert (us_wake.EXT0_WAKE, us_wake.EXT1_WAKE, us_wake.GPIO_WAKE) == (
+        esp32_port.EXT0_WAKE, esp32_port.EXT1_WAKE, esp32_port.GPIO_WAKE)
     assert (esp32_port.PWRON_RESET, esp32_port.DEEPSLEEP_RESET, esp32_port.TIMER_WAKE) == (1, 4, 4)
 
 

@@ -1,4 +1,5 @@
 # One wake cycle of a node (docs/HAL.md): boot state -> measure -> decide -> send -> persist.
+# Node is what a kind sees during the cycle; which pins wake the chip is us_wake's concern.
 # Everything hardware goes through `hal`; the module keeps no mutable state of its own, so
 # many simulated nodes can share it in one process.
 try:
@@ -13,6 +14,7 @@ import sys
 import us_config
 import us_proto
 import us_store
+import us_wake
 
 FW_VERSION = const(100)  # MMmmpp: 0.1.0
 WDT_TIMEOUT_MS = const(30000)
@@ -25,11 +27,6 @@ FAULT_STATUS_S = const(3600)  # a persisting fault repeats its status frame at m
 # that hangs (30 s at ~25 mA = 0.75 C) cannot drain the cell at the watchdog's pace.
 CRASH_BACKOFF_S = const(3600)
 CRASH_BACKOFF_MAX_S = const(86400)
-# esp_sleep_get_wakeup_cause() values, which machine.wake_reason() returns as they are; the
-# port names only EXT0/EXT1 (2/3), not GPIO (7, the ESP32-C3's wake_on_gpio).
-EXT0_WAKE = const(2)
-EXT1_WAKE = const(3)
-GPIO_WAKE = const(7)
 KINDS = us_config.KINDS
 TRANSPORTS = us_config.TRANSPORTS
 ConfigError = us_config.ConfigError
@@ -180,24 +177,8 @@ class Node:
             self._group.append((p, pull, edge))
 
     def wake_pins(self):
-        """Pins that may have woken this cycle: the ext0 pin alone, or the ext1/GPIO set
-        armed last cycle (the port does not say which of a set; the kind tells them apart)."""
-        aw = self._armed_before
-        if not aw:
-            return []
-        if self.wake == EXT0_WAKE:
-            return [aw[0]] if aw[0] >= 0 else []
-        if self.wake == EXT1_WAKE or self.wake == GPIO_WAKE:
-            return aw[1]
-        return []
-
-    def _usable(self, p, level, pull, edge):
-        wake_capable = self.board.get("rtc_wake_pins")
-        if wake_capable is not None and p not in wake_capable:
-            return self._stuck(p, "cannot wake the chip from deep sleep")
-        if self._pin_in(p, pull).value() == (1 if level else 0) and not edge:
-            return self._stuck(p, "is already at its wake level")
-        return True
+        """Pins that may have woken this cycle (us_wake.woken)."""
+        return us_wake.woken(self._armed_before, self.wake)
 
     def _stuck(self, p, why):
         # Armed, this pin would wake the chip at once, every time (or the port would refuse
@@ -210,42 +191,12 @@ class Node:
     def plan_wakes(self):
         """Settle the wake pins before any frame is built (a fault found here goes out in
         this cycle's status frame); _arm() applies the plan once the radio is off."""
-        b = self.board
-        prio = self._prio
-        group = self._group
-        lvl = self._group_level
-        if prio is not None and (b.get("pin_wake") == "gpio" or not b.get("ext0", True)):
-            # One level for all pins: the priority pin's (water pulses, the magnetometer).
-            # Pins that want the other level are read on the timer wakes instead.
-            group = [(prio[0], prio[2], prio[3])] + (group if lvl == prio[1] else [])
-            lvl = prio[1]
-            prio = None
-        e0 = -1
-        e0_level = 0
-        e0_pull = None
-        if prio is not None and self._usable(prio[0], prio[1], prio[2], prio[3]):
-            e0, e0_level, e0_pull = prio[0], prio[1], prio[2]
-        pins = [(g[0], g[1]) for g in group if self._usable(g[0], lvl, g[1], g[2])]
-        self._plan = (e0, e0_level, e0_pull, pins, lvl)
-        self.st["aw"] = [e0, [p for p, _ in pins]]
-
-    def _pin_in(self, p, pull):
-        m = self.hal.machine
-        return m.Pin(p, m.Pin.IN) if pull is None else m.Pin(p, m.Pin.IN, pull)
+        self._plan = plan = us_wake.plan(self.board, self.hal.machine, self._prio, self._group,
+                                         self._group_level, self._stuck)
+        self.st["aw"] = [plan[0], [p for p, _ in plan[3]]]
 
     def _arm(self):
-        e = self.hal.esp32
-        e0, e0_level, e0_pull, pins, lvl = self._plan
-        group = [self._pin_in(p, pull) for p, pull in pins]  # with the pull it holds in sleep
-        level = e.WAKEUP_ANY_HIGH if lvl else e.WAKEUP_ALL_LOW
-        if self.board.get("pin_wake") == "gpio":
-            # ESP32-C3: no ext0/ext1 in the port, esp32.wake_on_gpio instead (one level for
-            # all pins; only the board's rtc_wake_pins can wake it from deep sleep).
-            e.wake_on_gpio(group, level)
-            return
-        if self.board.get("ext0", True):
-            e.wake_on_ext0(self._pin_in(e0, e0_pull) if e0 >= 0 else None, e0_level)
-        e.wake_on_ext1(group, level)  # an empty list disarms (None would keep the old set)
+        us_wake.arm(self.hal.esp32, self.hal.machine, self.board, self._plan)
 
     def sleep_ms(self):
         t = self.now_s + MAX_SLEEP_S
