@@ -15,6 +15,7 @@ us_node = firmware_module("us_node")
 us_proto = firmware_module("us_proto")
 us_store = firmware_module("us_store")
 us_water = firmware_module("us_water")
+us_wake = firmware_module("us_wake")
 
 KEYS = NodeKeys(binascii.unhexlify(ff.KEY_HEX))
 IN, PULL_DOWN, PULL_UP = 1, 1, 2
@@ -178,11 +179,11 @@ def test_c3_a_wake_of_both_pins_is_a_pulse_only_if_the_lid_did_not_move() -> Non
     w.pins[4] = 1
     w.run_cycle(us_node)
     assert w.gpio_wake == ([3, 4], 0)
-    w.sleep(2000, us_node.GPIO_WAKE)  # the reed closed and opened again during the boot
+    w.sleep(2000, us_wake.GPIO_WAKE)  # the reed closed and opened again during the boot
     w.run_cycle(us_node)
     assert kst(w)["pc"] == 1 and w.gpio_wake == ([3, 4], 0)
     w.pins[4] = 0  # the lid closes
-    w.sleep(2000, us_node.GPIO_WAKE)
+    w.sleep(2000, us_wake.GPIO_WAKE)
     w.run_cycle(us_node)
     assert kst(w)["pc"] == 1
     assert alarm_bits(ups(w)) == [0]
