@@ -29,7 +29,6 @@ from urbansense.wire.errors import FrameError
 from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
 
 ROOT: Final = Path(__file__).resolve().parents[1]
-DEFAULT_BOARD: Final = "city-wroom32e"
 SETTLE_EVERY_S: Final = 600.0  # bounds the memory of pending air events in fast runs
 REALTIME_TICK_S: Final = 0.25  # in realtime runs adverts reach the gateway this often
 HORIZON_MARGIN_S: Final = 86400.0  # pin wakes are searched this far past the end of a run
