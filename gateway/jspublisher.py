@@ -46,6 +46,7 @@ from gateway.ratelog import RateLimitedLog, Traceback
 _log = logging.getLogger(__name__)
 
 _EVENTS_MAX: Final = 1000
+_RECONNECTS_PER_SERVER: Final = 3
 
 
 class _SessionEnd(Exception):
@@ -149,7 +150,9 @@ class JetStreamPublisher:
             servers=self.cfg.publish.servers, name=self.cfg.client_id,
             user=m.username or None, password=self.credentials.password,
             tls=tls, connect_timeout=m.connect_timeout_s, dont_randomize=True,
-            allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=m.backoff_min_s,
+            # Bounded: nats-py's connect() retries for ever otherwise, uncounted and with the
+            # credentials it started with; once it gives up, run() connects again after its backoff.
+            allow_reconnect=True, max_reconnect_attempts=_RECONNECTS_PER_SERVER, reconnect_time_wait=m.backoff_min_s,
             ping_interval=m.keepalive_s, max_outstanding_pings=2,
             disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, error_cb=on_error,
         )

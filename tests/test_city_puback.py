@@ -294,3 +294,104 @@ async def test_a_hung_nats_node_is_left_by_pings_not_by_the_publish_timeout(
             proc.send_signal(signal.SIGCONT)
         await gw.stop()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class _AuthNode:
+    """One nats-server, JetStream on, a user and password (re-read on SIGHUP): the NATS side
+    of the gateway's ``mqtt.username`` / ``mqtt.password_file``."""
+
+    def __init__(self, workdir: Path) -> None:
+        from urbansense.broker import free_port
+        from urbansense.natscluster import find_nats_server
+
+        self.workdir = workdir
+        self.port, self.http = free_port(), free_port()
+        self.conf = workdir / "nats.conf"
+        self.binary = find_nats_server()
+        self.proc: Any = None
+
+    def write(self, password: str) -> None:
+        self.conf.write_text(
+            f"listen: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.http}\n"
+            f'jetstream {{ store_dir: "{self.workdir / "js"}" }}\n'
+            f'authorization {{ user: "gw-1", password: "{password}" }}\n')
+
+    def start(self) -> None:
+        import subprocess
+        import time
+        import urllib.request
+
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/healthz", timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+async def test_the_jetstream_backend_authenticates_with_the_mqtt_credentials_and_rereads_them_on_sighup(
+        tmp_path: Path) -> None:
+    """``mqtt.username`` and ``password_file`` are the NATS user's; a wrong password is a counted
+    connect failure and nothing leaves the outbox; after SIGHUP (gateway reload) with the right
+    one, a new connection is made and the batches go."""
+    import signal
+
+    import nats
+    from nats.js.api import StreamConfig
+
+    node = _AuthNode(tmp_path)
+    node.write("right")
+    await asyncio.to_thread(node.start)
+    gw = None
+    task = None
+    try:
+        nc = await nats.connect(f"nats://127.0.0.1:{node.port}", user="gw-1", password="right")
+        await nc.jetstream(timeout=10).add_stream(StreamConfig(name="URBANSENSE", subjects=["urbansense.v1.*.*.up",
+                                                                 "urbansense.v1.*.*.status"]))
+        await nc.close()
+        pw = tmp_path / "nats.password"
+        pw.write_text("wrong\n")
+        pw.chmod(0o600)
+        cfg = make_config(tmp_path, SimpleNamespace(host="127.0.0.1", port=1), nodes=range(1, 6))
+        cfg.mqtt.username = "gw-1"
+        cfg.mqtt.password_file = pw
+        cfg.publish.backend = "jetstream"
+        cfg.publish.servers = [f"nats://127.0.0.1:{node.port}"]
+        gw = Gateway(cfg)
+        task = asyncio.create_task(gw.run())
+        await asyncio.wait_for(gw.started.wait(), 10)
+        for n in range(1, 6):
+            gw.feed(frame(n, 1), "t", rssi_dbm=-60)
+        await wait_for(lambda: gw is not None and gw.metrics.broker_errors.total() >= 2, timeout_s=30,
+                       what="refused connects")
+        assert gw.metrics.published_readings.total() == 0
+        pw.write_text("right\n")
+        gw.reload()
+        await wait_for(lambda: gw is not None and gw.metrics.published_readings.total() == 5, timeout_s=30,
+                       what="published with the new password")
+        # The server's password changes (SIGHUP re-reads its config): the old connection is
+        # refused on reconnect; the gateway's reload brings the new one.
+        node.write("newer")
+        node.proc.send_signal(signal.SIGHUP)
+        pw.write_text("newer\n")
+        gw.reload()
+        for n in range(1, 6):
+            gw.feed(frame(n, 2), "t", rssi_dbm=-60)
+        await wait_for(lambda: gw is not None and gw.metrics.published_readings.total() == 10, timeout_s=30,
+                       what="published after the second change")
+    finally:
+        if gw is not None:
+            await gw.stop()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        node.stop()
