@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from urbansense.benchcity import city_section, collector_section
+from urbansense.benchcost import cost_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -133,7 +134,8 @@ def render(results: dict[str, dict[str, Any]], info: dict[str, Any], quick: bool
         "",
     ]
     out += _gateway_section(results.get("gateway"))
-    out += cost_section(results.get("gateway")) or cost_section(results.get("gateway-cost"))
+    out += (cost_section(results.get("gateway"), results.get("ble-foreign"))
+            or cost_section(results.get("gateway-cost"), results.get("ble-foreign")))
     out += _firmware_section(results.get("firmware"))
     out += _sim_section(results.get("simulator"))
     out += _district_section(results.get("district"))
@@ -194,78 +196,6 @@ def _gateway_section(d: dict[str, Any] | None) -> list[str]:
         f"{_fmt(d.get('total_wall_s'))} s.",
     ]
     return [*lines, ""]
-
-
-# Per-core speed of Pi-class cores against this machine's, for projections (not measured here).
-# Pi 4 (Cortex-A72, 1.5 GHz): 4x slower than a current x86 server core for CPython, as in
-# bench/bench_gateway.py (Geekbench 5 single-core ~250-300 against ~1000-1300). Zero 2 W
-# (Cortex-A53, 1.0 GHz): sysbench single-core 1477.8 events/s on a Pi 4 against 687.5 on a Pi 3B+
-# (Cortex-A53, 1.4 GHz) (leoncode.co.uk/articles/raspberry-pi-benchmarks), scaled by clock to
-# 1.0 GHz: 2.15 x 1.4 = 3.0x slower than a Pi 4.
-PI4_SLOWDOWN = 4.0
-ZERO2W_SLOWDOWN = PI4_SLOWDOWN * 1477.83 / 687.45 * 1.4
-PROJECTION_BASIS = ("Pi 4 4x slower per core than x86 (Geekbench 5 single-core); Zero 2 W 3.0x slower "
-                    "than a Pi 4 (sysbench single-core Pi 4 1477.8 vs Pi 3B+ 687.5 events/s, "
-                    "leoncode.co.uk/articles/raspberry-pi-benchmarks, A53 clock 1.4 -> 1.0 GHz)")
-
-
-def cost_section(d: dict[str, Any] | None) -> list[str]:
-    """Issue 16's figures, each beside the previous code's from the same run (``--previous``)."""
-    if d is None or "error" in d or not d.get("previous"):
-        return []
-    v = d.get("variants", {})
-    lines = ["## Gateway cost at a street's rates", "",
-             f"Each figure beside the same phase run on commit `{d['previous']}` (the previous figure) "
-             "in the same run.", "",
-             f"Command: `{d.get('command')}` ({d.get('date_utc')}; load average at the end "
-             f"{d.get('load_average_at_end')} on {_get(d, 'machine', 'cpus')} cores shared by eight engineers: "
-             "the µs figures are noisy, the instruction and byte counts are not).", ""]
-    ours, prev = _get(d, "throughput", "ours") or {}, v.get("throughput_previous") or {}
-    base = _get(d, "throughput", "baseline_json") or {}
-    if ours and prev:
-        peer = base.get("broker_wire_bytes_per_reading")
-        lines += ["| figure | now | previous | JSON peer (one message per reading) |", "|---|---|---|---|"]
-        for label, key in (("bytes to the broker per reading (MQTT wire)", "broker_wire_bytes_per_reading"),
-                           ("SenML payload bytes per reading", "broker_payload_bytes_per_reading"),
-                           ("bytes written to disk per reading, full batches (write(2))",
-                            "disk_write_syscall_bytes_per_reading"),
-                           ("CPU µs per reading, full speed (noisy: shared machine)", "cpu_us_per_frame")):
-            p = peer if key == "broker_wire_bytes_per_reading" else None
-            lines.append(f"| {label} | {_fmt(ours.get(key))} | {_fmt(prev.get(key))} | "
-                         f"{_fmt(p) + f' ({p / ours[key]:.2f}x ours)' if p else ''} |")
-        lines.append("")
-    cs, csp = d.get("cpu_share") or {}, v.get("cpu_share_previous") or {}
-    if cs and csp:
-        lines += [f"A lone frame (one commit, 1 frame per batch): {_fmt(cs.get('disk_bytes_per_frame_unbatched'))} "
-                  f"bytes written (previous {_fmt(csp.get('disk_bytes_per_frame_unbatched'))}); at 1 frame/s "
-                  f"that is {_fmt((cs.get('disk_bytes_per_frame_unbatched') or 0) * 3600 / 1e6)} MB an hour.", ""]
-    rows = []
-    for tag, label in (("", "x86 CPU µs per reading"), ("_callgrind", "instructions per reading (callgrind)")):
-        now, was = d.get("serial_rates") if not tag else v.get("serial_rates" + tag), v.get("serial_rates_previous" + tag)
-        if not now or not was or "error" in now or "error" in was:
-            continue
-        key = "cpu_us_per_reading" if not tag else "instructions_per_reading_net_of_idle"
-        for rate in ("rate_full", "rate_500", "rate_100"):
-            a, b = (now.get(rate) or {}).get(key), (was.get(rate) or {}).get(key)
-            full = (now.get("rate_full") or {}).get(key)
-            rows.append(f"| {label} | {rate[5:]} | {_fmt(a)} | {_fmt(b)} | "
-                        f"{_fmt(a / full, 2) if a and full else 'n/a'}x |")
-    if rows:
-        lines += ["Serial, one frame per write(2) on a pty (`serial_rates`; callgrind with time dilated, "
-                  "idle instructions subtracted):", "",
-                  "| figure | rate (frames/s) | now | previous | now / full speed |", "|---|---|---|---|---|", *rows, ""]
-    ble = d.get("ble_foreign") or {}
-    if ble and "error" not in ble:
-        share = ble.get("x86_cpu_share_pct") or 0.0
-        ble = {**ble, "pi4_cpu_share_pct": share * PI4_SLOWDOWN, "zero2w_cpu_share_pct": share * ZERO2W_SLOWDOWN,
-               "projection_basis": PROJECTION_BASIS}
-        lines += [f"BLE, {_fmt(ble.get('node_frames_per_s'), 2)} node frames/s heard {ble.get('repeats_per_frame')} times "
-                  f"each plus {_fmt(ble.get('foreign_adverts_per_s'), 0)} foreign adverts/s through the datagram "
-                  f"backend: {_fmt(ble.get('x86_cpu_share_pct'), 2)} % of an x86 core "
-                  f"({_fmt(ble.get('x86_cpu_us_per_advert'))} µs per advert); projected "
-                  f"{_fmt(ble.get('pi4_cpu_share_pct'), 1)} % of a Pi 4 core and "
-                  f"{_fmt(ble.get('zero2w_cpu_share_pct'), 1)} % of a Pi Zero 2 W core ({ble.get('projection_basis')}).", ""]
-    return lines
 
 
 def _firmware_section(d: dict[str, Any] | None) -> list[str]:

@@ -30,7 +30,7 @@ from bleak.backends.scanner import (
 
 from urbansense.wire.advert import MAX_DATAGRAM, decode_advert, encode_advert
 
-SEEN_DEVICES_MAX = 1024  # then the table starts again (bleak's BlueZ backend forgets devices too)
+SEEN_DEVICES_MAX = 4096  # ~4 MB at most; then the table starts again (new addresses cost a BLEDevice each)
 
 
 def send_advert(
