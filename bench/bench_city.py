@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -162,10 +163,6 @@ def ledger(dsn: str, nodes: int, frames: int, receptions: int) -> dict[str, int]
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.bench_collector import nats_pids, pg_pid
-    from bench.drain import drain
-    from collector.config import SourceConfig
-    from collector.sources import JetStreamSource
     from urbansense.natscluster import NatsCluster
     from urbansense.pgserver import PgServer
 
@@ -181,20 +178,35 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "max_messages": args.max_messages, "load_average_1m": round(os.getloadavg()[0], 1),
         "cores": os.cpu_count()}
     tmp = Path(tempfile.mkdtemp(prefix="urbansense-bench-city-"))
-    with NatsCluster(tmp / "nats") as cluster, PgServer() as pg:
-        setup = JetStreamSource(SourceConfig(kind="jetstream", servers=cluster.urls), "setup")
-        await setup.start()  # the stream exists before anything is published
-        await setup.close()
-        result["publish_s"] = round(await publish(cluster.urls, packs), 1)
-        del packs
-        result["drain"] = await drain(servers=cluster.urls, store_url=pg.dsn, durable="city",
-                                      workers=args.collectors, max_messages=args.max_messages,
-                                      pg_pid=pg_pid(pg), nats_pids=nats_pids(cluster))
-        result["ledger"] = ledger(pg.dsn, args.nodes, d["frames"], d["receptions"])
+    try:
+        with NatsCluster(tmp / "nats") as cluster, PgServer() as pg:
+            result |= await _run(cluster, pg, packs, d, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the stream's replicas: gigabytes at city size
     led = result["ledger"]
     result["ok"] = (led["missing"] == led["extra"] == led["receptions_missing"] == led["wrong"] == 0
-                    and led["node_state_not_latest"] == 0 and led["node_state_rows"] == args.nodes and result["drain"]["stored"] == led["stored"])
+                    and led["node_state_not_latest"] == 0 and led["node_state_rows"] == args.nodes
+                    and result["drain"]["stored"] == led["stored"])
     return result
+
+
+async def _run(cluster: Any, pg: Any, packs: list[tuple[float, str, bytes]], d: dict[str, Any],
+               args: argparse.Namespace) -> dict[str, Any]:
+    from bench.bench_collector import nats_pids, pg_pid
+    from bench.drain import drain
+    from collector.config import SourceConfig
+    from collector.sources import JetStreamSource
+
+    setup = JetStreamSource(SourceConfig(kind="jetstream", servers=cluster.urls), "setup")
+    await setup.start()  # the stream exists before anything is published
+    await setup.close()
+    publish_s = round(await publish(cluster.urls, packs), 1)
+    packs.clear()  # the stream has them: free the memory before the drain
+    drained = await drain(servers=cluster.urls, store_url=pg.dsn, durable="city",
+                          workers=args.collectors, max_messages=args.max_messages,
+                          pg_pid=pg_pid(pg), nats_pids=nats_pids(cluster))
+    return {"publish_s": publish_s, "drain": drained,
+            "ledger": ledger(pg.dsn, args.nodes, d["frames"], d["receptions"])}
 
 
 def main() -> int:

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -184,7 +185,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     from urbansense.natscluster import NatsCluster
     from urbansense.pgserver import PgServer
 
-    tmp = Path(tempfile.mkdtemp(prefix="urbansense-bench-collector-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"urbansense-bench-collector-{os.getpid()}-"))
     result: dict[str, Any] = {"readings": args.readings, "frames_per_pack": FRAMES_PER_PACK,
                               "load_average_1m": round(os.getloadavg()[0], 1), "cores": os.cpu_count(),
                               "previous": args.previous or None}
@@ -222,6 +223,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        return asyncio.run(main_async(args))
+    finally:  # the stream's replicas and the SQLite files
+        for d in Path(tempfile.gettempdir()).glob(f"urbansense-bench-collector-{os.getpid()}-*"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--readings", type=int, default=300_000)
@@ -235,7 +244,7 @@ def main() -> int:
     p.add_argument("--collectors", type=int, default=2,
                    help="also drain into PostgreSQL with this many collector processes (1: not)")
     args = p.parse_args()
-    print(json.dumps(asyncio.run(main_async(args)), sort_keys=True))
+    print(json.dumps(run(args), sort_keys=True))
     return 0
 
 
