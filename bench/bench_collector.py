@@ -130,9 +130,10 @@ async def _latency(cluster: Any, pg: Any, tmp: Path, rate: float, seconds: float
     from tests.test_gw_support import KEYS, frame
 
     await _purge(cluster.urls)
-    with psycopg.connect(pg.dsn) as conn:  # the drain's rows share (node, fcnt) keys with ours
-        conn.execute("TRUNCATE readings, receptions, node_state")
-    col = Collector(CollectorConfig(collector_id="bench-latency", store_url=pg.dsn, http_port=0,
+    from bench.drain import fresh_database
+
+    dsn = fresh_database(pg, "latency")  # the drains' rows share (node, fcnt) keys with ours
+    col = Collector(CollectorConfig(collector_id="bench-latency", store_url=dsn, http_port=0,
                                     source=SourceConfig(kind="jetstream", servers=cluster.urls,
                                                         durable="latency")))
     ctask = asyncio.create_task(col.run())
@@ -169,7 +170,7 @@ async def _latency(cluster: Any, pg: Any, tmp: Path, rate: float, seconds: float
     await gtask
     await col.stop()
     await ctask
-    with psycopg.connect(pg.dsn) as conn:
+    with psycopg.connect(dsn) as conn:
         lat = sorted(r[0] for r in conn.execute(
             "SELECT stored_s - time_s FROM readings WHERE site = 'latency'").fetchall())
     q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [0.0] * 99
