@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -309,6 +310,7 @@ async def run_city(args: argparse.Namespace) -> dict[str, Any]:
         cluster.stop()
         if pg is not None:
             pg.cleanup()
+        shutil.rmtree(work, ignore_errors=True)  # stores, outboxes, configs; the logs are in out/
 
 
 def render_city(s: dict[str, Any]) -> str:
