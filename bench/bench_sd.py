@@ -3,7 +3,7 @@
 Run: .venv/bin/python -m bench.bench_sd [--previous REV] [--dir D] [--per-file] [--callgrind]
 (prints one JSON object).
 
-The real verify -> batch -> outbox path (1 KiB pages, synchronous=full, default batch
+The real verify -> batch -> outbox path (the gateway's page size, synchronous=full, default batch
 settings) under a simulated clock in ticks of 10 ms, as the batch stage wakes at its
 deadlines; every committed batch is acked at the next tick (a broker that answers at once)
 and ``flush_acks`` runs every simulated second, as the gateway's chores do. 1,000 nodes

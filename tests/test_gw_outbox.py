@@ -26,6 +26,7 @@ from gateway.outbox import (
     ACK_FLUSH_COUNT,
     PRIORITY_ALARM,
     PRIORITY_ORDINARY,
+    SD_PAGE_SIZE,
     Outbox,
     stored_bytes,
 )
@@ -346,10 +347,11 @@ def test_index_costs_few_bytes_per_waiting_batch(tmp_path: Path) -> None:
     ob.close()
 
 
+@pytest.mark.parametrize("page_size", [4096, SD_PAGE_SIZE])
 @pytest.mark.parametrize("size", [20, 300, 1000, 2000, 3000, 4100, 16384])
-def test_stored_bytes_matches_the_file(tmp_path: Path, size: int) -> None:
+def test_stored_bytes_matches_the_file(tmp_path: Path, size: int, page_size: int) -> None:
     path = tmp_path / "o.db"
-    Outbox(path, 1 << 40).close()
+    Outbox(path, 1 << 40, page_size=page_size).close()
     db = sqlite3.connect(path, isolation_level=None)
     n = max(200, (2 << 20) // size)
     db.execute("BEGIN")
@@ -359,7 +361,8 @@ def test_stored_bytes_matches_the_file(tmp_path: Path, size: int) -> None:
     db.execute("COMMIT")
     db.close()
     real = path.stat().st_size / n
-    assert 0.97 < stored_bytes(size) / real < 1.1, f"estimate {stored_bytes(size)} vs {real:.0f} B"
+    est = stored_bytes(size, page_size)
+    assert 0.97 < est / real < 1.1, f"estimate {est} vs {real:.0f} B"
 
 
 def test_quiet_site_tiny_batches_stay_under_max_bytes(tmp_path: Path) -> None:

@@ -233,8 +233,10 @@ def test_a_lone_frame_commit_writes_two_small_pages(tmp_path: Path) -> None:
         last = ob.commit_batch(bytes(90), 1, PRIORITY_ORDINARY, [NodeRow(i % 100, 2 + i, 0, bytes(8))])
         sizes.append(m.disk_bytes_written.total() - before)
     wal_frame = SD_PAGE_SIZE + 24
-    # Two pages a commit; a leaf of the log that fills splits once (five pages).
-    assert sorted(sizes[5:])[-2] <= 2 * wal_frame, sizes
+    # Two pages a commit; now and then a leaf of the log fills and splits (four or five).
+    steady = sizes[5:]
+    assert sorted(steady)[len(steady) * 4 // 5] <= 2 * wal_frame, sizes
+    assert sum(steady) / len(steady) <= 2.5 * wal_frame, sizes
     ob.close()
 
 

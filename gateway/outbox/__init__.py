@@ -34,8 +34,8 @@ What survives a kill -9 or a power cut is decided here:
 - a pack and a marks-log row are stored deflated when that is smaller (``_deflate``): a full
   pack of 100 frames takes a third of its bytes, so half the pages of a commit;
 - the outbox numbers batches itself (no AUTOINCREMENT: its ``sqlite_sequence`` page would be
-  one more page written per commit), and the gateway creates new files with 1 KiB pages, so a
-  lone frame's commit writes two small pages, not three of 4 KiB.
+  one more page written per commit), and the gateway creates new files with 512-byte pages,
+  so a lone frame's commit writes two small pages (~1.1 KB), not three of 4 KiB.
 
 The modules, each private, in the order a reader needs them:
 - ``_outbox``: ``Outbox``, the commit/ack/peek path in one sitting;

@@ -30,7 +30,7 @@ _LEVEL: Final = 1
 _WBITS: Final = 12  # a 4 KiB window: the CMF byte is 0x48
 _MEM_LEVEL: Final = 5  # zlib's state for that window: 17 KiB, allocated per call
 DEFLATED: Final = 1 << 32
-MIN_DEFLATE_BYTES: Final = 1024  # a 1 KiB page's worth (gateway/outbox/_sizing.py SD_PAGE_SIZE)
+MIN_DEFLATE_BYTES: Final = 1024  # below: a few frames, a page or two (gateway/outbox/_sizing.py)
 
 
 def _deflate(data: bytes) -> bytes:
