@@ -217,7 +217,8 @@ def test_the_example_config_lists_every_key_the_loader_accepts() -> None:
 
 def test_the_gateway_doc_describes_every_key() -> None:
     doc = (ROOT / "docs" / "GATEWAY.md").read_text()
-    missing = [k for k in _keys_the_loader_reads() if f"`{k}`" not in doc]
+    # A row of the configuration table each, not a mention in prose (batch.durable_ms had only that).
+    missing = [k for k in _keys_the_loader_reads() if f"| `{k}` |" not in doc]
     assert missing == []
 
 
