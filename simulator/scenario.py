@@ -124,6 +124,12 @@ def from_dict(d: dict[str, Any], name: str = "scenario") -> Scenario:
             gateway=f.get("gateway"),
             until_s=_dur(f["until"]) if "until" in f else None,
         ))
+    # A gateway named nowhere else would be taken for the first one (a serial group's frames
+    # credited to it) or fail deep in the build (a fault): name it here.
+    ids = {str(g.get("id", f"gw-{i + 1}")) for i, g in enumerate(sc.gateways)}
+    for where, gw in [("node group", grp.gateway) for grp in sc.groups] + [("fault", f.gateway) for f in sc.faults]:
+        if gw is not None and gw not in ids:
+            raise ValueError(f"scenario {sc.name}: {where} names gateway {gw!r}, not one of {sorted(ids)}")
     return sc
 
 
