@@ -50,6 +50,8 @@ class FakeLIS3MDL:
         self.int_pin = int_pin
         self.world = world
         self.writes = []
+        self.late_polls = 0  # STATUS reads that find no new sample after each one found
+        self._late = 0
 
     def set_field(self, field_nt):
         self.field_nt = list(field_nt)
@@ -107,6 +109,11 @@ class FakeLIS3MDL:
                 out.append(_s16_bytes(self.temp_raw)[r - 0x2E])
             elif r == 0x27:
                 ready = 0x08 if (self._continuous() or self.regs[0x22] & 3 == 1) else 0
+                if ready and self._late:
+                    self._late -= 1
+                    ready = 0
+                elif ready:
+                    self._late = self.late_polls  # the next sample comes that much later
                 out.append(ready)
             elif r == 0x31:
                 out.append(self.regs[0x31])
