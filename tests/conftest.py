@@ -21,6 +21,14 @@ from tests.support.mpvm import missing_reason, run_micropython
 
 ALLOW_SKIP = os.environ.get("URBANSENSE_ALLOW_SKIP") == "1"
 
+if os.environ.get("URBANSENSE_MUTATE") == "1":
+    # tools/mutate.py: mutmut's trampolines and a loaded machine make an example slower than
+    # hypothesis's 200 ms deadline; a deadline miss is not a kill (nor a failed clean run).
+    from hypothesis import settings
+
+    settings.register_profile("mutate", deadline=None)
+    settings.load_profile("mutate")
+
 MQTT_USER = "urbansense"
 MQTT_PASSWORD = "s3cret-test-pw"
 

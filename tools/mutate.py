@@ -63,7 +63,9 @@ MODULES = [
            ("tests/test_gw_promises.py",)),
     Module("us_store", ("firmware/lib/us_store.py",), (*FW, "tests/test_fw_config_cache.py", "tests/test_fw_wake.py"),
            ("tests/test_fw_promises.py",)),
-    Module("protocol", ("urbansense/wire/protocol.py",), ("tests/test_protocol.py", *GW_UNITS)),
+    Module("protocol", ("urbansense/wire/protocol.py", "urbansense/wire/body.py"),
+           ("tests/test_protocol.py", "tests/test_wire_body.py", *GW_UNITS),
+           ("tests/test_protocol.py", "tests/test_wire_body.py", "tests/test_gw_units.py")),
     Module("framing", ("urbansense/wire/framing.py",), ("tests/test_protocol.py", *GW_UNITS),
            ("tests/test_gw_promises.py", "tests/test_protocol.py", "tests/test_gw_units.py")),
     Module("us_proto", ("firmware/lib/us_proto.py",), ("tests/test_protocol.py", *FW)),
@@ -259,18 +261,24 @@ def _frame_error_detail_only(work: Path, name: str) -> bool:
     minus = [line[1:].strip() for line in out if line.startswith("-") and not line.startswith("---")]
     plus = [line[1:].strip() for line in out if line.startswith("+") and not line.startswith("+++")]
 
-    def call(line: str) -> ast.Call | None:
+    def call(line: str) -> tuple[str, ast.Call] | None:
         try:
             node = ast.parse(line.removeprefix("raise ").removeprefix("return ")).body[0]
         except (SyntaxError, IndexError):
             return None
         c = node.value if isinstance(node, ast.Expr) else None
-        ok = isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id == "FrameError"
-        return c if ok and c.args and not c.keywords else None  # type: ignore[return-value]
+        if isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and not c.keywords:
+            return c.func.id, c
+        return None
 
     def same_reason(a: str, b: str) -> bool:
         ca, cb = call(a), call(b)
-        return ca is not None and cb is not None and ast.dump(ca.args[0]) == ast.dump(cb.args[0])
+        if ca is None or cb is None or ca[0] != cb[0]:
+            return False
+        if ca[0] == "_malformed":  # body.py's FrameError("malformed_body", detail)
+            return True
+        args_a, args_b = ca[1].args, cb[1].args
+        return ca[0] == "FrameError" and bool(args_a and args_b) and ast.dump(args_a[0]) == ast.dump(args_b[0])
 
     return bool(minus) and len(minus) == len(plus) and all(
         same_reason(a, b) for a, b in zip(minus, plus, strict=True))
