@@ -274,6 +274,7 @@ def test_forged_body_with_valid_mic_is_malformed_not_a_crash() -> None:
 
 
 @given(last=u32, ahead=st.integers(-32768, 32767))
+@example(last=0x10000, ahead=-0x8000)  # exactly half-way: read as behind, never as ahead
 def test_counter_reconstruction_nearest(last: int, ahead: int) -> None:
     true = last + ahead
     if 0 <= true <= 0xFFFFFFFF:
@@ -369,3 +370,29 @@ def test_senml_reader_turns_any_garbage_into_value_error(data: bytes) -> None:
         senml.frames_from_pack(data)
     except ValueError:
         pass
+
+
+def test_a_counter_that_would_be_below_zero_is_taken_as_its_16_bits() -> None:
+    assert reconstruct_fcnt(5, 0xFFFF) == 0xFFFF  # nearest would be -1: no counter is negative
+
+
+def _uplink(fcnt: int, key: bytes = bytes(range(16))) -> bytes:
+    return us_proto.encode_uplink(us_proto.Keys(key), 7, fcnt, 0, {5: 3600}, SERIAL_MAX_FRAME)  # type: ignore[no-any-return]
+
+
+def test_a_node_unheard_for_up_to_three_rollovers_is_recognised_and_not_four() -> None:
+    """PROTOCOL.md: the MIC is retried MAX_ROLLOVERS (3) x 2^16 ahead, no further."""
+    keys = NodeKeys(bytes(range(16)))
+    f3 = _uplink(3 * 0x10000 + 5)
+    up = verify_uplink(keys, f3, parse_header(f3), 5)
+    assert (up.fcnt, up.readings, up.frame, parse_header(f3).version) == (3 * 0x10000 + 5, {5: 3600}, f3, 1)
+    f4 = _uplink(4 * 0x10000 + 5)
+    with pytest.raises(FrameError, match="bad_mic"):
+        verify_uplink(keys, f4, parse_header(f4), 5)
+
+
+def test_a_wrong_mic_near_the_top_of_the_counter_is_bad_mic_not_a_crash() -> None:
+    """The rollover retries stop at 2^32 - 1: a counter of 2^32 is never packed."""
+    f = _uplink(0xFFFF0000, key=bytes(16))
+    with pytest.raises(FrameError, match="bad_mic"):
+        verify_uplink(NodeKeys(bytes(range(16))), f, parse_header(f), 0xFFFF0000)

@@ -92,6 +92,12 @@ def test_the_edges_of_the_grammar_read() -> None:
     assert decode_body(encode({0: False, 23: 23, 24: 24, 255: 256, 65535: -65537})) == {
         0: False, 23: 23, 24: 24, 255: 256, 65535: -65537}
     assert decode_body(encode({1: 2**64 - 1, 2: -(2**64)})) == {1: 2**64 - 1, 2: -(2**64)}
+    assert decode_body(bytes.fromhex("a3012002370338ff")) == {1: -1, 2: -24, 3: -256}
+    # 23 pairs: the longest map length in the initial byte; 24: the first in a following byte
+    for n in (23, 24):
+        readings = {k: k for k in range(1, n + 1)}
+        assert encode(readings)[:1] == (b"\xb7" if n == 23 else b"\xb8")
+        assert decode_body(encode(readings)) == readings
 
 
 # -- outside it: each way out, generated ----------------------------------------------------
@@ -204,6 +210,7 @@ def test_a_valid_mic_does_not_make_a_malformed_body_pass(case: tuple[str, bytes]
     ("a202010101", "keys out of order"),
     ("a1011801", "a non-minimal integer"),
     ("b8010101", "a non-minimal map length"),
+    ("bc" + "00" * 16, "a reserved map length (additional information 28)"),
 ])
 def test_defects_found_from_outside(body: str, why: str) -> None:
     data = bytes.fromhex(body)
