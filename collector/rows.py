@@ -30,23 +30,44 @@ _INF: Final = float("inf")
 def vals_json(values: dict[str, Any]) -> str:
     """``values`` as compact JSON, keys sorted: what ``_DUMPS`` writes, for the common case of
     plain names and finite numbers or booleans written here (a third of the encoder's time per
-    reading); anything else (a string value, a name to escape, NaN) goes to the encoder."""
+    reading); anything else (a string value, a name to escape, NaN) goes to the encoder. The
+    sorted order and each key's ``"name":`` are kept per set of names (a pack's frames repeat
+    a handful of them), so a reading costs one lookup and its values' text."""
+    keys = tuple(values)
+    layout = _LAYOUTS.get(keys)
+    if layout is None:
+        layout = _layout(keys)
+    if layout is _ENCODER:
+        return _DUMPS(values)
     parts = []
-    for k in sorted(values):
+    for k, pre in layout:
         v = values[k]
         t = type(v)
         if t is float and -_INF < v < _INF:
-            text = repr(v)
+            parts.append(pre + repr(v))
         elif t is int:
-            text = str(v)
+            parts.append(pre + str(v))
         elif t is bool:
-            text = "true" if v else "false"
+            parts.append(pre + ("true" if v else "false"))
         else:
             return _DUMPS(values)
-        if not k.isidentifier() or not k.isascii():
-            return _DUMPS(values)
-        parts.append(f'"{k}":{text}')
     return "{" + ",".join(parts) + "}"
+
+
+_ENCODER: Final[tuple[tuple[str, str], ...]] = (("", ""),)  # a sentinel, compared by identity
+_LAYOUTS: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+
+
+def _layout(keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(key, '"key":') in sorted order, or ``_ENCODER`` when a key needs escaping; kept for
+    at most 4,096 sets of names (a pack's names are outside bytes)."""
+    if not all(k.isidentifier() and k.isascii() for k in keys):
+        layout = _ENCODER
+    else:
+        layout = tuple((k, f'"{k}":') for k in sorted(keys))
+    if len(_LAYOUTS) < 4096:
+        _LAYOUTS[keys] = layout
+    return layout
 
 
 @dataclass(slots=True)
