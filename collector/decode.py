@@ -18,7 +18,7 @@ Anything that is not one of ours raises ``Poison(reason)``: the caller dead-lett
 CPU per reading): a decimal fraction (tag 4, RFC 8949 3.4.4) becomes its nearest double as
 the CBOR is decoded, never a ``Decimal`` (every column and ``values`` hold doubles: the
 reference reader converts it the same way), a record name is resolved once per (bn, n) in a
-pack, and each frame's ``Reading`` is built as its records are read. ``reference_readings``
+pack, without the regex when bn is our URN (the same decision, checked), and each frame's ``Reading`` is built as its records are read. ``reference_readings``
 (``read_frames``, the wire package's reader) is what it must equal, on every pack, good or
 poison: tests/test_collector_fastpath.py checks that with hypothesis.
 """
@@ -32,7 +32,21 @@ from typing import Any, Final
 
 import cbor2
 
-from urbansense.wire.senml import _NAME_RE, BN, BT, FCNT_NAME, VB, VD, VS, N, T, U, V, read_frames
+from urbansense.wire.senml import (
+    _NAME_RE,
+    BN,
+    BT,
+    FCNT_NAME,
+    URN_PREFIX,
+    VB,
+    VD,
+    VS,
+    N,
+    T,
+    U,
+    V,
+    read_frames,
+)
 
 
 class Poison(ValueError):
@@ -192,6 +206,26 @@ def _decimal_fraction(value: Any, immutable: bool = False) -> float:
 
 
 _SEMANTIC: Final = {4: _decimal_fraction}
+# Without the regex, what _NAME_RE decides for bn + n when bn is "urn:dev:org:32473-" and 5
+# lowercase hex digits: n is 3 of them, ":" and a short name of [A-Za-z0-9_.-]+.
+_HEX: Final = frozenset("0123456789abcdef")
+_LOW: Final = {f"{i:03x}:": i for i in range(0x1000)}
+_SHORT_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+_SHORT: set[str] = set()  # short names seen valid (at most 4,096: names are outside bytes)
+
+
+def _block_high(bn: Any) -> int:
+    if type(bn) is str and len(bn) == 23 and bn.startswith(URN_PREFIX) and _HEX.issuperset(bn[18:]):
+        return int(bn[18:], 16) << 12
+    return -1
+
+
+def _short_ok(short: str) -> bool:
+    if not short or not _SHORT_CHARS.issuperset(short):
+        return False
+    if len(_SHORT) < 4096:
+        _SHORT.add(short)
+    return True
 _loads: Final = cbor2.loads
 
 
@@ -217,6 +251,7 @@ def _fast_readings(site: str, gateway_id: str, payload: bytes) -> list[Reading]:
     bn: Any = ""
     bt: Any = 0.0
     names: dict[Any, tuple[int, str]] = {}  # n -> (node_id, short name) under the current bn
+    high = -1  # bn's node id bits when bn is our URN and its first 5 hex digits, else -1
     node = -1
     values: dict[str, Any] = {}
     columns: list[float | int | bool | None] | None = None
@@ -231,12 +266,18 @@ def _fast_readings(site: str, gateway_id: str, payload: bytes) -> list[Reading]:
             if b != bn or type(b) is not type(bn):
                 bn = b
                 names = {}
+                high = _block_high(bn)
         if BT in raw:
             bt = raw[BT]
             if type(bt) is not int and type(bt) is not float:
                 raise ValueError(f"not a SenML number: {bt!r}")
         n = raw.get(N, "")
         hit = names.get(n) if type(n) is str else None
+        if hit is None and high >= 0 and type(n) is str:  # bn ours: n is "3e7:bat" or not ours
+            low = _LOW.get(n[:4])
+            short = n[4:]
+            if low is not None and (short in _SHORT or _short_ok(short)):
+                hit = names[n] = (high | low, short)
         if hit is None:
             m = match(bn + n)
             if m is None:

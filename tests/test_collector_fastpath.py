@@ -86,3 +86,14 @@ def test_a_decimal_fraction_is_its_nearest_double_without_a_decimal() -> None:
                         -3: Decimal(1).scaleb(-350)},
                        {0: "007:bat", 1: "V", 2: Decimal(3).scaleb(400)}])
     _same(far)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["urn:dev:org:32473-00000", "urn:dev:org:32473-0a1b2", "urn:dev:org:32473-0A1B2",
+                        "urn:dev:org:32473-0a1b", "urn:dev:org:32473-0a1b2x", "urn:dev:org:32473-+a1b2"]),
+       st.sampled_from(["000:", "00a:", "00A:", "0g0:", "000;", "00", "abc:", "fff:"]),
+       st.text(alphabet="fcAZaz09_.-@:\n é", max_size=5))
+def test_fast_names_equal_the_regex(bn: str, prefix: str, short: str) -> None:
+    """The regex-free name resolution decides what _NAME_RE decides, for good and bad names."""
+    for n in (prefix + short, prefix + "fc"):
+        _same(cbor2.dumps([{-2: bn, 0: prefix + "fc", 2: 1}, {0: n, 2: 5}]))
