@@ -39,8 +39,9 @@ from typing import Any, Final
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.mqttclient import Credentials
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, StoredBatch
 from gateway.publisher import first_cause
+from gateway.pump import pump
 from gateway.ratelog import RateLimitedLog, Traceback
 
 _log = logging.getLogger(__name__)
@@ -238,44 +239,13 @@ class JetStreamPublisher:
     # -- the pump ----------------------------------------------------------------------------
 
     async def _pump(self) -> None:
-        window = asyncio.Semaphore(self.mqtt.inflight_max)
-        ids = self.outbox.pending_ids()
-        backlog_last = ids[-1] if ids else 0
-        interval_s = 1.0 / self.mqtt.drain_rate_batches_s
-        next_s = time.monotonic()
-        last_id = 0
-        async with asyncio.TaskGroup() as tg:
-            while True:
-                self._wakeup.clear()
-                batches = self.outbox.peek(last_id, self.mqtt.inflight_max)
-                if not batches:
-                    await self._wakeup.wait()
-                    continue
-                for b in batches:
-                    await window.acquire()
-                    if b.batch_id <= backlog_last:
-                        now = time.monotonic()
-                        if next_s > now:
-                            await asyncio.sleep(next_s - now)
-                        next_s = max(now, next_s) + interval_s
-                    last_id = b.batch_id
-                    tg.create_task(self._publish(b.batch_id, b.payload, b.frames, window))
-
-    async def _publish(self, batch_id: int, payload: bytes, frames: int, window: asyncio.Semaphore) -> None:
-        t0 = time.monotonic()
-        try:
+        async def send(b: StoredBatch) -> None:
             # Raises on a timeout, "no responders" (no stream leader) or a stream error: the
             # batch stays in the outbox and the session ends.
-            await self._js.publish(self.subject_up, payload,
-                                   headers={"Nats-Msg-Id": msg_id(self.cfg.gateway_id, batch_id, payload)})
-        finally:
-            window.release()
-        self.metrics.publish_latency.observe(time.monotonic() - t0)
-        self.outbox.ack(batch_id)
-        self.metrics.published_batches.inc()
-        self.metrics.published_bytes.inc(amount=len(payload))
-        self.metrics.published_readings.inc(amount=frames)
-        self.metrics.frames_out_ledger.published(batch_id, frames)
+            await self._js.publish(self.subject_up, b.payload,
+                                   headers={"Nats-Msg-Id": msg_id(self.cfg.gateway_id, b.batch_id, b.payload)})
+
+        await pump(self.outbox, self.mqtt, self.metrics, self._wakeup, send)
 
     async def _events(self) -> None:
         while True:

@@ -49,7 +49,8 @@ from gateway.mqttclient import (
     describe,
     disconnected,
 )
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, StoredBatch
+from gateway.pump import pump
 from gateway.ratelog import RateLimitedLog, Traceback
 from urbansense.wire.senml import CONTENT_TYPE
 
@@ -265,57 +266,20 @@ class Publisher:
         if v5:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ContentType = CONTENT_TYPE
-        window = asyncio.Semaphore(self.mqtt.inflight_max)
-        ids = self.outbox.pending_ids()
-        backlog_last = ids[-1] if ids else 0
-        interval_s = 1.0 / self.mqtt.drain_rate_batches_s
-        next_s = time.monotonic()
-        last_id = 0
-        async with asyncio.TaskGroup() as tg:
-            while True:
-                self._wakeup.clear()
-                batches = self.outbox.peek(last_id, self.mqtt.inflight_max)
-                if not batches:
-                    await self._wakeup.wait()
-                    continue
-                for b in batches:
-                    await window.acquire()
-                    if b.batch_id <= backlog_last:
-                        now = time.monotonic()
-                        if next_s > now:
-                            await asyncio.sleep(next_s - now)
-                        next_s = max(now, next_s) + interval_s
-                    last_id = b.batch_id
-                    tg.create_task(self._publish(client, b.batch_id, b.payload, b.frames, props, window))
 
-    async def _publish(
-        self,
-        client: aiomqtt.Client,
-        batch_id: int,
-        payload: bytes,
-        frames: int,
-        props: Properties | None,
-        window: asyncio.Semaphore,
-    ) -> None:
-        t0 = time.monotonic()
-        try:
-            await client.publish(
-                self.topic_up, payload, qos=1, properties=props, timeout=self.mqtt.publish_timeout_s
-            )
-        except aiomqtt.MqttError as exc:
-            if "timed out" in str(exc).lower():  # aiomqtt's "Operation timed out" names nothing
-                raise aiomqtt.MqttError(
-                    f"publish_timeout: no PUBACK within publish_timeout_s ({self.mqtt.publish_timeout_s:g} s)"
-                ) from exc
-            raise
-        finally:
-            window.release()
-        self.metrics.publish_latency.observe(time.monotonic() - t0)
-        self.outbox.ack(batch_id)
-        self.metrics.published_batches.inc()
-        self.metrics.published_bytes.inc(amount=len(payload))
-        self.metrics.published_readings.inc(amount=frames)
-        self.metrics.frames_out_ledger.published(batch_id, frames)
+        async def send(b: StoredBatch) -> None:
+            try:
+                await client.publish(
+                    self.topic_up, b.payload, qos=1, properties=props, timeout=self.mqtt.publish_timeout_s
+                )
+            except aiomqtt.MqttError as exc:
+                if "timed out" in str(exc).lower():  # aiomqtt's "Operation timed out" names nothing
+                    raise aiomqtt.MqttError(
+                        f"publish_timeout: no PUBACK within publish_timeout_s ({self.mqtt.publish_timeout_s:g} s)"
+                    ) from exc
+                raise
+
+        await pump(self.outbox, self.mqtt, self.metrics, self._wakeup, send)
 
     async def _events(self, client: aiomqtt.Client) -> None:
         while True:

@@ -55,7 +55,7 @@ MODULES = [
     Module("outbox", ("gateway/outbox/*.py",), ("tests/test_gw_outbox.py", "tests/test_gw_units.py",
                                                 "tests/test_gw_promises.py")),
     Module("batcher", ("gateway/batcher.py", "gateway/dedup.py"), ("tests/test_gw_batcher.py", *GW_UNITS)),
-    Module("publisher", ("gateway/publisher.py",), ("tests/test_gw_promises.py", "tests/test_gw_robustness.py",
+    Module("publisher", ("gateway/publisher.py", "gateway/pump.py"), ("tests/test_gw_promises.py", "tests/test_gw_robustness.py",
                                                     *GW_E2E)),
     Module("verify", ("gateway/verify.py",), ("tests/test_gw_verify.py", *GW_UNITS),
            ("tests/test_gw_verify.py", "tests/test_gw_promises.py")),
