@@ -4,11 +4,13 @@ after a frame that waits for a serial ack; alarm packs go to the outbox as alarm
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 from gateway.config import BatchConfig
-from gateway.flow import Accepted, Heard
+from gateway.dedup import DedupIndex
+from gateway.flow import Accepted, Duplicate, Heard
 from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY
 from tests.test_gw_promises import _Stage
 from tests.test_gw_support import frame
@@ -91,4 +93,113 @@ def test_a_pack_with_an_alarm_is_stored_as_an_alarm(tmp_path: Path) -> None:
     s.batcher.flush()
     assert [b.priority for b in s.outbox.peek(0, 10)] == [PRIORITY_ORDINARY, PRIORITY_ALARM]
     assert [b.frames for b in s.outbox.peek(0, 10)] == [1, 2]
+    s.outbox.close()
+
+
+def test_a_duplicate_keeps_the_strongest_rssi_and_joins_the_ack(tmp_path: Path) -> None:
+    """gateway/dedup.py: a repeat of a waiting frame leaves the best RSSI in the pack (never a
+    weaker or a missing one) and its reply gets the ack after the commit."""
+    s = _Stage(tmp_path, BatchConfig(max_age_s=60))
+    data = frame(1, 5)
+    first = s.verifier.process(Heard(data, "ble", rssi_dbm=-90))
+    assert isinstance(first, Accepted)
+    s.batcher.add(first)
+    by_age = s.batcher.close_deadline_s()
+    ble = s.verifier.process(Heard(data, "ble", rssi_dbm=-99))
+    assert isinstance(ble, Duplicate)
+    s.batcher.add(ble)
+    assert s.batcher.close_deadline_s() == by_age  # nothing waits for an ack yet
+    acks: list[bytes] = []
+    for rssi in (-60, -95, None):
+        d = s.verifier.process(Heard(data, "serial", rssi_dbm=rssi, reply=acks.append))
+        assert isinstance(d, Duplicate)
+        t0 = time.monotonic()
+        s.batcher.add(d)
+        if rssi == -60:  # the first reply brings the close forward to ack_max_delay_ms
+            d2 = s.batcher.close_deadline_s()
+            assert d2 is not None and t0 < d2 <= time.monotonic() + BatchConfig().ack_max_delay_ms / 1000
+    assert first.record.rssi_dbm == -60 and len(first.replies) == 3
+    assert acks == [] and s.batcher.close_deadline_s() is not None
+    s.batcher.flush()
+    assert len(acks) == 3 and len(set(acks)) == 1
+    assert s.outbox.depth == 1 and [(n, f) for n, f, _ in frames_from_pack(s.outbox.peek(0, 1)[0].payload)] == [(1, 5)]
+    s.outbox.close()
+
+
+def test_a_stronger_duplicate_re_encodes_and_a_weaker_one_does_not(tmp_path: Path) -> None:
+    s = _Stage(tmp_path)
+    acc = s.verifier.process(Heard(frame(2, 3), "ble", rssi_dbm=None))
+    assert isinstance(acc, Accepted)
+    index = DedupIndex()
+    assert index.add(acc) and len(index) == 1
+    acc.packed = (b"x", 1)
+    assert index.merge(Duplicate(2, 3, None, None)) and acc.record.rssi_dbm is None and acc.packed == (b"x", 1)
+    assert index.merge(Duplicate(2, 3, -70, None)) and acc.record.rssi_dbm == -70 and acc.packed is None
+    acc.packed = (b"x", 1)
+    assert index.merge(Duplicate(2, 3, -70, None)) and acc.packed == (b"x", 1)  # equal: no change
+    assert index.merge(Duplicate(2, 3, -80, None)) and acc.record.rssi_dbm == -70
+    assert not index.merge(Duplicate(2, 4, -10, None)) and not index.merge(Duplicate(1, 3, -10, None))
+    index.clear()
+    assert len(index) == 0 and not index.merge(Duplicate(2, 3, -10, None))
+
+
+def test_index_add_merges_a_second_accepted_of_the_same_counter(tmp_path: Path) -> None:
+    s = _Stage(tmp_path)
+    a = s.verifier.process(Heard(frame(1, 9), "ble", rssi_dbm=-88))
+    assert isinstance(a, Accepted)
+    b = Accepted(dataclasses.replace(a.record, rssi_dbm=-40), a.frame, a.kind, a.alarm, [print])
+    index = DedupIndex()
+    assert index.add(a)
+    assert not index.add(b) and len(index) == 1
+    assert a.record.rssi_dbm == -40 and a.replies == [print] and a.packed is None
+    other = s.verifier.process(Heard(frame(2, 9), "ble"))
+    assert isinstance(other, Accepted) and index.add(other) and len(index) == 2  # another node
+
+
+def test_a_duplicate_of_a_committed_frame_is_acked_again_with_the_cached_ack(tmp_path: Path) -> None:
+    s = _Stage(tmp_path)
+    acks: list[bytes] = []
+    data = frame(1, 7)
+    s.batcher.add(s.heard(data, acks))
+    assert acks == []
+    s.batcher.flush()
+    assert len(acks) == 1
+    s.batcher.add(s.heard(data, acks))  # the node missed the ack and sends the frame again
+    assert len(acks) == 2 and acks[1] == acks[0] and s.outbox.depth == 1
+    s.batcher.add(Duplicate(1, 7, None, None))  # heard over BLE: nothing to reply to
+    s.batcher.add(Duplicate(1, 8, None, acks.append))  # never accepted: never acked
+    assert len(acks) == 2
+    s.outbox.close()
+
+
+def test_a_pack_of_exactly_max_bytes_is_one_pack_and_one_byte_less_splits_it(tmp_path: Path) -> None:
+    big = _Stage(tmp_path / "big", BatchConfig(max_records=1000, max_bytes=100_000, max_age_s=60))
+    for f in (1, 2, 3):
+        big.batcher.add(_accepted(big, 1, f))
+    big.batcher.flush()
+    size = len(big.outbox.peek(0, 1)[0].payload)
+    big.outbox.close()
+    for max_bytes, packs in ((size, [[(1, 1), (1, 2), (1, 3)]]), (size - 1, [[(1, 1), (1, 2)], [(1, 3)]])):
+        s = _Stage(tmp_path / str(max_bytes), BatchConfig(max_records=1000, max_bytes=max_bytes, max_age_s=60))
+        for f in (1, 2, 3):
+            s.batcher.add(_accepted(s, 1, f))
+        s.batcher.flush()
+        assert _packs(s) == packs
+        s.outbox.close()
+
+
+def test_tick_at_the_deadline_itself_closes_or_stages(tmp_path: Path) -> None:
+    s = _Stage(tmp_path, BatchConfig(max_age_s=60))
+    s.batcher.add(_accepted(s, 1, 1))
+    staged = s.batcher.deadline_s()
+    close = s.batcher.close_deadline_s()
+    assert staged is not None and close is not None and staged < close
+    s.batcher.tick(staged - 0.001)
+    assert s.metrics.staging_commits.total() == 0
+    s.batcher.tick(staged)
+    assert s.metrics.staging_commits.total() == 1 and s.outbox.depth == 0
+    s.batcher.tick(close - 0.001)
+    assert s.outbox.depth == 0
+    s.batcher.tick(close)
+    assert s.outbox.depth == 1 and s.batcher.deadline_s() is None
     s.outbox.close()
