@@ -203,3 +203,27 @@ def test_tick_at_the_deadline_itself_closes_or_stages(tmp_path: Path) -> None:
     s.batcher.tick(close)
     assert s.outbox.depth == 1 and s.batcher.deadline_s() is None
     s.outbox.close()
+
+
+def test_a_frame_whose_rssi_a_duplicate_raised_is_staged_and_recovered(tmp_path: Path) -> None:
+    """The merge drops the frame's encoded records (gateway/dedup.py): staging encodes them
+    again, and the next start recovers the frame."""
+    s = _Stage(tmp_path, BatchConfig(max_age_s=60))
+    data = frame(1, 4)
+    first = s.verifier.process(Heard(data, "ble", rssi_dbm=-90))
+    assert isinstance(first, Accepted)
+    s.batcher.add(first)
+    dup = s.verifier.process(Heard(data, "ble", rssi_dbm=-50))
+    assert isinstance(dup, Duplicate)
+    s.batcher.add(dup)
+    assert first.packed is None
+    due = s.batcher.deadline_s()
+    assert due is not None
+    s.batcher.tick(due)
+    assert s.metrics.staging_commits.total() == 1 and s.outbox.depth == 0
+    again = _Stage(tmp_path, BatchConfig(max_age_s=60))  # a process that stopped before the close
+    [b] = again.outbox.peek(0, 10)
+    [(node, fcnt, values)] = frames_from_pack(b.payload)
+    assert (node, fcnt) == (1, 4) and values
+    s.outbox.close()
+    again.outbox.close()
