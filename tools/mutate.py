@@ -83,6 +83,10 @@ MODULES = [
     Module("us_parking", ("firmware/lib/us_parking.py",), ("tests/test_fw_logic.py", *FW, "tests/test_fw_wake.py",
                                                            "tests/test_fw_drivers.py", "tests/test_fw_parking.py"),
            ("tests/test_fw_parking.py",)),
+    # The deep-sleep wake pins (which may be armed, the stuck-pin guard, what woke us).
+    Module("us_wake", ("firmware/lib/us_wake.py",), (*FW, "tests/test_fw_wake.py", "tests/test_fw_water.py",
+                                                     "tests/test_fw_parking.py", "tests/test_fw_wake_plan.py"),
+           ("tests/test_fw_wake_plan.py",)),
     Module("demo", ("urbansense/demo.py",), ("tests/test_demo_verdict.py",), ("tests/test_demo_verdict.py",)),
     # The simulator's books: what each frame became (sent, heard, lost on air, lost at the
     # gateway boundary, serial unacked) and the summary's counts. Only the tests that check
