@@ -326,7 +326,7 @@ def subscriber_main(host: str, port: int, expect: int, out: str, timeout_s: floa
     """Independent consumer (own process): arrival time per (node, fcnt), as monotonic s."""
     import paho.mqtt.client as mqtt
 
-    from urbansense.wire.senml import frames_from_pack
+    from urbansense.wire.senml_reader import frames_from_pack
 
     arrivals: dict[str, float] = {}
     done = {"dup": 0}

@@ -33,10 +33,10 @@ from typing import Any, Final
 import cbor2
 
 from urbansense.wire.senml import (
-    _NAME_RE,
     BN,
     BT,
     FCNT_NAME,
+    NAME_RE,
     URN_PREFIX,
     VB,
     VD,
@@ -45,8 +45,8 @@ from urbansense.wire.senml import (
     T,
     U,
     V,
-    read_frames,
 )
+from urbansense.wire.senml_reader import read_frames
 
 
 class Poison(ValueError):
@@ -206,7 +206,7 @@ def _decimal_fraction(value: Any, immutable: bool = False) -> float:
 
 
 _SEMANTIC: Final = {4: _decimal_fraction}
-# Without the regex, what _NAME_RE decides for bn + n when bn is "urn:dev:org:32473-" and 5
+# Without the regex, what NAME_RE decides for bn + n when bn is "urn:dev:org:32473-" and 5
 # lowercase hex digits: n is 3 of them, ":" and a short name of [A-Za-z0-9_.-]+.
 _HEX: Final = frozenset("0123456789abcdef")
 _LOW: Final = {f"{i:03x}:": i for i in range(0x1000)}
@@ -247,7 +247,7 @@ def _fast_readings(site: str, gateway_id: str, payload: bytes) -> list[Reading]:
     out: list[Reading] = []
     slots = _SLOTS
     width = len(COLUMNS)
-    match = _NAME_RE.match
+    match = NAME_RE.match
     bn: Any = ""
     bt: Any = 0.0
     names: dict[Any, tuple[int, str]] = {}  # n -> (node_id, short name) under the current bn

@@ -94,6 +94,6 @@ def test_a_decimal_fraction_is_its_nearest_double_without_a_decimal() -> None:
        st.sampled_from(["000:", "00a:", "00A:", "0g0:", "000;", "00", "abc:", "fff:"]),
        st.text(alphabet="fcAZaz09_.-@:\n é", max_size=5))
 def test_fast_names_equal_the_regex(bn: str, prefix: str, short: str) -> None:
-    """The regex-free name resolution decides what _NAME_RE decides, for good and bad names."""
+    """The regex-free name resolution decides what NAME_RE decides, for good and bad names."""
     for n in (prefix + short, prefix + "fc"):
         _same(cbor2.dumps([{-2: bn, 0: prefix + "fc", 2: 1}, {0: n, 2: 5}]))

@@ -15,7 +15,7 @@ from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY
 from tests.test_gw_promises import _Stage
 from tests.test_gw_support import frame
 from urbansense.wire.protocol import T_ALARM
-from urbansense.wire.senml import frames_from_pack
+from urbansense.wire.senml_reader import frames_from_pack
 
 
 def _accepted(s: _Stage, node: int, fcnt: int, serial: bool = False, ftype: int = 0) -> Accepted:

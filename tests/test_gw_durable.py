@@ -25,7 +25,7 @@ from gateway.replay import ReplayTable
 from gateway.verify import Verifier
 from tests.test_gw_support import KEYS, frame
 from urbansense.wire.protocol import NodeKeys
-from urbansense.wire.senml import frames_from_pack
+from urbansense.wire.senml_reader import frames_from_pack
 
 REGISTRY = Registry(Node(n, "water", NodeKeys(k)) for n, k in KEYS.items())
 

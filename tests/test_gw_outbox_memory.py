@@ -25,7 +25,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.flow import Heard
 from tests.test_gw_support import Subscriber, frame, make_config, wait_for
-from urbansense.wire.senml import frames_from_pack
+from urbansense.wire.senml_reader import frames_from_pack
 
 OUTBOX_MAX = 80 * 1024  # packs deflate ~5x here: the warm-up still overflows it
 BATCH_MAX = 16 * 1024

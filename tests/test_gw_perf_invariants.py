@@ -27,7 +27,7 @@ from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
 from gateway.verify import Verifier
 from tests.test_gw_support import KEYS, frame
-from urbansense.wire import senml
+from urbansense.wire import senml, senml_reader
 from urbansense.wire.protocol import NodeKeys
 from urbansense.wire.senml import (
     FrameRecord,
@@ -78,7 +78,7 @@ def test_join_packed_is_the_compact_pack_cbor2_writes(frs: list[FrameRecord]) ->
     packed = [encode_frame_body(fr) for fr in frs]
     parts = [(frame_key(fr), data) for fr, (data, _) in zip(frs, packed, strict=True)]
     assert join_packed(parts, sum(n for _, n in packed)) == senml.encode_compact(frs)
-    assert senml.frames_from_pack(senml.encode_compact(frs)) == senml.frames_from_pack(senml.encode_pack(frs))
+    assert senml_reader.frames_from_pack(senml.encode_compact(frs)) == senml_reader.frames_from_pack(senml.encode_pack(frs))
 
 
 @given(key=st.binary(min_size=16, max_size=16), direction=st.sampled_from([0, 1]), fcnt=u32,
@@ -107,7 +107,7 @@ def test_a_better_rssi_merged_after_encoding_reaches_the_pack(tmp_path: Path) ->
         b.add(v)
     b.flush()
     (batch,) = ob.peek(0, 10)
-    ((node_id, fcnt, values),) = senml.frames_from_pack(batch.payload)
+    ((node_id, fcnt, values),) = senml_reader.frames_from_pack(batch.payload)
     assert (node_id, fcnt, values["rssi"]) == (1, 7, -90)
     ob.close()
 

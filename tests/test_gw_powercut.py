@@ -30,7 +30,7 @@ from tests.support import powercut
 from tests.test_gw_crash import GatewayProcess
 from tests.test_gw_support import KEYS, PtyNode, decode_ack, frame, wait_for
 from urbansense.broker import free_port
-from urbansense.wire.senml import frames_from_pack
+from urbansense.wire.senml_reader import frames_from_pack
 
 BLE_NODES = tuple(range(1, 9))
 SERIAL_NODES = (9, 10, 11, 12)

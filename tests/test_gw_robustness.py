@@ -39,7 +39,7 @@ from tests.test_gw_support import KEYS, PtyNode, Subscriber, frame, make_config,
 from urbansense.wire import framing
 from urbansense.wire.protocol import NodeKeys
 from urbansense.wire.quantities import MAX_THRESHOLDS
-from urbansense.wire.senml import frames_from_pack
+from urbansense.wire.senml_reader import frames_from_pack
 
 us_cobs = firmware_module("us_cobs")
 us_proto = firmware_module("us_proto")

@@ -16,7 +16,7 @@ from gateway.config import BrokerAddress, GatewayConfig
 from gateway.registry import NodeSpec, write_registry
 from simulator.firmware_loader import firmware_module
 from urbansense.wire import framing
-from urbansense.wire.senml import frames_from_pack
+from urbansense.wire.senml_reader import frames_from_pack
 
 us_proto = firmware_module("us_proto")
 

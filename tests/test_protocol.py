@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from simulator.firmware_loader import firmware_module
-from urbansense.wire import framing, senml
+from urbansense.wire import framing, senml, senml_reader
 from urbansense.wire.errors import FrameError
 from urbansense.wire.protocol import (
     REASONS,
@@ -316,7 +316,7 @@ def test_rfc8428_section6_example_decodes() -> None:
     vec = json.loads((VECTORS / "rfc8428_section6.json").read_text())
     data = bytes.fromhex(vec["cbor"])
     assert len(data) == 195 and data.startswith(bytes.fromhex("87a721781b"))
-    got = [(r.name, r.time_s, r.unit, r.value) for r in senml.read_pack(data)]
+    got = [(r.name, r.time_s, r.unit, r.value) for r in senml_reader.read_pack(data)]
     assert len(got) == len(vec["records"])
     for (name, t, unit, value), (ename, et, eunit, evalue) in zip(got, vec["records"], strict=True):
         assert (name, unit) == (ename, eunit)
@@ -328,9 +328,9 @@ def test_rfc8428_section6_example_decodes() -> None:
 def test_senml_pack_roundtrip(frames: list) -> None:
     recs = [senml.FrameRecord(n, c, t, r, ts, rssi) for n, c, t, r, ts, rssi in frames]
     pack = senml.encode_pack(recs)
-    decoded = senml.frames_from_pack(pack)
+    decoded = senml_reader.frames_from_pack(pack)
     assert [(n, c) for n, c, _ in decoded] == [(r.node_id, r.fcnt) for r in recs]
-    resolved = senml.read_pack(pack)
+    resolved = senml_reader.read_pack(pack)
     assert all(r.name.startswith(senml.URN_PREFIX) for r in resolved)
     for rec, (_, _, values) in zip(recs, decoded, strict=True):
         for key, raw in rec.readings.items():
@@ -367,7 +367,7 @@ def test_protocol_md_quantity_table_matches_code() -> None:
 def test_senml_reader_turns_any_garbage_into_value_error(data: bytes) -> None:
     """A consumer reads packs off the broker: a broken one is one ValueError, never a crash."""
     try:
-        senml.frames_from_pack(data)
+        senml_reader.frames_from_pack(data)
     except ValueError:
         pass
 

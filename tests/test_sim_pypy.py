@@ -48,7 +48,7 @@ def test_text_seeded_streams_are_random_random_of_the_text() -> None:
 
 _WIRE_ON_ANY_PYTHON = """
 import json, pathlib, sys
-from urbansense.wire import advert, body, errors, framing, node_config, protocol, quantities, senml
+from urbansense.wire import advert, body, errors, framing, node_config, protocol, quantities, senml, senml_reader
 vectors = pathlib.Path(sys.argv[1])
 out = []
 for vec in json.loads((vectors / "uplink.json").read_text()):
@@ -59,7 +59,7 @@ for vec in json.loads((vectors / "uplink.json").read_text()):
     rec = senml.FrameRecord(up.node_id, up.fcnt, up.ftype, up.readings, 1772409600.5, -70)
     part, n = senml.encode_frame(rec)
     out.append([up.node_id, up.fcnt, sorted(up.readings.items()),
-                senml.frames_from_pack(senml.join_frames([part], n))])
+                senml_reader.frames_from_pack(senml.join_frames([part], n))])
 for vec in json.loads((vectors / "ack.json").read_text()):
     cmds = dict(vec["commands"]) if vec["commands"] else None
     ack = protocol.encode_ack(protocol.NodeKeys(bytes.fromhex(vec["key"])), vec["node_id"],

@@ -44,7 +44,7 @@ from tests.support import powercut
 from tests.test_gw_crash import GatewayProcess
 from tests.test_gw_powercut import shim  # noqa: F401  (the fixture)
 from urbansense.demo import Received, _expected_values, _same, _subscribe
-from urbansense.wire.senml import frames_from_pack
+from urbansense.wire.senml_reader import frames_from_pack
 
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = int(os.environ.get("URBANSENSE_SOAK_DAYS", "7"))

@@ -110,7 +110,7 @@ async def _subscribe(host: str, port: int, rx: Received) -> None:
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from urbansense.wire.senml import frames_from_pack
+    from urbansense.wire.senml_reader import frames_from_pack
 
     # A persistent session (no clean start, an hour's expiry): packs a gateway publishes while
     # this consumer reconnects after a broker restart wait for it in the broker instead of

@@ -111,7 +111,7 @@ def parse_broker(text: str) -> tuple[str, int]:
 async def _first_published(host: str, port: int, node_id: int, on_tick: Callable[[], None] | None) -> dict[str, Any]:
     import aiomqtt
 
-    from urbansense.wire.senml import read_frames
+    from urbansense.wire.senml_reader import read_frames
 
     async def ticks(tick: Callable[[], None]) -> None:
         while True:
