@@ -12,7 +12,7 @@ from typing import Any
 _EXPORTS = {
     "Gateway": "gateway.app",
     "GatewayConfig": "gateway.config",
-    "load_config": "gateway.config",
+    "load_config": "gateway.config_toml",
     "GatewayError": "gateway.errors",
     "ConfigError": "gateway.errors",
     "OutboxFull": "gateway.errors",

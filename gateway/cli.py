@@ -55,7 +55,7 @@ def _setup_logging(level: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     from gateway.app import Gateway
-    from gateway.config import load_config
+    from gateway.config_toml import load_config
 
     try:
         config = load_config(args.config)
@@ -79,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     """What ``run`` checks before it starts (config, every named file, the registry), as the
     user that runs it: exit 0 and "ok", or 2 and the key with the problem."""
-    from gateway.config import load_config
+    from gateway.config_toml import load_config
     from gateway.registry import load_registry
 
     try:
@@ -96,7 +96,7 @@ def _check(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     url = args.url
     if url is None and args.config:
-        from gateway.config import load_config
+        from gateway.config_toml import load_config
 
         try:
             cfg = load_config(args.config)

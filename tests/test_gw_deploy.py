@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config
+from gateway.config_toml import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "deploy" / "urbansense-gateway.service"

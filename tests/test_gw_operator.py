@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from gateway import config as config_mod
+from gateway import config_toml
 from gateway.app import Gateway
-from gateway.config import BrokerAddress
+from gateway.config import BrokerAddress, MqttConfig
 from gateway.errors import ConfigError
 from gateway.outbox import Outbox
 from tests.support.broker import TlsMaterial, make_client_cert, make_tls_material
@@ -183,7 +183,7 @@ async def test_connect_failures_are_rate_limited_per_cause_not_per_broker(
 def _keys_the_loader_reads() -> list[str]:
     """Every dotted key config_from_dict reads (it reads each one, present or not)."""
     seen: list[str] = []
-    real = config_mod._Section._get
+    real = config_toml._Section._get
 
     def record(self: Any, k: str) -> Any:
         seen.append(self._key(k))
@@ -192,8 +192,8 @@ def _keys_the_loader_reads() -> list[str]:
     sections = {"gateway", "batch", "outbox", "publish", "mqtt", "serial", "ble", "http", "health"}
     raw = {"gateway": {"site": "s", "id": "g", "registry": "r", "data_dir": "d"}, "mqtt": {"brokers": ["h:1"]}}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(config_mod._Section, "_get", record)
-        config_mod.config_from_dict(raw, Path("/nonexistent"))
+        mp.setattr(config_toml._Section, "_get", record)
+        config_toml.config_from_dict(raw, Path("/nonexistent"))
     return [k for k in seen if k not in sections]
 
 
@@ -211,8 +211,8 @@ def test_the_example_config_lists_every_key_the_loader_accepts() -> None:
     assert len(keys) > 40
     assert sorted(set(keys) - listed) == []
     assert sorted(listed - set(keys)) == []  # nothing listed that the loader would refuse
-    cfg = config_mod.load_config(ROOT / "examples" / "gateway.toml")  # and it loads
-    assert cfg.mqtt.keepalive_s == config_mod.MqttConfig().keepalive_s
+    cfg = config_toml.load_config(ROOT / "examples" / "gateway.toml")  # and it loads
+    assert cfg.mqtt.keepalive_s == MqttConfig().keepalive_s
 
 
 def test_the_gateway_doc_describes_every_key() -> None:

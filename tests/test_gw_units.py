@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import Gateway
-from gateway.config import config_from_dict, load_config
+from gateway.config_toml import config_from_dict, load_config
 from gateway.errors import ConfigError
 from gateway.flow import Accepted, Duplicate, Heard, NodeRow
 from gateway.metrics import REJECT_REASONS, Metrics
