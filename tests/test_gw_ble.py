@@ -20,14 +20,10 @@ from gateway.config import BleConfig
 from gateway.flow import Heard
 from gateway.metrics import Metrics
 from gateway.transports import ble
-from gateway.transports.ble import (
-    STEPS,
-    BleTransport,
-    SilenceModel,
-    parse_scan_params,
-    read_scan_params,
-)
+from gateway.transports.ble import STEPS, BleTransport
+from gateway.transports.bluez_conf import parse_scan_params, read_scan_params
 from gateway.transports.datagram import send_advert
+from gateway.transports.silence import SilenceModel
 from tests.test_gw_support import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,29 +2,24 @@
 
 Adapters and BlueZ stall after hours without an error, but a healthy quiet site is silent
 too: BlueZ only delivers our company id, and a node may report once an hour. So the stall
-threshold is learned from the silences this site actually has (``SilenceModel``). A stall is
-recovered in three steps, each given one threshold to bring adverts back: restart the scan
-(same scanner), re-create the scanner, power-cycle the adapter. A round that fails is
-followed by an exponential backoff (capped at an hour) with the scanner listening, then the
-next round. The transport never exits the process.
+threshold is learned from the silences this site actually has (``SilenceModel``,
+gateway/transports/silence.py). A stall is recovered in three steps, each given one
+threshold to bring adverts back: restart the scan (same scanner), re-create the scanner,
+power-cycle the adapter. A round that fails is followed by an exponential backoff (capped
+at an hour) with the scanner listening, then the next round. The transport never exits the
+process. At start it checks BlueZ's scan window (gateway/transports/bluez_conf.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import configparser
 import contextlib
 import logging
-import math
 import os
-import re
 import signal
 import subprocess
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,161 +31,17 @@ from gateway.config import BleConfig
 from gateway.flow import Heard
 from gateway.metrics import Metrics
 from gateway.ratelog import RateLimitedLog
+from gateway.transports.bluez_conf import BLUEZ_MAIN_CONF, ScanParams, read_scan_params
+from gateway.transports.silence import SilenceModel
 
 _log = logging.getLogger(__name__)
 
 STEPS: Final = ("restart_scan", "recreate_scanner", "power_cycle")
-BLUEZ_MAIN_CONF: Final = Path("/etc/bluetooth/main.conf")
 
-# A silence is a stall only when it is longer than _STALL_FACTOR x the 95th percentile of
-# this site's silences over the last day (a day: nights are quiet every night).
-_STALL_FACTOR: Final = 3.0
-_STALL_QUANTILE: Final = 0.95
-_SILENCE_MEMORY_S: Final = 86400.0
-_SILENCE_SAMPLES: Final = 256
 _KILL_GRACE_S: Final = 2.0
 _SCANNER_CALL_TIMEOUT_S: Final = 20.0  # a wedged BlueZ must not wedge the watchdog too
 _POLL_MAX_S: Final = 5.0
 
-# Linux's advertisement-monitor scan parameters when main.conf sets none (0.625 ms units).
-_KERNEL_INTERVAL: Final = 0x0060
-_KERNEL_WINDOW: Final = 0x0030
-_SCAN_PARAM_MIN: Final = 0x0004
-_SCAN_PARAM_MAX: Final = 0x4000
-_STRTOL0_RE: Final = re.compile(r"[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
-
-
-class SilenceModel:
-    """How long this site's silences last, learned per run; the stall threshold follows.
-
-    Gaps shorter than ``watchdog_s / factor`` cannot raise the threshold, and counting them
-    would let the repeats inside a node's burst hide the silences between bursts.
-    """
-
-    __slots__ = ("_by_size", "_samples", "factor", "max_samples", "memory_s", "quantile",
-                 "threshold_s", "watchdog_s")
-
-    def __init__(self, watchdog_s: float, factor: float = _STALL_FACTOR,
-                 quantile: float = _STALL_QUANTILE, memory_s: float = _SILENCE_MEMORY_S,
-                 max_samples: int = _SILENCE_SAMPLES) -> None:
-        self.watchdog_s = watchdog_s
-        self.factor = factor
-        self.quantile = quantile
-        self.memory_s = memory_s
-        self.max_samples = max_samples
-        self._samples: deque[tuple[float, float]] = deque()  # (seen_at_s, gap_s), oldest first
-        self._by_size: list[float] = []
-        self.threshold_s = watchdog_s
-
-    @property
-    def floor_s(self) -> float:
-        return self.watchdog_s / self.factor
-
-    @property
-    def samples(self) -> int:
-        return len(self._samples)
-
-    def observe(self, gap_s: float, now_s: float) -> None:
-        if gap_s < self.floor_s:
-            return
-        self._samples.append((now_s, gap_s))
-        bisect.insort(self._by_size, gap_s)
-        if len(self._samples) > self.max_samples:
-            self._forget_oldest()
-        self._update()
-
-    def expire(self, now_s: float) -> None:
-        changed = False
-        while self._samples and now_s - self._samples[0][0] > self.memory_s:
-            self._forget_oldest()
-            changed = True
-        if changed:
-            self._update()
-
-    def _forget_oldest(self) -> None:
-        _, gap_s = self._samples.popleft()
-        del self._by_size[bisect.bisect_left(self._by_size, gap_s)]
-
-    def _update(self) -> None:
-        if not self._by_size:
-            self.threshold_s = self.watchdog_s
-            return
-        rank = max(1, math.ceil(len(self._by_size) * self.quantile - 1e-9))  # nearest rank
-        high_s = self._by_size[rank - 1]
-        self.threshold_s = max(self.watchdog_s, self.factor * high_s)
-
-
-@dataclass(frozen=True, slots=True)
-class ScanParams:
-    """BlueZ's passive scan parameters for advertisement monitors, in 0.625 ms units.
-
-    ``None`` when they cannot be known; ``note`` says why, or which value is the kernel's.
-    """
-
-    interval: int | None
-    window: int | None
-    note: str = ""
-
-    @property
-    def window_equals_interval(self) -> int:
-        """1 or 0; -1 when unknown (the gauge's value)."""
-        if self.interval is None or self.window is None:
-            return -1
-        return int(self.interval == self.window)
-
-
-def _strtol0(text: str) -> int | None:
-    """The whole string as bluetoothd reads it: strtol(base 0), so 0x.. hex and 0.. octal."""
-    s = text.strip()
-    if not _STRTOL0_RE.fullmatch(s):
-        return None
-    sign = -1 if s[0] == "-" else 1
-    digits = s.lstrip("+-")
-    if digits[:2] in ("0x", "0X"):
-        return sign * int(digits[2:], 16)
-    if len(digits) > 1 and digits[0] == "0":
-        return sign * int(digits[1:], 8)
-    return sign * int(digits)
-
-
-def parse_scan_params(text: str) -> ScanParams:
-    """``[LE] ScanIntervalAdvMonitor`` / ``ScanWindowAdvMonitor`` from main.conf text.
-
-    A key that is absent, empty, not an integer or outside 0x0004..0x4000 is ignored by
-    bluetoothd, so the kernel's default applies to it.
-    """
-    parser = configparser.ConfigParser(interpolation=None, strict=False, delimiters=("=",),
-                                       comment_prefixes=("#",), inline_comment_prefixes=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
-    try:
-        parser.read_string(text)
-    except configparser.Error as exc:
-        return ScanParams(None, None, f"unparsable: {str(exc).splitlines()[0]}")
-    notes: list[str] = []
-
-    def key(name: str, default: int) -> int:
-        raw = parser.get("LE", name, fallback=None)
-        value = None if raw is None else _strtol0(raw)
-        if value is None or not _SCAN_PARAM_MIN <= value <= _SCAN_PARAM_MAX:
-            why = "unset" if raw is None or not raw.strip() else f"{raw.strip()!r} ignored"
-            notes.append(f"{name} {why}, kernel default 0x{default:04x}")
-            return default
-        return value
-
-    interval = key("ScanIntervalAdvMonitor", _KERNEL_INTERVAL)
-    window = key("ScanWindowAdvMonitor", _KERNEL_WINDOW)
-    return ScanParams(interval, window, "; ".join(notes))
-
-
-def read_scan_params(path: Path) -> ScanParams:
-    """Read-only look at BlueZ's main.conf; a missing file means the kernel's defaults."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        text = ""
-    except (OSError, UnicodeDecodeError) as exc:
-        return ScanParams(None, None, f"unreadable: {exc}")
-    return parse_scan_params(text)
 
 
 def _ms(units: int | None) -> str:
