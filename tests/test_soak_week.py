@@ -43,7 +43,8 @@ from tests.conftest import BrokerFactory
 from tests.support import powercut
 from tests.test_gw_crash import GatewayProcess
 from tests.test_gw_powercut import shim  # noqa: F401  (the fixture)
-from urbansense.demo import Received, _expected_values, _same, _subscribe
+from urbansense.demo import Received, _expected_values, _same
+from urbansense.demo_run import _subscribe
 from urbansense.wire.senml_reader import frames_from_pack
 
 ROOT = Path(__file__).resolve().parents[1]

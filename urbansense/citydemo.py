@@ -31,7 +31,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from urbansense.demo import Received, _Say, compare
+from urbansense.demo import Received, compare
+from urbansense.demo_run import Say
 
 ACK_WAIT_S = 5.0
 DRAIN_TIMEOUT_S = 90.0
@@ -173,7 +174,7 @@ async def run_city(args: argparse.Namespace) -> dict[str, Any]:
     from urbansense.broker import free_port
     from urbansense.natscluster import NatsCluster
 
-    say = _Say(args.json)
+    say = Say(args.json)
     t_start = time.monotonic()
     out: Path = args.out
     work = Path(tempfile.mkdtemp(prefix="urbansense-city-"))

@@ -18,7 +18,7 @@ _SUBCOMMANDS = {
     "gateway": "gateway.cli",
     "collector": "collector.cli",
     "sim": "simulator.cli",
-    "demo": "urbansense.demo",
+    "demo": "urbansense.demo_run",
     "bench": "urbansense.bench",
     "node": "urbansense.fieldkit.cli_node",
     "registry": "urbansense.fieldkit.cli_registry",

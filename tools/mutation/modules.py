@@ -70,8 +70,6 @@ BY_NAME = {m.name: m for m in MODULES}
 # Functions of a listed file that are not the module's concern (I/O around the accounting):
 # their mutants are left out of the kill rate (mutmut still makes them: it mutates whole files).
 SKIP_FUNCTIONS = {
-    "demo": ("add_parser", "_main", "_subscribe", "run_demo", "_progress", "_drain", "render",
-             "__init__", "__call__"),
     # the summary's energy, battery life, world and assumptions; the truth file's opening
     "sim_accounting": ("build_summary", "_pct", "_truth_at", "open_truth", "close"),
 }
