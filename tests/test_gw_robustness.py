@@ -51,8 +51,12 @@ EVENT = "urbansense/v1/test-site/gw-1/event"
 
 
 async def _connected(gw: Gateway) -> None:
+    """Uplink session up and every downlink listener subscribed: a downlink published before the
+    listener's first SUBACK has no session to be queued in, and the broker drops it."""
     assert gw.publisher is not None
     await asyncio.wait_for(gw.publisher.connected.wait(), 10)
+    await wait_for(lambda: all(lis.connected_for_s() is not None for lis in gw.listeners),
+                   what="downlink listeners subscribed")
 
 
 async def _publish(broker: Any, *payloads: str | bytes) -> None:
@@ -100,7 +104,6 @@ async def test_a_downlink_the_outbox_cannot_store_is_not_acked_and_comes_again(
     gw = await running(make_config(tmp_path, mqtt_broker))
     await _connected(gw)
     assert gw.outbox is not None
-    await wait_for(lambda: gw.listeners[0].connected_for_s() is not None, what="listener")
     monkeypatch.setattr(gw.outbox, "put_downlink", _fail_once(
         gw.outbox.put_downlink, sqlite3.OperationalError("disk I/O error")))
     good = json.dumps({"node_id": 4, "commands": {"heartbeat_s": 86400}})
