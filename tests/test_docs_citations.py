@@ -1,8 +1,8 @@
 """Every test the docs cite exists: a renamed or deleted test cannot leave a promise unguarded.
 
 README.md, docs/*.md and bench/*.md name the test behind a claim as ``tests/test_x.py``,
-``tests/test_x.py::test_name``, ``test_x.py::test_name``, ``::test_other`` (same file as the
-citation before it on the line) or a bare ``test_name``. The test modules are parsed with ast,
+``tests/test_x.py::test_name``, ``test_x.py::test_name``, ``::test_other`` (in the file cited
+last before it, on its line or above) or a bare ``test_name``. The test modules are parsed with ast,
 not imported: a citation is checked against the functions and classes the file defines.
 """
 
@@ -38,8 +38,8 @@ def stale(text: str, modules: dict[str, set[str]]) -> list[str]:
     """The citations in ``text`` that name no existing test file or no name defined in it."""
     everywhere = set().union(*modules.values())
     bad = []
+    last = ""
     for n, line in enumerate(text.splitlines(), 1):
-        last = ""
         for m in _CITATION.finditer(line):
             if m["path"]:
                 path = m["path"] if "/" in m["path"] else f"tests/{m['path']}"
@@ -75,11 +75,13 @@ def test_the_docs_do_cite_tests() -> None:
 
 def test_a_renamed_test_a_missing_file_or_a_cut_name_is_reported() -> None:
     modules = {"tests/test_a.py": {"test_one", "test_two"}, "tests/support/b.py": {"helper"}}
+    assert stale("::test_one before any file", modules) == ["line 1: ::test_one follows no test file"]
     doc = "\n".join([
         "ok: `tests/test_a.py::test_one`, `::test_two`, test_a.py::test_two, test_one, tests/test_a.py",
         "renamed: `tests/test_a.py::test_three`",
         "gone: `tests/test_gone.py::test_one`",
         "continued wrong: tests/test_a.py::test_one, ::test_four",
+        "continued on the next line: ::test_two",
         "cut: `test_tw...`",
         "bare wrong: test_five",
     ])
@@ -87,6 +89,6 @@ def test_a_renamed_test_a_missing_file_or_a_cut_name_is_reported() -> None:
         "line 2: tests/test_a.py has no test_three",
         "line 3: no file tests/test_gone.py",
         "line 4: tests/test_a.py has no test_four",
-        "line 5: no test test_tw",
-        "line 6: no test test_five",
+        "line 6: no test test_tw",
+        "line 7: no test test_five",
     ]
