@@ -82,7 +82,7 @@ def _street(ctx: dict[str, Any], work: Any, window_s: float) -> tuple[list[tuple
 async def _window(ctx: dict[str, Any], gw: Any, tmp: Path, name: str, events: list[tuple[float, bytes]],
                   window_s: float, dilation: float, cg: Callgrind) -> dict[str, Any]:
     """One sender run; the gateway's CPU and instructions from "go" to window_s (dilated)."""
-    from bench.bench_gateway import pin_pid_side
+    from bench.machine import pin_pid_side
 
     path = tmp / f"{name}.json"
     path.write_text(json.dumps([[t * dilation, adv.hex()] for t, adv in events]))

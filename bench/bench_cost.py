@@ -128,7 +128,8 @@ def _total(path: str) -> int:
 
 
 async def serial_rate(ctx: dict[str, Any], work: Any, rate: float, n: int, tag: str) -> dict[str, Any]:
-    from bench.bench_gateway import RunningGateway, gateway_config, pin_pid_side, wait_until
+    from bench.bench_gateway import RunningGateway, gateway_config, wait_until
+    from bench.machine import pin_pid_side
 
     dilation = float(ctx.get("dilation", 1.0))
     tmp = Path(ctx["tmp"]) / tag

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import gc
 import itertools
@@ -49,9 +48,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.frames import Workload, make_workload  # noqa: E402
+from bench.machine import (  # noqa: E402
+    GATEWAY_CPU,
+    cpu_model,
+    mosquitto_version,
+    pin_pid_side,
+    pin_self,
+    proc_io,
+    proc_status_kb,
+    rss_mib,
+    side_cpus,
+)
 
-GATEWAY_CPU = 0
-SIDE_CPU = 1  # broker + subscriber, when the machine has a second CPU
 BLE_ADV_LIMIT_BYTES = 31
 AD_OVERHEAD_BYTES = 4  # AD length, AD type 0xFF, company id (docs/PROTOCOL.md section 6)
 FLOOR_FRAMES_PER_S = 20_000
@@ -73,45 +81,6 @@ def log(msg: str) -> None:
 
 
 # -- small helpers ------------------------------------------------------------------------
-
-
-def proc_status_kb(field: str, pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def rss_mib() -> float:
-    return round(proc_status_kb("VmRSS") / 1024, 2)
-
-
-def proc_io(field: str) -> int:
-    try:
-        with open("/proc/self/io") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def pin_self() -> list[int]:
-    os.sched_setaffinity(0, {GATEWAY_CPU})
-    return sorted(os.sched_getaffinity(0))
-
-
-def side_cpus() -> set[int]:
-    return {SIDE_CPU} if (os.cpu_count() or 1) > SIDE_CPU else {GATEWAY_CPU}
-
-
-def pin_pid_side(pid: int) -> list[int]:
-    cpus = side_cpus()
-    with contextlib.suppress(OSError):
-        os.sched_setaffinity(pid, cpus)
-    return sorted(os.sched_getaffinity(pid))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -835,8 +804,8 @@ def main() -> int:
         "command": " ".join([".venv/bin/python -m bench.bench_gateway", *sys.argv[1:]]),
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "mode": "quick" if quick else "full",
-        "machine": {"cpus": os.cpu_count(), "cpu_model": _cpu_model(), "python": platform.python_version(),
-                    "platform": platform.platform(), "mosquitto": _mosquitto_version()},
+        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "python": platform.python_version(),
+                    "platform": platform.platform(), "mosquitto": mosquitto_version()},
         "pinning": {"pinned": True, "gateway_and_baseline_cpu": GATEWAY_CPU,
                     "broker_and_subscriber_cpus": sorted(side_cpus()),
                     "how": "os.sched_setaffinity in each phase's child process; mosquitto pinned by pid"},
@@ -904,24 +873,6 @@ def _summary(thr: dict[str, Any], bpr: dict[str, Any], results: dict[str, Any]) 
         "pi4_slowdown_assumed": PI4_SLOWDOWN,
         "sd_bytes_written_per_hour_per_100_nodes": get(cs, "sd_bytes_written_per_hour_per_100_nodes"),
     }
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def _mosquitto_version() -> str:
-    with contextlib.suppress(Exception):
-        from urbansense.broker import find_tool
-
-        p = subprocess.run([find_tool("mosquitto"), "-h"], capture_output=True, text=True, timeout=5)
-        first = (p.stdout or p.stderr).splitlines()[0]
-        return first.strip()
-    return ""
 
 
 if __name__ == "__main__":
