@@ -11,7 +11,7 @@ from gateway.flow import NodeRow
 from gateway.metrics import Metrics
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
-from gateway.verify import Accepted, Heard, Verifier
+from gateway.verify import Accepted, Duplicate, Heard, Verifier
 from tests.test_gw_support import KEYS, frame
 from urbansense.wire.protocol import T_ALARM, T_REPORT, NodeKeys
 from urbansense.wire.quantities import Q_ALARMS
@@ -73,3 +73,33 @@ def test_an_accepted_frame_carries_what_was_heard() -> None:
         data, "water", T_ALARM, -70, [])
     serial = _verifier().process(Heard(data, "serial", reply=replies.append))
     assert isinstance(serial, Accepted) and serial.replies == [replies.append]
+
+
+def test_each_node_s_last_rejection_is_kept_with_a_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rejected`` (the status page's 'why is my node not heard'): per node, the last reason,
+    when, the RSSI, the transport and how many times; a serial packet is unwrapped to find the
+    node. Bounded: past REJECTED_NODES_MAX nodes the oldest is dropped."""
+    from gateway import verify
+    from urbansense.wire import framing
+
+    v = _verifier()
+    assert v.process(Heard(frame(3, 1), "ble", rssi_dbm=-70, received_s=100.0)) is None
+    assert v.rejected == {3: {"reason": "unknown_node", "at_s": 100.0, "rssi_dbm": -70, "transport": "ble",
+                              "count": 1}}
+    packet = framing.wrap(frame(3, 2))[:-1]  # the serial transport splits on the zero byte
+    assert v.process(Heard(packet, "serial", wrapped=True, received_s=101.0)) is None
+    assert v.rejected == {3: {"reason": "unknown_node", "at_s": 101.0, "rssi_dbm": None, "transport": "serial",
+                              "count": 2}}
+    monkeypatch.setattr(verify, "REJECTED_NODES_MAX", 3)
+    for node in (10, 11):
+        v.process(Heard(frame(node, 1), "ble"))
+    assert list(v.rejected) == [3, 10, 11]
+    v.process(Heard(frame(12, 1), "ble"))
+    assert list(v.rejected) == [10, 11, 12]
+
+
+def test_a_duplicate_carries_the_rssi_it_was_heard_at() -> None:
+    v = _verifier()
+    assert isinstance(v.process(Heard(frame(1, 1), "ble", rssi_dbm=-60)), Accepted)
+    dup = v.process(Heard(frame(1, 1), "ble", rssi_dbm=-75))
+    assert isinstance(dup, Duplicate) and (dup.node_id, dup.fcnt, dup.rssi_dbm) == (1, 1, -75)
