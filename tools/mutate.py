@@ -60,7 +60,10 @@ def _copy_tree(dest: Path) -> None:
     (fw / "lib").symlink_to(Path("..") / "src", target_is_directory=True)
 
 
-_PACKAGES = ("gateway", "urbansense", "simulator", "src")
+# Every package of the tree is in the copy: one left out (collector, which `python -m urbansense`
+# imports in a test's subprocess) is found through the venv's editable install, in whatever
+# checkout that points at, and a mutant then fails on that checkout's code, not its own.
+_PACKAGES = ("gateway", "urbansense", "simulator", "collector", "src")
 _LOG_LINE = r"^\s*[\w.]*(_log|_faults|_bugs|logger)\.(debug|info|warning|error|exception|critical|log)\("
 
 
