@@ -117,7 +117,7 @@ async def _window(ctx: dict[str, Any], gw: Any, tmp: Path, name: str, events: li
 
 
 async def phase_ble_foreign(ctx: dict[str, Any], work: Any) -> dict[str, Any]:
-    from bench.bench_gateway import RunningGateway, gateway_config
+    from bench.gw_harness import RunningGateway, gateway_config
 
     dilation = float(ctx.get("dilation", 1.0))
     window_s = float(ctx["ble_window_s"])

@@ -128,7 +128,7 @@ def _total(path: str) -> int:
 
 
 async def serial_rate(ctx: dict[str, Any], work: Any, rate: float, n: int, tag: str) -> dict[str, Any]:
-    from bench.bench_gateway import RunningGateway, gateway_config, wait_until
+    from bench.gw_harness import RunningGateway, gateway_config, wait_until
     from bench.machine import pin_pid_side
 
     dilation = float(ctx.get("dilation", 1.0))

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import datetime
 import gc
-import itertools
 import json
 import logging
 import os
@@ -47,7 +46,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.frames import Workload, make_workload  # noqa: E402
+from bench.frames import Workload, frame_key, make_workload  # noqa: E402
+from bench.gw_harness import (  # noqa: E402
+    UP_TOPIC,
+    RunningGateway,
+    broker_pid,
+    feed_all,
+    gateway_config,
+    log,
+    settle_and_flush,
+    start_broker,
+    wait_until,
+)
 from bench.machine import (  # noqa: E402
     GATEWAY_CPU,
     cpu_model,
@@ -67,17 +77,11 @@ FLOOR_FRAMES_PER_S = 20_000
 # 4x slower than one core of a current x86 server (Geekbench 5 single-core ~250-300 for a Pi 4
 # vs ~1000-1300 for Zen 2/3 server cores; pyperformance reports land in the same 3-6x range).
 PI4_SLOWDOWN = 4.0
-SITE, GW_ID = "bench", "gw-1"
 # Under callgrind (~50x slower, time dilated): frames per rate, enough for a few batches each.
 CALLGRIND_RATES = [[0, 300], [500, 200], [100, 60]]
 BLE_CALLGRIND_DILATION = 10.0
 PHASES = {"throughput": 900, "baseline": 900, "latency": 300, "cpu_share": 300, "memory": 1200,
           "serial_rates": 900, "ble_foreign": 300}  # timeout_s
-UP_TOPIC = f"urbansense/v1/{SITE}/{GW_ID}/up"
-
-
-def log(msg: str) -> None:
-    print(f"[bench_gateway] {msg}", file=sys.stderr, flush=True)
 
 
 # -- small helpers ------------------------------------------------------------------------
@@ -89,97 +93,6 @@ def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     k = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
     return s[k]
-
-
-def frame_key(frame: bytes) -> tuple[int, int]:
-    """(node_id, fcnt) of an uplink; the workloads stay below 2^16 frames per node."""
-    return int.from_bytes(frame[1:5], "little"), frame[5] | (frame[6] << 8)
-
-
-def start_broker(workdir: Path) -> Any:
-    try:
-        from urbansense.broker import Broker
-    except ImportError:  # older tree: the broker lived with the tests
-        from tests.support.broker import Broker  # type: ignore[no-redef]
-    broker = Broker(workdir).start()
-    proc = broker._proc  # pin the broker process away from the measured core
-    if proc is not None:
-        pin_pid_side(proc.pid)
-    return broker
-
-
-def broker_pid(broker: Any) -> int | None:
-    proc = getattr(broker, "_proc", None)
-    return proc.pid if proc is not None else None
-
-
-# -- the gateway in-process -----------------------------------------------------------------
-
-
-def gateway_config(tmp: Path, host: str, port: int, work: Workload, per_node_day: float) -> Any:
-    from gateway.config import BrokerAddress, GatewayConfig
-    from gateway.registry import NodeSpec, write_registry
-
-    tmp.mkdir(parents=True, exist_ok=True)
-    reg = tmp / "nodes.jsonl"
-    write_registry(reg, [NodeSpec(nid, work.kinds[nid], key, 86400.0 / per_node_day)
-                         for nid, key in work.keys.items()])
-    cfg = GatewayConfig(site=SITE, gateway_id=GW_ID, registry=reg, data_dir=tmp / "data")
-    cfg.mqtt.brokers = [BrokerAddress(host, port)]
-    cfg.http.port = 0  # the status page runs, as deployed, on a free port
-    return cfg
-
-
-class RunningGateway:
-    def __init__(self, cfg: Any) -> None:
-        from gateway.app import Gateway
-
-        self.gw = Gateway(cfg)
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Any:
-        self.task = asyncio.create_task(self.gw.run())
-        await asyncio.wait_for(self.gw.started.wait(), 30)
-        assert self.gw.publisher is not None
-        await asyncio.wait_for(self.gw.publisher.connected.wait(), 30)
-        return self.gw
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.wait_for(self.gw.stop(), 30)
-        assert self.task is not None
-        await self.task
-
-
-async def feed_all(gw: Any, frames: list[bytes], transport: str = "bench") -> None:
-    """Feed as fast as the ingress queue takes them; wait for room instead of spinning."""
-    from gateway.flow import Heard
-
-    q = gw.ingress
-    feed = gw.feed
-    i, n = 0, len(frames)
-    while i < n:
-        # As many as there is room for without a full() check each (bench overhead, not gateway).
-        for f in itertools.islice(frames, i, min(n, i + q.maxsize - q.qsize())):
-            feed(f, transport)
-            i += 1
-        if i < n:
-            await q.put(Heard(frames[i], transport))
-            i += 1
-
-
-async def wait_until(pred: Any, timeout_s: float, what: str, poll_s: float = 0.005) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(poll_s)
-
-
-async def settle_and_flush(gw: Any, accepted: int) -> None:
-    """Close the last partial batch now instead of after max_age_s (time compression only)."""
-    await wait_until(lambda: gw.metrics.frames_accepted.total() >= accepted and gw.verdicts.empty(),
-                     120, "verify to catch up")
-    gw.batcher.flush()
 
 
 def mqtt_wire_overhead_bytes(topic: str, payload_len: int, v5: bool, content_type: str) -> int:

@@ -46,3 +46,8 @@ def make_workload(n_nodes: int, n_frames: int, seed: int = 1) -> Workload:
             readings = {us_proto.Q_VOLUME_L: rng.randrange(10**7), us_proto.Q_ALARMS: 0, us_proto.Q_FLOW_LPH: rng.randrange(200)}
         frames.append(us_proto.encode_uplink(derived[node_id], node_id, fcnt[node_id], us_proto.T_REPORT, readings))
     return Workload(keys, kinds, frames)
+
+
+def frame_key(frame: bytes) -> tuple[int, int]:
+    """(node_id, fcnt) of an uplink; the workloads stay below 2^16 frames per node."""
+    return int.from_bytes(frame[1:5], "little"), frame[5] | (frame[6] << 8)
