@@ -118,8 +118,9 @@ def test_disk_full_raises_outbox_full_and_changes_nothing(tmp_path: Path) -> Non
 def test_put_downlink_on_a_full_disk_raises_outbox_full(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.db", max_bytes=64 << 20)
     _cap_pages(ob, 0)
-    with pytest.raises(OutboxFull):
+    with pytest.raises(OutboxFull) as exc:
         ob.put_downlink(3, "x" * 8000)
+    assert exc.value.frames == 0 and ob.load_downlinks() == {}, "no reading lost, nothing stored"
     ob.close()
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 GW_UNITS = ["tests/test_gw_units.py", "tests/test_gw_promises.py", "tests/test_gw_robustness.py"]
 GW_E2E = ["tests/test_gw_pipeline.py", "tests/test_gw_mqtt311.py"]
+OUTBOX = ("tests/test_gw_outbox_parts.py", "tests/test_gw_outbox_api.py", "tests/test_gw_outbox_salvage.py")
 FW = ["tests/test_fw_node.py", "tests/test_fw_serial.py", "tests/test_fw_resets.py", "tests/test_fw_promises.py"]
 
 
@@ -20,8 +21,11 @@ class Module:
 
 
 MODULES = [
-    Module("outbox", ("gateway/outbox/*.py",), ("tests/test_gw_outbox.py", "tests/test_gw_units.py",
-                                                "tests/test_gw_promises.py")),
+    # The outbox at its own API on real files; not test_gw_promises.py nor test_gw_units.py
+    # (brokers and whole gateways, seconds a mutant, for what these reach directly), nor
+    # test_gw_powercut.py (gcc and LD_PRELOAD power cuts, 17 s a run).
+    Module("outbox", ("gateway/outbox/*.py",), (*OUTBOX, "tests/test_gw_outbox.py", "tests/test_gw_durable.py"),
+           OUTBOX),
     # Not tests/test_gw_powercut.py: 17 s a run (gcc, LD_PRELOAD power cuts) for what
     # test_gw_durable.py already reaches (stage, _recover_staged) in 1.5 s.
     Module("batcher", ("gateway/batcher.py", "gateway/dedup.py"),
