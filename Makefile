@@ -101,8 +101,9 @@ test: setup
 soak: setup
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -m slow $(PYTEST_ARGS)
 
-# Mutation testing (tools/mutate.py, mutmut 3; not part of `make test`): each listed module's
-# mutants against the tests that cover it, kill rate per module; fails under 90 % of the
+# Mutation testing (tools/mutate.py, mutmut 3; not part of `make test`): each module listed in
+# tools/mutation/modules.py, its mutants against the tests that cover it (each mutant's fastest
+# first: tests/support/mutate_order.py), kill rate per module; fails under 90 % of the
 # non-equivalent ones (bench/mutation-equivalents.md). MUTATE_MODULES="outbox batcher" runs some.
 MUTATE_MODULES ?=
 mutate: setup

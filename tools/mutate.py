@@ -2,8 +2,10 @@
 
 Each module listed in tools/mutation/modules.py gets its own scratch copy of the tree and its own mutmut run,
 restricted to the test files that cover it; within those, mutmut runs for each mutant only the
-tests that reached the mutated function in its stats run. A mutant is a one-line fault (an
-operator, a constant, a call argument, a removed statement) that must make a test fail.
+tests that reached the mutated function in its stats run, fastest first, up to the first that
+fails (tests/support/mutate_order.py, which also logs each mutant's tests run). A mutant is a
+one-line fault (an operator, a constant, a call argument, a removed statement) that must make a
+test fail.
 
 Why a scratch copy per module: mutmut 3 reads one [mutmut] section and writes ``mutants/`` in
 the working directory; a copy per module keeps its results and never touches the tree.
@@ -100,8 +102,9 @@ def _setup_cfg(m: Module) -> str:
                                                      "examples", "deploy", "docs", "README.md", "Makefile")]
     # -p no:xdist: mutmut forks its own workers; a fixed hypothesis seed: every mutant meets the
     # same examples, so a kill is reproducible.
+    # tests/support/mutate_order.py: each mutant's tests fastest first, and a line per mutant.
     lines += ["pytest_add_cli_args =", "    -p", "    no:xdist", "    -p", "    no:cacheprovider",
-              "    --hypothesis-seed=0"]
+              "    --hypothesis-seed=0", "    -p", "    tests.support.mutate_order"]
     # Log statements are not mutated: their wording changes no stored, sent or counted value
     # (bench/mutation-equivalents.md says so once, instead of listing hundreds of mutants).
     lines += ["do_not_mutate_patterns =", f"    {_LOG_LINE}"]
@@ -127,6 +130,7 @@ def run(m: Module, base: Path, max_children: int) -> dict[str, object]:
     env["URBANSENSE_MUTATE"] = "1"
     mutmut = MUTMUT
     t0 = time.monotonic()
+    load0 = os.getloadavg()[0]
     log = work / "mutmut.log"
     with log.open("w") as out:
         # The functions left out of the kill rate are not run either (their mutants stay unrun).
@@ -142,7 +146,9 @@ def run(m: Module, base: Path, max_children: int) -> dict[str, object]:
         return {"module": m.name, "rc": proc.returncode, "wall_s": round(wall), "mutants": 0, "killed": 0,
                 "equivalent": 0, "survivors": [], "no_tests": 0, "kill_rate": None, "rule_equivalent": 0,
                 "log": str(log), "error": f"mutmut stopped before any mutant ran: {stopped!r} (see {log})"}
-    return summarize(m, work, proc.returncode, wall)
+    # The machine's load (1-minute average) as the run started and ended: wall times are
+    # comparable only at a similar load.
+    return {**summarize(m, work, proc.returncode, wall), "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
 
 
 # What mutmut 3.8 prints when it stops before running mutants (mutmut/__main__.py): the

@@ -136,6 +136,19 @@ def equivalents() -> set[str]:
     return set(re.findall(r"`([^`\s]+__mutmut_\d+)`", EQUIVALENTS.read_text()))
 
 
+def tests_run(work: Path) -> tuple[float, float] | None:
+    """Mean tests run and tests selected per mutant, from tests/support/mutate_order.py's
+    log: what a run costs whatever the machine's load (a mutant stops at its first failure)."""
+    try:
+        rows = [line.split("\t") for line in (work / "mutants" / "mutate-runs.tsv").read_text().splitlines()]
+    except OSError:
+        return None
+    rows = [r for r in rows if len(r) >= 5]
+    if not rows:
+        return None
+    return (round(sum(int(r[1]) for r in rows) / len(rows), 1), round(sum(int(r[2]) for r in rows) / len(rows), 1))
+
+
 def summarize(m: Module, work: Path, rc: int, wall_s: float) -> dict[str, object]:
     """A finished mutmut run in ``work`` counted: killed, equivalent (listed or by rule), survivors."""
     log = work / "mutmut.log"
@@ -152,4 +165,4 @@ def summarize(m: Module, work: Path, rc: int, wall_s: float) -> dict[str, object
             "killed": killed, "equivalent": len(not_killed) - len(live), "survivors": live,
             "no_tests": len(r["no_tests"]),
             "kill_rate": round(100 * killed / non_equivalent, 1) if non_equivalent else None,
-            "rule_equivalent": len(by_rule), "log": str(log)}
+            "rule_equivalent": len(by_rule), "log": str(log), "tests_per_mutant": tests_run(work)}

@@ -34,19 +34,31 @@ def write_results(base: Path, machine: str) -> None:
     previous = _previous_rates(text)
     kept = _previous_rows(text)
     rows = ["| module | files | mutants | killed (of which by the review's tests, --retest) "
-            "| equivalent (listed + by rule) | surviving | kill rate | previous | mutmut wall s |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| equivalent (listed + by rule) | surviving | kill rate | previous | mutmut wall s "
+            "| tests run per mutant (of selected) | load at start, end |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     not_run = []
     failed = []
+    wall = 0
+    loads: list[float] = []
     for m in MODULES:
         f = base / m.name / "summary.json"
         if not f.exists():
             if m.name in kept:
-                rows.append(kept[m.name])
+                # A row from before these columns: padded with n/a.
+                row = kept[m.name] + " n/a |" * max(0, 12 - kept[m.name].count("|"))
+                rows.append(row)
+                cells = [c.strip() for c in row.split("|")]
+                wall += int(cells[9]) if cells[9].isdigit() else 0
+                loads += [float(x) for x in re.findall(r"[\d.]+", cells[11])]
             else:
                 not_run.append(m.name)
             continue
         r = json.loads(f.read_text())
+        wall += r["wall_s"] or 0
+        loads += r.get("load") or []
+        tpm = r.get("tests_per_mutant")
+        load = r.get("load")
         if r.get("error"):
             failed.append(m.name)
         rate = f"{r['kill_rate']} %" if r["kill_rate"] is not None else "n/a"
@@ -56,18 +68,24 @@ def write_results(base: Path, machine: str) -> None:
         before = old_previous if old_rate == rate else old_rate
         rows.append(f"| {m.name} | {', '.join(m.paths)} | {r['mutants']} | {r['killed']} ({r.get('killed_on_retest', 0)}) | "
                     f"{r['equivalent'] - rule} + {rule} | {len(r['survivors'])} | {rate} | "
-                    f"{before} | {r['wall_s'] or 'n/a'} |")
+                    f"{before} | {r['wall_s'] or 'n/a'} | {f'{tpm[0]} ({tpm[1]})' if tpm else 'n/a'} | "
+                    f"{f'{load[0]}, {load[1]}' if load else 'n/a'} |")
     block = [
         SECTION_START, "## Mutation testing", "",
         "Command: `make mutate` (`nice -n 15 python tools/mutate.py`, mutmut 3, 2 workers); "
         f"machine: {machine}.", "",
-        "Each module's mutants run against the test files that cover it (tools/mutate.py MODULES), "
-        "each mutant only against the tests that reach its function. Kill rate = killed (a test "
+        "Each module's mutants run against the test files that cover it (tools/mutation/modules.py), "
+        "each mutant only against the tests that reach its function, fastest first, up to the first "
+        "that fails (tests/support/mutate_order.py); tests run per mutant is that count, which the "
+        "machine's load does not change. Kill rate = killed (a test "
         "failed or ran out of time) / (all mutants - equivalent ones); floor 90 %. Equivalent "
         "mutants and the rules (log statements not mutated, SQL case, FrameError detail) are in "
         "bench/mutation-equivalents.md. A module's survivors were reviewed after its run: the "
         "tests written for them were run against each surviving mutant (`tools/mutate.py --retest`), "
-        "not a whole new run.", "", *rows, ""]
+        "not a whole new run.", "",
+        f"A whole run (the rows' wall times summed): {wall} s ({wall / 60:.0f} min), at a 1-minute load of "
+        f"{f'{min(loads)}-{max(loads)}' if loads else 'n/a'} (2 cores shared; the table's runs may be of "
+        "different passes).", "", *rows, ""]
     if failed:
         block += [f"Failed (mutmut stopped before any mutant ran; see its mutmut.log): {', '.join(failed)}.", ""]
     if not_run:
