@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import gateway.outbox._outbox as outbox_mod
 from gateway.errors import OutboxFull
 from gateway.flow import NodeRow
 from gateway.metrics import Metrics
@@ -243,7 +244,9 @@ class _CountingDb:
             yield row
 
 
-def test_flush_acks_writes_only_when_many_or_old(tmp_path: Path) -> None:
+def test_flush_acks_writes_only_when_many_or_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(outbox_mod.time, "monotonic", lambda: now[0])
     m = Metrics()
     ob = Outbox(tmp_path / "o.db", 10**7, m, ack_flush_s=0.3)
     ids = [ob.commit_batch(_payload(i, 100), 1, PRIORITY_ORDINARY) for i in range(ACK_FLUSH_COUNT + 60)]
@@ -255,7 +258,7 @@ def test_flush_acks_writes_only_when_many_or_old(tmp_path: Path) -> None:
     assert ob._db.total_changes == changes and m.disk_bytes_written.total() == written
     assert len(_rows(tmp_path / "o.db")) == len(ids), "nothing deleted yet"
     assert [b.batch_id for b in ob.peek(0, 3)] == ids[50:53], "acked rows are not offered again"
-    time.sleep(0.35)
+    now[0] += 0.35
     ob.flush_acks()
     assert len(_rows(tmp_path / "o.db")) == len(ids) - 50 and m.disk_bytes_written.total() > written
 

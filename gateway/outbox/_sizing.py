@@ -37,4 +37,5 @@ def stored_bytes(payload_len: int, page_size: int = 4096) -> int:
     if local > max_local:
         local = min_local
     overflow_pages = -(-(p - local) // (u - 4))
-    return overflow_pages * u + (local + 4 + _CELL_HEADER + 2) * u // (u - 8)
+    per_page = (u - 8) // (local + 4 + _CELL_HEADER + 2)  # +4: the first overflow page's number
+    return overflow_pages * u + -(-u // per_page)
