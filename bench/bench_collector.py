@@ -182,7 +182,8 @@ async def _latency(cluster: Any, pg: Any, tmp: Path, rate: float, seconds: float
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.drain import fresh_database, previous_tree
+    from bench.drain import fresh_database
+    from bench.trees import COLLECTOR_PACKAGES, previous_tree
     from urbansense.natscluster import NatsCluster
     from urbansense.pgserver import PgServer
 
@@ -190,7 +191,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"readings": args.readings, "frames_per_pack": FRAMES_PER_PACK,
                               "load_average_1m": round(os.getloadavg()[0], 1), "cores": os.cpu_count(),
                               "previous": args.previous or None}
-    prev_root = previous_tree(args.previous, tmp / "previous") if args.previous else None
+    prev_root = previous_tree(args.previous, tmp / "previous", COLLECTOR_PACKAGES) if args.previous else None
     with NatsCluster(tmp / "nats") as cluster, PgServer() as pg:
         # One collector process pinned to core 0 (PostgreSQL and the NATS nodes keep every core);
         # with --previous, the previous commit's collector and this one take turns, each on a

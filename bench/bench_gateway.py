@@ -66,6 +66,7 @@ from bench.machine import (  # noqa: E402
     pin_self,
     side_cpus,
 )
+from bench.trees import GATEWAY_PACKAGES, previous_tree  # noqa: E402
 
 BLE_ADV_LIMIT_BYTES = 31
 AD_OVERHEAD_BYTES = 4  # AD length, AD type 0xFF, company id (docs/PROTOCOL.md section 6)
@@ -141,16 +142,6 @@ def run_child(phase: str, ctx: dict[str, Any], tmp: Path, timeout_s: float, tag:
     res: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     log(f"phase {name} done in {time.monotonic() - t0:.1f}s")
     return res
-
-
-def previous_tree(rev: str, tmp: Path) -> Path:
-    """The gateway and wire code of another commit, unpacked for ``code_root``."""
-    dest = tmp / f"tree-{rev}"
-    dest.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "gateway", "urbansense"],
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
 
 
 # -- parent -----------------------------------------------------------------------------------
@@ -233,7 +224,8 @@ def main() -> int:
         }
         code_roots = {"": ""}
         if args.previous:
-            code_roots["previous"] = str(previous_tree(args.previous, tmp))
+            code_roots["previous"] = str(previous_tree(args.previous, tmp / f"tree-{args.previous}",
+                                                         GATEWAY_PACKAGES))
         results: dict[str, Any] = {}
         try:
             for phase, timeout in PHASES.items():

@@ -242,12 +242,13 @@ def main() -> int:
         settings = dict(kv.split("=", 1) for kv in args.set)
         print(json.dumps(run_scenario(transport, rate, args.warmup or 0, args.frames, Path(args._dir), settings)))
         return 0
-    from bench.bench_gateway import previous_tree
+    from bench.trees import GATEWAY_PACKAGES, previous_tree
 
     with tempfile.TemporaryDirectory(dir=args.dir or None) as tmp:
         roots = {"now": ROOT}
         if args.previous:
-            roots[f"previous ({args.previous})"] = previous_tree(args.previous, Path(tmp))
+            roots[f"previous ({args.previous})"] = previous_tree(args.previous, Path(tmp) / f"tree-{args.previous}",
+                                                                 GATEWAY_PACKAGES)
         result = {"command": " ".join(sys.argv), "settings": args.set,
                   "load_average": os.getloadavg()}
         for tag, root in roots.items():

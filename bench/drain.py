@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,15 +51,6 @@ def family_cpu_s(parent: int) -> float:
         if int(fields[1]) == parent:
             total += (int(fields[11]) + int(fields[12])) * _TICK_S
     return total
-
-
-def previous_tree(rev: str, dest: Path) -> Path:
-    """The collector and urbansense packages of commit ``rev``, unpacked into ``dest``."""
-    dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "collector", "urbansense"],
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
 
 
 def fresh_database(pg: Any, name: str) -> str:
