@@ -109,3 +109,23 @@ def test_arm_on_a_c3_uses_wake_on_gpio() -> None:
     w, m, esp32, board = hw({"pin_wake": "gpio", "rtc_wake_pins": [2, 3]})
     us_wake.arm(esp32, m, board, (-1, 0, None, [(2, PULL_DOWN), (3, None)], 1))
     assert w.gpio_wake == ([2, 3], 1) and w.ext0 is None and w.ext1 is None
+
+
+def test_plan_reads_each_pin_with_the_pull_it_will_hold_in_sleep() -> None:
+    """A contact to ground on an internal pull-up, woken low: open, the pull holds it high and
+    it is armed. Read without its pull (a pad nothing configured since power-up floats and
+    reads 0), it would look stuck at its wake level and be refused: ext0 and the set alike."""
+    w, m, _, board = hw({"rtc_wake_pins": [32, 33]})
+    for p in (32, 33):
+        w.modes.pop(p, None), w.pulls.pop(p, None), w.pins.pop(p, None)  # untouched pads, contacts open
+    p, refused = plan(board, m, (32, 0, PULL_UP, False), [(33, PULL_UP, False)], 0)
+    assert p == (32, 0, PULL_UP, [(33, PULL_UP)], 0) and refused == []
+
+
+def test_gpio0_is_a_pin_like_any_other_for_ext0() -> None:
+    """GPIO0 is RTC_GPIO11 on the ESP32: it can be the ext0 pin (only -1 means none), and a
+    wake by it names it."""
+    w, m, esp32, board = hw({"rtc_wake_pins": [0, 26]})
+    us_wake.arm(esp32, m, board, (0, 0, PULL_UP, [(26, None)], 1))
+    assert w.ext0 == (0, 0) and w.pulls[0] == PULL_UP
+    assert us_wake.woken([0, [26]], us_wake.EXT0_WAKE) == [0]
