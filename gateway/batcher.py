@@ -8,7 +8,7 @@ A frame no node will send again (BLE gets no ack) is staged: ``durable_ms`` afte
 such frame of the open batch not yet on disk, those frames are written (``Outbox.stage``)
 and the batch stays open. So the loss window of a power cut is ``durable_ms``, not
 ``max_age_s``, and packs stay large. Frames a stopped process left staged become the first
-batch of the next start.
+batch of the next start; those of a batch whose commit failed open the next batch.
 
 Downlink commands ride with the acks (gateway/downlinks.py decides which, and when a node has
 applied them); what a batch changes in them is committed with it.
@@ -242,7 +242,7 @@ class Batcher:
         self._last_key = None
         self._ack_deadline_s = None
         self._stage_deadline_s = None
-        self._staged_upto = 0
+        staged_upto, self._staged_upto = self._staged_upto, 0
         unstage, self._staged = self._staged, False
 
         # One pass over the frames: the pack's bytes, counters per node, frames per transport.
@@ -289,9 +289,10 @@ class Batcher:
         except Exception as exc:
             # Disk full (after the outbox evicted what it could) or an I/O error: nothing was
             # acked, so serial nodes keep these frames and retransmit; BLE frames not staged
-            # are lost to this gateway, counted (staged ones wait for the next start). Roll
-            # the in-memory marks back to what is on disk.
-            self.metrics.commit_failed_readings.inc(amount=len(batch))
+            # are lost to this gateway, counted; staged ones open the next batch (_reopen).
+            # Roll the in-memory marks back to what is on disk.
+            staged = [acc for acc in batch[:staged_upto] if not acc.replies] if unstage else []
+            self.metrics.commit_failed_readings.inc(amount=len(batch) - len(staged))
             if isinstance(exc, OutboxFull):
                 self._faults.log("outbox_full_disk", "event=outbox_commit_failed reason=disk_full frames=%d",
                                  len(batch))
@@ -300,6 +301,7 @@ class Batcher:
                                  "event=outbox_commit_failed frames=%d error=%r", len(batch), exc)
             for st, _, _ in advanced:
                 st.rollback()
+            self._reopen(staged)
             return
         for st, mark, seen in advanced:
             st.committed, st.committed_seen = mark, seen
@@ -319,6 +321,28 @@ class Batcher:
         for acc in batch:
             observe(acc.record, acc.kind)
         self.metrics.nodes_heard.set(self.health.heard)
+
+    def _reopen(self, staged: list[Accepted]) -> None:
+        """A failed commit's staged frames are still in the journal: they open the next batch,
+        whose commit clears the journal, with their counters marked again (the rollback forgot
+        them). Left out, the next batch's commit would clear the journal and lose them without
+        any crash. The frame that found the batch full may join them (one frame over
+        max_records or max_bytes, only after a failed commit)."""
+        if not staged:
+            return
+        for acc in staged:
+            self.replay.get(acc.record.node_id).admit(acc.record.fcnt)
+            self._index.add(acc)
+            if acc.packed is None:
+                acc.packed = encode_frame_body(acc.record)
+            key = frame_key(acc.record)
+            self._bytes += len(frame_head(key, self._last_key)) + len(acc.packed[0])
+            self._last_key = key
+        self._open = staged
+        self._opened_s = time.monotonic()
+        self._staged_upto = len(staged)
+        self._staged = True
+        self._arm()
 
     def _reply(self, reply: Any, ack: bytes) -> None:
         try:
