@@ -29,8 +29,8 @@ MODULES = [
     # Not tests/test_gw_powercut.py: 17 s a run (gcc, LD_PRELOAD power cuts) for what
     # test_gw_durable.py already reaches (stage, _recover_staged) in 1.5 s.
     Module("batcher", ("gateway/batcher.py", "gateway/dedup.py"),
-           ("tests/test_gw_batcher.py", "tests/test_gw_durable.py", *GW_UNITS),
-           ("tests/test_gw_batcher.py", "tests/test_gw_durable.py")),
+           ("tests/test_gw_batcher.py", "tests/test_gw_durable.py", "tests/test_gw_batcher_timer.py", *GW_UNITS),
+           ("tests/test_gw_batcher.py", "tests/test_gw_durable.py", "tests/test_gw_batcher_timer.py")),
     Module("publisher", ("gateway/publisher.py", "gateway/pump.py"), ("tests/test_gw_promises.py", "tests/test_gw_robustness.py",
                                                     *GW_E2E)),
     Module("verify", ("gateway/verify.py",), ("tests/test_gw_verify.py", *GW_UNITS),
