@@ -326,8 +326,8 @@ class Batcher:
         """A failed commit's staged frames are still in the journal: they open the next batch,
         whose commit clears the journal, with their counters marked again (the rollback forgot
         them). Left out, the next batch's commit would clear the journal and lose them without
-        any crash. The frame that found the batch full may join them (one frame over
-        max_records or max_bytes, only after a failed commit)."""
+        any crash. The frame whose size closed the failed batch joins them: that pack may pass
+        max_bytes by one frame, only after a failed commit."""
         if not staged:
             return
         for acc in staged:
@@ -341,8 +341,7 @@ class Batcher:
         self._open = staged
         self._opened_s = time.monotonic()
         self._staged_upto = len(staged)
-        self._staged = True
-        self._arm()
+        self._staged = True  # the timer armed for the failed batch is due sooner: it arms for this one
 
     def _reply(self, reply: Any, ack: bytes) -> None:
         try:

@@ -10,11 +10,13 @@ from pathlib import Path
 
 from gateway.config import BatchConfig
 from gateway.dedup import DedupIndex
+from gateway.downlinks import Downlink
 from gateway.flow import Accepted, Duplicate, Heard
 from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY
+from gateway.registry import Node, Registry
 from tests.test_gw_promises import _Stage
-from tests.test_gw_support import frame
-from urbansense.wire.protocol import T_ALARM
+from tests.test_gw_support import KEYS, decode_ack, frame
+from urbansense.wire.protocol import T_ALARM, NodeKeys
 from urbansense.wire.senml_reader import frames_from_pack
 
 
@@ -227,3 +229,36 @@ def test_a_frame_whose_rssi_a_duplicate_raised_is_staged_and_recovered(tmp_path:
     assert (node, fcnt) == (1, 4) and values
     s.outbox.close()
     again.outbox.close()
+
+
+def test_after_a_restart_a_duplicate_gets_a_new_ack_with_the_pending_commands(tmp_path: Path) -> None:
+    """No cached ack after a restart: the new one carries the node's pending downlink set
+    (every ack at or above the set's sent DCnt must, gateway/downlinks.py), this node's
+    counters and key."""
+    s = _Stage(tmp_path)
+    first: list[bytes] = []
+    s.batcher.add(s.heard(frame(1, 5), first))
+    s.batcher.flush()
+    s.outbox.close()
+    s = _Stage(tmp_path)
+    s.batcher.downlinks.queue(Downlink(1, {1: 900}))
+    again: list[bytes] = []
+    dup = s.heard(frame(1, 5), again)
+    assert isinstance(dup, Duplicate)
+    s.batcher.add(dup)
+    assert len(again) == 1 and again != first
+    assert decode_ack(1, again[0]) == (decode_ack(1, first[0])[0], 5, {1: 900})
+    s.outbox.close()
+
+
+def test_a_duplicate_of_a_node_never_heard_or_no_longer_served_is_not_acked(tmp_path: Path) -> None:
+    s = _Stage(tmp_path)
+    acks: list[bytes] = []
+    s.batcher.add(Duplicate(2, 1, None, acks.append))  # node 2 is served, nothing of it committed
+    s.batcher.add(s.heard(frame(1, 5), acks))
+    s.batcher.flush()
+    assert len(acks) == 1
+    s.registry.replace(Registry([Node(2, "water", NodeKeys(KEYS[2]))]))  # node 1 removed
+    s.batcher.add(Duplicate(1, 5, None, acks.append))
+    assert len(acks) == 1
+    s.outbox.close()

@@ -15,7 +15,7 @@ import pytest
 
 import gateway.batcher
 from gateway.config import BatchConfig
-from gateway.flow import Accepted, Heard, Verdict
+from gateway.flow import Accepted, Duplicate, Heard, Verdict
 from tests.test_gw_durable import Clock, Stack
 from tests.test_gw_support import frame
 
@@ -157,4 +157,47 @@ def test_run_takes_every_verdict_already_queued_in_one_turn(tmp_path: Path, cloc
     assert r.queue.empty() and not r.task.done()
     r.batcher.flush()
     assert sorted(r.stack.stored()) == [(1, 1), (2, 1), (3, 1)]
+    r.close()
+
+
+def test_a_serial_repeat_of_a_waiting_ble_frame_brings_the_timer_to_ack_max_delay(tmp_path: Path, clock: Clock) -> None:
+    r = Running(tmp_path, BatchConfig(max_age_s=5.0, durable_ms=1000, ack_max_delay_ms=200))
+    r.batcher.add(r.verdict(1, 1))
+    acks: list[bytes] = []
+    dup = r.stack.verifier.process(Heard(frame(1, 1), "serial", -70, acks.append))
+    assert isinstance(dup, Duplicate)
+    r.batcher.add(dup)
+    [(h, fire)] = r.loop.live()
+    assert h.when() == 1000.2
+    clock.now_s = h.when()
+    fire()
+    assert r.stack.stored() == [(1, 1)] and len(acks) == 1
+    r.close()
+
+
+def test_a_failed_commits_staged_frames_get_a_timer_for_their_close(tmp_path: Path, clock: Clock) -> None:
+    """The batch closed at max_records from a transport's callback, and its commit failed:
+    the staged frame that opens the next batch closes max_age_s later without another frame."""
+    r = Running(tmp_path, BatchConfig(max_records=2, max_age_s=5.0, durable_ms=1000))
+    r.batcher.add(r.verdict(1, 1))
+    [(h, fire)] = r.loop.timers
+    clock.now_s = h.when()
+    fire()  # staged; the timer is armed for the close
+    real = r.stack.outbox.commit_batch
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise OSError("I/O error")
+
+    r.stack.outbox.commit_batch = broken  # type: ignore[method-assign]
+    r.batcher.add(r.verdict(2, 1))
+    r.stack.outbox.commit_batch = real  # type: ignore[method-assign]
+    [(h2, fire2)] = r.loop.timers[1:]
+    clock.now_s = h2.when()
+    fire2()  # the failed batch's close: nothing due yet
+    assert r.stack.stored() == [] and r.stack.staged() == [(1, 1)]
+    [(h3, fire3)] = r.loop.timers[2:]
+    assert h3.when() == 1001.0 + 5.0  # max_age_s after the commit failed
+    clock.now_s = h3.when()
+    fire3()
+    assert r.stack.stored() == [(1, 1)] and len(r.loop.timers) == 3
     r.close()

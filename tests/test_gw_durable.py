@@ -19,13 +19,13 @@ from gateway.config import BatchConfig, HealthConfig
 from gateway.flow import Duplicate, Heard
 from gateway.health import Health
 from gateway.metrics import Metrics
-from gateway.outbox import Outbox
+from gateway.outbox import PRIORITY_ALARM, PRIORITY_ORDINARY, Outbox
 from gateway.outbox._staging import StagedFrame, decode, encode
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
 from gateway.verify import Verifier
 from tests.test_gw_support import KEYS, frame
-from urbansense.wire.protocol import NodeKeys
+from urbansense.wire.protocol import T_ALARM, NodeKeys
 from urbansense.wire.senml_reader import frames_from_pack
 
 REGISTRY = Registry(Node(n, "water", NodeKeys(k)) for n, k in KEYS.items())
@@ -196,8 +196,11 @@ def test_frames_staged_before_a_failed_commit_are_stored_by_the_next_one(tmp_pat
     a.hear(frame(2, 7))
     clock.now_s += 0.05
     a.batcher.tick()
-    a.hear(frame(3, 7), "serial", acks.append)
     a.hear(frame(4, 7))  # not staged yet when the commit fails: lost to this gateway, counted
+    a.hear(frame(3, 7), "serial", acks.append)
+    stronger = a.verifier.process(Heard(frame(2, 7), "ble", -40, None))  # its records encoded again
+    assert isinstance(stronger, Duplicate)
+    a.batcher.add(stronger)
     assert a.staged() == [(1, 7), (2, 7)]
     real = a.outbox.commit_batch
     a.outbox.commit_batch = _broken_commit  # type: ignore[method-assign]
@@ -221,3 +224,84 @@ def test_frames_staged_before_a_failed_commit_are_stored_by_the_next_one(tmp_pat
     assert sorted(b.stored()) == sorted([(1, 7), (1, 8), (2, 7)] + [(n, f) for n in (1, 2) for f in (9, 10, 11)])
     a.outbox.close()
     b.outbox.close()
+
+
+def test_a_failed_commits_staged_frames_close_with_the_next_batch_and_a_serial_repeat_joins(
+        tmp_path: Path, clock: Clock) -> None:
+    """max_records 2: the second frame closes the batch, whose commit fails; the staged first
+    frame stays open, a serial repeat of it is acked once the next commit returned, and that
+    commit empties the journal although nothing new was staged."""
+    a = Stack(tmp_path / "outbox.db", BatchConfig(max_records=2, max_age_s=60.0, durable_ms=50))
+    a.hear(frame(1, 7))
+    clock.now_s += 0.05
+    a.batcher.tick()
+    real = a.outbox.commit_batch
+    a.outbox.commit_batch = _broken_commit  # type: ignore[method-assign]
+    a.hear(frame(2, 7))
+    a.outbox.commit_batch = real  # type: ignore[method-assign]
+    assert a.stored() == [] and a.staged() == [(1, 7)]
+    acks: list[bytes] = []
+    assert isinstance(a.hear(frame(1, 7), "serial", acks.append), Duplicate)
+    assert not acks and a.batcher.close_deadline_s() == 1000.05 + BatchConfig().ack_max_delay_ms / 1000
+    a.batcher.flush()
+    assert a.stored() == [(1, 7)] and len(acks) == 1 and a.staged() == []
+    a.outbox.close()
+
+
+def _after_a_failed_commit(path: Path, clock: Clock, max_bytes: int) -> list[list[tuple[int, int]]]:
+    """Three BLE frames staged, their commit failed, two more frames, the close: the packs,
+    every frame received in the same second (the same bytes whatever max_bytes is)."""
+    a = Stack(path, BatchConfig(max_records=1000, max_bytes=max_bytes, max_age_s=60.0, durable_ms=50))
+    for n, f in ((1, 1), (2, 2), (1, 3)):
+        v = a.verifier.process(Heard(frame(n, f), "ble", -70, None, received_s=1700000000.0))
+        assert v is not None
+        a.batcher.add(v)
+        clock.now_s += 0.05
+        a.batcher.tick()
+    assert len(a.staged()) == 3
+    real = a.outbox.commit_batch
+    a.outbox.commit_batch = _broken_commit  # type: ignore[method-assign]
+    a.batcher.flush()
+    a.outbox.commit_batch = real  # type: ignore[method-assign]
+    for n, f in ((2, 4), (1, 5)):
+        v = a.verifier.process(Heard(frame(n, f), "ble", -70, None, received_s=1700000000.0))
+        assert v is not None
+        a.batcher.add(v)
+    a.batcher.flush()
+    packs = [sorted((n, f) for n, f, _ in frames_from_pack(b.payload)) for b in a.outbox.peek(0, 100)]
+    a.outbox.close()
+    return packs
+
+
+def test_the_batch_a_failed_commit_reopens_counts_its_bytes(tmp_path: Path, clock: Clock) -> None:
+    """The reopened frames' bytes count as any frame's: a pack of exactly max_bytes is one
+    pack, one byte less splits it before the last frame."""
+    [whole] = _after_a_failed_commit(tmp_path / "big.db", clock, 100_000)
+    assert whole == [(1, 1), (1, 3), (1, 5), (2, 2), (2, 4)]
+    big = Outbox(tmp_path / "big.db", 1 << 26, Metrics())
+    size = len(big.peek(0, 1)[0].payload)
+    big.close()
+    assert _after_a_failed_commit(tmp_path / "exact.db", clock, size) == [whole]
+    assert _after_a_failed_commit(tmp_path / "less.db", clock, size - 1) == [
+        [(1, 1), (1, 3), (2, 2), (2, 4)], [(1, 5)]]
+
+
+def test_recovered_frames_keep_their_alarm_priority_and_their_marks_outlive_the_next_start(
+        tmp_path: Path, clock: Clock) -> None:
+    """A staged alarm makes the recovered batch an alarm batch (evicted last, sent first);
+    ordinary frames alone an ordinary one. The recovery commits the nodes' marks with it: after
+    one more crash the frames are still duplicates, stored once."""
+    for name, ftypes, priority in (("mixed", (T_ALARM, 0), PRIORITY_ALARM), ("plain", (0, 0), PRIORITY_ORDINARY)):
+        path = tmp_path / f"{name}.db"
+        a = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))
+        for n, ftype in zip((1, 2), ftypes, strict=True):
+            a.hear(frame(n, 7, ftype=ftype))
+        clock.now_s += 0.05
+        a.batcher.tick()
+        b = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))  # a crashed
+        assert [(x.priority, x.frames) for x in b.outbox.peek(0, 10)] == [(priority, 2)]
+        c = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))  # b crashed too
+        assert all(isinstance(c.hear(frame(n, 7, ftype=t)), Duplicate) for n, t in zip((1, 2), ftypes, strict=True))
+        assert sorted(c.stored()) == [(1, 7), (2, 7)]
+        for s in (a, b, c):
+            s.outbox.close()
