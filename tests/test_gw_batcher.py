@@ -5,8 +5,11 @@ after a frame that waits for a serial ack; alarm packs go to the outbox as alarm
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
+
+import pytest
 
 from gateway.config import BatchConfig
 from gateway.dedup import DedupIndex
@@ -261,4 +264,60 @@ def test_a_duplicate_of_a_node_never_heard_or_no_longer_served_is_not_acked(tmp_
     s.registry.replace(Registry([Node(2, "water", NodeKeys(KEYS[2]))]))  # node 1 removed
     s.batcher.add(Duplicate(1, 5, None, acks.append))
     assert len(acks) == 1
+    s.outbox.close()
+
+
+def test_a_downlink_set_rides_the_acks_until_a_frame_reports_its_dcnt(tmp_path: Path) -> None:
+    """The set goes with the next ack (its DCnt recorded as sent); a later frame whose dcnt
+    reading reaches it confirms it: that frame's ack and the ones after carry nothing."""
+    s = _Stage(tmp_path)
+    s.batcher.downlinks.queue(Downlink(1, {1: 900}))
+    acks: list[bytes] = []
+    s.batcher.add(s.heard(frame(1, 1), acks))
+    s.batcher.add(s.heard(frame(2, 1), acks))
+    s.batcher.flush()
+    sent_dcnt, _, cmds = decode_ack(1, acks[0])
+    assert cmds == {1: 900} and decode_ack(2, acks[1])[2] is None
+    s.batcher.add(s.heard(frame(1, 2, {5: 3600, 14: sent_dcnt - 1}), acks))  # not applied yet
+    s.batcher.flush()
+    assert decode_ack(1, acks[2])[2] == {1: 900}
+    s.batcher.add(s.heard(frame(1, 3, {5: 3600, 14: sent_dcnt}), acks))  # applied
+    s.batcher.flush()
+    s.batcher.add(s.heard(frame(1, 4), acks))
+    s.batcher.flush()
+    assert [decode_ack(1, a)[2] for a in acks[3:]] == [None, None]
+    assert s.batcher.downlinks.commands_for(1) is None
+    s.outbox.close()
+
+
+def test_a_waiting_frame_of_a_node_no_longer_served_is_not_acked_and_the_others_are(tmp_path: Path) -> None:
+    s = _Stage(tmp_path)
+    gone: list[bytes] = []
+    served: list[bytes] = []
+    s.batcher.add(s.heard(frame(1, 1), gone))
+    s.batcher.add(s.heard(frame(2, 1), served))
+    s.registry.replace(Registry([Node(2, "water", NodeKeys(KEYS[2]))]))  # node 1 removed
+    s.batcher.flush()
+    assert gone == [] and len(served) == 1 and s.outbox.depth == 1
+    s.outbox.close()
+
+
+def test_a_node_health_was_not_told_about_is_listed_with_its_kind(tmp_path: Path) -> None:
+    """A frame accepted while a registry reload removed its node from health: the commit
+    lists it again, with the kind verify gave it."""
+    s = _Stage(tmp_path)
+    s.batcher.add(s.heard(frame(1, 1), []))
+    s.batcher.health.registry_changed(s.registry, [], [1])
+    s.batcher.flush()
+    assert s.batcher.health.nodes[1].kind == "water" and s.batcher.health.nodes[1].frames == 1
+    s.outbox.close()
+
+
+def test_a_duplicate_heard_over_ble_is_not_replied_to(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    s = _Stage(tmp_path)
+    s.batcher.add(s.heard(frame(1, 7), []))
+    s.batcher.flush()
+    with caplog.at_level(logging.DEBUG, logger="gateway.batcher"):
+        s.batcher.add(Duplicate(1, 7, -60, None))
+    assert caplog.messages == [] and s.metrics.acks_sent.total() == 1
     s.outbox.close()

@@ -7,6 +7,7 @@ not left running: the test fires them by calling their callbacks, on a clock it 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -200,4 +201,55 @@ def test_a_failed_commits_staged_frames_get_a_timer_for_their_close(tmp_path: Pa
     clock.now_s = h3.when()
     fire3()
     assert r.stack.stored() == [(1, 1)] and len(r.loop.timers) == 3
+    r.close()
+
+
+def test_a_bug_in_a_timed_close_is_logged_by_default_and_retried(tmp_path: Path, clock: Clock,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Without a gateway's on_error (benchmarks, the batcher alone) the bug is logged, not
+    raised into the event loop, and retried."""
+    r = Running(tmp_path, BatchConfig(max_age_s=5.0, durable_ms=10_000))
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    r.batcher.flush = broken  # type: ignore[method-assign]
+    r.batcher.add(r.verdict(1, 1))
+    [(h, fire)] = r.loop.timers
+    clock.now_s = h.when()
+    with caplog.at_level(logging.WARNING, logger="gateway.batcher"):
+        fire()
+    assert any("event=batch_timer_failed" in m for m in caplog.messages)
+    assert [t.when() for t, _ in r.loop.timers[1:]] == [h.when() + 1.0]
+    r.close()
+
+
+def test_a_bug_whose_report_stops_the_batcher_is_not_retried(tmp_path: Path, clock: Clock) -> None:
+    """on_error may shut the gateway down (close()): no retry timer on a closed batcher."""
+    r = Running(tmp_path, BatchConfig(max_age_s=5.0, durable_ms=10_000))
+    r.batcher.on_error = lambda exc: r.batcher.close()
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    r.batcher.flush = broken  # type: ignore[method-assign]
+    r.batcher.add(r.verdict(1, 1))
+    [(h, fire)] = r.loop.timers
+    clock.now_s = h.when()
+    fire()
+    assert len(r.loop.timers) == 1
+    r.close()
+
+
+def test_a_closed_batcher_run_again_arms_its_timer_again(tmp_path: Path, clock: Clock) -> None:
+    r = Running(tmp_path, BatchConfig(max_age_s=5.0))
+    r.batcher.add(r.verdict(1, 1))
+    r.batcher.flush()
+    r.batcher.close()
+    task = r.loop.create_task(r.batcher.run(r.queue))
+    r.loop.run_until_complete(asyncio.sleep(0))
+    r.batcher.add(r.verdict(1, 2))
+    assert [h.when() for h, _ in r.loop.live()][-1] == 1001.0
+    task.cancel()
+    r.loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
     r.close()

@@ -305,3 +305,54 @@ def test_recovered_frames_keep_their_alarm_priority_and_their_marks_outlive_the_
         assert sorted(c.stored()) == [(1, 7), (2, 7)]
         for s in (a, b, c):
             s.outbox.close()
+
+
+def test_frames_whose_recovery_failed_wait_in_the_journal_for_the_next_start(tmp_path: Path, clock: Clock) -> None:
+    """The recovery's commit fails: the frames stay in the journal (their marks hold in
+    memory, so a repeat is a duplicate), batches that stage nothing leave the journal alone,
+    and the next start recovers them, once."""
+    path = tmp_path / "outbox.db"
+    a = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))
+    a.hear(frame(1, 7))
+    clock.now_s += 0.05
+    a.batcher.tick()
+    metrics = Metrics()
+    outbox = Outbox(path, 1 << 26, metrics)  # a crashed; the next start's commit fails once
+    real = outbox.commit_batch
+    outbox.commit_batch = _broken_commit  # type: ignore[method-assign]
+    replay = ReplayTable(outbox.load_nodes())
+    batcher = Batcher(BatchConfig(max_age_s=60.0), outbox, REGISTRY, replay,
+                      Health(HealthConfig(), REGISTRY, lambda *a: None, 0.0), metrics)
+    outbox.commit_batch = real  # type: ignore[method-assign]
+    verifier = Verifier(REGISTRY, replay, metrics)
+    assert isinstance(verifier.process(Heard(frame(1, 7), "ble")), Duplicate)
+    acks: list[bytes] = []
+    for f in (1, 2):  # serial frames only: nothing staged
+        v = verifier.process(Heard(frame(2, f), "serial", -70, acks.append))
+        assert v is not None
+        batcher.add(v)
+        batcher.flush()
+    assert len(acks) == 2 and outbox.depth == 2
+    c = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))  # b crashed
+    assert sorted(c.stored()) == [(1, 7), (2, 1), (2, 2)]
+    for o in (a.outbox, outbox, c.outbox):
+        o.close()
+
+
+def test_a_frame_whose_staging_failed_is_not_kept_when_its_commit_fails(tmp_path: Path, clock: Clock) -> None:
+    """Not on disk (the staging write failed), then its batch's commit fails: lost to this
+    gateway and counted, as the promise says; only frames on disk open the next batch."""
+    a = Stack(tmp_path / "outbox.db", BatchConfig(max_age_s=60.0, durable_ms=50))
+    a.outbox.stage = _broken_commit  # type: ignore[method-assign]
+    a.hear(frame(1, 7))
+    clock.now_s += 0.05
+    a.batcher.tick()
+    assert a.metrics.staging_commits.total() == 0
+    real = a.outbox.commit_batch
+    a.outbox.commit_batch = _broken_commit  # type: ignore[method-assign]
+    a.batcher.flush()
+    a.outbox.commit_batch = real  # type: ignore[method-assign]
+    assert a.metrics.commit_failed_readings.total() == 1 and a.batcher.deadline_s() is None
+    a.batcher.flush()
+    assert a.stored() == []
+    a.outbox.close()
