@@ -309,8 +309,8 @@ def test_recovered_frames_keep_their_alarm_priority_and_their_marks_outlive_the_
 
 def test_frames_whose_recovery_failed_wait_in_the_journal_for_the_next_start(tmp_path: Path, clock: Clock) -> None:
     """The recovery's commit fails: the frames stay in the journal (their marks hold in
-    memory, so a repeat is a duplicate), batches that stage nothing leave the journal alone,
-    and the next start recovers them, once."""
+    memory, so a repeat is a duplicate), batches that stage nothing leave the journal alone (a
+    later staging is written after them), and the next start recovers them, once."""
     path = tmp_path / "outbox.db"
     a = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))
     a.hear(frame(1, 7))
@@ -333,8 +333,12 @@ def test_frames_whose_recovery_failed_wait_in_the_journal_for_the_next_start(tmp
         batcher.add(v)
         batcher.flush()
     assert len(acks) == 2 and outbox.depth == 2
+    v = verifier.process(Heard(frame(3, 1), "ble"))  # staged after them, not over them
+    assert v is not None
+    batcher.add(v)
+    batcher.stage()
     c = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))  # b crashed
-    assert sorted(c.stored()) == [(1, 7), (2, 1), (2, 2)]
+    assert sorted(c.stored()) == [(1, 7), (2, 1), (2, 2), (3, 1)]
     for o in (a.outbox, outbox, c.outbox):
         o.close()
 
