@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -128,9 +129,12 @@ def run(m: Module, base: Path, max_children: int) -> dict[str, object]:
     pp.write_text(_without_mutmut_section(pp.read_text()))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS")}
     env["URBANSENSE_MUTATE"] = "1"
+    if m.skip_by_rule:
+        env["URBANSENSE_MUTATE_SKIP_BY_RULE"] = "1"
     mutmut = MUTMUT
     t0 = time.monotonic()
     load0 = os.getloadavg()[0]
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     log = work / "mutmut.log"
     with log.open("w") as out:
         # The functions left out of the kill rate are not run either (their mutants stay unrun).
@@ -138,6 +142,10 @@ def run(m: Module, base: Path, max_children: int) -> dict[str, object]:
                                *_include_patterns(m)],
                               cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     wall = time.monotonic() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of mutmut and every process under it: what the load changes least (on 2 idle
+    # cores a run takes at least half of it).
+    cpu_s = round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime)
     text = log.read_text(errors="replace")
     stopped = next((line for line in _STOPPED if line in text), None)
     if proc.returncode != 0 and stopped:
@@ -148,7 +156,8 @@ def run(m: Module, base: Path, max_children: int) -> dict[str, object]:
                 "log": str(log), "error": f"mutmut stopped before any mutant ran: {stopped!r} (see {log})"}
     # The machine's load (1-minute average) as the run started and ended: wall times are
     # comparable only at a similar load.
-    return {**summarize(m, work, proc.returncode, wall), "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
+    return {**summarize(m, work, proc.returncode, wall), "load": [round(load0, 1), round(os.getloadavg()[0], 1)],
+            "cpu_s": cpu_s}
 
 
 # What mutmut 3.8 prints when it stops before running mutants (mutmut/__main__.py): the

@@ -10,11 +10,21 @@ which runs every selected test unmutated, and kept in ``mutants/mutate-durations
 
 URBANSENSE_MUTATE_ORDER=0 keeps mutmut's order (to measure what the order saves).
 
+A mutant written down as equivalent (bench/mutation-equivalents.md), and where the module asks
+for it (URBANSENSE_MUTATE_SKIP_BY_RULE=1, tools/mutation/modules.py) one equivalent by the
+FrameError-detail rule, runs no test: pytest
+collects nothing (exit 5, mutmut's "no tests") and tools/mutation/outcomes.py counts it as
+equivalent, as it did when it survived every test. An equivalent runs all its tests, and they
+were most of a run's time (us_store: 9 of 323 mutants, 290 of 490 s). A listed name that
+mutmut renumbered onto another mutant is not run either until the list is reviewed (the old
+equivalent then survives under its new number, which shows it). URBANSENSE_MUTATE_EQUIVALENTS=1
+runs them (to check the list).
+
 Each mutant's run appends a line to ``mutants/mutate-runs.tsv``: mutant, tests run, tests
 selected, seconds, pytest's exit status, the seconds the tests it ran took unmutated, and the
-test that failed (none: it survived). Fastest first, a test file that is never the one that
-failed kills nothing that a faster test does not: it may leave the module's selection. tools/mutation/outcomes.py reads it for the tests
-run per mutant, a cost that does not depend on the machine's load.
+test that failed (none: it survived). tools/mutation/outcomes.py reads it for the tests run per
+mutant, a cost that does not depend on the machine's load. Fastest first, a test that is never
+the one that failed kills nothing that a faster test does not.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -29,6 +40,7 @@ import pytest
 
 DURATIONS = Path("mutate-durations.json")  # mutmut runs the tests in mutants/
 RUNS = Path("mutate-runs.tsv")
+EQUIVALENTS = Path("bench/mutation-equivalents.md")  # tools/mutate.py has mutmut copy bench/
 
 _measured: dict[str, float] = {}
 _run: dict[str, float] = {"selected": 0, "ran": 0, "t0": 0.0, "unmutated_s": 0.0}
@@ -48,6 +60,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     _killer.clear()
     if "__mutmut_" not in _mutant():
         return
+    if os.environ.get("URBANSENSE_MUTATE_EQUIVALENTS") != "1" and (
+            _mutant() in _listed() or (os.environ.get("URBANSENSE_MUTATE_SKIP_BY_RULE") == "1" and _by_rule(_mutant()))):
+        items.clear()
+        return
     try:
         _durations.update(json.loads(DURATIONS.read_text()))
     except (OSError, ValueError):
@@ -55,6 +71,58 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if os.environ.get("URBANSENSE_MUTATE_ORDER") != "0":
         # Unknown tests last: sorted() is stable, so they keep mutmut's order among themselves.
         items.sort(key=lambda item: _durations.get(item.nodeid, float("inf")))
+
+
+def _listed() -> set[str]:
+    """The names in bench/mutation-equivalents.md (the regex of tools/mutation/outcomes.py)."""
+    try:
+        return set(re.findall(r"`([^`\s]+__mutmut_\d+)`", EQUIVALENTS.read_text()))
+    except OSError:
+        return set()
+
+
+_NAME = re.compile(r"(?:x_|x\u01c1\w+\u01c1)(\w+?)__mutmut_(?:orig|\d+)")
+
+
+def _function_lines(text: list[str], mangled: str) -> list[str]:
+    """A function's lines in a file mutmut wrote (every mutant of it is a function there, named
+    like the mutant), with mutmut's name turned back into the function's, as ``mutmut show`` does."""
+    head = re.compile(rf"\s*(?:async\s+)?def {re.escape(mangled)}\(")
+    for i, line in enumerate(text):
+        if head.match(line):
+            indent = len(line) - len(line.lstrip())
+            j = i + 1
+            while j < len(text) and (not text[j].strip() or len(text[j]) - len(text[j].lstrip()) > indent
+                                     or text[j].lstrip().startswith(")")):
+                j += 1
+            while not text[j - 1].strip():
+                j -= 1
+            return [_NAME.sub(r"\1", x) for x in text[i:j]]
+    return []
+
+
+def _by_rule(mutant: str) -> bool:
+    """The mutant only changes a FrameError's detail: equivalent by the rule that
+    tools/mutation/outcomes.py applies to ``mutmut show``'s diff after a run (see
+    bench/mutation-equivalents.md), here applied to the mutated file before it."""
+    import difflib
+    import importlib.util
+    import sys
+
+    head = mutant.rpartition("__mutmut_")[0]
+    module, _, mangled = head.rpartition(".")
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return False
+    text = Path(spec.origin).read_text().splitlines()
+    orig = _function_lines(text, mangled + "__mutmut_orig")
+    if not any("FrameError(" in x or "_malformed(" in x for x in orig):
+        return False
+    diff = list(difflib.unified_diff(orig, _function_lines(text, mutant.rpartition(".")[2]), lineterm=""))
+    sys.path.insert(0, str(Path("tools").resolve()))  # mutmut's copy of tools/, as tools/mutate.py has it
+    from mutation.outcomes import frame_error_detail_diff
+
+    return frame_error_detail_diff(diff)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -99,9 +99,14 @@ def frame_error_detail_only(work: Path, name: str) -> bool:
     """The mutant only changes a ``FrameError``'s detail (the arguments after the reason): the
     detail is read by nothing but the verify stage's rejection log line, so it is equivalent
     by the log rule (a rule, not a list). The reason, which is counted, must be unchanged."""
+    return frame_error_detail_diff(show(work, name))
+
+
+def frame_error_detail_diff(out: list[str]) -> bool:
+    """frame_error_detail_only on the lines of a unified diff of the mutant's function
+    (tests/support/mutate_order.py applies it before a mutant's run, from the mutated file)."""
     import ast
 
-    out = show(work, name)
     minus = [line[1:].strip() for line in out if line.startswith("-") and not line.startswith("---")]
     plus = [line[1:].strip() for line in out if line.startswith("+") and not line.startswith("+++")]
 
@@ -163,6 +168,8 @@ def summarize(m: Module, work: Path, rc: int, wall_s: float) -> dict[str, object
     non_equivalent = killed + len(live)
     return {"module": m.name, "rc": rc, "wall_s": round(wall_s), "mutants": total,
             "killed": killed, "equivalent": len(not_killed) - len(live), "survivors": live,
-            "no_tests": len(r["no_tests"]),
+            "no_tests": len([n for n in r["no_tests"] if n in live]),
+            # tests/support/mutate_order.py runs no test for an equivalent, listed or by rule (pytest exit 5)
+            "equivalent_not_run": len([n for n in r["no_tests"] if n not in live]),
             "kill_rate": round(100 * killed / non_equivalent, 1) if non_equivalent else None,
             "rule_equivalent": len(by_rule), "log": str(log), "tests_per_mutant": tests_run(work)}

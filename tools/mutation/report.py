@@ -35,27 +35,29 @@ def write_results(base: Path, machine: str) -> None:
     kept = _previous_rows(text)
     rows = ["| module | files | mutants | killed (of which by the review's tests, --retest) "
             "| equivalent (listed + by rule) | surviving | kill rate | previous | mutmut wall s "
-            "| tests run per mutant (of selected) | load at start, end |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| CPU s | tests run per mutant (of selected) | load at start, end |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     not_run = []
     failed = []
-    wall = 0
+    wall = cpu = 0
     loads: list[float] = []
     for m in MODULES:
         f = base / m.name / "summary.json"
         if not f.exists():
             if m.name in kept:
                 # A row from before these columns: padded with n/a.
-                row = kept[m.name] + " n/a |" * max(0, 12 - kept[m.name].count("|"))
+                row = kept[m.name] + " n/a |" * max(0, 13 - kept[m.name].count("|"))
                 rows.append(row)
                 cells = [c.strip() for c in row.split("|")]
                 wall += int(cells[9]) if cells[9].isdigit() else 0
-                loads += [float(x) for x in re.findall(r"[\d.]+", cells[11])]
+                cpu += int(cells[10]) if cells[10].isdigit() else 0
+                loads += [float(x) for x in re.findall(r"[\d.]+", cells[12])]
             else:
                 not_run.append(m.name)
             continue
         r = json.loads(f.read_text())
         wall += r["wall_s"] or 0
+        cpu += r.get("cpu_s") or 0
         loads += r.get("load") or []
         tpm = r.get("tests_per_mutant")
         load = r.get("load")
@@ -68,7 +70,7 @@ def write_results(base: Path, machine: str) -> None:
         before = old_previous if old_rate == rate else old_rate
         rows.append(f"| {m.name} | {', '.join(m.paths)} | {r['mutants']} | {r['killed']} ({r.get('killed_on_retest', 0)}) | "
                     f"{r['equivalent'] - rule} + {rule} | {len(r['survivors'])} | {rate} | "
-                    f"{before} | {r['wall_s'] or 'n/a'} | {f'{tpm[0]} ({tpm[1]})' if tpm else 'n/a'} | "
+                    f"{before} | {r['wall_s'] or 'n/a'} | {r.get('cpu_s', 'n/a')} | {f'{tpm[0]} ({tpm[1]})' if tpm else 'n/a'} | "
                     f"{f'{load[0]}, {load[1]}' if load else 'n/a'} |")
     block = [
         SECTION_START, "## Mutation testing", "",
@@ -76,7 +78,8 @@ def write_results(base: Path, machine: str) -> None:
         f"machine: {machine}.", "",
         "Each module's mutants run against the test files that cover it (tools/mutation/modules.py), "
         "each mutant only against the tests that reach its function, fastest first, up to the first "
-        "that fails (tests/support/mutate_order.py); tests run per mutant is that count, which the "
+        "that fails, and an equivalent one (listed, or by the FrameError rule) against none "
+        "(tests/support/mutate_order.py); tests run per mutant is that count, which the "
         "machine's load does not change. Kill rate = killed (a test "
         "failed or ran out of time) / (all mutants - equivalent ones); floor 90 %. Equivalent "
         "mutants and the rules (log statements not mutated, SQL case, FrameError detail) are in "
@@ -85,7 +88,8 @@ def write_results(base: Path, machine: str) -> None:
         "not a whole new run.", "",
         f"A whole run (the rows' wall times summed): {wall} s ({wall / 60:.0f} min), at a 1-minute load of "
         f"{f'{min(loads)}-{max(loads)}' if loads else 'n/a'} (2 cores shared; the table's runs may be of "
-        "different passes).", "", *rows, ""]
+        f"different passes); CPU seconds of mutmut and its processes, which the load changes least: {cpu} s "
+        f"(on 2 idle cores at least {cpu / 120:.0f} min).", "", *rows, ""]
     if failed:
         block += [f"Failed (mutmut stopped before any mutant ran; see its mutmut.log): {', '.join(failed)}.", ""]
     if not_run:
