@@ -37,7 +37,7 @@ from gateway.verify import Verifier
 from simulator.firmware_loader import firmware_module
 from tests.test_gw_support import KEYS, PtyNode, Subscriber, frame, make_config, wait_for
 from urbansense.wire import framing
-from urbansense.wire.protocol import NodeKeys
+from urbansense.wire.protocol import NodeKeys, encode_ack
 from urbansense.wire.quantities import MAX_THRESHOLDS
 from urbansense.wire.senml_reader import frames_from_pack
 
@@ -244,6 +244,27 @@ def test_an_ack_too_long_for_the_node_is_refused_when_queued(tmp_path: Path) -> 
     assert ob.load_downlinks() == {} and d.pending == {}
     d.queue(Downlink(1, {1: 900}))
     assert d.commands_for(1) == {1: 900}
+    ob.close()
+
+
+def test_an_ack_of_exactly_the_nodes_buffer_is_queued_and_read_and_one_byte_more_is_refused(
+    tmp_path: Path,
+) -> None:
+    keys = NodeKeys(KEYS[1])
+    by_len = {ack_packet_len(keys, 1, {3: [v] * n}): {3: [v] * n} for n in range(1, 120) for v in (0, 1000, 70000)}
+    ob = Outbox(tmp_path / "o.db", 1 << 20)
+    d = Downlinks(ob, Registry([Node(1, "bin", keys)]), lambda a: None, Metrics())
+    with pytest.raises(ValueError, match=f"ack would be {MAX_ACK_PACKET_LEN + 1} bytes"):
+        d.queue(Downlink(1, by_len[MAX_ACK_PACKET_LEN + 1]))
+    fits = by_len[MAX_ACK_PACKET_LEN]
+    d.queue(Downlink(1, fits))
+    assert d.commands_for(1) == fits
+    wire = framing.wrap(encode_ack(keys, 1, 7, 1, fits))
+    assert len(wire) == MAX_ACK_PACKET_LEN
+    got = _node_reads(wire)
+    assert got is not None
+    _, acked, cmds = us_proto.decode_ack(us_proto.Keys(KEYS[1]), 1, us_cobs.unwrap(got))
+    assert acked == 1 and cmds == {3: fits[3]}
     ob.close()
 
 
