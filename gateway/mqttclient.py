@@ -236,11 +236,23 @@ async def connect(client: aiomqtt.Client, timeout_s: float) -> None:
             with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
                 await asyncio.wait_for(client.__aexit__(None, None, None), 2)
         force_close(client)
+        # A handshake that failed after the cancel (a gateway stopping during a retry; on a
+        # loaded machine the handshake is slow) left its socket in the exception's frames too.
+        if enter.done():
+            _close_sockets_of_failed(enter)
+        else:  # still in its thread: closed when it ends
+            enter.add_done_callback(_close_sockets_of_failed)
         raise
     except BaseException as exc:
         force_close(client)
         _close_sockets_of(exc)
         raise
+
+
+def _close_sockets_of_failed(enter: asyncio.Future[Any]) -> None:
+    exc = None if enter.cancelled() else enter.exception()
+    if exc is not None:
+        _close_sockets_of(exc)
 
 
 def _close_sockets_of(exc: BaseException) -> None:

@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from gateway.flow import Accepted, Heard
 from gateway.metrics import Metrics
+from gateway.mqttclient import build_client, connect
 from gateway.registry import Node, Registry
 from gateway.replay import ReplayTable
 from gateway.verify import Verifier
@@ -33,10 +35,8 @@ us_proto = firmware_module("us_proto")
 
 @pytest.fixture
 def close_leaked_tls_sockets() -> Iterator[None]:
-    """paho-mqtt's Client._ssl_wrap_socket does not close a socket whose TLS handshake
-    failed; the garbage collector would, with a ResourceWarning in whichever test it runs,
-    later still when a captured log record's traceback holds the socket. Requested before
-    ``running``, this closes them once the gateways are gone."""
+    """Closes TLS sockets left open, after the test: when the socket test below fails, its
+    leaks would otherwise fail whichever later test the garbage collector runs in."""
     yield
     for o in gc.get_objects():
         if isinstance(o, ssl.SSLSocket) and o.fileno() != -1:
@@ -45,7 +45,7 @@ def close_leaked_tls_sockets() -> Iterator[None]:
 
 @pytest.mark.parametrize("case", ["foreign_ca", "system_cas", "wrong_name"])
 async def test_a_broker_whose_certificate_does_not_verify_gets_nothing(
-    case: str, close_leaked_tls_sockets: None, tmp_path: Path, mqtt_broker_factory: BrokerFactory, tls_material: TlsMaterial,
+    case: str, tmp_path: Path, mqtt_broker_factory: BrokerFactory, tls_material: TlsMaterial,
     running: Any,
 ) -> None:
     """Signed by another CA, by a CA the system does not trust, or for another name: the
@@ -64,6 +64,33 @@ async def test_a_broker_whose_certificate_does_not_verify_gets_nothing(
     assert gw.publisher is not None and not gw.publisher.connected.is_set()
     assert gw.metrics.published_readings.total() == 0
     assert not any("New client connected" in line for line in broker.log)
+
+
+def _open_tls_sockets() -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, ssl.SSLSocket) and o.fileno() != -1)
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+async def test_a_tls_connect_that_fails_leaves_no_socket_open_even_when_cancelled(
+    cancelled: bool, close_leaked_tls_sockets: None, tmp_path: Path, mqtt_broker_factory: BrokerFactory,
+    tls_material: TlsMaterial,
+) -> None:
+    """paho leaves the socket of a failed TLS handshake open. Cancelled (a gateway stopping
+    during a retry), the handshake failed after the cancel and the socket stayed open until
+    the garbage collector found it, with a ResourceWarning failing whichever test ran then."""
+    broker = mqtt_broker_factory(tls=tls_material)
+    cfg = make_config(tmp_path, broker, mqtt__tls=True)
+    cfg.mqtt.ca_file = make_tls_material(tmp_path / "other-ca").ca_cert
+    before = _open_tls_sockets()
+    for i in range(5):
+        client, _ = build_client(cfg, cfg.mqtt.brokers[0], False, identifier=f"t{i}", password=None)
+        attempt = asyncio.ensure_future(connect(client, cfg.mqtt.connect_timeout_s))
+        if cancelled:
+            await asyncio.sleep(0)  # one turn: the connect is under way in its thread
+            attempt.cancel()
+        with pytest.raises(asyncio.CancelledError if cancelled else aiomqtt.MqttError):
+            await attempt
+    assert _open_tls_sockets() == before
 
 
 def _frame(node_id: int, fcnt: int, key: bytes | None = None) -> bytes:
