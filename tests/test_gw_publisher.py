@@ -333,7 +333,7 @@ async def test_offline_on_the_way_out_is_given_up_after_two_seconds_without_its_
     await g.connected()
     t0 = time.monotonic()
     await asyncio.wait_for(g.pub.announce_offline(), 10)  # a shutdown is not held up
-    assert time.monotonic() - t0 >= 2.0
+    assert time.monotonic() - t0 >= 1.99  # its timeout: 2 s
     offline = fake.topics("/status")[-1]
     assert (offline.qos, offline.retain, offline.json()) == (1, True, OFFLINE)
 
