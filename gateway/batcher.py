@@ -87,6 +87,9 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.on_error: Callable[[Exception], None] = self._log_error
+        # The recovered frames' batch while its commit has not succeeded: (pack, frames,
+        # priority, counters per node); retried before each batch's commit.
+        self._recovering: tuple[bytes, int, int, dict[int, list[int]]] | None = None
         self._recover_staged()
 
     def _recover_staged(self) -> None:
@@ -106,15 +109,27 @@ class Batcher:
         fcnts: dict[int, list[int]] = {}
         for s in fresh:
             fcnts.setdefault(s.node_id, []).append(s.fcnt)
+        self._recovering = (payload, len(fresh), priority, fcnts)
+        self._commit_recovered(unstage=True)
+
+    def _commit_recovered(self, unstage: bool) -> bool:
+        """Commit the recovered frames' batch if it waits; False if that failed: the frames
+        stay in the journal (their marks hold in memory), which no commit may clear until
+        they are committed (a later staging would write over them)."""
+        if self._recovering is None:
+            return True
+        payload, frames, priority, fcnts = self._recovering
         advanced, rows = self._advance(fcnts)
         try:
-            self.outbox.commit_batch(payload, len(fresh), priority, rows, unstage=True)
-        except Exception as exc:  # still in the journal (the marks in memory hold): the next start
-            _log.error("event=staged_frames_not_recovered frames=%d error=%r", len(fresh), exc)
-            return
+            self.outbox.commit_batch(payload, frames, priority, rows, unstage=unstage)
+        except Exception as exc:
+            _log.error("event=staged_frames_not_recovered frames=%d error=%r", frames, exc)
+            return False
         for st, mark, seen in advanced:
             st.committed, st.committed_seen = mark, seen
-        _log.warning("event=staged_frames_recovered frames=%d", len(fresh))
+        self._recovering = None
+        _log.warning("event=staged_frames_recovered frames=%d", frames)
+        return True
 
     def _advance(self, fcnts: dict[int, list[int]]) -> tuple[list[tuple[NodeState, int, int]], list[NodeRow]]:
         """The committed marks once these counters are on disk (applied by the caller after
@@ -283,9 +298,11 @@ class Batcher:
             st.dcnt += 1
             cmds = plan.for_ack(node_id, st.dcnt)
             acks.append((acc, encode_ack(node.keys, node_id, st.dcnt, acc.record.fcnt, cmds)))
+        recovered = self._commit_recovered(unstage=False)  # before this batch's marks
         advanced, rows = self._advance(fcnts)  # applied once the commit returns
         try:
-            batch_id = self.outbox.commit_batch(payload, len(batch), priority, rows, plan.done, unstage)
+            batch_id = self.outbox.commit_batch(payload, len(batch), priority, rows, plan.done,
+                                                unstage and recovered)
         except Exception as exc:
             # Disk full (after the outbox evicted what it could) or an I/O error: nothing was
             # acked, so serial nodes keep these frames and retransmit; BLE frames not staged
@@ -301,6 +318,9 @@ class Batcher:
                                  "event=outbox_commit_failed frames=%d error=%r", len(batch), exc)
             for st, _, _ in advanced:
                 st.rollback()
+            for node_id, fs in self._recovering[3].items() if self._recovering else ():
+                for f in fs:  # the rollback forgot them too: they are still waiting
+                    self.replay.get(node_id).admit(f)
             self._reopen(staged)
             return
         for st, mark, seen in advanced:

@@ -307,39 +307,101 @@ def test_recovered_frames_keep_their_alarm_priority_and_their_marks_outlive_the_
             s.outbox.close()
 
 
-def test_frames_whose_recovery_failed_wait_in_the_journal_for_the_next_start(tmp_path: Path, clock: Clock) -> None:
-    """The recovery's commit fails: the frames stay in the journal (their marks hold in
-    memory, so a repeat is a duplicate), batches that stage nothing leave the journal alone (a
-    later staging is written after them), and the next start recovers them, once."""
-    path = tmp_path / "outbox.db"
+class _Restart:
+    """The next start of a crashed Stack on ``path``, whose commits fail as ``fails`` says
+    (one bool a commit, in order; the later ones succeed)."""
+
+    def __init__(self, path: Path, fails: list[bool]) -> None:
+        self.metrics = Metrics()
+        self.outbox = Outbox(path, 1 << 26, self.metrics)
+        real = self.outbox.commit_batch
+        self.fails = fails
+
+        def commit(*args: Any, **kwargs: Any) -> int:
+            if self.fails and self.fails.pop(0):
+                raise sqlite3.OperationalError("disk I/O error")
+            return real(*args, **kwargs)
+
+        self.outbox.commit_batch = commit  # type: ignore[method-assign]
+        self.replay = ReplayTable(self.outbox.load_nodes())
+        self.batcher = Batcher(BatchConfig(max_age_s=60.0), self.outbox, REGISTRY, self.replay,
+                               Health(HealthConfig(), REGISTRY, lambda *a: None, 0.0), self.metrics)
+        self.verifier = Verifier(REGISTRY, self.replay, self.metrics)
+
+    def hear(self, data: bytes, transport: str = "ble", reply: Any = None) -> Any:
+        v = self.verifier.process(Heard(data, transport, -70, reply))
+        if v is not None:
+            self.batcher.add(v)
+        return v
+
+    def packs(self) -> list[list[tuple[int, int]]]:
+        return [[(n, f) for n, f, _ in frames_from_pack(b.payload)] for b in self.outbox.peek(0, 100)]
+
+
+def _staged_then_crashed(path: Path, clock: Clock) -> Stack:
     a = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))
     a.hear(frame(1, 7))
     clock.now_s += 0.05
     a.batcher.tick()
-    metrics = Metrics()
-    outbox = Outbox(path, 1 << 26, metrics)  # a crashed; the next start's commit fails once
-    real = outbox.commit_batch
-    outbox.commit_batch = _broken_commit  # type: ignore[method-assign]
-    replay = ReplayTable(outbox.load_nodes())
-    batcher = Batcher(BatchConfig(max_age_s=60.0), outbox, REGISTRY, replay,
-                      Health(HealthConfig(), REGISTRY, lambda *a: None, 0.0), metrics)
-    outbox.commit_batch = real  # type: ignore[method-assign]
-    verifier = Verifier(REGISTRY, replay, metrics)
-    assert isinstance(verifier.process(Heard(frame(1, 7), "ble")), Duplicate)
+    assert a.staged() == [(1, 7)]
+    return a
+
+
+def test_frames_whose_recovery_failed_are_committed_before_the_next_batch(tmp_path: Path, clock: Clock) -> None:
+    """The recovery's commit fails: the frames stay in the journal, their marks hold (a
+    repeat is a duplicate, even after a failed commit rolled the node back), and the next
+    batch's commit is preceded by theirs; after one more crash each is stored once."""
+    path = tmp_path / "outbox.db"
+    a = _staged_then_crashed(path, clock)
+    b = _Restart(path, [True, True, True])  # the recovery; then a batch's retry and its own commit
+    assert b.outbox.depth == 0
+    assert isinstance(b.hear(frame(1, 7)), Duplicate)
     acks: list[bytes] = []
-    for f in (1, 2):  # serial frames only: nothing staged
-        v = verifier.process(Heard(frame(2, f), "serial", -70, acks.append))
-        assert v is not None
-        batcher.add(v)
-        batcher.flush()
-    assert len(acks) == 2 and outbox.depth == 2
-    v = verifier.process(Heard(frame(3, 1), "ble"))  # staged after them, not over them
-    assert v is not None
-    batcher.add(v)
-    batcher.stage()
+    b.hear(frame(1, 8), "serial", acks.append)
+    b.batcher.flush()
+    assert b.outbox.depth == 0 and not acks and b.fails == []
+    assert isinstance(b.hear(frame(1, 7)), Duplicate)  # still waiting to be committed
+    b.hear(frame(1, 8), "serial", acks.append)  # the retransmission
+    b.batcher.flush()
+    assert b.packs() == [[(1, 7)], [(1, 8)]] and len(acks) == 1
     c = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))  # b crashed
-    assert sorted(c.stored()) == [(1, 7), (2, 1), (2, 2), (3, 1)]
-    for o in (a.outbox, outbox, c.outbox):
+    assert c.stored() == [(1, 7), (1, 8)]
+    for o in (a.outbox, b.outbox, c.outbox):
+        o.close()
+
+
+def test_no_commit_clears_the_journal_while_the_recovered_frames_wait(tmp_path: Path, clock: Clock) -> None:
+    """The recovery fails, and its retry before the next batch too: that batch's staged
+    frames are committed without clearing the journal, so a staging after it is written after
+    the recovered frames, not over them, and a crash then loses nothing."""
+    path = tmp_path / "outbox.db"
+    a = _staged_then_crashed(path, clock)
+    b = _Restart(path, [True, True])
+    b.hear(frame(3, 1))
+    b.batcher.stage()
+    b.batcher.flush()
+    assert b.packs() == [[(3, 1)]]
+    b.hear(frame(3, 2))
+    b.batcher.stage()
+    c = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))  # b crashed
+    assert sorted(c.stored()) == [(1, 7), (3, 1), (3, 2)] and c.staged() == []
+    for o in (a.outbox, b.outbox, c.outbox):
+        o.close()
+
+
+def test_recovered_frames_committed_by_a_retry_leave_the_journal_to_the_batch(tmp_path: Path, clock: Clock) -> None:
+    """The retry succeeds before a batch that staged nothing: the journal is not cleared by
+    either (the recovered records in it are in a batch now: the next start skips them)."""
+    path = tmp_path / "outbox.db"
+    a = _staged_then_crashed(path, clock)
+    b = _Restart(path, [True])
+    for f in (1, 2):
+        b.hear(frame(2, f), "serial", lambda ack: None)
+        b.batcher.flush()
+    assert b.packs() == [[(1, 7)], [(2, 1)], [(2, 2)]]  # recovered once
+    c = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))
+    assert c.stored() == [(1, 7), (2, 1), (2, 2)]
+    for o in (a.outbox, b.outbox, c.outbox):
         o.close()
 
 
@@ -360,3 +422,24 @@ def test_a_frame_whose_staging_failed_is_not_kept_when_its_commit_fails(tmp_path
     a.batcher.flush()
     assert a.stored() == []
     a.outbox.close()
+
+
+def test_a_retry_that_succeeds_before_a_failing_batch_leaves_its_staged_frames_in_the_journal(
+        tmp_path: Path, clock: Clock) -> None:
+    """The recovered frames are committed before a batch whose commit then fails: that commit
+    must not have cleared the journal, where the batch's staged frame still is; stagings after
+    it go after it, and a crash then keeps it."""
+    path = tmp_path / "outbox.db"
+    a = _staged_then_crashed(path, clock)
+    b = _Restart(path, [True, False, True])  # the recovery fails, its retry works, the batch fails
+    b.hear(frame(3, 1))
+    b.batcher.stage()
+    b.batcher.flush()
+    assert b.packs() == [[(1, 7)]]
+    for f in (2, 3, 4):
+        b.hear(frame(3, f))
+    b.batcher.stage()
+    c = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))  # b crashed
+    assert sorted(c.stored()) == [(1, 7), (3, 1), (3, 2), (3, 3), (3, 4)]
+    for o in (a.outbox, b.outbox, c.outbox):
+        o.close()
