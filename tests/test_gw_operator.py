@@ -18,7 +18,7 @@ import pytest
 
 from gateway import config_toml
 from gateway.app import Gateway
-from gateway.config import BrokerAddress, MqttConfig
+from gateway.config import BrokerAddress, GatewayConfig, MqttConfig
 from gateway.errors import ConfigError
 from gateway.outbox import Outbox
 from tests.support.broker import TlsMaterial, make_client_cert, make_tls_material
@@ -220,6 +220,33 @@ def test_the_gateway_doc_describes_every_key() -> None:
     # A row of the configuration table each, not a mention in prose (batch.durable_ms had only that).
     missing = [k for k in _keys_the_loader_reads() if f"| `{k}` |" not in doc]
     assert missing == []
+
+
+_LITERAL = {"none": None, "false": False, "true": True, "`[]`": []}
+
+
+def test_the_defaults_the_gateway_doc_states_are_the_codes() -> None:
+    """README's "within `batch.durable_ms` (1 s)" and every default of the configuration table
+    that is a value (not "required" or a path made from others) is what the loader starts from."""
+    doc = (ROOT / "docs" / "GATEWAY.md").read_text()
+    defaults = GatewayConfig(site="s", gateway_id="g", registry=Path("r"), data_dir=Path("d"))
+    checked = {}
+    for key, cell in re.findall(r"^\| `(\w+\.\w+)` \| ([^|]+?) \|", doc, re.M):
+        section, _, name = key.partition(".")
+        if section == "gateway":
+            continue
+        if cell in _LITERAL:
+            want: object = _LITERAL[cell]
+        elif m := re.fullmatch(r'`"(.*)"`', cell):
+            want = m.group(1)
+        elif re.fullmatch(r"0x[0-9A-Fa-f]+|\d+(\.\d+)?", cell):
+            want = float.fromhex(cell) if cell.startswith("0x") else float(cell)
+        else:
+            continue  # "required", `<data_dir>/outbox.db`, ...
+        got = getattr(getattr(defaults, section), name)
+        checked[key] = (None if cell == "none" and got == "" else got, want)  # "": no username
+    assert len(checked) > 40 and checked["batch.durable_ms"][1] == 1000
+    assert {k: v for k, v in checked.items() if v[0] != v[1]} == {}
 
 
 def test_the_outbox_database_is_created_0600_whatever_the_umask(tmp_path: Path) -> None:
