@@ -253,15 +253,15 @@ def _node(w: ff.World, now_s: int = 0, extra: dict | None = None) -> Any:
 def test_a_relearned_baseline_is_written_past_half_the_release_and_at_most_hourly() -> None:
     w = ff.make_world("parking")
     st: dict = {"b": [0, 0, 3000], "bs": [0, 0, 0]}  # moved exactly half the 6 uT release
-    us_parking._save_base(_node(w, 100), st, OFF)
+    us_parking._save_base(_node(w, 0), st, OFF)
     assert w.nvs_writes == 0
     st["b"] = [0, 0, 3001]
-    us_parking._save_base(_node(w, 100), st, OFF)
-    assert w.nvs_writes == 1 and st["bs"] == [0, 0, 3001] and st["bt"] == 100 + 3600
+    us_parking._save_base(_node(w, 0), st, OFF)  # never written before: due at once, at time 0
+    assert w.nvs_writes == 1 and st["bs"] == [0, 0, 3001] and st["bt"] == 3600
     st["b"] = [0, 0, 9000]
-    us_parking._save_base(_node(w, 3699), st, OFF)  # moved again, within the hour
+    us_parking._save_base(_node(w, 3599), st, OFF)  # moved again, within the hour
     assert w.nvs_writes == 1
-    us_parking._save_base(_node(w, 3701), st, OFF)
+    us_parking._save_base(_node(w, 3600), st, OFF)  # the hour is up, to the second
     assert w.nvs_writes == 2 and us_store.nvs_get_obj(w.hal().esp32.NVS("urbansense"), "mag_base") == [0, 0, 9000]
 
 
