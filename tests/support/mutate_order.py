@@ -42,16 +42,28 @@ DURATIONS = Path("mutate-durations.json")  # mutmut runs the tests in mutants/
 RUNS = Path("mutate-runs.tsv")
 EQUIVALENTS = Path("bench/mutation-equivalents.md")  # tools/mutate.py has mutmut copy bench/
 
-_measured: dict[str, float] = {}
+_measured: dict[str, float] = {}  # in the stats run: each test's whole duration
+_durations: dict[str, float] = {}  # in a mutant's run: the stats run's
 _run: dict[str, float] = {"selected": 0, "ran": 0, "t0": 0.0, "unmutated_s": 0.0}
+_killer: list[str] = []  # the first test that failed
 
 
 def _mutant() -> str:
     return os.environ.get("MUTANT_UNDER_TEST", "")
 
 
-_durations: dict[str, float] = {}
-_killer: list[str] = []  # the first test that failed
+def _not_run(mutant: str) -> bool:
+    """Equivalent: listed, or (where the module asks) by the FrameError-detail rule."""
+    if os.environ.get("URBANSENSE_MUTATE_EQUIVALENTS") == "1":
+        return False
+    if mutant in _listed():
+        return True
+    if os.environ.get("URBANSENSE_MUTATE_SKIP_BY_RULE") != "1":
+        return False
+    try:
+        return _by_rule(mutant)
+    except Exception:  # an error here would end pytest with exit 3, which mutmut counts as a kill
+        return False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -60,8 +72,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     _killer.clear()
     if "__mutmut_" not in _mutant():
         return
-    if os.environ.get("URBANSENSE_MUTATE_EQUIVALENTS") != "1" and (
-            _mutant() in _listed() or (os.environ.get("URBANSENSE_MUTATE_SKIP_BY_RULE") == "1" and _by_rule(_mutant()))):
+    if _not_run(_mutant()):
         items.clear()
         return
     try:
