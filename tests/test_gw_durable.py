@@ -443,3 +443,46 @@ def test_a_retry_that_succeeds_before_a_failing_batch_leaves_its_staged_frames_i
     assert sorted(c.stored()) == [(1, 7), (3, 1), (3, 2), (3, 3), (3, 4)]
     for o in (a.outbox, b.outbox, c.outbox):
         o.close()
+
+
+def test_a_retry_that_succeeds_lets_the_batch_after_it_clear_the_journal(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "outbox.db"
+    a = _staged_then_crashed(path, clock)
+    b = _Restart(path, [True])
+    b.hear(frame(3, 1))
+    b.batcher.stage()
+    b.batcher.flush()
+    assert b.packs() == [[(1, 7)], [(3, 1)]]
+    assert b.outbox._staging.size == 0  # written from its start again, as after any batch
+    c = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))
+    assert c.staged() == [] and sorted(c.stored()) == [(1, 7), (3, 1)]
+    for o in (a.outbox, b.outbox, c.outbox):
+        o.close()
+
+
+def test_a_staged_frame_a_serial_repeat_joined_stays_in_the_journal_when_its_commit_fails(
+        tmp_path: Path, clock: Clock) -> None:
+    """A BLE frame staged, then its serial repeat joined it (the node waits for an ack): the
+    failed commit does not reopen it (the node retransmits), and it stays in the journal: a
+    batch that stages nothing leaves it there, and a crash before the retransmission keeps it."""
+    path = tmp_path / "outbox.db"
+    a = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))
+    a.hear(frame(1, 7))
+    clock.now_s += 0.05
+    a.batcher.tick()
+    acks: list[bytes] = []
+    assert isinstance(a.hear(frame(1, 7), "serial", acks.append), Duplicate)
+    real = a.outbox.commit_batch
+    a.outbox.commit_batch = _broken_commit  # type: ignore[method-assign]
+    a.batcher.flush()
+    a.outbox.commit_batch = real  # type: ignore[method-assign]
+    assert a.batcher.deadline_s() is None and not acks
+    a.hear(frame(2, 1), "serial", acks.append)
+    a.batcher.flush()
+    a.hear(frame(3, 1))
+    clock.now_s += 0.05
+    a.batcher.tick()
+    b = Stack(path, BatchConfig(max_age_s=60.0, durable_ms=50))  # a crashed
+    assert sorted(b.stored()) == [(1, 7), (2, 1), (3, 1)]
+    a.outbox.close()
+    b.outbox.close()
