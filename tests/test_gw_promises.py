@@ -444,7 +444,8 @@ def _records(name: str) -> Iterator[list[logging.LogRecord]]:
 def test_the_window_edges_accepting_twice_changes_nothing_and_a_jump_of_exactly_the_window() -> None:
     """mark_seen's contract (RFC 4303 3.4.3): accepting the mark or a counter already in the
     window changes nothing; after a jump of exactly WINDOW the old mark is still remembered,
-    one more and it falls out."""
+    one more and it falls out; the counter just below the mark is the window's first bit."""
+    assert mark_seen(100, 0, 99) == (100, 1)
     mark, seen = mark_seen(None, 0, 100)
     mark, seen = mark_seen(mark, seen, 98)
     assert mark_seen(mark, seen, 100) == (mark, seen) and mark_seen(mark, seen, 98) == (mark, seen)
