@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,30 @@ def test_a_missing_image_or_pin_says_what_to_do(tmp_path: Path, capsys: pytest.C
                "--image", str(tmp_path / "x.bin"), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 2 and "pins no sha256" in out["error"]
+
+
+def test_flash_never_downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """With every way to the network refusing and recording: a missing image is an error that
+    names the file to copy, and a present one is flashed whole; no connection is attempted."""
+    tried: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        tried.append(args)
+        raise OSError("the test allows no network")
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    rc = main(["node", "flash", "--port", "/dev/null", "--board", "city-wroom32e",
+               "--image", str(tmp_path / "missing.bin"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert tried == []
+    assert rc == 2 and "nothing is downloaded" in out["error"]
+    board, path, image = _board(tmp_path)
+    with FakeEsp32Rom() as rom:
+        flash(rom.port, board, path, use_stub=False, connect_mode="no-reset", quiet=True)
+        assert rom.flash[0x1000:0x1000 + len(image)] == image
+    assert tried == []
 
 
 def test_a_file_of_the_pinned_size_with_other_bytes_is_refused_by_its_hash(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import re
 from pathlib import Path
@@ -215,12 +217,87 @@ def test_firmware_cbor_matches_cbor2(obj: object) -> None:
     assert us_cbor.decode(cbor2.dumps(obj, canonical=True)) == obj
 
 
-@given(data=st.binary(max_size=80))
-def test_firmware_cbor_decoder_never_crashes(data: bytes) -> None:
+def _nesting(v: object) -> int:
+    """How deep the firmware decoder recurses for v: 0 for a scalar or an empty container."""
+    kids = list(v) + list(v.values()) if isinstance(v, dict) else v if isinstance(v, list) else []
+    return 1 + max(map(_nesting, kids)) if kids else 0
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal with the types too (True == 1 in Python, not in CBOR)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(_same, a, b))  # type: ignore[arg-type]
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)  # type: ignore[attr-defined,index]
+    return a == b
+
+
+def _cbor2_one_item(data: bytes) -> tuple[bool, object]:
+    """cbor2's reading of data as exactly one item -> (ok, value); cbor2.loads ignores a tail."""
+    dec = cbor2.CBORDecoder(io.BytesIO(data))
     try:
-        us_cbor.decode(data)
+        value = dec.decode()
+    except Exception:
+        return False, None
+    return dec.fp.tell() == len(data), value
+
+
+def _in_subset(v: object) -> bool:
+    if v is None or isinstance(v, (bool, bytes, str)):
+        return True
+    if isinstance(v, int):
+        return -(2**64) <= v < 2**64
+    if isinstance(v, list):
+        return all(map(_in_subset, v))
+    if isinstance(v, dict):
+        return all(isinstance(k, (int, str)) and not isinstance(k, bool) and _in_subset(k) and _in_subset(x)
+                   for k, x in v.items())
+    return False
+
+
+_SUBSET = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**64), 2**64 - 1), st.binary(max_size=20), st.text(max_size=10)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.one_of(st.integers(-300, 300), st.text(max_size=3)), inner, max_size=3)),
+    max_leaves=8,
+)
+_DEEP = st.integers(0, 11).map(lambda d: functools.reduce(lambda v, _: [v], range(d), 7))
+
+
+@st.composite
+def _cbor_like(draw: st.DrawFn) -> bytes:
+    """A canonical encoding of a value, kept, cut, with a byte changed or with a tail."""
+    data = cbor2.dumps(draw(st.one_of(_SUBSET, _DEEP)), canonical=True)
+    how = draw(st.sampled_from(["keep", "cut", "change", "tail"]))
+    if how == "cut":
+        return data[:draw(st.integers(0, len(data) - 1))]
+    if how == "change":
+        i = draw(st.integers(0, len(data) - 1))
+        return data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1:]
+    return data + draw(st.binary(min_size=1, max_size=4)) if how == "tail" else data
+
+
+@given(data=st.one_of(st.binary(max_size=80), _cbor_like()))
+@example(data=b"\x1a\x01")  # a 4-byte head cut short
+@example(data=bytes.fromhex("818181818181818101"))  # nesting 8: the deepest accepted
+@example(data=bytes.fromhex("81818181818181818101"))  # nesting 9: refused
+@example(data=bytes.fromhex("a1a001"))  # a map key that is a map: unhashable, refused
+@example(data=bytes.fromhex("a14001"))  # a bytes key: outside the subset, refused
+def test_firmware_cbor_decoder_agrees_with_cbor2_or_refuses(data: bytes) -> None:
+    """The firmware decodes the bytes a downlink carries. Whatever it returns is what cbor2
+    reads from the same bytes as exactly one item, nested at most 8 deep; the canonical
+    encoding of any value in its subset (ints of 64 bits, bool, null, bytes, text, lists, maps
+    with int or text keys, nesting up to 8) decodes to that value; anything else is a ValueError."""
+    whole, model = _cbor2_one_item(data)
+    try:
+        got = us_cbor.decode(data)
     except ValueError:
-        pass
+        assert not (whole and data == cbor2.dumps(model, canonical=True) and _nesting(model) <= 8
+                    and _in_subset(model)), f"refused the canonical encoding of {model!r}"
+        return
+    assert whole and _same(got, model) and _nesting(got) <= 8 and _in_subset(got)
 
 
 @given(key=keys16, node_id=u32, fcnt=u32, dcnt=u32, data=st.binary(max_size=64), direction=st.sampled_from([0, 1]))
