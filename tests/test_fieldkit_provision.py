@@ -25,6 +25,7 @@ from tests.support.vboard import VirtualBoard
 from tests.test_gw_support import make_config, wait_for
 from urbansense.cli import main
 from urbansense.fieldkit import FieldError, build, nodeconfig
+from urbansense.fieldkit.boardlink import connect
 from urbansense.fieldkit.provision import Request, provision
 from urbansense.fieldkit.siteregistry import SiteRegistry
 from urbansense.wire.protocol import NodeKeys, parse_header, verify_uplink
@@ -178,6 +179,25 @@ def test_a_pulled_cable_mid_copy_resumes_without_a_second_id(
         assert [r["node_id"] for r in SiteRegistry(registry).records()] == [1]
     finally:
         board.close()
+
+
+def test_a_copy_that_lands_different_is_refused_and_the_rerun_copies_it_again(tmp_path: Path) -> None:
+    """Each copy is checked by its SHA-256 on the board: a file that lands with one byte changed
+    (a flaky cable, worn flash; here the write itself changes the last byte) is an error that
+    says to run again, and the re-run copies it, not trusting what the board holds."""
+    with VirtualBoard(tmp_path / "flash") as board, connect(board.port) as link:
+        write = link.t.fs_writefile
+
+        def one_byte_changed(path: str, data: bytes, progress_callback: Any = None) -> None:
+            write(path, data[:-1] + bytes([data[-1] ^ 1]), progress_callback=progress_callback)
+        link.t.fs_writefile = one_byte_changed  # type: ignore[method-assign]
+        with pytest.raises(FieldError) as ei:
+            link.sync({"lib/x.txt": b"what was sent"})
+        assert "does not match what was sent" in ei.value.problem
+        assert "run the same command again" in ei.value.next_step
+        link.t.fs_writefile = write  # type: ignore[method-assign]
+        assert link.sync({"lib/x.txt": b"what was sent"})["files_copied"] == 1
+    assert (tmp_path / "flash" / "lib" / "x.txt").read_bytes() == b"what was sent"
 
 
 def test_no_such_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
