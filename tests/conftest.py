@@ -24,9 +24,13 @@ ALLOW_SKIP = os.environ.get("URBANSENSE_ALLOW_SKIP") == "1"
 if os.environ.get("URBANSENSE_MUTATE") == "1":
     # tools/mutate.py: mutmut's trampolines and a loaded machine make an example slower than
     # hypothesis's 200 ms deadline; a deadline miss is not a kill (nor a failed clean run).
-    from hypothesis import settings
+    # No shrinking: a mutant is killed by the first failing example, and shrinking it (and
+    # explaining it) only costs time, up to mutmut's timeout (us_proto's encode_ack mutants
+    # shrank for 6 s each before).
+    from hypothesis import Phase, settings
 
-    settings.register_profile("mutate", deadline=None)
+    settings.register_profile("mutate", deadline=None,
+                              phases=[p for p in Phase if p not in (Phase.shrink, Phase.explain)])
     settings.load_profile("mutate")
 
 MQTT_USER = "urbansense"
