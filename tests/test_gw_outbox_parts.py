@@ -246,9 +246,11 @@ def test_the_journal_overwrites_from_its_start_and_reads_back_what_a_process_lef
     first = [_f(1, 1), _f(2, 1, 50)]
     j.append(first)
     j.append([_f(1, 2)])
+    j.append([_f(2, 2, 5)])  # each staging after the last
+    assert decode(path.read_bytes()) == ([*first, _f(1, 2), _f(2, 2, 5)], j.size)
     j.clear()  # in a committed batch: the next records go to the start, nothing written
     size = path.stat().st_size
-    assert size == len(encode([*first, _f(1, 2)]))
+    assert size == len(encode([*first, _f(1, 2), _f(2, 2, 5)]))
     j.append([_f(3, 9)])
     j.close()
     assert path.stat().st_size == size, "overwritten, not truncated"

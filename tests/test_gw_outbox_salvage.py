@@ -64,12 +64,12 @@ def _runs(all_ids: list[int], kept: list[int]) -> int:
     return runs
 
 
-def _table_file(path: Path, rowids: list[int]) -> None:
+def _table_file(path: Path, rowids: list[int], size: int = 90) -> None:
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA page_size={PAGE}")
     db.execute("PRAGMA synchronous=OFF")
     db.execute("CREATE TABLE t (x BLOB)")
-    db.executemany("INSERT INTO t (rowid, x) VALUES (?, ?)", [(r, bytes([r % 251]) * 90) for r in rowids])
+    db.executemany("INSERT INTO t (rowid, x) VALUES (?, ?)", [(r, bytes([r % 251]) * size) for r in rowids])
     db.commit()
     db.close()
 
@@ -87,19 +87,25 @@ _PATTERNS = {
 
 
 @pytest.mark.parametrize("pattern", sorted(_PATTERNS))
-@pytest.mark.parametrize("ids", ["dense", "sparse"])
+@pytest.mark.parametrize("ids", ["dense", "sparse", "far", "one_a_page"])
 def test_a_damaged_table_yields_every_readable_row_and_counts_the_stretches(
     tmp_path: Path, pattern: str, ids: str,
 ) -> None:
-    """Rows from 0 (a node id may be 0) to far apart ones (gaps that the doubling crosses);
-    whatever the bad pages, every row SQLite can still read is read, in order, and only those;
-    ``bad`` is the number of stretches lost; a bad page costs a bounded number of queries."""
+    """Rows from 0 (a node id may be 0) to far apart ones (gaps that the doubling crosses),
+    ids far from 0 (node ids), pages of one row each; whatever the bad pages, every row
+    SQLite can still read is read, in order, and only those; ``bad`` is the number of
+    stretches lost; a bad page costs a bounded number of queries."""
     rng = random.Random(ids)
-    rowids = list(range(0, 1500)) if ids == "dense" else sorted(rng.sample(range(1 << 40), 1500))
-    if ids == "sparse":
-        rowids[0] = 0
+    size = 90
+    if ids in ("dense", "one_a_page"):
+        rowids = list(range(0, 1500 if ids == "dense" else 600))
+        size = 90 if ids == "dense" else 300
+    elif ids == "sparse":
+        rowids = [0, *sorted(rng.sample(range(1, 1 << 40), 1499))]
+    else:
+        rowids = sorted(rng.sample(range(0x10000000, 0x10000000 + (1 << 22)), 1500))
     path = tmp_path / "t.db"
-    _table_file(path, rowids)
+    _table_file(path, rowids, size)
     leaves = _leaves(path, "t")
     assert len(leaves) > 200
     _smash(path, _PATTERNS[pattern](leaves), PAGE)
@@ -111,7 +117,7 @@ def test_a_damaged_table_yields_every_readable_row_and_counts_the_stretches(
     table = _DamagedTable(db, "t", "x")
     got = list(table)
     db.set_trace_callback(None)
-    assert [bytes([r % 251]) * 90 for r in want] == [x for (x,) in got]
+    assert [bytes([r % 251]) * size for r in want] == [x for (x,) in got]
     assert table.read == len(want) and table.bad == _runs(rowids, want)
     # Per stretch: 64 rows read one by one, ~2 probes a row lost, a bisection; a table bad to
     # its end: 512 probes at the rows' spacing, then doubling.
@@ -198,14 +204,15 @@ def test_salvage_refuses_garbage_marks_and_counts_bad_batches_one_by_one(tmp_pat
     p = b"pack"
     rows = [(1, 0, 2, 0.0, zlib.crc32(p), p), (2, 0, 2, 0.0, zlib.crc32(p) + 1, p),
             (3, 0, "two", 0.0, zlib.crc32(p), p), (4, 1, 2, 0.0, zlib.crc32(p), p),
-            (5, 0, 2, 0.0, zlib.crc32(p), b"other")]
+            (5, 0, 2, 0.0, zlib.crc32(p), b"other"), (6, "x", 2, 0.0, zlib.crc32(p), p)]
     db.executemany("INSERT INTO batches VALUES (?,?,?,?,?,?)", rows)
     db.close()
     m = Metrics()
     new = connect(tmp_path / "new.db", "full", None)
     s = salvage(old, new, m)
     assert sorted(new.execute("SELECT * FROM nodes")) == sorted(good) and s.nodes == 3
-    assert [r[0] for r in new.execute("SELECT id FROM batches ORDER BY id")] == [1, 4] and s.batches == 2
+    # A damaged priority costs the eviction order, not the readings: kept.
+    assert [r[0] for r in new.execute("SELECT id FROM batches ORDER BY id")] == [1, 4, 6] and s.batches == 3
     assert m.outbox_corrupt.total() == 3
     new.close()
 
@@ -258,3 +265,76 @@ def test_salvage_fails_only_when_no_mark_at_all_could_be_read(
     assert any("outbox_salvage_failed" in r.getMessage() for r in caplog.records
                if r.levelno >= logging.ERROR) is failed
     ob.close()
+
+
+def test_a_file_from_before_the_marks_log_salvages_without_an_alarm(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No ``marks`` table is how such a file looks, not damage: nothing to report."""
+    old = tmp_path / "old.db"
+    db = sqlite3.connect(old)
+    db.executescript("CREATE TABLE nodes (node_id INTEGER PRIMARY KEY, fcnt INTEGER NOT NULL, "
+                     "dcnt INTEGER NOT NULL, recent BLOB NOT NULL);"
+                     "CREATE TABLE batches (id INTEGER PRIMARY KEY AUTOINCREMENT, priority INTEGER NOT NULL,"
+                     " frames INTEGER NOT NULL, created_s REAL NOT NULL, crc INTEGER NOT NULL, payload BLOB NOT NULL);"
+                     "CREATE TABLE downlinks (node_id INTEGER PRIMARY KEY, commands TEXT NOT NULL);"
+                     "INSERT INTO nodes VALUES (7, 50, 2, x'');")
+    db.close()
+    new = connect(tmp_path / "new.db", "full", None)
+    with caplog.at_level(logging.WARNING):
+        s = salvage(old, new, Metrics())
+    assert not s.failed and new.execute("SELECT * FROM nodes").fetchall() == [(7, 50, 2, b"\xff" * 8)]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    new.close()
+
+
+def test_a_file_without_a_downlinks_table_still_gives_its_marks_and_batches(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    db = connect(old, "full", None)
+    db.execute("INSERT INTO nodes VALUES (3, 4, 0, x'01')")
+    db.execute("INSERT INTO batches VALUES (1, 0, 1, 0.0, ?, x'81')", (zlib.crc32(b"\x81"),))
+    db.execute("DROP TABLE downlinks")
+    db.close()
+    new = connect(tmp_path / "new.db", "full", None)
+    s = salvage(old, new, Metrics())
+    assert (s.nodes, s.downlinks, s.batches, s.failed) == (1, 0, 1, False)
+    assert new.execute("SELECT * FROM nodes").fetchall() == [(3, 4, 0, b"\x01")]
+    new.close()
+
+
+def test_a_moved_aside_file_that_cannot_be_opened_is_a_failed_salvage(tmp_path: Path) -> None:
+    new = connect(tmp_path / "new.db", "full", None)
+    s = salvage(tmp_path / "gone.db", new, Metrics())
+    assert s.failed and (s.nodes, s.downlinks, s.batches) == (0, 0, 0)
+    new.close()
+
+
+@pytest.mark.parametrize("chunk,per_transaction", [(3000 * 7, 7), (3000 * 7 + 1, 8)])
+def test_batches_are_copied_in_transactions_of_salvage_chunk_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, per_transaction: int,
+) -> None:
+    """A transaction commits once it holds ``_SALVAGE_CHUNK_BYTES`` of payload (4 MiB), so the
+    WAL can checkpoint while a large file is copied; every clean row is copied."""
+    monkeypatch.setattr(salvage_mod, "_SALVAGE_CHUNK_BYTES", chunk)
+    old = tmp_path / "old.db"
+    db = connect(old, "full", None)
+    pay = [random.Random(i).randbytes(3000) for i in range(40)]
+    db.executemany("INSERT INTO batches VALUES (?, 0, 1, 0.0, ?, ?)",
+                   [(i + 1, zlib.crc32(p), p) for i, p in enumerate(pay)])
+    db.close()
+    new = connect(tmp_path / "new.db", "full", None)
+    sizes: list[int] = []
+    real_write = salvage_mod.write
+
+    def counting(db: sqlite3.Connection, body: object, metrics: Metrics) -> None:
+        before = db.total_changes
+        real_write(db, body, metrics)  # type: ignore[arg-type]
+        sizes.append(db.total_changes - before)
+
+    monkeypatch.setattr(salvage_mod, "write", counting)
+    s = salvage(old, new, Metrics())
+    batch_txs = sizes[1:]  # the first: marks and downlinks
+    assert batch_txs[:-1] == [per_transaction] * (len(batch_txs) - 1)
+    assert sum(batch_txs) == 40 == s.batches and 0 < batch_txs[-1] <= per_transaction
+    assert [p for (p,) in new.execute("SELECT payload FROM batches ORDER BY id")] == pay
+    new.close()
