@@ -250,17 +250,19 @@ class _DamagedTable:
         """The smallest rowid above ``failed`` from which the table reads again (or that lies
         past its last row); None if none up to the largest rowid there can be."""
         gap = max(1, (self._last - self._first) // (2 * (self.read - 1))) if self.read > 1 else 0
-        step, at, probes = max(gap, 1), failed, 0
-        while True:  # no probe in (failed, at] reads
+        step, at = max(gap, 1), failed
+        # Bounded: doubling from any step reaches _MAX_ROWID within 64 probes.
+        for probes in range(1, _LINEAR_PROBES + 65):  # no probe in (failed, at] reads
             if at >= _MAX_ROWID:
                 return None
             step = min(step, _MAX_ROWID - at)
             if self._ok(at + step):
                 break
             at += step
-            probes += 1
             if not gap or probes >= _LINEAR_PROBES:
                 step *= 2
+        else:
+            return None
         lo, hi = at, at + step  # lo does not read (or is failed), hi does
         while hi - lo > 1:
             mid = (lo + hi) // 2
