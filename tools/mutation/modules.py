@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 GW_UNITS = ["tests/test_gw_units.py", "tests/test_gw_promises.py", "tests/test_gw_robustness.py"]
 GW_E2E = ["tests/test_gw_pipeline.py", "tests/test_gw_mqtt311.py"]
-OUTBOX = ("tests/test_gw_outbox_parts.py", "tests/test_gw_outbox_api.py", "tests/test_gw_outbox_salvage.py")
+OUTBOX = ("tests/test_gw_outbox_parts.py", "tests/test_gw_outbox_api.py", "tests/test_gw_outbox_salvage.py",
+          "tests/test_gw_outbox_review.py")
 FW = ["tests/test_fw_node.py", "tests/test_fw_serial.py", "tests/test_fw_resets.py", "tests/test_fw_promises.py"]
 
 
