@@ -10,12 +10,16 @@ from pathlib import Path
 
 import pytest
 
+import gateway.outbox._marks as marks_mod
+from gateway.errors import OutboxFull
 from gateway.flow import NodeRow
-from gateway.outbox import Outbox
+from gateway.metrics import Metrics
+from gateway.outbox import Outbox, stored_bytes
 from gateway.outbox._deflate import MIN_DEFLATE_BYTES, store_marks
 from gateway.outbox._marks import MARK, unpack_marks
 from gateway.outbox._pending import PRIORITY_ALARM, PRIORITY_ORDINARY, Pending
 from gateway.outbox._salvage import _DamagedTable
+from gateway.outbox._sqlite import connect, write
 from tests.test_gw_outbox_salvage import PAGE, _leaves, _readable, _smash, _table_file
 
 
@@ -89,3 +93,80 @@ def test_a_deflated_marks_row_that_would_look_raw_gets_one_zero_byte() -> None:
         if len(z) % MARK.size == 0:
             break
     assert store_marks(rows, MARK.size) == z + b"\0"
+
+
+def test_a_commits_marks_row_is_stored_deflated(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", 1 << 20)
+    rows = [NodeRow(0x10000000 + n, 5000 + n, 3, b"\xff" * 8) for n in range(100)]
+    ob.commit_batch(b"x", 100, PRIORITY_ORDINARY, rows)
+    (n,) = ob._db.execute("SELECT length(rows) FROM marks").fetchone()
+    assert n < 100 * MARK.size / 3 and sorted(ob.load_nodes()) == rows
+    ob.close()
+
+
+def test_a_log_found_over_its_threshold_folds_at_the_next_commit_with_marks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit without node rows neither folds nor forgets the rows the log holds (a log
+    written under a higher threshold, by an older gateway)."""
+    path = tmp_path / "o.db"
+    monkeypatch.setattr(marks_mod, "FOLD_MIN_ROWS", 100)
+    ob = Outbox(path, 1 << 20)
+    for f in range(10):
+        ob.commit_batch(b"x", 1, PRIORITY_ORDINARY, [NodeRow(1, f, 0, bytes(8))])
+    ob._db.close()  # a kill: no fold
+    ob._staging.close()
+    monkeypatch.setattr(marks_mod, "FOLD_MIN_ROWS", 4)
+    ob = Outbox(path, 1 << 20)
+    ob.commit_batch(b"y", 1, PRIORITY_ORDINARY)
+    ob.commit_batch(b"z", 1, PRIORITY_ORDINARY, [NodeRow(1, 10, 0, bytes(8))])
+    assert ob._db.execute("SELECT count(*) FROM marks").fetchone()[0] == 0
+    assert ob._db.execute("SELECT fcnt FROM nodes").fetchall() == [(10,)]
+    ob.close()
+
+
+def test_an_evicted_alarm_batch_is_counted_as_alarm(tmp_path: Path) -> None:
+    m = Metrics()
+    ob = Outbox(tmp_path / "o.db", 2 * stored_bytes(300), m)
+    ob.commit_batch(b"a" * 300, 2, PRIORITY_ALARM)
+    ob.commit_batch(b"b" * 300, 3, PRIORITY_ALARM)
+    ob.commit_batch(b"c" * 300, 4, PRIORITY_ALARM)
+    assert m.outbox_dropped_batches.get("alarm") == 1 and m.outbox_dropped_batches.get("ordinary") == 0
+    assert m.outbox_dropped_readings.total() == 2
+    ob.close()
+
+
+def _no_more_pages(ob: Outbox) -> None:
+    (pages,) = ob._db.execute("PRAGMA page_count").fetchone()
+    ob._db.execute(f"PRAGMA max_page_count={pages}")
+
+
+def test_a_full_disk_frees_twice_the_batch_and_two_pages_from_the_oldest(tmp_path: Path) -> None:
+    """SQLITE_FULL before max_bytes: the retry evicts the oldest batches worth 2 x this batch
+    + 2 pages (one page each here: 4 batches), not fewer (it would fail again on the next
+    commit) nor more (readings dropped for nothing)."""
+    m = Metrics()
+    ob = Outbox(tmp_path / "o.db", 1 << 30, m)
+    ids = [ob.commit_batch(random.Random(i).randbytes(2100), 1, PRIORITY_ORDINARY) for i in range(20)]
+    assert stored_bytes(2100) == 4096
+    _no_more_pages(ob)
+    new = ob.commit_batch(random.Random(99).randbytes(2100), 1, PRIORITY_ORDINARY)
+    assert m.outbox_dropped_batches.get("ordinary") == 4 and ob.pending_ids() == [*ids[4:], new]
+    ob.close()
+
+
+def test_a_full_disk_with_nothing_to_evict_refuses_the_batch_with_its_frames(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", 1 << 30)
+    _no_more_pages(ob)
+    with pytest.raises(OutboxFull) as exc:
+        ob.commit_batch(random.Random(1).randbytes(10_000), 9, PRIORITY_ORDINARY, [NodeRow(1, 1, 0, bytes(8))])
+    assert exc.value.frames == 9 and ob.depth == 0 and ob.load_nodes() == []
+    ob.close()
+
+
+def test_a_transaction_that_writes_nothing_counts_no_disk_bytes(tmp_path: Path) -> None:
+    m = Metrics()
+    db = connect(tmp_path / "o.db", "full", None)
+    write(db, lambda: db.execute("SELECT 1"), m)
+    assert m.disk_bytes_written.total() == 0
+    db.close()
