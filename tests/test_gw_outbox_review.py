@@ -3,14 +3,17 @@ each test here failed with one surviving mutant of gateway/outbox/*.py."""
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
+import stat
 import zlib
 from pathlib import Path
 
 import pytest
 
 import gateway.outbox._marks as marks_mod
+import gateway.outbox._outbox as outbox_mod
 from gateway.errors import OutboxFull
 from gateway.flow import NodeRow
 from gateway.metrics import Metrics
@@ -170,3 +173,66 @@ def test_a_transaction_that_writes_nothing_counts_no_disk_bytes(tmp_path: Path) 
     write(db, lambda: db.execute("SELECT 1"), m)
     assert m.disk_bytes_written.total() == 0
     db.close()
+
+
+def test_an_outbox_opened_with_defaults_fsyncs_and_flushes_acks_after_30_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(outbox_mod.time, "monotonic", lambda: now[0])
+    ob = Outbox(tmp_path / "deep" / "er" / "o.db", 1 << 20)  # its directories made
+    assert ob._db.execute("PRAGMA synchronous").fetchone()[0] == 2 and ob._staging._sync
+    assert ob.salvage.moved_to is None and not ob.salvage.failed
+    assert (tmp_path / "deep" / "er" / "o.db-staged").exists()
+    b = ob.commit_batch(b"x", 1, PRIORITY_ORDINARY)
+    ob.ack(b)
+    now[0] += 29.9
+    ob.flush_acks()
+    assert ob._db.execute("SELECT count(*) FROM batches").fetchone()[0] == 1
+    now[0] += 0.2
+    ob.flush_acks()
+    assert ob._db.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
+    ob.close()
+
+
+def test_a_reopened_outbox_still_evicts_ordinary_batches_before_alarms(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    ob = Outbox(path, 3 * stored_bytes(300))
+    alarm = ob.commit_batch(b"a" * 300, 1, PRIORITY_ALARM)
+    ordinary = ob.commit_batch(b"o" * 300, 1, PRIORITY_ORDINARY)
+    ob.close()
+    m = Metrics()
+    ob = Outbox(path, 3 * stored_bytes(300), m)
+    ob.commit_batch(b"n" * 300, 1, PRIORITY_ORDINARY)
+    ob.commit_batch(b"m" * 300, 1, PRIORITY_ORDINARY)
+    assert alarm in ob.pending_ids() and ordinary not in ob.pending_ids()
+    assert m.outbox_dropped_batches.get("ordinary") == 1
+    ob.close()
+
+
+def test_an_older_autoincrement_file_with_no_batch_yet_opens_and_numbers_from_1(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE batches (id INTEGER PRIMARY KEY AUTOINCREMENT, priority INTEGER NOT NULL,"
+        " frames INTEGER NOT NULL, created_s REAL NOT NULL, crc INTEGER NOT NULL, payload BLOB NOT NULL);")
+    db.close()
+    ob = Outbox(path, 1 << 20)
+    assert ob.commit_batch(b"x", 1, PRIORITY_ORDINARY) == 1
+    ob.close()
+
+
+def test_small_pages_count_small_page_bytes(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", 1 << 20, page_size=512)
+    ob.commit_batch(random.Random(5).randbytes(700), 1, PRIORITY_ORDINARY)
+    assert ob.bytes == stored_bytes(700, 512) != stored_bytes(700)
+    ob.close()
+
+
+def test_the_staging_journal_is_0600_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        Outbox(tmp_path / "o.db", 1 << 20).close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "o.db-staged").stat().st_mode) == 0o600
