@@ -236,3 +236,46 @@ def test_the_staging_journal_is_0600_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "o.db-staged").stat().st_mode) == 0o600
+
+
+def test_a_commit_counts_about_what_it_wrote(tmp_path: Path) -> None:
+    m = Metrics()
+    db = connect(tmp_path / "o.db", "full", None)
+    write(db, lambda: db.execute("INSERT INTO downlinks VALUES (2, ?)", ("x" * 5000,)), m)
+    assert 5000 <= m.disk_bytes_written.total() < 64 << 10
+    db.close()
+
+
+def test_one_byte_over_max_bytes_evicts() -> None:
+    p = Pending()
+    p.append(1, 100, PRIORITY_ORDINARY, 1)
+    p.append(2, 100, PRIORITY_ORDINARY, 1)
+    assert p.oldest(1) == [1] and p.oldest(0) == []
+
+
+def test_the_file_made_after_a_move_aside_keeps_the_configured_settings(tmp_path: Path) -> None:
+    """synchronous FULL (fsync as configured) and the configured page size, for the new file
+    too."""
+    path = tmp_path / "o.db"
+    path.write_bytes(b"this is not sqlite" * 300)
+    ob = Outbox(path, 1 << 20, synchronous="full", page_size=512)
+    assert ob.salvage.moved_to is not None
+    assert ob._db.execute("PRAGMA synchronous").fetchone()[0] == 2 and ob._page_size == 512
+    ob.close()
+
+
+@pytest.mark.parametrize("smashed", [[0, 1], list(range(10, 130))])
+def test_the_probes_past_a_bad_stretch_find_the_next_readable_row(tmp_path: Path, smashed: list[int]) -> None:
+    """Two bad one-row pages (the bisection's last step), and a stretch longer than the probes
+    at the rows' spacing (then doubling takes over)."""
+    rowids = list(range(0, 300)) if smashed == [0, 1] else list(range(0, 1500))
+    size = 300 if smashed == [0, 1] else 90
+    path = tmp_path / "t.db"
+    _table_file(path, rowids, size)
+    leaves = _leaves(path, "t")
+    _smash(path, [leaves[i] for i in smashed], PAGE)
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    want = _readable(db, "t", rowids)
+    assert 0 < len(want) < len(rowids) and want[-1] == rowids[-1]
+    assert [x for (x,) in _DamagedTable(db, "t", "x")] == [bytes([r % 251]) * size for r in want]
+    db.close()
