@@ -279,3 +279,12 @@ def test_the_probes_past_a_bad_stretch_find_the_next_readable_row(tmp_path: Path
     assert 0 < len(want) < len(rowids) and want[-1] == rowids[-1]
     assert [x for (x,) in _DamagedTable(db, "t", "x")] == [bytes([r % 251]) * size for r in want]
     db.close()
+
+
+def test_stored_bytes_are_whole_bytes_and_default_to_sqlites_page() -> None:
+    """An int (the outbox_bytes gauge, max_bytes arithmetic), for rows that fit a leaf and
+    rows that spill; the default page is SQLite's 4096."""
+    for size in (10, 300, 1000, 5000, 20_000):
+        for page in (512, 4096):
+            assert type(stored_bytes(size, page)) is int
+        assert stored_bytes(size) == stored_bytes(size, 4096)
