@@ -7,6 +7,7 @@ import os
 import random
 import sqlite3
 import stat
+import threading
 import zlib
 from pathlib import Path
 
@@ -288,3 +289,15 @@ def test_stored_bytes_are_whole_bytes_and_default_to_sqlites_page() -> None:
         for page in (512, 4096):
             assert type(stored_bytes(size, page)) is int
         assert stored_bytes(size) == stored_bytes(size, 4096)
+
+
+def test_the_outbox_can_be_used_from_another_thread(tmp_path: Path) -> None:
+    """The connection is not tied to the thread that opened it (check_same_thread=False): a
+    caller may close or use it from another thread, one at a time."""
+    ob = Outbox(tmp_path / "o.db", 1 << 20)
+    out: list[object] = []
+    t = threading.Thread(target=lambda: out.append(ob.commit_batch(b"x", 1, PRIORITY_ORDINARY)))
+    t.start()
+    t.join(timeout=30)
+    assert out == [1] and ob.pending_ids() == [1]
+    ob.close()
