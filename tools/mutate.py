@@ -36,9 +36,10 @@ import sys
 import time
 from pathlib import Path
 
-from mutation import MUTMUT, ROOT
+from mutation import EQUIVALENTS, MUTMUT, ROOT
+from mutation.fingerprint import fingerprint, read_pins, write_pins
 from mutation.modules import BY_NAME, SKIP_FUNCTIONS, Module
-from mutation.outcomes import summarize
+from mutation.outcomes import listed, summarize
 from mutation.report import write_results
 from mutation.retest import retest
 
@@ -165,6 +166,30 @@ def run(m: Module, base: Path, max_children: int) -> dict[str, object]:
 _STOPPED = ("Failed to run clean test", "failed to collect stats", "Stopping early, because we could not find")
 
 
+def pin_equivalents(base: Path, names: list[str]) -> int:
+    """Pin the listed equivalents found in the finished runs of ``names`` under ``base``:
+    each one's hash (tools/mutation/fingerprint.py) as its mutant is in that run. The run is
+    the one the review read (``mutmut show``); pins of other modules are kept."""
+    pins = read_pins(EQUIVALENTS.parent)
+    on_list = listed()
+    pinned = 0
+    for name in names:
+        mutants = base / name / "mutants"
+        if not mutants.is_dir():
+            print(f"{name}: no finished run under {base}", file=sys.stderr)
+            continue
+        found = {k for meta in mutants.rglob("*.meta") for k in json.loads(meta.read_text())["exit_code_by_key"]}
+        for mutant in sorted(on_list & found):
+            fp = fingerprint(mutants, mutant)
+            if fp is not None:
+                pins[mutant] = fp
+                pinned += 1
+    # a name no longer on the list needs no pin
+    write_pins(EQUIVALENTS.parent, {k: v for k, v in pins.items() if k in on_list})
+    print(f"pinned {pinned} listed equivalents; {len(on_list)} listed")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("modules", nargs="*", metavar="MODULE",
@@ -173,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="one JSON line per module")
     ap.add_argument("--retest", action="store_true",
                     help="re-check the survivors of finished runs against the test files changed since")
+    ap.add_argument("--pin-equivalents", action="store_true",
+                    help="after a review: pin what each listed equivalent of the modules' finished runs changes "
+                         "(bench/mutation-equivalents.pins), so a renumbered name is run, not skipped")
     ap.add_argument("--write-results", action="store_true",
                     help="only rewrite bench/RESULTS.md's section from the summaries already there")
     args = ap.parse_args(argv)
@@ -187,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                     if line.startswith("model name")), cpu)
     machine = f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    if args.pin_equivalents:
+        return pin_equivalents(base, args.modules or list(BY_NAME))
     if args.write_results:
         write_results(base, machine)
         return 0
@@ -206,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{res['module']:10s} mutants {res['mutants']:4d}  killed {res['killed']:4d}  "
                   f"equivalent {res['equivalent']:3d}  surviving {len(res['survivors']):3d} "  # type: ignore[arg-type]
                   f"(no tests {res['no_tests']})  kill rate {res['kill_rate']} %  {res['wall_s']} s", flush=True)
+            stale = set(res.get("listed_but_changed", ()))  # type: ignore[arg-type]
             for s in res["survivors"]:  # type: ignore[attr-defined]
-                print(f"    {s}")
+                print(f"    {s}" + ("  (listed as equivalent, but not the mutant pinned: review it)" if s in stale else ""))
         rate = res["kill_rate"]
         failed = failed or res["rc"] != 0 or rate is None or rate < 90.0  # type: ignore[operator]
     write_results(base, machine)

@@ -15,10 +15,10 @@ for it (URBANSENSE_MUTATE_SKIP_BY_RULE=1, tools/mutation/modules.py) one equival
 FrameError-detail rule, runs no test: pytest
 collects nothing (exit 5, mutmut's "no tests") and tools/mutation/outcomes.py counts it as
 equivalent, as it did when it survived every test. An equivalent runs all its tests, and they
-were most of a run's time (us_store: 9 of 323 mutants, 290 of 490 s). A listed name that
-mutmut renumbered onto another mutant is not run either until the list is reviewed (the old
-equivalent then survives under its new number, which shows it). URBANSENSE_MUTATE_EQUIVALENTS=1
-runs them (to check the list).
+were most of a run's time (us_store: 9 of 323 mutants, 290 of 490 s). A listed name is skipped
+only while what it changes hashes to the value pinned at its review
+(tools/mutation/fingerprint.py): a name that mutmut renumbered onto another mutant is run like
+any other. URBANSENSE_MUTATE_EQUIVALENTS=1 runs them all (to check the list).
 
 Each mutant's run appends a line to ``mutants/mutate-runs.tsv``: mutant, tests run, tests
 selected, seconds, pytest's exit status, the seconds the tests it ran took unmutated, and the
@@ -57,7 +57,10 @@ def _not_run(mutant: str) -> bool:
     if os.environ.get("URBANSENSE_MUTATE_EQUIVALENTS") == "1":
         return False
     if mutant in _listed():
-        return True
+        _tools()
+        from mutation.fingerprint import read_pins, still_reviewed
+
+        return still_reviewed(Path.cwd(), mutant, read_pins(EQUIVALENTS.parent))
     if os.environ.get("URBANSENSE_MUTATE_SKIP_BY_RULE") != "1":
         return False
     try:
@@ -92,24 +95,13 @@ def _listed() -> set[str]:
         return set()
 
 
-_NAME = re.compile(r"(?:x_|x\u01c1\w+\u01c1)(\w+?)__mutmut_(?:orig|\d+)")
+def _tools() -> None:
+    """mutmut's copy of tools/ on the path, as tools/mutate.py has it (mutmut runs in mutants/)."""
+    import sys
 
-
-def _function_lines(text: list[str], mangled: str) -> list[str]:
-    """A function's lines in a file mutmut wrote (every mutant of it is a function there, named
-    like the mutant), with mutmut's name turned back into the function's, as ``mutmut show`` does."""
-    head = re.compile(rf"\s*(?:async\s+)?def {re.escape(mangled)}\(")
-    for i, line in enumerate(text):
-        if head.match(line):
-            indent = len(line) - len(line.lstrip())
-            j = i + 1
-            while j < len(text) and (not text[j].strip() or len(text[j]) - len(text[j].lstrip()) > indent
-                                     or text[j].lstrip().startswith(")")):
-                j += 1
-            while not text[j - 1].strip():
-                j -= 1
-            return [_NAME.sub(r"\1", x) for x in text[i:j]]
-    return []
+    tools = str(Path("tools").resolve())
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
 
 
 def _by_rule(mutant: str) -> bool:
@@ -118,20 +110,21 @@ def _by_rule(mutant: str) -> bool:
     bench/mutation-equivalents.md), here applied to the mutated file before it."""
     import difflib
     import importlib.util
-    import sys
 
     head = mutant.rpartition("__mutmut_")[0]
     module, _, mangled = head.rpartition(".")
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         return False
+    _tools()
+    from mutation.fingerprint import function_lines
+    from mutation.outcomes import frame_error_detail_diff
+
     text = Path(spec.origin).read_text().splitlines()
-    orig = _function_lines(text, mangled + "__mutmut_orig")
+    orig = function_lines(text, mangled + "__mutmut_orig")
     if not any("FrameError(" in x or "_malformed(" in x for x in orig):
         return False
-    diff = list(difflib.unified_diff(orig, _function_lines(text, mutant.rpartition(".")[2]), lineterm=""))
-    sys.path.insert(0, str(Path("tools").resolve()))  # mutmut's copy of tools/, as tools/mutate.py has it
-    from mutation.outcomes import frame_error_detail_diff
+    diff = list(difflib.unified_diff(orig, function_lines(text, mutant.rpartition(".")[2]), lineterm=""))
 
     return frame_error_detail_diff(diff)
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from mutation import EQUIVALENTS, MUTMUT
+from mutation.fingerprint import read_pins, still_reviewed
 from mutation.modules import SKIP_FUNCTIONS, Module
 
 # mutmut exit codes (mutmut/stats.py status_by_exit_code)
@@ -133,12 +134,22 @@ def frame_error_detail_diff(out: list[str]) -> bool:
         same_reason(a, b) for a, b in zip(minus, plus, strict=True))
 
 
-def equivalents() -> set[str]:
+def listed() -> set[str]:
     """Mutant names written down as equivalent: every `NAME__mutmut_N` in
     bench/mutation-equivalents.md (each listed with its reason)."""
     if not EQUIVALENTS.exists():
         return set()
     return set(re.findall(r"`([^`\s]+__mutmut_\d+)`", EQUIVALENTS.read_text()))
+
+
+def equivalents(work: Path, names: list[str]) -> tuple[set[str], list[str]]:
+    """Of ``names`` (mutants of the run in ``work``), those listed as equivalent that are still
+    the mutant reviewed (tools/mutation/fingerprint.py), and those listed that are not: a
+    renumbered name, or one never pinned, which count as survivors until reviewed again."""
+    pins = read_pins(EQUIVALENTS.parent)
+    on_list = listed()
+    ok = {n for n in names if n in on_list and still_reviewed(work / "mutants", n, pins)}
+    return ok, sorted(n for n in names if n in on_list and n not in ok)
 
 
 def tests_run(work: Path) -> tuple[float, float] | None:
@@ -158,8 +169,8 @@ def summarize(m: Module, work: Path, rc: int, wall_s: float) -> dict[str, object
     """A finished mutmut run in ``work`` counted: killed, equivalent (listed or by rule), survivors."""
     log = work / "mutmut.log"
     r = results(work, SKIP_FUNCTIONS.get(m.name, ()))
-    eq = equivalents()
     not_killed = r["survived"] + r["no_tests"] + r["other"]
+    eq, changed = equivalents(work, not_killed)
     show_all(work, [n for n in not_killed if n not in eq])
     by_rule = [n for n in not_killed if n not in eq and (sql_case_only(work, n) or frame_error_detail_only(work, n))]
     live = [n for n in not_killed if n not in eq and n not in by_rule]
@@ -172,4 +183,5 @@ def summarize(m: Module, work: Path, rc: int, wall_s: float) -> dict[str, object
             # tests/support/mutate_order.py runs no test for an equivalent, listed or by rule (pytest exit 5)
             "equivalent_not_run": len([n for n in r["no_tests"] if n not in live]),
             "kill_rate": round(100 * killed / non_equivalent, 1) if non_equivalent else None,
-            "rule_equivalent": len(by_rule), "log": str(log), "tests_per_mutant": tests_run(work)}
+            "rule_equivalent": len(by_rule), "log": str(log), "tests_per_mutant": tests_run(work),
+            "listed_but_changed": changed}

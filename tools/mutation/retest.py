@@ -89,13 +89,14 @@ def retest(m: Module, base: Path) -> dict[str, object]:
     killed_now: list[str] = []
     not_applied: list[str] = []
     gone: list[str] = []
-    show_all(work, [n for n in summary["survivors"] if n not in equivalents()])
-    by_rule = [n for n in summary["survivors"] if n not in equivalents()
+    eq0, _ = equivalents(work, summary["survivors"])
+    show_all(work, [n for n in summary["survivors"] if n not in eq0])
+    by_rule = [n for n in summary["survivors"] if n not in eq0
                and (sql_case_only(work, n) or frame_error_detail_only(work, n))]
     summary["survivors"] = [n for n in summary["survivors"] if n not in by_rule]
     summary["equivalent"] += len(by_rule)
     summary["rule_equivalent"] = summary.get("rule_equivalent", summary.get("sql_case_equivalent", 0)) + len(by_rule)
-    for name in [n for n in summary["survivors"] if n not in equivalents()] if changed else []:
+    for name in [n for n in summary["survivors"] if n not in eq0] if changed else []:
         diff = show(work, name)
         header = next((line for line in diff if line.startswith("--- ")), "--- ?")[4:].strip()
         target = tree / ("firmware/lib/" + header.removeprefix("src/") if header.startswith("src/") else header)
@@ -115,7 +116,7 @@ def retest(m: Module, base: Path) -> dict[str, object]:
         finally:
             if original is not None:
                 target.write_bytes(original)
-    eq = equivalents()  # the review may have written some down since the run
+    eq, _ = equivalents(work, summary["survivors"])  # the review may have listed (and pinned) some since
     summary["equivalent"] += len([n for n in summary["survivors"] if n in eq and n not in killed_now])
     summary["survivors"] = [n for n in summary["survivors"] if n not in killed_now and n not in eq and n not in gone]
     summary["mutants"] -= len(gone)
