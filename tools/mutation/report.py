@@ -40,6 +40,8 @@ def write_results(base: Path, machine: str) -> None:
     not_run = []
     failed = []
     wall = cpu = 0
+    retested = False  # a row's kills include --retest ones
+    one_pass = True  # every row from this pass's summaries
     loads: list[float] = []
     for m in MODULES:
         f = base / m.name / "summary.json"
@@ -52,6 +54,8 @@ def write_results(base: Path, machine: str) -> None:
                 wall += int(cells[9]) if cells[9].isdigit() else 0
                 cpu += int(cells[10]) if cells[10].isdigit() else 0
                 loads += [float(x) for x in re.findall(r"[\d.]+", cells[12])]
+                retested = retested or not cells[4].endswith("(0)")
+                one_pass = False
             else:
                 not_run.append(m.name)
             continue
@@ -63,6 +67,7 @@ def write_results(base: Path, machine: str) -> None:
         load = r.get("load")
         if r.get("error"):
             failed.append(m.name)
+        retested = retested or bool(r.get("killed_on_retest"))
         rate = f"{r['kill_rate']} %" if r["kill_rate"] is not None else "n/a"
         rule = r.get("rule_equivalent", r.get("sql_case_equivalent", 0))  # included in "equivalent"
         # 'previous' is the rate before it last changed: rewriting an unchanged row keeps it.
@@ -72,6 +77,7 @@ def write_results(base: Path, machine: str) -> None:
                     f"{r['equivalent'] - rule} + {rule} | {len(r['survivors'])} | {rate} | "
                     f"{before} | {r['wall_s'] or 'n/a'} | {r.get('cpu_s', 'n/a')} | {f'{tpm[0]} ({tpm[1]})' if tpm else 'n/a'} | "
                     f"{f'{load[0]}, {load[1]}' if load else 'n/a'} |")
+    passes = "one pass of every module" if one_pass else "the table's runs may be of different passes"
     block = [
         SECTION_START, "## Mutation testing", "",
         "Command: `make mutate` (`nice -n 15 python tools/mutate.py`, mutmut 3, 2 workers); "
@@ -83,12 +89,12 @@ def write_results(base: Path, machine: str) -> None:
         "machine's load does not change. Kill rate = killed (a test "
         "failed or ran out of time) / (all mutants - equivalent ones); floor 90 %. Equivalent "
         "mutants and the rules (log statements not mutated, SQL case, FrameError detail) are in "
-        "bench/mutation-equivalents.md. A module's survivors were reviewed after its run: the "
-        "tests written for them were run against each surviving mutant (`tools/mutate.py --retest`), "
-        "not a whole new run.", "",
+        "bench/mutation-equivalents.md. A module's survivors are reviewed after its run; the "
+        "count in brackets is of survivors killed by the review's tests when only those were run "
+        "against each survivor (`tools/mutate.py --retest`), not a whole new run"
+        + (" (0 in every row: each row is a whole run of its module)." if not retested else "."), "",
         f"A whole run (the rows' wall times summed): {wall} s ({wall / 60:.0f} min), at a 1-minute load of "
-        f"{f'{min(loads)}-{max(loads)}' if loads else 'n/a'} (2 cores shared; the table's runs may be of "
-        f"different passes); CPU seconds of mutmut and its processes, which the load changes least: {cpu} s "
+        f"{f'{min(loads)}-{max(loads)}' if loads else 'n/a'} ({passes}); CPU seconds of mutmut and its processes, which the load changes least: {cpu} s "
         f"(on 2 idle cores at least {cpu / 120:.0f} min).", "", *rows, ""]
     if failed:
         block += [f"Failed (mutmut stopped before any mutant ran; see its mutmut.log): {', '.join(failed)}.", ""]
