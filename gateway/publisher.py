@@ -243,9 +243,12 @@ class Publisher:
                     to = self.mqtt.brokers[i]
                     offline = json.dumps({"state": "offline", "gateway": self.cfg.gateway_id,
                                           "moved_to": f"{to.host}:{to.port}"})
+                    # Set first: an offline this broker does not acknowledge (within
+                    # publish_timeout_s) ends the session too, and it still goes to broker i,
+                    # at once, not to the next in the list after a backoff.
+                    self._next_index = i
                     await client.publish(self.topic_status, offline, qos=1, retain=True,
                                          timeout=self.mqtt.publish_timeout_s)
-                    self._next_index = i
                     raise _SessionEnd(f"failback to {to.host}:{to.port} (reachable for {up_s:.0f} s)")
 
     async def announce_offline(self) -> None:

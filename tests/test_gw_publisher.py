@@ -460,24 +460,27 @@ async def test_fails_over_in_list_order_and_fails_back_without_a_wait(
 
 
 async def test_a_failback_whose_offline_is_not_acknowledged_leaves_after_publish_timeout_s(
-    tmp_path: Path, fakes: Callable[..., Awaitable[FakeBroker]], gws: Callable[..., _Gw],
+    tmp_path: Path, fakes: Callable[..., Awaitable[FakeBroker]], gws: Callable[..., _Gw], draws: _Draws,
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(publisher_mod, "_FAILBACK_CHECK_S", 0.01)
-    first, second = await fakes(), await fakes()
+    first, second, third = await fakes(), await fakes(), await fakes()
     first.connack_rc = 5
     second.ack = lambda p: "moved_to" not in p.json()
     up = [False]
-    g = gws(tmp_path, [first, second], preferred_up_s=lambda i: 60.0 if up[0] else None,
+    g = gws(tmp_path, [first, second, third], preferred_up_s=lambda i: 60.0 if up[0] and i == 0 else None,
             publish_timeout_s=0.3, connect_timeout_s=60.0)
     g.start()
     await g.connected()
     assert g.pub.broker_index == 1
+    n_draws = len(draws.calls)
     first.connack_rc = 0
     up[0] = True
     await g.until(lambda: g.pub.broker_index == 0 and g.pub.connected.is_set(), timeout_s=5,
                   what="on the first broker")
     assert second.topics("/status")[-1].json()["moved_to"] == f"127.0.0.1:{first.port}"
+    # To the broker it was failing back to, at once: not the next in the list after a backoff.
+    assert third.connects == [] and len(draws.calls) == n_draws
 
 
 async def test_backoff_doubles_from_backoff_min_to_its_cap_and_restarts_after_a_session(
