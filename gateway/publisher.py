@@ -48,6 +48,7 @@ from gateway.mqttclient import (
     connect,
     describe,
     disconnected,
+    force_close,
 )
 from gateway.outbox import Outbox, StoredBatch
 from gateway.pump import pump
@@ -107,6 +108,7 @@ class Publisher:
         self._end = asyncio.Event()  # set: the current session ends (reason in _end_reason)
         self._end_reason = ""
         self._next_index: int | None = None  # set by a failback
+        self._leave_will = False  # set by a failback whose offline went unacknowledged
         self._faults = RateLimitedLog(_log)
         outbox.add_listener(self._wakeup.set)
 
@@ -143,6 +145,7 @@ class Publisher:
             broker = brokers[index % len(brokers)]
             self.broker_index = index % len(brokers)
             self._next_index = None
+            self._leave_will = False
             transport = TransportLog()
             try:
                 await self._session(broker, transport)
@@ -227,7 +230,10 @@ class Publisher:
                     raise first from None
                 raise _SessionEnd(describe(first, transport, self.mqtt.keepalive_s)) from None
         finally:
-            await close(client)
+            if self._leave_will:
+                force_close(client)  # no DISCONNECT: the broker publishes the will
+            else:
+                await close(client)
 
     async def _failback(self, client: aiomqtt.Client) -> None:
         """On a broker after the first: go back to the most preferred one that has been
@@ -245,10 +251,15 @@ class Publisher:
                                           "moved_to": f"{to.host}:{to.port}"})
                     # Set first: an offline this broker does not acknowledge (within
                     # publish_timeout_s) ends the session too, and it still goes to broker i,
-                    # at once, not to the next in the list after a backoff.
+                    # at once, not to the next in the list after a backoff. Then it leaves
+                    # without DISCONNECT, so the broker publishes the will ("offline") instead.
                     self._next_index = i
-                    await client.publish(self.topic_status, offline, qos=1, retain=True,
-                                         timeout=self.mqtt.publish_timeout_s)
+                    try:
+                        await client.publish(self.topic_status, offline, qos=1, retain=True,
+                                             timeout=self.mqtt.publish_timeout_s)
+                    except (aiomqtt.MqttError, OSError):
+                        self._leave_will = True
+                        raise
                     raise _SessionEnd(f"failback to {to.host}:{to.port} (reachable for {up_s:.0f} s)")
 
     async def announce_offline(self) -> None:

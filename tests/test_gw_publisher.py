@@ -456,6 +456,7 @@ async def test_fails_over_in_list_order_and_fails_back_without_a_wait(
     left = second.topics("/status")[-1]
     assert (left.qos, left.retain) == (1, True)
     assert left.json() == {**OFFLINE, "moved_to": f"127.0.0.1:{first.port}"}
+    assert second.wills == []  # left with DISCONNECT: its own offline stands
     assert [s["state"] for s in _status(first)] == ["online"]
 
 
@@ -481,6 +482,10 @@ async def test_a_failback_whose_offline_is_not_acknowledged_leaves_after_publish
     assert second.topics("/status")[-1].json()["moved_to"] == f"127.0.0.1:{first.port}"
     # To the broker it was failing back to, at once: not the next in the list after a backoff.
     assert third.connects == [] and len(draws.calls) == n_draws
+    # Left without DISCONNECT, so the broker it left publishes the will: only the broker in
+    # use says "online".
+    await g.until(lambda: len(second.wills) == 1, timeout_s=5, what="the will on the broker it left")
+    assert second.wills[0].json() == OFFLINE and (second.wills[0].qos, second.wills[0].retain) == (1, True)
 
 
 async def test_backoff_doubles_from_backoff_min_to_its_cap_and_restarts_after_a_session(

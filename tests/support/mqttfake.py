@@ -1,7 +1,8 @@
 """A scripted MQTT 3.1.1 server for the publisher's tests.
 
 It records every CONNECT and PUBLISH as it came off the wire (QoS and retain flags, the will,
-the client id, the password) and misbehaves on cue: no CONNACK, a refusing CONNACK, PUBACKs
+the client id, the password), and the wills a real broker would publish (a connection the
+client closed without DISCONNECT: ``wills``), and misbehaves on cue: no CONNACK, a refusing CONNACK, PUBACKs
 withheld for chosen messages, no PINGRESP, a reset (RST) of every connection, an MQTT 5
 CONNECT left unanswered (as amqtt does). The real broker (urbansense.broker, mosquitto) is
 the reference for what works; a broker that fails in one exact way on cue is this one.
@@ -56,6 +57,8 @@ class FakeBroker:
         self.ack: Callable[[Publish], bool] = lambda p: True  # False: its PUBACK is held
         self.connects: list[Connect] = []
         self.publishes: list[Publish] = []
+        self.wills: list[Publish] = []  # published by the broker: the client left without DISCONNECT
+        self._aborted: set[asyncio.StreamWriter] = set()  # closed by reset(), not by the client
         self.held: list[tuple[asyncio.StreamWriter, bytes]] = []  # PUBACKs not sent (writer, id)
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
@@ -82,6 +85,7 @@ class FakeBroker:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self._aborted.add(w)
             w.transport.abort()
         self._writers.clear()
 
@@ -93,6 +97,8 @@ class FakeBroker:
 
     async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         self._writers.add(w)
+        will: Publish | None = None
+        clean = False
         try:
             while True:
                 head = (await r.readexactly(1))[0]
@@ -107,15 +113,19 @@ class FakeBroker:
                 kind = head >> 4
                 if kind == 1:
                     self._connect(body, w)
+                    will = self.connects[-1].will if self.connack_rc == 0 else None
                 elif kind == 3:
                     self._publish(head, body, w)
                 elif kind == 12 and self.pingresp:
                     w.write(b"\xd0\x00")
                 elif kind == 14:
+                    clean = True
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            if will is not None and not clean and w not in self._aborted:
+                self.wills.append(will)
             self._writers.discard(w)
             w.close()
 
