@@ -145,7 +145,6 @@ class Publisher:
             broker = brokers[index % len(brokers)]
             self.broker_index = index % len(brokers)
             self._next_index = None
-            self._leave_will = False
             transport = TransportLog()
             try:
                 await self._session(broker, transport)
@@ -230,7 +229,8 @@ class Publisher:
                     raise first from None
                 raise _SessionEnd(describe(first, transport, self.mqtt.keepalive_s)) from None
         finally:
-            if self._leave_will:
+            leave_will, self._leave_will = self._leave_will, False
+            if leave_will:
                 force_close(client)  # no DISCONNECT: the broker publishes the will
             else:
                 await close(client)

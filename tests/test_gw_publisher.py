@@ -486,6 +486,13 @@ async def test_a_failback_whose_offline_is_not_acknowledged_leaves_after_publish
     # use says "online".
     await g.until(lambda: len(second.wills) == 1, timeout_s=5, what="the will on the broker it left")
     assert second.wills[0].json() == OFFLINE and (second.wills[0].qos, second.wills[0].retain) == (1, True)
+    # Only that session: the next one, on the first broker, ends with DISCONNECT again.
+    assert g.task is not None
+    g.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await g.task
+    await first.idle()
+    assert first.wills == [] and len(second.wills) == 1
 
 
 async def test_backoff_doubles_from_backoff_min_to_its_cap_and_restarts_after_a_session(

@@ -59,6 +59,7 @@ class FakeBroker:
         self.publishes: list[Publish] = []
         self.wills: list[Publish] = []  # published by the broker: the client left without DISCONNECT
         self._aborted: set[asyncio.StreamWriter] = set()  # closed by reset(), not by the client
+        self._closed = asyncio.Condition()  # notified as each connection ends
         self.held: list[tuple[asyncio.StreamWriter, bytes]] = []  # PUBACKs not sent (writer, id)
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
@@ -70,6 +71,11 @@ class FakeBroker:
 
     def topics(self, suffix: str) -> list[Publish]:
         return [p for p in self.publishes if p.topic.endswith(suffix)]
+
+    async def idle(self, timeout_s: float = 5.0) -> None:
+        """Until no client is connected (each connection's end seen, its will recorded)."""
+        async with self._closed:
+            await asyncio.wait_for(self._closed.wait_for(lambda: not self._writers), timeout_s)
 
     def release(self) -> None:
         """Send the PUBACKs held so far."""
@@ -127,6 +133,8 @@ class FakeBroker:
             if will is not None and not clean and w not in self._aborted:
                 self.wills.append(will)
             self._writers.discard(w)
+            async with self._closed:
+                self._closed.notify_all()
             w.close()
 
     def _connect(self, body: bytes, w: asyncio.StreamWriter) -> None:
