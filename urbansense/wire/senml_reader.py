@@ -15,10 +15,10 @@ A decimal fraction (tag 4) is read as its nearest double everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import cbor2
 
@@ -82,18 +82,29 @@ def read_pack(data: bytes | Sequence[dict[Any, Any]]) -> list[Resolved]:
     return out
 
 
+_T = TypeVar("_T")
+# What a reader raises on bytes that are no pack of ours, short of ValueError itself.
+_NOT_OURS = (cbor2.CBORError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
+             RecursionError, ArithmeticError)
+
+
+def _outside(read: Callable[[bytes], _T], data: bytes) -> _T:
+    """``read(data)`` with every failure on outside bytes raised as ValueError (the readers'
+    one contract for a pack that is not ours)."""
+    try:
+        return read(data)
+    except ValueError:
+        raise
+    except _NOT_OURS as exc:
+        raise ValueError(f"not an urbansense SenML pack: {type(exc).__name__}: {exc}") from None
+
+
 def frames_from_pack(data: bytes) -> list[tuple[int, int, dict[str, float | int | bool]]]:
     """(node_id, fcnt, {short name: value}) per frame in one of our packs; for consumers.
 
     A pack that is not one of ours (bytes off the broker are outside bytes for a consumer)
     raises ValueError, whatever is wrong with it."""
-    try:
-        return _frames_from_pack(data)
-    except ValueError:
-        raise
-    except (cbor2.CBORError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
-            RecursionError, ArithmeticError) as exc:
-        raise ValueError(f"not an urbansense SenML pack: {type(exc).__name__}: {exc}") from None
+    return _outside(_frames_from_pack, data)
 
 
 def _frames_from_pack(data: bytes) -> list[tuple[int, int, dict[str, float | int | bool]]]:
@@ -127,13 +138,7 @@ def read_frames(data: bytes) -> list[PackFrame]:
     v, vb, vs, vd; a decimal fraction as its nearest double), keeping each frame's records
     together, and like ``frames_from_pack`` refuses anything else with ValueError; one pass,
     no per-record objects (a city backlog is millions of frames)."""
-    try:
-        return _read_frames(data)
-    except ValueError:
-        raise
-    except (cbor2.CBORError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
-            RecursionError, ArithmeticError) as exc:
-        raise ValueError(f"not an urbansense SenML pack: {type(exc).__name__}: {exc}") from None
+    return _outside(_read_frames, data)
 
 
 def _read_frames(data: bytes) -> list[PackFrame]:
